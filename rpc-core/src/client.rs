@@ -1,0 +1,478 @@
+//! The client: a [`Channel`] multiplexes calls from many threads over its connections.
+//!
+//! A caller encodes its request into a thread-local buffer and writes it
+//! itself, under the connection's write lock; one reader thread per connection
+//! decodes responses and hands each to the thread waiting for it (or runs its
+//! callback), so any number of calls can be in flight on one socket and come
+//! back in any order. A broken connection fails its pending calls with
+//! [`Error::ConnectionLost`]; the next call reconnects, with exponential
+//! backoff between failed attempts.
+//!
+//! ```no_run
+//! use rpc_core::client::{Channel, Config};
+//! # fn main() -> Result<(), rpc_core::Error> {
+//! let channel = Channel::connect("127.0.0.1:7000", Config::default())?;
+//! let reply = channel.call_raw("test.Echo", "Say", b"hi", None)?;
+//! assert_eq!(&reply[..], b"hi");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::cell::RefCell;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use prost::Message;
+
+use crate::frame;
+use crate::Error;
+
+mod connection;
+
+use connection::{Conn, Pending, Waiter};
+
+/// Runs when a push frame arrives: `(service, method, body)`. Called on the
+/// connection's reader thread, so it should hand work off rather than block.
+pub type PushHandler = Arc<dyn Fn(&str, &str, Bytes) + Send + Sync>;
+/// Runs when a connection is lost, with the reason. Called on the reader thread.
+pub type DisconnectHandler = Arc<dyn Fn(&Error) + Send + Sync>;
+/// Completion of a call started with a callback; runs on the reader thread.
+pub type Callback = Box<dyn FnOnce(Result<Bytes, Error>) + Send>;
+
+/// Settings of a channel. Start from `Config::default()`.
+#[derive(Clone)]
+pub struct Config {
+    /// Longest wait for a TCP connection to open.
+    pub connect_timeout: Duration,
+    /// Deadline for calls that do not give one; `None` waits forever.
+    pub default_timeout: Option<Duration>,
+    /// Connections to open to the server; calls are spread over them in turn.
+    pub connections: usize,
+    /// Largest response accepted, in bytes after the length prefix.
+    pub max_frame_size: usize,
+    /// How often to ping the server; a connection that hears nothing for three
+    /// intervals is declared dead. `Duration::ZERO` turns pings off.
+    pub keepalive: Duration,
+    /// Wait after the first failed connect; doubles per failure up to `backoff_max`.
+    pub backoff_initial: Duration,
+    /// Longest wait between connect attempts.
+    pub backoff_max: Duration,
+    /// Longest a write may block on a server that does not read.
+    pub write_timeout: Duration,
+    /// Receives push frames from the server.
+    pub on_push: Option<PushHandler>,
+    /// Told when a connection is lost.
+    pub on_disconnect: Option<DisconnectHandler>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            connect_timeout: Duration::from_secs(3),
+            default_timeout: Some(Duration::from_secs(30)),
+            connections: 1,
+            max_frame_size: frame::DEFAULT_MAX_FRAME,
+            keepalive: Duration::from_secs(15),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
+            on_push: None,
+            on_disconnect: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("default_timeout", &self.default_timeout)
+            .field("connections", &self.connections)
+            .field("max_frame_size", &self.max_frame_size)
+            .field("keepalive", &self.keepalive)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Something generated client stubs can call through: a [`Channel`] to one
+/// server, or a load-balanced set of them ([`crate::balance::Balanced`]).
+pub trait Transport: Send + Sync {
+    /// Calls `service.method` with `request` and waits for the encoded reply.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the call met: [`Error::Status`] from the server,
+    /// [`Error::Timeout`], [`Error::Connect`], [`Error::ConnectionLost`], ...
+    fn call<M: Message>(
+        &self,
+        service: &str,
+        method: &str,
+        request: &M,
+        timeout: Option<Duration>,
+    ) -> Result<Bytes, Error>;
+
+    /// Starts a call and returns at once; `callback` gets the outcome on a
+    /// reader thread (or on this thread if the call could not be sent).
+    fn call_with<M: Message>(
+        &self,
+        service: &str,
+        method: &str,
+        request: &M,
+        timeout: Option<Duration>,
+        callback: Callback,
+    );
+}
+
+/// A client of one server address, cheap to clone and share between threads.
+#[derive(Clone)]
+pub struct Channel {
+    /// Shared by every clone.
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The server.
+    addr: SocketAddr,
+    /// Settings.
+    config: Config,
+    /// One per configured connection.
+    slots: Vec<Slot>,
+    /// Round-robin position over `slots`.
+    next_slot: AtomicUsize,
+    /// Call ids, unique per channel.
+    next_call: AtomicU64,
+}
+
+/// One connection position: the live connection, or when to try again.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    /// The open connection, if any.
+    conn: Option<Arc<Conn>>,
+    /// Connect failures in a row, for the backoff.
+    failures: u32,
+    /// No new attempt before this.
+    retry_at: Option<Instant>,
+    /// The last connect error, repeated to callers inside the backoff window.
+    last_error: Option<(std::io::ErrorKind, String)>,
+}
+
+thread_local! {
+    /// Each thread encodes its requests here, so sending allocates nothing.
+    static ENCODE_BUF: RefCell<BytesMut> = RefCell::new(BytesMut::with_capacity(4096));
+    /// Reused by blocking calls on this thread.
+    static WAITER: Arc<Waiter> = Arc::new(Waiter::default());
+}
+
+impl Channel {
+    /// Resolves `addr` and opens the first connection, so a wrong address
+    /// fails here.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the address does not resolve, [`Error::Connect`] if
+    /// the server does not accept.
+    pub fn connect(addr: impl ToSocketAddrs, config: Config) -> Result<Channel, Error> {
+        let addr = addr.to_socket_addrs()?.next().ok_or_else(|| {
+            Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "address resolves to nothing"))
+        })?;
+        let channel = Channel::lazy(addr, config);
+        let deadline = Instant::now() + channel.inner.config.connect_timeout;
+        channel.conn(0, Some(deadline))?;
+        Ok(channel)
+    }
+
+    /// A channel that connects on its first call.
+    pub fn lazy(addr: SocketAddr, config: Config) -> Channel {
+        let n = config.connections.max(1);
+        Channel {
+            inner: Arc::new(Inner {
+                addr,
+                slots: (0..n).map(|_| Slot::default()).collect(),
+                config,
+                next_slot: AtomicUsize::new(0),
+                next_call: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// Whether at least one connection is open.
+    pub fn is_connected(&self) -> bool {
+        self.inner.slots.iter().any(|s| {
+            s.state.lock().unwrap_or_else(|p| p.into_inner()).conn.as_ref().is_some_and(|c| c.is_usable())
+        })
+    }
+
+    /// Calls with an already-encoded body and waits for the encoded reply.
+    ///
+    /// # Errors
+    ///
+    /// As [`Transport::call`].
+    pub fn call_raw(
+        &self,
+        service: &str,
+        method: &str,
+        body: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<Bytes, Error> {
+        self.call_blocking(service, method, timeout, body.len(), |b| b.extend_from_slice(body))
+    }
+
+    /// Starts a call with an already-encoded body; `callback` gets the outcome.
+    pub fn call_raw_with(
+        &self,
+        service: &str,
+        method: &str,
+        body: &[u8],
+        timeout: Option<Duration>,
+        callback: Callback,
+    ) {
+        self.call_async(service, method, timeout, body.len(), |b| b.extend_from_slice(body), callback)
+    }
+
+    /// Sends a one-way frame to the server; no reply comes back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] or [`Error::ConnectionLost`] if it could not be written.
+    pub fn push(&self, service: &str, method: &str, body: &[u8]) -> Result<(), Error> {
+        frame::check_name(service)?;
+        frame::check_name(method)?;
+        let deadline = self.deadline(None);
+        let conn = self.pick(deadline)?;
+        with_encode_buf(|buf| {
+            frame::put_push(buf, service, method, body);
+            conn.write(buf)
+        })
+    }
+
+    /// Closes every connection; pending calls fail with [`Error::ConnectionLost`].
+    /// The next call reconnects.
+    pub fn close(&self) {
+        for slot in &self.inner.slots {
+            let conn = slot.state.lock().unwrap_or_else(|p| p.into_inner()).conn.take();
+            if let Some(conn) = conn {
+                conn.kill("closed by the client");
+            }
+        }
+    }
+
+    fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
+        timeout.or(self.inner.config.default_timeout).map(|t| Instant::now() + t)
+    }
+
+    fn pick(&self, deadline: Option<Instant>) -> Result<Arc<Conn>, Error> {
+        let n = self.inner.slots.len();
+        let i = if n == 1 { 0 } else { self.inner.next_slot.fetch_add(1, Ordering::Relaxed) % n };
+        self.conn(i, deadline)
+    }
+
+    /// The open connection of slot `i`, connecting (with backoff) if needed.
+    fn conn(&self, i: usize, deadline: Option<Instant>) -> Result<Arc<Conn>, Error> {
+        let inner = &self.inner;
+        let slot = &inner.slots[i];
+        loop {
+            let mut st = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(conn) = &st.conn {
+                if conn.is_usable() {
+                    return Ok(conn.clone());
+                }
+                st.conn = None;
+            }
+            let now = Instant::now();
+            if let Some(retry_at) = st.retry_at.filter(|t| *t > now) {
+                if deadline.is_some_and(|d| d < retry_at) {
+                    let (kind, msg) = st.last_error.clone().unwrap_or((std::io::ErrorKind::Other, String::new()));
+                    return Err(Error::Connect {
+                        addr: inner.addr,
+                        source: std::io::Error::new(kind, format!("{msg} (next attempt in backoff)")),
+                    });
+                }
+                drop(st);
+                std::thread::sleep(retry_at - now);
+                continue;
+            }
+            let budget = deadline.map_or(inner.config.connect_timeout, |d| {
+                d.saturating_duration_since(now).min(inner.config.connect_timeout)
+            });
+            // Connecting holds the slot's lock: the other callers of this slot
+            // would only queue up behind the same attempt.
+            match Conn::open(inner.addr, budget.max(Duration::from_millis(1)), &inner.config) {
+                Ok(conn) => {
+                    st.failures = 0;
+                    st.retry_at = None;
+                    st.last_error = None;
+                    st.conn = Some(conn.clone());
+                    return Ok(conn);
+                }
+                Err(e) => {
+                    st.failures = st.failures.saturating_add(1);
+                    let backoff = inner
+                        .config
+                        .backoff_initial
+                        .saturating_mul(1 << st.failures.min(16).saturating_sub(1))
+                        .min(inner.config.backoff_max);
+                    st.retry_at = Some(Instant::now() + backoff);
+                    st.last_error = Some((e.kind(), e.to_string()));
+                    return Err(Error::Connect { addr: inner.addr, source: e });
+                }
+            }
+        }
+    }
+
+    fn call_blocking(
+        &self,
+        service: &str,
+        method: &str,
+        timeout: Option<Duration>,
+        body_len: usize,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> Result<Bytes, Error> {
+        frame::check_name(service)?;
+        frame::check_name(method)?;
+        let start = Instant::now();
+        let deadline = self.deadline(timeout);
+        let conn = self.pick(deadline)?;
+        let id = self.inner.next_call.fetch_add(1, Ordering::Relaxed);
+        WAITER.with(|waiter| {
+            waiter.reset();
+            conn.register(id, Pending::Waiter(waiter.clone()));
+            let sent = with_encode_buf(|buf| {
+                frame::put_header(
+                    buf,
+                    frame::Kind::Request,
+                    crate::Code::Ok,
+                    id,
+                    timeout_ms(deadline),
+                    service,
+                    method,
+                    body_len,
+                );
+                encode(buf);
+                conn.write(buf)
+            });
+            if let Err(e) = sent {
+                conn.unregister(id);
+                return Err(e);
+            }
+            match waiter.wait(deadline) {
+                Some(result) => result,
+                None => {
+                    // Timed out; unless the reader took the entry meanwhile, in
+                    // which case its result is moments away.
+                    if conn.unregister(id) {
+                        Err(Error::Timeout {
+                            service: service.to_owned(),
+                            method: method.to_owned(),
+                            elapsed_ms: start.elapsed().as_millis() as u64,
+                        })
+                    } else {
+                        waiter.wait(None).expect("result arrives without a deadline")
+                    }
+                }
+            }
+        })
+    }
+
+    fn call_async(
+        &self,
+        service: &str,
+        method: &str,
+        timeout: Option<Duration>,
+        body_len: usize,
+        encode: impl FnOnce(&mut BytesMut),
+        callback: Callback,
+    ) {
+        if let Err(e) = frame::check_name(service).and_then(|()| frame::check_name(method)) {
+            return callback(Err(e));
+        }
+        let deadline = self.deadline(timeout);
+        let conn = match self.pick(deadline) {
+            Ok(c) => c,
+            Err(e) => return callback(Err(e)),
+        };
+        let id = self.inner.next_call.fetch_add(1, Ordering::Relaxed);
+        conn.register(
+            id,
+            Pending::Callback {
+                callback,
+                deadline,
+                started: Instant::now(),
+                what: format!("{service}/{method}"),
+            },
+        );
+        let sent = with_encode_buf(|buf| {
+            frame::put_header(buf, frame::Kind::Request, crate::Code::Ok, id, timeout_ms(deadline), service, method, body_len);
+            encode(buf);
+            conn.write(buf)
+        });
+        if let Err(e) = sent {
+            if let Some(Pending::Callback { callback, .. }) = conn.take(id) {
+                callback(Err(e));
+            }
+        }
+    }
+}
+
+impl Transport for Channel {
+    fn call<M: Message>(
+        &self,
+        service: &str,
+        method: &str,
+        request: &M,
+        timeout: Option<Duration>,
+    ) -> Result<Bytes, Error> {
+        self.call_blocking(service, method, timeout, request.encoded_len(), |b| request.encode_raw(b))
+    }
+
+    fn call_with<M: Message>(
+        &self,
+        service: &str,
+        method: &str,
+        request: &M,
+        timeout: Option<Duration>,
+        callback: Callback,
+    ) {
+        self.call_async(service, method, timeout, request.encoded_len(), |b| request.encode_raw(b), callback)
+    }
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel").field("addr", &self.inner.addr).finish()
+    }
+}
+
+/// Milliseconds left until `deadline`, for the frame header (at least 1, 0 = none).
+fn timeout_ms(deadline: Option<Instant>) -> u32 {
+    deadline.map_or(0, |d| {
+        let ms = d.saturating_duration_since(Instant::now()).as_millis();
+        ms.clamp(1, u32::MAX as u128) as u32
+    })
+}
+
+/// Runs `f` with this thread's cleared encode buffer.
+fn with_encode_buf<R>(f: impl FnOnce(&mut BytesMut) -> R) -> R {
+    ENCODE_BUF.with(|b| {
+        let mut b = b.borrow_mut();
+        b.clear();
+        let r = f(&mut b);
+        if b.capacity() > 1 << 20 {
+            // Do not keep a huge buffer around because of one large request.
+            *b = BytesMut::with_capacity(4096);
+        }
+        r
+    })
+}

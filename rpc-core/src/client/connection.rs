@@ -1,0 +1,333 @@
+//! One client connection: a write lock for callers and a reader thread that
+//! completes their calls.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::{Callback, Config};
+use crate::frame::{self, FrameError, Kind};
+use crate::Error;
+
+const OPEN: u8 = 0;
+/// The server sent go-away: finish what is pending, start nothing new.
+const DRAINING: u8 = 1;
+const DEAD: u8 = 2;
+
+/// A blocking caller's parking place for its result.
+#[derive(Default)]
+pub(crate) struct Waiter {
+    result: Mutex<Option<Result<Bytes, Error>>>,
+    ready: Condvar,
+}
+
+impl Waiter {
+    pub(crate) fn reset(&self) {
+        *lock(&self.result) = None;
+    }
+
+    fn complete(&self, result: Result<Bytes, Error>) {
+        *lock(&self.result) = Some(result);
+        self.ready.notify_one();
+    }
+
+    /// Waits for the result until `deadline`; `None` if it passed first.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> Option<Result<Bytes, Error>> {
+        let mut slot = lock(&self.result);
+        loop {
+            if let Some(r) = slot.take() {
+                return Some(r);
+            }
+            match deadline {
+                None => slot = self.ready.wait(slot).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    slot = self.ready.wait_timeout(slot, left).unwrap_or_else(|p| p.into_inner()).0;
+                }
+            }
+        }
+    }
+}
+
+/// A call waiting for its response.
+pub(crate) enum Pending {
+    /// A blocked thread.
+    Waiter(Arc<Waiter>),
+    /// A callback, with what the reader needs to time it out.
+    Callback {
+        callback: Callback,
+        deadline: Option<Instant>,
+        started: Instant,
+        what: String,
+    },
+}
+
+impl Pending {
+    fn complete(self, result: Result<Bytes, Error>) {
+        match self {
+            Pending::Waiter(w) => w.complete(result),
+            Pending::Callback { callback, .. } => callback(result),
+        }
+    }
+}
+
+pub(crate) struct Conn {
+    /// The server.
+    addr: SocketAddr,
+    /// Callers write whole frames under this lock.
+    writer: Mutex<TcpStream>,
+    /// Calls awaiting responses, by call id.
+    pending: Mutex<HashMap<u64, Pending>>,
+    /// How many pending calls are callbacks; the reader ticks faster while any are.
+    callbacks: AtomicUsize,
+    /// OPEN, DRAINING or DEAD.
+    state: AtomicU8,
+    /// Why the connection ended or is draining.
+    reason: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Conn {
+    /// Connects and starts the reader thread.
+    pub(crate) fn open(addr: SocketAddr, timeout: Duration, config: &Config) -> io::Result<Arc<Conn>> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(config.write_timeout))?;
+        let reader = stream.try_clone()?;
+        let conn = Arc::new(Conn {
+            addr,
+            writer: Mutex::new(stream),
+            pending: Mutex::new(HashMap::new()),
+            callbacks: AtomicUsize::new(0),
+            state: AtomicU8::new(OPEN),
+            reason: Mutex::new(None),
+        });
+        let c = conn.clone();
+        let config = config.clone();
+        std::thread::Builder::new()
+            .name(format!("rpc-client-{addr}"))
+            .spawn(move || c.read_loop(reader, &config))?;
+        Ok(conn)
+    }
+
+    /// Whether new calls may use this connection.
+    pub(crate) fn is_usable(&self) -> bool {
+        self.state.load(Ordering::Acquire) == OPEN
+    }
+
+    pub(crate) fn register(&self, id: u64, p: Pending) {
+        if matches!(p, Pending::Callback { .. }) {
+            self.callbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        lock(&self.pending).insert(id, p);
+        if self.state.load(Ordering::Acquire) == DEAD {
+            // The reader may have failed everything before we registered.
+            if let Some(p) = self.take(id) {
+                p.complete(Err(self.lost()));
+            }
+        }
+    }
+
+    /// Removes a pending call; true if it was still there.
+    pub(crate) fn unregister(&self, id: u64) -> bool {
+        self.take(id).is_some()
+    }
+
+    pub(crate) fn take(&self, id: u64) -> Option<Pending> {
+        let p = lock(&self.pending).remove(&id);
+        if matches!(p, Some(Pending::Callback { .. })) {
+            self.callbacks.fetch_sub(1, Ordering::Relaxed);
+        }
+        p
+    }
+
+    /// Writes one or more whole frames.
+    pub(crate) fn write(&self, bytes: &[u8]) -> Result<(), Error> {
+        let result = lock(&self.writer).write_all(bytes);
+        result.map_err(|e| {
+            let reason = if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut {
+                "write timed out: the server is not reading".to_owned()
+            } else {
+                format!("write failed: {e}")
+            };
+            self.kill(&reason);
+            self.lost()
+        })
+    }
+
+    fn lost(&self) -> Error {
+        let reason = lock(&self.reason).clone().unwrap_or_else(|| "connection closed".to_owned());
+        Error::ConnectionLost { addr: self.addr, reason }
+    }
+
+    /// Marks the connection dead and shuts the socket; the reader then fails
+    /// every pending call.
+    pub(crate) fn kill(&self, reason: &str) {
+        if self.state.swap(DEAD, Ordering::AcqRel) != DEAD {
+            lock(&self.reason).get_or_insert_with(|| reason.to_owned());
+            let _ = lock(&self.writer).shutdown(Shutdown::Both);
+        }
+    }
+
+    fn read_loop(self: Arc<Conn>, mut stream: TcpStream, config: &Config) {
+        let reason = self.read_frames(&mut stream, config);
+        self.kill(&reason);
+        let _ = stream.shutdown(Shutdown::Both);
+        let error = self.lost();
+        tracing::debug!(addr = %self.addr, %error, "client connection ended");
+        let pending: Vec<Pending> = lock(&self.pending).drain().map(|(_, p)| p).collect();
+        self.callbacks.store(0, Ordering::Relaxed);
+        for p in pending {
+            p.complete(Err(self.lost()));
+        }
+        if let Some(hook) = &config.on_disconnect {
+            hook(&error);
+        }
+    }
+
+    /// Reads and dispatches frames until the connection ends; returns why.
+    fn read_frames(&self, stream: &mut TcpStream, config: &Config) -> String {
+        let keepalive = config.keepalive;
+        let slow_tick = if keepalive.is_zero() { Duration::from_secs(1) } else { keepalive.min(Duration::from_secs(1)) };
+        let fast_tick = Duration::from_millis(20);
+        let mut tick = slow_tick;
+        if stream.set_read_timeout(Some(tick)).is_err() {
+            return "cannot set read timeout".to_owned();
+        }
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut scratch = vec![0u8; 64 * 1024];
+        let mut discard = 0usize;
+        let mut last_rx = Instant::now();
+        let mut last_ping = Instant::now();
+        loop {
+            if self.state.load(Ordering::Acquire) == DEAD {
+                return lock(&self.reason).clone().unwrap_or_else(|| "closed".to_owned());
+            }
+            match stream.read(&mut scratch) {
+                Ok(0) => {
+                    let goaway = lock(&self.reason).clone();
+                    return goaway.unwrap_or_else(|| "closed by the server".to_owned());
+                }
+                Ok(n) => {
+                    last_rx = Instant::now();
+                    buf.extend_from_slice(&scratch[..n]);
+                    if let Err(reason) = self.frames(&mut buf, &mut discard, config) {
+                        return reason;
+                    }
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return format!("read failed: {e}"),
+            }
+            let now = Instant::now();
+            if !keepalive.is_zero() {
+                if now.duration_since(last_rx) > keepalive * 3 {
+                    return format!("no answer from the server for {} s", (keepalive * 3).as_secs());
+                }
+                if now.duration_since(last_ping) >= keepalive {
+                    last_ping = now;
+                    let mut ping = BytesMut::new();
+                    frame::put_control(&mut ping, Kind::Ping, 0);
+                    if self.write(&ping).is_err() {
+                        return "cannot send keepalive ping".to_owned();
+                    }
+                }
+            }
+            let want = if self.callbacks.load(Ordering::Relaxed) > 0 { fast_tick } else { slow_tick };
+            if want != tick {
+                tick = want;
+                let _ = stream.set_read_timeout(Some(tick));
+            }
+            if tick == fast_tick {
+                self.expire_callbacks(now);
+            }
+        }
+    }
+
+    /// Handles every whole frame in `buf`.
+    fn frames(&self, buf: &mut BytesMut, discard: &mut usize, config: &Config) -> Result<(), String> {
+        loop {
+            if *discard > 0 {
+                let n = (*discard).min(buf.len());
+                buf.advance(n);
+                *discard -= n;
+                if *discard > 0 {
+                    return Ok(());
+                }
+            }
+            let f = match frame::decode(buf, config.max_frame_size) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(FrameError::TooLarge { size, max }) => {
+                    let Some((_, call_id)) = frame::peek_call(buf) else { return Ok(()) };
+                    if let Some(p) = self.take(call_id) {
+                        p.complete(Err(Error::FrameTooLarge { size, max }));
+                    }
+                    *discard = frame::LENGTH_LEN + size;
+                    continue;
+                }
+                Err(FrameError::Invalid(why)) => return Err(format!("protocol violation by the server: {why}")),
+            };
+            match f.kind {
+                Kind::Response => {
+                    if let Some(p) = self.take(f.call_id) {
+                        p.complete(f.into_result().map_err(Error::Status));
+                    }
+                }
+                Kind::Push => {
+                    if let Some(handler) = &config.on_push {
+                        handler(f.service(), f.method(), f.body.clone());
+                    }
+                }
+                Kind::Ping => {
+                    let mut pong = BytesMut::new();
+                    frame::put_control(&mut pong, Kind::Pong, f.call_id);
+                    let _ = self.write(&pong);
+                }
+                Kind::Pong => {}
+                Kind::GoAway => {
+                    let reason = String::from_utf8_lossy(&f.body).into_owned();
+                    let reason = if reason.is_empty() { "server sent go-away".to_owned() } else { reason };
+                    tracing::debug!(addr = %self.addr, %reason, "server sent go-away");
+                    *lock(&self.reason) = Some(reason);
+                    let _ = self.state.compare_exchange(OPEN, DRAINING, Ordering::AcqRel, Ordering::Acquire);
+                }
+                Kind::Request => return Err("protocol violation by the server: it sent a request".to_owned()),
+            }
+        }
+    }
+
+    fn expire_callbacks(&self, now: Instant) {
+        let expired: Vec<(u64, Pending)> = {
+            let mut pending = lock(&self.pending);
+            let ids: Vec<u64> = pending
+                .iter()
+                .filter(|(_, p)| matches!(p, Pending::Callback { deadline: Some(d), .. } if *d <= now))
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter().filter_map(|id| pending.remove(&id).map(|p| (id, p))).collect()
+        };
+        for (_, p) in expired {
+            self.callbacks.fetch_sub(1, Ordering::Relaxed);
+            if let Pending::Callback { callback, started, what, .. } = p {
+                let (service, method) = what.split_once('/').unwrap_or((&what, ""));
+                callback(Err(Error::Timeout {
+                    service: service.to_owned(),
+                    method: method.to_owned(),
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                }));
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The crate's local error: what went wrong on this side of the wire.
+
+use std::io;
+use std::net::SocketAddr;
+
+use crate::frame::FrameError;
+use crate::status::{Code, Status};
+
+/// Everything that can go wrong in a call or while serving, with its cause kept.
+///
+/// A failure the server reported arrives as [`Error::Status`]; every other
+/// variant happened locally or on the way.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server answered with a non-OK status.
+    #[error("server returned {0}")]
+    Status(Status),
+    /// Opening a connection failed (refused, unreachable, timed out).
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+    /// An established connection broke (reset, closed, read or write error).
+    #[error("connection to {addr} lost: {reason}")]
+    ConnectionLost {
+        /// The peer.
+        addr: SocketAddr,
+        /// What happened, e.g. "reset by peer" or "server is shutting down".
+        reason: String,
+    },
+    /// The call's deadline passed before its response arrived.
+    #[error("call {service}/{method} timed out after {elapsed_ms} ms")]
+    Timeout {
+        /// The service called.
+        service: String,
+        /// The method called.
+        method: String,
+        /// How long the caller waited.
+        elapsed_ms: u64,
+    },
+    /// A frame was larger than the configured maximum.
+    #[error("frame of {size} bytes exceeds the maximum of {max}")]
+    FrameTooLarge {
+        /// Size of the frame.
+        size: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// The peer sent bytes that are not a valid frame.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The response body was not the protobuf message expected.
+    #[error("cannot decode response: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// A service or method name longer than the 255 bytes a frame allows.
+    #[error("name '{name}' is longer than 255 bytes")]
+    InvalidName {
+        /// The offending name.
+        name: String,
+    },
+    /// Too many bytes are queued to a connection that is not reading.
+    #[error("connection is not keeping up: {0}")]
+    Backpressure(String),
+    /// The connection or server was closed.
+    #[error("closed: {0}")]
+    Closed(String),
+    /// Discovery found no instance of the service.
+    #[error("no instance of service '{service}' is available")]
+    NoInstances {
+        /// The service looked up.
+        service: String,
+    },
+    /// The registry (e.g. ZooKeeper) failed.
+    #[error("registry: {0}")]
+    Registry(String),
+    /// Binding or configuring a socket failed.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl Error {
+    /// The status code that best describes this error, for passing it on.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Status(s) => s.code,
+            Error::Timeout { .. } => Code::DeadlineExceeded,
+            Error::Connect { .. }
+            | Error::ConnectionLost { .. }
+            | Error::Closed(_)
+            | Error::NoInstances { .. }
+            | Error::Registry(_) => Code::Unavailable,
+            Error::FrameTooLarge { .. } | Error::Backpressure(_) => Code::ResourceExhausted,
+            Error::InvalidName { .. } => Code::InvalidArgument,
+            Error::Protocol(_) | Error::Decode(_) | Error::Io(_) => Code::Internal,
+        }
+    }
+
+    /// Whether the call certainly never reached a server, so sending it again
+    /// elsewhere cannot run it twice.
+    pub fn is_retryable_elsewhere(&self) -> bool {
+        matches!(self, Error::Connect { .. } | Error::NoInstances { .. })
+            || matches!(self, Error::Status(s) if s.code == Code::Unavailable)
+    }
+
+    /// Converts the error into a status to answer a caller with.
+    pub fn into_status(self) -> Status {
+        match self {
+            Error::Status(s) => s,
+            other => Status::new(other.code(), other.to_string()),
+        }
+    }
+}
+
+impl From<Status> for Error {
+    fn from(s: Status) -> Error {
+        Error::Status(s)
+    }
+}
+
+impl From<FrameError> for Error {
+    fn from(e: FrameError) -> Error {
+        match e {
+            FrameError::TooLarge { size, max } => Error::FrameTooLarge { size, max },
+            FrameError::Invalid(why) => Error::Protocol(why.to_owned()),
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! The wire format: one length-prefixed frame per message.
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     length of everything after this field (u32, big-endian)
+//! 4       1     version (1)
+//! 5       1     kind (see `Kind`)
+//! 6       1     status code (responses; 0 otherwise)
+//! 7       1     flags (reserved, 0)
+//! 8       8     call id (u64, big-endian)
+//! 16      4     timeout in milliseconds (requests; 0 = none)
+//! 20      1     service name length S
+//! 21      1     method name length M
+//! 22      S     service name (UTF-8)
+//! 22+S    M     method name (UTF-8)
+//! 22+S+M  ...   body: protobuf message, or the UTF-8 error message of a failed response
+//! ```
+//!
+//! `docs/PROTOCOL.md` describes the same layout with the rules for each kind.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::status::{Code, Status};
+
+/// The protocol version this crate speaks.
+pub const VERSION: u8 = 1;
+/// Bytes of the length prefix.
+pub const LENGTH_LEN: usize = 4;
+/// Bytes of the fixed header after the length prefix, before the names.
+pub const HEADER_LEN: usize = 18;
+/// Default largest frame accepted, counted after the length prefix.
+pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Longest service or method name (it is sent with a one-byte length).
+pub const MAX_NAME: usize = 255;
+
+/// What a frame is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// Client to server: call `service.method` with the body; expects a `Response`.
+    Request = 1,
+    /// Server to client: the outcome of the request with the same call id.
+    Response = 2,
+    /// Either direction: a one-way message on `service.method`; no reply.
+    Push = 3,
+    /// Either direction: are you there? Answered by `Pong` with the same call id.
+    Ping = 4,
+    /// The answer to a `Ping`.
+    Pong = 5,
+    /// Server to client: shutting down; send no new requests on this connection.
+    GoAway = 6,
+}
+
+impl Kind {
+    fn from_u8(n: u8) -> Option<Kind> {
+        Some(match n {
+            1 => Kind::Request,
+            2 => Kind::Response,
+            3 => Kind::Push,
+            4 => Kind::Ping,
+            5 => Kind::Pong,
+            6 => Kind::GoAway,
+            _ => return None,
+        })
+    }
+}
+
+/// Why bytes could not be read as a frame. Cheap to build: it is on the hot path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// The length prefix announces more than the configured maximum.
+    TooLarge {
+        /// The announced length.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The bytes break the format; the connection cannot be trusted any further.
+    Invalid(&'static str),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::TooLarge { size, max } => {
+                write!(f, "frame of {size} bytes is larger than the maximum of {max}")
+            }
+            FrameError::Invalid(why) => write!(f, "invalid frame: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// One decoded frame. The names and body share the read buffer's memory.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// What the frame is for.
+    pub kind: Kind,
+    /// The status code of a response; `Ok` on other kinds.
+    pub code: Code,
+    /// Matches a response to its request, and a pong to its ping.
+    pub call_id: u64,
+    /// The caller's remaining time budget in milliseconds; 0 means none.
+    pub timeout_ms: u32,
+    /// Service then method name bytes, validated as UTF-8.
+    names: Bytes,
+    /// Where the method name starts in `names`.
+    service_len: usize,
+    /// The protobuf body, or the error message of a failed response.
+    pub body: Bytes,
+}
+
+impl Frame {
+    /// The service name of a request or push.
+    pub fn service(&self) -> &str {
+        // Validated as UTF-8 in `decode`.
+        std::str::from_utf8(&self.names[..self.service_len]).unwrap_or_default()
+    }
+
+    /// The method name of a request or push.
+    pub fn method(&self) -> &str {
+        std::str::from_utf8(&self.names[self.service_len..]).unwrap_or_default()
+    }
+
+    /// A response frame's outcome: the body on `Ok`, else the status it carries.
+    pub fn into_result(self) -> Result<Bytes, Status> {
+        if self.code == Code::Ok {
+            Ok(self.body)
+        } else {
+            Err(Status::new(self.code, String::from_utf8_lossy(&self.body)))
+        }
+    }
+}
+
+/// Takes one whole frame off the front of `buf`, if one is there.
+///
+/// Returns `Ok(None)` when more bytes are needed; `buf` is then untouched, and
+/// it has reserved room for the rest of the frame.
+///
+/// # Errors
+///
+/// [`FrameError::TooLarge`] as soon as the length prefix exceeds `max_frame`,
+/// before anything is allocated for it; [`FrameError::Invalid`] when the
+/// header breaks the format.
+pub fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, FrameError> {
+    if buf.len() < LENGTH_LEN {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max_frame {
+        return Err(FrameError::TooLarge { size: len, max: max_frame });
+    }
+    if len < HEADER_LEN {
+        return Err(FrameError::Invalid("length shorter than the header"));
+    }
+    if buf.len() < LENGTH_LEN + len {
+        buf.reserve(LENGTH_LEN + len - buf.len());
+        return Ok(None);
+    }
+    let h = &buf[LENGTH_LEN..];
+    if h[0] != VERSION {
+        return Err(FrameError::Invalid("unsupported protocol version"));
+    }
+    let kind = Kind::from_u8(h[1]).ok_or(FrameError::Invalid("unknown frame kind"))?;
+    let code = Code::from_u8(h[2]);
+    let call_id = u64::from_be_bytes(h[4..12].try_into().expect("8 bytes"));
+    let timeout_ms = u32::from_be_bytes(h[12..16].try_into().expect("4 bytes"));
+    let service_len = h[16] as usize;
+    let method_len = h[17] as usize;
+    if HEADER_LEN + service_len + method_len > len {
+        return Err(FrameError::Invalid("names run past the end of the frame"));
+    }
+    let names_end = HEADER_LEN + service_len + method_len;
+    if std::str::from_utf8(&h[HEADER_LEN..names_end]).is_err()
+        || std::str::from_utf8(&h[HEADER_LEN..HEADER_LEN + service_len]).is_err()
+    {
+        return Err(FrameError::Invalid("service or method name is not UTF-8"));
+    }
+    buf.advance(LENGTH_LEN + HEADER_LEN);
+    let mut rest = buf.split_to(len - HEADER_LEN).freeze();
+    let names = rest.split_to(service_len + method_len);
+    Ok(Some(Frame { kind, code, call_id, timeout_ms, names, service_len, body: rest }))
+}
+
+/// Appends the length prefix and header of a frame whose body is `body_len` bytes.
+///
+/// The caller appends the body right after. Names longer than [`MAX_NAME`]
+/// must be rejected before this is called.
+pub fn put_header(
+    dst: &mut BytesMut,
+    kind: Kind,
+    code: Code,
+    call_id: u64,
+    timeout_ms: u32,
+    service: &str,
+    method: &str,
+    body_len: usize,
+) {
+    debug_assert!(service.len() <= MAX_NAME && method.len() <= MAX_NAME);
+    let len = HEADER_LEN + service.len() + method.len() + body_len;
+    dst.reserve(LENGTH_LEN + len);
+    dst.put_u32(len as u32);
+    dst.put_u8(VERSION);
+    dst.put_u8(kind as u8);
+    dst.put_u8(code as u8);
+    dst.put_u8(0);
+    dst.put_u64(call_id);
+    dst.put_u32(timeout_ms);
+    dst.put_u8(service.len() as u8);
+    dst.put_u8(method.len() as u8);
+    dst.put_slice(service.as_bytes());
+    dst.put_slice(method.as_bytes());
+}
+
+/// Appends a whole request frame.
+pub fn put_request(
+    dst: &mut BytesMut,
+    call_id: u64,
+    timeout_ms: u32,
+    service: &str,
+    method: &str,
+    body: &[u8],
+) {
+    put_header(dst, Kind::Request, Code::Ok, call_id, timeout_ms, service, method, body.len());
+    dst.put_slice(body);
+}
+
+/// Appends a whole response frame carrying `result`.
+pub fn put_response(dst: &mut BytesMut, call_id: u64, result: &Result<Bytes, Status>) {
+    match result {
+        Ok(body) => {
+            put_header(dst, Kind::Response, Code::Ok, call_id, 0, "", "", body.len());
+            dst.put_slice(body);
+        }
+        Err(status) => {
+            let code = if status.code == Code::Ok { Code::Unknown } else { status.code };
+            let msg = status.message.as_bytes();
+            put_header(dst, Kind::Response, code, call_id, 0, "", "", msg.len());
+            dst.put_slice(msg);
+        }
+    }
+}
+
+/// Appends a whole one-way push frame.
+pub fn put_push(dst: &mut BytesMut, service: &str, method: &str, body: &[u8]) {
+    put_header(dst, Kind::Push, Code::Ok, 0, 0, service, method, body.len());
+    dst.put_slice(body);
+}
+
+/// Appends a frame with no names and no body: ping, pong or go-away.
+pub fn put_control(dst: &mut BytesMut, kind: Kind, call_id: u64) {
+    put_header(dst, kind, Code::Ok, call_id, 0, "", "", 0);
+}
+
+/// Appends a go-away frame whose body says why the connection is ending.
+pub fn put_goaway(dst: &mut BytesMut, reason: &str) {
+    put_header(dst, Kind::GoAway, Code::Ok, 0, 0, "", "", reason.len());
+    dst.put_slice(reason.as_bytes());
+}
+
+/// Reads the kind and call id of the frame at the front of `buf` without
+/// taking it, so an oversized request can still be answered before its body
+/// is skipped. `None` until the fixed header has arrived.
+pub fn peek_call(buf: &[u8]) -> Option<(Option<Kind>, u64)> {
+    if buf.len() < LENGTH_LEN + HEADER_LEN {
+        return None;
+    }
+    let kind = Kind::from_u8(buf[LENGTH_LEN + 1]);
+    let call_id = u64::from_be_bytes(buf[8..16].try_into().expect("8 bytes"));
+    Some((kind, call_id))
+}
+
+/// Checks that a service or method name fits in a frame.
+pub(crate) fn check_name(name: &str) -> Result<(), crate::Error> {
+    if name.len() > MAX_NAME {
+        return Err(crate::Error::InvalidName { name: name.to_owned() });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(id: u64, body: &[u8]) -> BytesMut {
+        let mut b = BytesMut::new();
+        put_request(&mut b, id, 250, "echo.Echo", "Say", body);
+        b
+    }
+
+    #[test]
+    fn request_round_trips() {
+        let mut b = request(7, b"hello");
+        let f = decode(&mut b, DEFAULT_MAX_FRAME).unwrap().unwrap();
+        assert_eq!(f.kind, Kind::Request);
+        assert_eq!(f.call_id, 7);
+        assert_eq!(f.timeout_ms, 250);
+        assert_eq!(f.service(), "echo.Echo");
+        assert_eq!(f.method(), "Say");
+        assert_eq!(&f.body[..], b"hello");
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn split_frame_waits_for_every_byte() {
+        let whole = request(1, &[9u8; 100]);
+        let mut b = BytesMut::new();
+        for (i, byte) in whole.iter().enumerate() {
+            assert!(decode(&mut b, DEFAULT_MAX_FRAME).unwrap().is_none(), "early at {i}");
+            b.put_u8(*byte);
+        }
+        let f = decode(&mut b, DEFAULT_MAX_FRAME).unwrap().unwrap();
+        assert_eq!(f.body.len(), 100);
+    }
+
+    #[test]
+    fn packed_frames_come_out_in_order() {
+        let mut b = BytesMut::new();
+        for id in 0..50u64 {
+            b.extend_from_slice(&request(id, &id.to_be_bytes()));
+        }
+        put_control(&mut b, Kind::Ping, 99);
+        for id in 0..50u64 {
+            let f = decode(&mut b, DEFAULT_MAX_FRAME).unwrap().unwrap();
+            assert_eq!(f.call_id, id);
+            assert_eq!(&f.body[..], &id.to_be_bytes());
+        }
+        let ping = decode(&mut b, DEFAULT_MAX_FRAME).unwrap().unwrap();
+        assert_eq!((ping.kind, ping.call_id), (Kind::Ping, 99));
+        assert!(decode(&mut b, DEFAULT_MAX_FRAME).unwrap().is_none());
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_the_body_arrives() {
+        let mut b = BytesMut::new();
+        b.put_u32(1_000_001);
+        let err = decode(&mut b, 1_000_000).unwrap_err();
+        assert_eq!(err, FrameError::TooLarge { size: 1_000_001, max: 1_000_000 });
+        assert!(b.capacity() < 1_000_000, "nothing was reserved for the oversized frame");
+    }
+
+    #[test]
+    fn garbage_is_invalid() {
+        let mut b = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..]);
+        // "GET " read as a length is huge: refused as too large.
+        assert!(matches!(decode(&mut b, DEFAULT_MAX_FRAME), Err(FrameError::TooLarge { .. })));
+
+        let mut b = request(1, b"x");
+        b[4] = 9;
+        assert_eq!(decode(&mut b, DEFAULT_MAX_FRAME).unwrap_err(), FrameError::Invalid("unsupported protocol version"));
+
+        let mut b = request(1, b"x");
+        b[5] = 42;
+        assert_eq!(decode(&mut b, DEFAULT_MAX_FRAME).unwrap_err(), FrameError::Invalid("unknown frame kind"));
+
+        let mut b = request(1, b"");
+        b[20] = 200;
+        assert!(matches!(decode(&mut b, DEFAULT_MAX_FRAME), Err(FrameError::Invalid(_))));
+
+        let mut b = BytesMut::new();
+        b.put_u32(3);
+        b.put_slice(&[1, 1, 0]);
+        assert!(matches!(decode(&mut b, DEFAULT_MAX_FRAME), Err(FrameError::Invalid(_))));
+
+        let mut b = request(1, b"");
+        b[22] = 0xff;
+        assert!(matches!(decode(&mut b, DEFAULT_MAX_FRAME), Err(FrameError::Invalid(_))));
+    }
+
+    #[test]
+    fn failed_response_carries_code_and_message() {
+        let mut b = BytesMut::new();
+        put_response(&mut b, 3, &Err(Status::not_found("no user 'bo'")));
+        let f = decode(&mut b, DEFAULT_MAX_FRAME).unwrap().unwrap();
+        assert_eq!(f.kind, Kind::Response);
+        assert_eq!(f.into_result().unwrap_err(), Status::not_found("no user 'bo'"));
+    }
+}

@@ -1,0 +1,397 @@
+//! The server: event loops that own the sockets, and a worker pool that runs handlers.
+//!
+//! [`Builder::bind`] starts `Config::event_loops` loop threads and
+//! `Config::workers` worker threads. Loop 0 owns the listener and hands each
+//! accepted socket to a loop in turn; from then on that loop alone reads and
+//! writes it. A request is decoded on its loop and sent to the pool over a
+//! crossbeam channel (or run right there when the service says the method is
+//! cheap, see [`Service::runs_inline`]); the worker sends the reply back over
+//! the loop's channel and wakes it with its `mio::Waker`, and the loop writes
+//! every reply that is ready before it polls again, so many replies share a
+//! syscall.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::frame;
+use crate::{Error, Status};
+
+mod event_loop;
+mod pool;
+
+use event_loop::{Command, LoopShared};
+
+/// Settings of a server. Start from `Config::default()` and change what you need.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Threads that run handlers.
+    pub workers: usize,
+    /// Event-loop threads that own the sockets. One is plenty for most loads;
+    /// more help only with many cores.
+    pub event_loops: usize,
+    /// Largest frame accepted, in bytes after the length prefix. A larger
+    /// request is answered with `ResourceExhausted` and skipped.
+    pub max_frame_size: usize,
+    /// Calls one connection may have running at once; more are answered with
+    /// `ResourceExhausted` right away.
+    pub max_in_flight_per_connection: usize,
+    /// Bytes of replies and pushes that may wait for a connection that is not
+    /// reading. Past it the server stops reading that connection's requests and
+    /// refuses pushes to it with [`Error::Backpressure`].
+    pub max_pending_write_bytes: usize,
+    /// A connection that sends nothing (not even a ping) for this long is
+    /// closed. `Duration::ZERO` keeps idle connections forever.
+    pub idle_timeout: Duration,
+    /// How long a graceful shutdown waits for in-flight calls.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
+            event_loops: 1,
+            max_frame_size: frame::DEFAULT_MAX_FRAME,
+            max_in_flight_per_connection: 1024,
+            max_pending_write_bytes: 8 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(90),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A set of methods served under one name, such as `chatroom.Gateway`.
+///
+/// `rpc-codegen` writes the implementation that decodes the request, calls
+/// your typed trait and encodes the reply; implement it by hand only for
+/// untyped services.
+pub trait Service: Send + Sync + 'static {
+    /// The service name clients call, e.g. `"echo.Echo"`.
+    fn name(&self) -> &str;
+
+    /// Runs `method` on the protobuf-encoded `body`, returning the encoded reply.
+    ///
+    /// An unknown method should return `Code::Unimplemented`, an undecodable
+    /// body `Code::InvalidArgument`. A panic is caught and answered with
+    /// `Code::Internal`; the server keeps serving.
+    fn call(&self, ctx: &Context, method: &str, body: Bytes) -> Result<Bytes, Status>;
+
+    /// Whether `method` is cheap and never blocks, so the event loop may run it
+    /// itself instead of handing it to a worker. Saves two thread hops per
+    /// call; a slow inline method stalls every connection on its loop.
+    fn runs_inline(&self, _method: &str) -> bool {
+        false
+    }
+}
+
+/// Identifies a connection for the life of the server; ids are never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+impl std::fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "conn-{}", self.0)
+    }
+}
+
+/// What a handler knows about the call it is running.
+pub struct Context {
+    /// The connection the request came in on.
+    connection: Connection,
+    /// The caller's call id, unique on that connection.
+    call_id: u64,
+    /// When the caller stops waiting, if it said.
+    deadline: Option<Instant>,
+}
+
+impl Context {
+    /// The connection the request came in on; keep a clone to push to it later.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// The caller's id for this call.
+    pub fn call_id(&self) -> u64 {
+        self.call_id
+    }
+
+    /// When the caller stops waiting for the answer, if it set a deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left before the deadline; `None` when the caller set none.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// Per-connection state shared between its loop and every [`Connection`] handle.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    /// False once the loop has closed the socket.
+    open: AtomicBool,
+    /// Bytes waiting in the connection's write buffer, as of the loop's last write.
+    unwritten: AtomicUsize,
+}
+
+/// A handle to one client connection, usable from any thread.
+///
+/// The chat proxy keeps one per logged-in user and pushes messages through it.
+#[derive(Clone)]
+pub struct Connection {
+    /// Unique id of the connection.
+    id: ConnectionId,
+    /// The client's address.
+    peer: SocketAddr,
+    /// The loop that owns the socket.
+    owner: Arc<LoopShared>,
+    /// Open flag and queued bytes.
+    state: Arc<ConnState>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("id", &self.id).field("peer", &self.peer).finish()
+    }
+}
+
+impl Connection {
+    /// The connection's unique id.
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// The client's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Whether the connection is still open.
+    pub fn is_open(&self) -> bool {
+        self.state.open.load(Ordering::Acquire)
+    }
+
+    /// Sends a one-way frame naming `service.method` to the client.
+    ///
+    /// Returns once the frame is queued for the loop; it is written in order
+    /// with the connection's other frames.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] if the connection has closed; [`Error::Backpressure`]
+    /// if more than `max_pending_write_bytes` already wait for the client;
+    /// [`Error::InvalidName`] for a name over 255 bytes.
+    pub fn push(&self, service: &str, method: &str, body: &[u8]) -> Result<(), Error> {
+        frame::check_name(service)?;
+        frame::check_name(method)?;
+        if !self.is_open() {
+            return Err(Error::Closed(format!("{} ({}) is closed", self.id, self.peer)));
+        }
+        let queued = self.state.unwritten.load(Ordering::Relaxed);
+        if queued > self.owner.max_pending_write_bytes {
+            return Err(Error::Backpressure(format!(
+                "{} has {queued} bytes unread by the client",
+                self.id
+            )));
+        }
+        let mut buf = BytesMut::new();
+        frame::put_push(&mut buf, service, method, body);
+        self.owner.send(Command::Push { id: self.id, frame: buf.freeze() });
+        Ok(())
+    }
+
+    /// Closes the connection after what is already queued to it is written.
+    pub fn close(&self) {
+        self.owner.send(Command::Close { id: self.id });
+    }
+}
+
+/// Called with the id of each connection that closes, on a worker thread.
+pub type DisconnectHook = Arc<dyn Fn(ConnectionId) + Send + Sync>;
+
+/// Collects services and settings, then binds a server.
+///
+/// ```no_run
+/// use rpc_core::server::{Builder, Config};
+/// # fn main() -> Result<(), rpc_core::Error> {
+/// # let my_service = rpc_core::server::tests_support::Echo;
+/// let server = Builder::new(Config::default())
+///     .service(my_service)
+///     .bind("127.0.0.1:0")?;
+/// println!("listening on {}", server.local_addr());
+/// server.wait();
+/// # Ok(())
+/// # }
+/// ```
+pub struct Builder {
+    /// Settings for the server.
+    config: Config,
+    /// Services by name.
+    services: HashMap<String, Arc<dyn Service>>,
+    /// Told about every closed connection.
+    on_disconnect: Option<DisconnectHook>,
+}
+
+impl Builder {
+    /// A builder with `config` and no services.
+    pub fn new(config: Config) -> Builder {
+        Builder { config, services: HashMap::new(), on_disconnect: None }
+    }
+
+    /// Adds a service; a later service with the same name replaces an earlier one.
+    pub fn service(mut self, service: impl Service) -> Builder {
+        self.services.insert(service.name().to_owned(), Arc::new(service));
+        self
+    }
+
+    /// Runs `hook` (on a worker thread) with the id of every connection that closes.
+    pub fn on_disconnect(mut self, hook: impl Fn(ConnectionId) + Send + Sync + 'static) -> Builder {
+        self.on_disconnect = Some(Arc::new(hook));
+        self
+    }
+
+    /// Binds the listener and starts the loop and worker threads.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the address cannot be resolved or bound, or a thread
+    /// or poller cannot be created.
+    pub fn bind(self, addr: impl ToSocketAddrs) -> Result<Handle, Error> {
+        let addr = addr.to_socket_addrs()?.next().ok_or_else(|| {
+            Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind"))
+        })?;
+        let config = Config {
+            workers: self.config.workers.max(1),
+            event_loops: self.config.event_loops.max(1),
+            ..self.config
+        };
+        let listener = mio::net::TcpListener::bind(addr)?;
+        let local_addr = listener.local_addr()?;
+        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
+        let services = Arc::new(self.services);
+
+        let mut loops = Vec::with_capacity(config.event_loops);
+        for index in 0..config.event_loops {
+            loops.push(event_loop::EventLoop::new(index, &config, services.clone(), jobs_tx.clone())?);
+        }
+        let shared: Vec<Arc<LoopShared>> = loops.iter().map(|l| l.shared()).collect();
+        let mut loop_threads = Vec::with_capacity(loops.len());
+        let mut listener = Some(listener);
+        for mut l in loops {
+            if let Some(listener) = listener.take() {
+                l.set_listener(listener, shared.clone())?;
+            }
+            let name = format!("rpc-loop-{}", l.index());
+            loop_threads.push(std::thread::Builder::new().name(name).spawn(move || l.run())?);
+        }
+        let workers = pool::start(config.workers, jobs_rx, self.on_disconnect)?;
+        drop(jobs_tx);
+        tracing::info!(%local_addr, loops = config.event_loops, workers = config.workers, "rpc server listening");
+        Ok(Handle { local_addr, loops: shared, loop_threads, workers, shut: false })
+    }
+}
+
+/// A running server. Dropping it shuts the server down gracefully.
+pub struct Handle {
+    /// The bound address (useful after binding port 0).
+    local_addr: SocketAddr,
+    /// Each loop's channel and waker.
+    loops: Vec<Arc<LoopShared>>,
+    /// The loop threads.
+    loop_threads: Vec<JoinHandle<()>>,
+    /// The worker threads.
+    workers: Vec<JoinHandle<()>>,
+    /// Whether `shutdown` already ran.
+    shut: bool,
+}
+
+impl Handle {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, tells clients to go away, finishes in-flight calls
+    /// (up to `Config::shutdown_grace`), closes every connection and joins
+    /// every thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    /// Blocks until the server stops (it runs until shut down from elsewhere
+    /// or the process ends).
+    pub fn wait(mut self) {
+        for t in self.loop_threads.drain(..) {
+            let _ = t.join();
+        }
+        self.stop();
+    }
+
+    /// A handle that can shut this server down from another thread.
+    pub fn stopper(&self) -> Stopper {
+        Stopper { loops: self.loops.clone() }
+    }
+
+    fn stop(&mut self) {
+        if self.shut {
+            return;
+        }
+        self.shut = true;
+        self.stopper().stop();
+        for t in self.loop_threads.drain(..) {
+            let _ = t.join();
+        }
+        // The loops held the last job senders; workers drain and exit.
+        for t in self.workers.drain(..) {
+            let _ = t.join();
+        }
+        tracing::info!(local_addr = %self.local_addr, "rpc server stopped");
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Asks a server to shut down gracefully, from any thread.
+#[derive(Clone)]
+pub struct Stopper {
+    /// Each loop's channel and waker.
+    loops: Vec<Arc<LoopShared>>,
+}
+
+impl Stopper {
+    /// Starts the graceful shutdown; [`Handle::wait`] returns once it is done.
+    pub fn stop(&self) {
+        for l in &self.loops {
+            l.send(Command::Shutdown);
+        }
+    }
+}
+
+#[doc(hidden)]
+pub mod tests_support {
+    //! A tiny untyped service for doc examples.
+    use super::*;
+
+    /// Answers every method with the request body.
+    pub struct Echo;
+
+    impl Service for Echo {
+        fn name(&self) -> &str {
+            "test.Echo"
+        }
+        fn call(&self, _ctx: &Context, _method: &str, body: Bytes) -> Result<Bytes, Status> {
+            Ok(body)
+        }
+    }
+}

@@ -1,0 +1,571 @@
+//! One event-loop thread: owns a `mio::Poll`, its sockets and their buffers.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::pool::{self, Job};
+use super::{Config, ConnState, Connection, ConnectionId, Context, Service};
+use crate::frame::{self, FrameError, Kind};
+use crate::Status;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Connection ids double as poll tokens, so they start after the two fixed tokens.
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(2);
+/// Bytes read from a socket per `read` call.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Messages to a loop from other threads.
+pub(crate) enum Command {
+    /// A worker finished a call; `None` for a one-way push that sends nothing back.
+    Reply { id: ConnectionId, call_id: u64, result: Option<Result<Bytes, Status>> },
+    /// An encoded push frame to append to a connection's output.
+    Push { id: ConnectionId, frame: Bytes },
+    /// Close a connection once its output is written.
+    Close { id: ConnectionId },
+    /// A socket accepted by loop 0 for this loop to own.
+    Adopt { stream: TcpStream, peer: SocketAddr },
+    /// Begin the graceful shutdown.
+    Shutdown,
+}
+
+/// The part of a loop other threads hold: its command channel and waker.
+pub(crate) struct LoopShared {
+    /// Commands for the loop.
+    tx: Sender<Command>,
+    /// Wakes the loop's `poll`.
+    waker: Waker,
+    /// True while a wake is pending, so a burst of replies costs one wake syscall.
+    woken: AtomicBool,
+    /// Copied from the config for `Connection::push`.
+    pub(crate) max_pending_write_bytes: usize,
+}
+
+impl LoopShared {
+    /// Queues `cmd` and wakes the loop unless a wake is already pending.
+    pub(crate) fn send(&self, cmd: Command) {
+        if self.tx.send(cmd).is_ok() && !self.woken.swap(true, Ordering::AcqRel) {
+            if let Err(e) = self.waker.wake() {
+                tracing::error!(error = %e, "cannot wake event loop");
+            }
+        }
+    }
+}
+
+/// One client connection, as the loop sees it.
+struct Conn {
+    /// The socket.
+    stream: TcpStream,
+    /// The handle given to handlers and pushers.
+    handle: Connection,
+    /// Bytes read but not yet decoded.
+    inbuf: BytesMut,
+    /// Bytes encoded but not yet written.
+    out: BytesMut,
+    /// Calls handed to workers and not yet answered.
+    in_flight: usize,
+    /// When the last bytes arrived, for the idle timeout.
+    last_read: Instant,
+    /// Bytes of an oversized frame still to skip.
+    discard: usize,
+    /// Reading stopped because `out` is over the cap.
+    paused: bool,
+    /// Close once `out` is written.
+    closing: bool,
+    /// Whether WRITABLE interest is registered.
+    want_write: bool,
+    /// Whether the connection is already in the loop's dirty list.
+    dirty: bool,
+}
+
+/// A loop thread's state.
+pub(crate) struct EventLoop {
+    /// Which loop this is (0 owns the listener).
+    index: usize,
+    /// The poller.
+    poll: Poll,
+    /// Handle for other threads.
+    shared: Arc<LoopShared>,
+    /// Commands from other threads.
+    rx: Receiver<Command>,
+    /// The listener, on loop 0 only.
+    listener: Option<TcpListener>,
+    /// Every loop, for handing out accepted sockets.
+    peers: Vec<Arc<LoopShared>>,
+    /// Round-robin position over `peers`.
+    next_peer: usize,
+    /// Connections owned by this loop, by token.
+    conns: HashMap<Token, Conn>,
+    /// Services by name.
+    services: Arc<HashMap<String, Arc<dyn Service>>>,
+    /// The worker pool's queue.
+    jobs: Sender<Job>,
+    /// Server settings.
+    config: Config,
+    /// Read buffer reused for every socket.
+    scratch: Box<[u8]>,
+    /// Connections with output to write this turn.
+    dirty: Vec<Token>,
+    /// Set once shutdown starts: when to give up on in-flight calls.
+    draining_until: Option<Instant>,
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        index: usize,
+        config: &Config,
+        services: Arc<HashMap<String, Arc<dyn Service>>>,
+        jobs: Sender<Job>,
+    ) -> io::Result<EventLoop> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(LoopShared {
+            tx,
+            waker,
+            woken: AtomicBool::new(false),
+            max_pending_write_bytes: config.max_pending_write_bytes,
+        });
+        Ok(EventLoop {
+            index,
+            poll,
+            shared,
+            rx,
+            listener: None,
+            peers: Vec::new(),
+            next_peer: 0,
+            conns: HashMap::new(),
+            services,
+            jobs,
+            config: config.clone(),
+            scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
+            dirty: Vec::new(),
+            draining_until: None,
+        })
+    }
+
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
+    pub(crate) fn shared(&self) -> Arc<LoopShared> {
+        self.shared.clone()
+    }
+
+    /// Makes this loop the acceptor, handing sockets out over `peers` in turn.
+    pub(crate) fn set_listener(&mut self, mut listener: TcpListener, peers: Vec<Arc<LoopShared>>) -> io::Result<()> {
+        self.poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        self.listener = Some(listener);
+        self.peers = peers;
+        Ok(())
+    }
+
+    /// Runs until shutdown completes.
+    pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut next_tick = Instant::now() + Duration::from_secs(1);
+        loop {
+            let now = Instant::now();
+            let mut timeout = next_tick.saturating_duration_since(now);
+            if let Some(until) = self.draining_until {
+                timeout = timeout.min(until.saturating_duration_since(now));
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(error = %e, "poll failed; event loop stops");
+                break;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    token => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read(token);
+                        }
+                        if event.is_writable() {
+                            self.mark_dirty(token);
+                        }
+                    }
+                }
+            }
+            self.drain_commands();
+            self.flush_dirty();
+            let now = Instant::now();
+            if now >= next_tick {
+                self.close_idle(now);
+                next_tick = now + Duration::from_secs(1);
+            }
+            if let Some(until) = self.draining_until {
+                let idle = self.conns.values().all(|c| c.in_flight == 0 && c.out.is_empty());
+                if idle || now >= until {
+                    break;
+                }
+            }
+        }
+        let tokens: Vec<Token> = self.conns.keys().copied().collect();
+        for token in tokens {
+            self.close(token, "server stopped");
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else { return };
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    let target = self.next_peer % self.peers.len().max(1);
+                    self.next_peer = self.next_peer.wrapping_add(1);
+                    if target == self.index || self.peers.is_empty() {
+                        self.adopt(stream, peer);
+                    } else {
+                        self.peers[target].send(Command::Adopt { stream, peer });
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of file descriptors and the like: log and try again on the next event.
+                    tracing::warn!(error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn adopt(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+        if self.draining_until.is_some() {
+            return;
+        }
+        let id = ConnectionId(NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed));
+        let token = Token(id.0 as usize);
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "set_nodelay failed");
+        }
+        if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE) {
+            tracing::warn!(error = %e, %peer, "cannot register connection");
+            return;
+        }
+        let state = Arc::new(ConnState { open: AtomicBool::new(true), unwritten: AtomicUsize::new(0) });
+        let handle = Connection { id, peer, owner: self.shared.clone(), state };
+        tracing::debug!(%id, %peer, "connection accepted");
+        self.conns.insert(
+            token,
+            Conn {
+                stream,
+                handle,
+                inbuf: BytesMut::new(),
+                out: BytesMut::new(),
+                in_flight: 0,
+                last_read: Instant::now(),
+                discard: 0,
+                paused: false,
+                closing: false,
+                want_write: false,
+                dirty: false,
+            },
+        );
+    }
+
+    /// Reads everything the socket has (edge-triggered) and handles each frame.
+    fn read(&mut self, token: Token) {
+        let Some(conn) = self.conns.get_mut(&token) else { return };
+        if conn.paused || conn.closing {
+            return;
+        }
+        let mut eof = None;
+        loop {
+            match conn.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    eof = Some("closed by peer");
+                    break;
+                }
+                Ok(n) => {
+                    conn.inbuf.extend_from_slice(&self.scratch[..n]);
+                    conn.last_read = Instant::now();
+                    let ctx = Dispatch {
+                        services: &self.services,
+                        jobs: &self.jobs,
+                        config: &self.config,
+                        draining: self.draining_until.is_some(),
+                    };
+                    ctx.frames(conn);
+                    if conn.paused || conn.closing {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    eof = Some("connection reset");
+                    break;
+                }
+            }
+        }
+        let has_output = !conn.out.is_empty() || conn.closing;
+        if has_output {
+            self.mark_dirty(token);
+        }
+        if let Some(reason) = eof {
+            // Write what can still be written (answers already computed), then close.
+            self.flush(token);
+            self.close(token, reason);
+        }
+    }
+
+    fn drain_commands(&mut self) {
+        self.shared.woken.store(false, Ordering::Release);
+        while let Ok(cmd) = self.rx.try_recv() {
+            match cmd {
+                Command::Reply { id, call_id, result } => {
+                    let token = Token(id.0 as usize);
+                    let Some(conn) = self.conns.get_mut(&token) else { continue };
+                    conn.in_flight = conn.in_flight.saturating_sub(1);
+                    if let Some(result) = result {
+                        frame::put_response(&mut conn.out, call_id, &result);
+                    }
+                    self.mark_dirty(token);
+                }
+                Command::Push { id, frame } => {
+                    let token = Token(id.0 as usize);
+                    let Some(conn) = self.conns.get_mut(&token) else { continue };
+                    conn.out.extend_from_slice(&frame);
+                    self.mark_dirty(token);
+                }
+                Command::Close { id } => {
+                    let token = Token(id.0 as usize);
+                    if let Some(conn) = self.conns.get_mut(&token) {
+                        conn.closing = true;
+                        self.mark_dirty(token);
+                    }
+                }
+                Command::Adopt { stream, peer } => self.adopt(stream, peer),
+                Command::Shutdown => self.begin_shutdown(),
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.draining_until.is_some() {
+            return;
+        }
+        self.draining_until = Some(Instant::now() + self.config.shutdown_grace);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let tokens: Vec<Token> = self.conns.keys().copied().collect();
+        for token in tokens {
+            if let Some(conn) = self.conns.get_mut(&token) {
+                frame::put_goaway(&mut conn.out, "server is shutting down");
+            }
+            self.mark_dirty(token);
+        }
+    }
+
+    fn mark_dirty(&mut self, token: Token) {
+        if let Some(conn) = self.conns.get_mut(&token) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(token);
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        while let Some(token) = self.dirty.pop() {
+            if let Some(conn) = self.conns.get_mut(&token) {
+                conn.dirty = false;
+            }
+            self.flush(token);
+        }
+    }
+
+    /// Writes as much output as the socket takes, then adjusts interest and backpressure.
+    fn flush(&mut self, token: Token) {
+        let Some(conn) = self.conns.get_mut(&token) else { return };
+        let mut failed = false;
+        while !conn.out.is_empty() {
+            match conn.stream.write(&conn.out) {
+                Ok(0) => {
+                    failed = true;
+                    break;
+                }
+                Ok(n) => conn.out.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            self.close(token, "write failed");
+            return;
+        }
+        let pending = conn.out.len();
+        conn.handle.state.unwritten.store(pending, Ordering::Relaxed);
+        if pending == 0 && conn.closing {
+            self.close(token, "closed by server");
+            return;
+        }
+        let want_write = pending > 0;
+        let max = self.config.max_pending_write_bytes;
+        let was_paused = conn.paused;
+        conn.paused = pending > max || (was_paused && pending > max / 2);
+        let interest = match (conn.paused, want_write) {
+            (true, _) => Interest::WRITABLE,
+            (false, true) => Interest::READABLE | Interest::WRITABLE,
+            (false, false) => Interest::READABLE,
+        };
+        if want_write != conn.want_write || was_paused != conn.paused {
+            conn.want_write = want_write;
+            if self.poll.registry().reregister(&mut conn.stream, token, interest).is_err() {
+                self.close(token, "cannot reregister");
+                return;
+            }
+        }
+        if was_paused && !conn.paused {
+            // Edge-triggered: bytes that arrived while paused raise no new event.
+            self.read(token);
+        }
+    }
+
+    fn close_idle(&mut self, now: Instant) {
+        let limit = self.config.idle_timeout;
+        if limit.is_zero() {
+            return;
+        }
+        let idle: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.in_flight == 0 && now.duration_since(c.last_read) > limit)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in idle {
+            if let Some(conn) = self.conns.get_mut(&token) {
+                let reason = format!("idle for more than {} s", limit.as_secs());
+                frame::put_goaway(&mut conn.out, &reason);
+                conn.closing = true;
+            }
+            self.flush(token);
+        }
+    }
+
+    fn close(&mut self, token: Token, reason: &str) {
+        let Some(mut conn) = self.conns.remove(&token) else { return };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        conn.handle.state.open.store(false, Ordering::Release);
+        tracing::debug!(id = %conn.handle.id, peer = %conn.handle.peer, reason, "connection closed");
+        let _ = self.jobs.send(Job::Disconnected(conn.handle.id));
+    }
+}
+
+/// What frame handling needs from the loop, borrowed apart from the connection map.
+struct Dispatch<'a> {
+    services: &'a HashMap<String, Arc<dyn Service>>,
+    jobs: &'a Sender<Job>,
+    config: &'a Config,
+    draining: bool,
+}
+
+impl Dispatch<'_> {
+    /// Decodes and handles every whole frame in `conn.inbuf`.
+    fn frames(&self, conn: &mut Conn) {
+        loop {
+            if conn.discard > 0 {
+                let n = conn.discard.min(conn.inbuf.len());
+                conn.inbuf.advance(n);
+                conn.discard -= n;
+                if conn.discard > 0 {
+                    return;
+                }
+            }
+            match frame::decode(&mut conn.inbuf, self.config.max_frame_size) {
+                Ok(Some(f)) => self.frame(conn, f),
+                Ok(None) => return,
+                Err(FrameError::TooLarge { size, max }) => {
+                    let Some((kind, call_id)) = frame::peek_call(&conn.inbuf) else { return };
+                    if kind == Some(Kind::Request) {
+                        let status = Status::resource_exhausted(format!(
+                            "request of {size} bytes exceeds the server's maximum frame size of {max}"
+                        ));
+                        frame::put_response(&mut conn.out, call_id, &Err(status));
+                    }
+                    conn.discard = frame::LENGTH_LEN + size;
+                }
+                Err(FrameError::Invalid(why)) => {
+                    tracing::debug!(peer = %conn.handle.peer, why, "protocol violation");
+                    frame::put_goaway(&mut conn.out, &format!("protocol violation: {why}"));
+                    conn.closing = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn frame(&self, conn: &mut Conn, f: frame::Frame) {
+        match f.kind {
+            Kind::Request | Kind::Push => self.call(conn, f),
+            Kind::Ping => frame::put_control(&mut conn.out, Kind::Pong, f.call_id),
+            Kind::Pong => {}
+            Kind::Response | Kind::GoAway => {
+                frame::put_goaway(&mut conn.out, "protocol violation: clients may not send responses or go-away");
+                conn.closing = true;
+            }
+        }
+    }
+
+    fn call(&self, conn: &mut Conn, f: frame::Frame) {
+        let reply = f.kind == Kind::Request;
+        let refuse = |conn: &mut Conn, status: Status| {
+            if reply {
+                frame::put_response(&mut conn.out, f.call_id, &Err(status));
+            } else {
+                tracing::debug!(peer = %conn.handle.peer, %status, "one-way push dropped");
+            }
+        };
+        if self.draining {
+            return refuse(conn, Status::unavailable("server is shutting down"));
+        }
+        let Some(service) = self.services.get(f.service()) else {
+            let status = Status::unimplemented(format!("unknown service '{}'", f.service()));
+            return refuse(conn, status);
+        };
+        if conn.in_flight >= self.config.max_in_flight_per_connection {
+            let status = Status::resource_exhausted(format!(
+                "more than {} calls in flight on one connection",
+                self.config.max_in_flight_per_connection
+            ));
+            return refuse(conn, status);
+        }
+        let deadline = (f.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(f.timeout_ms.into()));
+        let ctx = Context { connection: conn.handle.clone(), call_id: f.call_id, deadline };
+        if service.runs_inline(f.method()) {
+            let result = pool::run(service.as_ref(), &ctx, &f);
+            if reply {
+                frame::put_response(&mut conn.out, f.call_id, &result);
+            }
+            return;
+        }
+        conn.in_flight += 1;
+        let job = Job::Call { service: service.clone(), ctx, frame: f, reply };
+        if let Err(crossbeam_channel::SendError(Job::Call { frame: f, reply: true, .. })) = self.jobs.send(job) {
+            conn.in_flight -= 1;
+            let status = Status::unavailable("server is shutting down");
+            frame::put_response(&mut conn.out, f.call_id, &Err(status));
+        }
+    }
+}
