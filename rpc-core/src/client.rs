@@ -294,7 +294,8 @@ impl Channel {
             let now = Instant::now();
             if let Some(retry_at) = st.retry_at.filter(|t| *t > now) {
                 if deadline.is_some_and(|d| d < retry_at) {
-                    let (kind, msg) = st.last_error.clone().unwrap_or((std::io::ErrorKind::Other, String::new()));
+                    let (kind, msg) =
+                        st.last_error.clone().unwrap_or((std::io::ErrorKind::Other, String::new()));
                     return Err(Error::Connect {
                         addr: inner.addr,
                         source: std::io::Error::new(kind, format!("{msg} (next attempt in backoff)")),
@@ -350,16 +351,7 @@ impl Channel {
             waiter.reset();
             conn.register(id, Pending::Waiter(waiter.clone()));
             let sent = with_encode_buf(|buf| {
-                frame::put_header(
-                    buf,
-                    frame::Kind::Request,
-                    crate::Code::Ok,
-                    id,
-                    timeout_ms(deadline),
-                    service,
-                    method,
-                    body_len,
-                );
+                request_header(id, deadline, service, method).put(buf, body_len);
                 encode(buf);
                 conn.write(buf)
             });
@@ -414,7 +406,7 @@ impl Channel {
             },
         );
         let sent = with_encode_buf(|buf| {
-            frame::put_header(buf, frame::Kind::Request, crate::Code::Ok, id, timeout_ms(deadline), service, method, body_len);
+            request_header(id, deadline, service, method).put(buf, body_len);
             encode(buf);
             conn.write(buf)
         });
@@ -455,12 +447,26 @@ impl std::fmt::Debug for Channel {
     }
 }
 
-/// Milliseconds left until `deadline`, for the frame header (at least 1, 0 = none).
-fn timeout_ms(deadline: Option<Instant>) -> u32 {
-    deadline.map_or(0, |d| {
+/// The header of a request, with the milliseconds left until `deadline`
+/// (at least 1; 0 means none).
+fn request_header<'a>(
+    id: u64,
+    deadline: Option<Instant>,
+    service: &'a str,
+    method: &'a str,
+) -> frame::Header<'a> {
+    let timeout_ms = deadline.map_or(0, |d| {
         let ms = d.saturating_duration_since(Instant::now()).as_millis();
-        ms.clamp(1, u32::MAX as u128) as u32
-    })
+        ms.clamp(1, u128::from(u32::MAX)) as u32
+    });
+    frame::Header {
+        kind: frame::Kind::Request,
+        code: crate::Code::Ok,
+        call_id: id,
+        timeout_ms,
+        service,
+        method,
+    }
 }
 
 /// Runs `f` with this thread's cleared encode buffer.

@@ -183,34 +183,49 @@ pub fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, Fra
     Ok(Some(Frame { kind, code, call_id, timeout_ms, names, service_len, body: rest }))
 }
 
-/// Appends the length prefix and header of a frame whose body is `body_len` bytes.
-///
-/// The caller appends the body right after. Names longer than [`MAX_NAME`]
-/// must be rejected before this is called.
-pub fn put_header(
-    dst: &mut BytesMut,
-    kind: Kind,
-    code: Code,
-    call_id: u64,
-    timeout_ms: u32,
-    service: &str,
-    method: &str,
-    body_len: usize,
-) {
-    debug_assert!(service.len() <= MAX_NAME && method.len() <= MAX_NAME);
-    let len = HEADER_LEN + service.len() + method.len() + body_len;
-    dst.reserve(LENGTH_LEN + len);
-    dst.put_u32(len as u32);
-    dst.put_u8(VERSION);
-    dst.put_u8(kind as u8);
-    dst.put_u8(code as u8);
-    dst.put_u8(0);
-    dst.put_u64(call_id);
-    dst.put_u32(timeout_ms);
-    dst.put_u8(service.len() as u8);
-    dst.put_u8(method.len() as u8);
-    dst.put_slice(service.as_bytes());
-    dst.put_slice(method.as_bytes());
+/// The fields of a frame header, for encoding.
+#[derive(Debug, Clone, Copy)]
+pub struct Header<'a> {
+    /// What the frame is for.
+    pub kind: Kind,
+    /// Status of a response; `Ok` on other kinds.
+    pub code: Code,
+    /// The call id (0 where the kind has none).
+    pub call_id: u64,
+    /// Milliseconds the caller will wait; 0 for none.
+    pub timeout_ms: u32,
+    /// Service name, at most [`MAX_NAME`] bytes.
+    pub service: &'a str,
+    /// Method name, at most [`MAX_NAME`] bytes.
+    pub method: &'a str,
+}
+
+impl<'a> Header<'a> {
+    /// A header of `kind` with no names, no status and no deadline.
+    pub fn new(kind: Kind, call_id: u64) -> Header<'a> {
+        Header { kind, code: Code::Ok, call_id, timeout_ms: 0, service: "", method: "" }
+    }
+
+    /// Appends the length prefix and this header for a body of `body_len` bytes.
+    ///
+    /// The caller appends the body right after. Names longer than [`MAX_NAME`]
+    /// must be rejected before this is called.
+    pub fn put(&self, dst: &mut BytesMut, body_len: usize) {
+        debug_assert!(self.service.len() <= MAX_NAME && self.method.len() <= MAX_NAME);
+        let len = HEADER_LEN + self.service.len() + self.method.len() + body_len;
+        dst.reserve(LENGTH_LEN + len);
+        dst.put_u32(len as u32);
+        dst.put_u8(VERSION);
+        dst.put_u8(self.kind as u8);
+        dst.put_u8(self.code as u8);
+        dst.put_u8(0);
+        dst.put_u64(self.call_id);
+        dst.put_u32(self.timeout_ms);
+        dst.put_u8(self.service.len() as u8);
+        dst.put_u8(self.method.len() as u8);
+        dst.put_slice(self.service.as_bytes());
+        dst.put_slice(self.method.as_bytes());
+    }
 }
 
 /// Appends a whole request frame.
@@ -222,7 +237,8 @@ pub fn put_request(
     method: &str,
     body: &[u8],
 ) {
-    put_header(dst, Kind::Request, Code::Ok, call_id, timeout_ms, service, method, body.len());
+    let header = Header { kind: Kind::Request, code: Code::Ok, call_id, timeout_ms, service, method };
+    header.put(dst, body.len());
     dst.put_slice(body);
 }
 
@@ -230,13 +246,13 @@ pub fn put_request(
 pub fn put_response(dst: &mut BytesMut, call_id: u64, result: &Result<Bytes, Status>) {
     match result {
         Ok(body) => {
-            put_header(dst, Kind::Response, Code::Ok, call_id, 0, "", "", body.len());
+            Header::new(Kind::Response, call_id).put(dst, body.len());
             dst.put_slice(body);
         }
         Err(status) => {
             let code = if status.code == Code::Ok { Code::Unknown } else { status.code };
             let msg = status.message.as_bytes();
-            put_header(dst, Kind::Response, code, call_id, 0, "", "", msg.len());
+            Header { code, ..Header::new(Kind::Response, call_id) }.put(dst, msg.len());
             dst.put_slice(msg);
         }
     }
@@ -244,18 +260,18 @@ pub fn put_response(dst: &mut BytesMut, call_id: u64, result: &Result<Bytes, Sta
 
 /// Appends a whole one-way push frame.
 pub fn put_push(dst: &mut BytesMut, service: &str, method: &str, body: &[u8]) {
-    put_header(dst, Kind::Push, Code::Ok, 0, 0, service, method, body.len());
+    Header { service, method, ..Header::new(Kind::Push, 0) }.put(dst, body.len());
     dst.put_slice(body);
 }
 
 /// Appends a frame with no names and no body: ping, pong or go-away.
 pub fn put_control(dst: &mut BytesMut, kind: Kind, call_id: u64) {
-    put_header(dst, kind, Code::Ok, call_id, 0, "", "", 0);
+    Header::new(kind, call_id).put(dst, 0);
 }
 
 /// Appends a go-away frame whose body says why the connection is ending.
 pub fn put_goaway(dst: &mut BytesMut, reason: &str) {
-    put_header(dst, Kind::GoAway, Code::Ok, 0, 0, "", "", reason.len());
+    Header::new(Kind::GoAway, 0).put(dst, reason.len());
     dst.put_slice(reason.as_bytes());
 }
 
@@ -348,7 +364,10 @@ mod tests {
 
         let mut b = request(1, b"x");
         b[4] = 9;
-        assert_eq!(decode(&mut b, DEFAULT_MAX_FRAME).unwrap_err(), FrameError::Invalid("unsupported protocol version"));
+        assert_eq!(
+            decode(&mut b, DEFAULT_MAX_FRAME).unwrap_err(),
+            FrameError::Invalid("unsupported protocol version")
+        );
 
         let mut b = request(1, b"x");
         b[5] = 42;

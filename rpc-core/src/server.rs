@@ -196,10 +196,7 @@ impl Connection {
         }
         let queued = self.state.unwritten.load(Ordering::Relaxed);
         if queued > self.owner.max_pending_write_bytes {
-            return Err(Error::Backpressure(format!(
-                "{} has {queued} bytes unread by the client",
-                self.id
-            )));
+            return Err(Error::Backpressure(format!("{} has {queued} bytes unread by the client", self.id)));
         }
         let mut buf = BytesMut::new();
         frame::put_push(&mut buf, service, method, body);
@@ -393,5 +390,114 @@ pub mod tests_support {
         fn call(&self, _ctx: &Context, _method: &str, body: Bytes) -> Result<Bytes, Status> {
             Ok(body)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{Channel, Config as ClientConfig};
+    use crate::Code;
+
+    /// Sleeps for `body[0]` ms; tells `started` when it begins.
+    struct Slow(Option<crossbeam_channel::Sender<()>>);
+
+    impl Service for Slow {
+        fn name(&self) -> &str {
+            "test.Slow"
+        }
+        fn call(&self, _ctx: &Context, method: &str, body: Bytes) -> Result<Bytes, Status> {
+            match method {
+                "Sleep" => {
+                    if let Some(started) = &self.0 {
+                        let _ = started.send(());
+                    }
+                    std::thread::sleep(Duration::from_millis(u64::from(body[0])));
+                    Ok(body)
+                }
+                "Panic" => panic!("boom"),
+                _ => Err(Status::unimplemented(method.to_owned())),
+            }
+        }
+    }
+
+    fn server() -> Handle {
+        server_with(Slow(None))
+    }
+
+    fn server_with(slow: Slow) -> Handle {
+        Builder::new(Config { workers: 4, ..Config::default() })
+            .service(tests_support::Echo)
+            .service(slow)
+            .bind("127.0.0.1:0")
+            .unwrap()
+    }
+
+    #[test]
+    fn echo_round_trip_and_unknown_service() {
+        let server = server();
+        let ch = Channel::connect(server.local_addr(), ClientConfig::default()).unwrap();
+        assert_eq!(&ch.call_raw("test.Echo", "Say", b"hi", None).unwrap()[..], b"hi");
+        let err = ch.call_raw("nope.Nope", "X", b"", None).unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented, "{err}");
+        let err = ch.call_raw("test.Slow", "Panic", b"", None).unwrap_err();
+        assert_eq!(err.code(), Code::Internal, "{err}");
+        assert_eq!(&ch.call_raw("test.Echo", "Say", b"again", None).unwrap()[..], b"again");
+        server.shutdown();
+    }
+
+    #[test]
+    fn shutdown_finishes_in_flight_calls() {
+        let (started_tx, started_rx) = crossbeam_channel::bounded(1);
+        let server = server_with(Slow(Some(started_tx)));
+        let ch = Channel::connect(server.local_addr(), ClientConfig::default()).unwrap();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        ch.call_raw_with("test.Slow", "Sleep", &[200], None, Box::new(move |r| tx.send(r).unwrap()));
+        started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        server.shutdown();
+        // The call was running when shutdown began; it still completes.
+        let reply = rx.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+        assert_eq!(&reply[..], &[200]);
+    }
+
+    #[test]
+    fn push_reaches_the_client_and_closed_connections_refuse_it() {
+        let (conn_tx, conn_rx) = crossbeam_channel::bounded(1);
+        struct Grab(crossbeam_channel::Sender<Connection>);
+        impl Service for Grab {
+            fn name(&self) -> &str {
+                "test.Grab"
+            }
+            fn call(&self, ctx: &Context, _m: &str, _b: Bytes) -> Result<Bytes, Status> {
+                let _ = self.0.send(ctx.connection().clone());
+                Ok(Bytes::new())
+            }
+        }
+        let (closed_tx, closed_rx) = crossbeam_channel::bounded(1);
+        let server = Builder::new(Config::default())
+            .service(Grab(conn_tx))
+            .on_disconnect(move |id| {
+                let _ = closed_tx.send(id);
+            })
+            .bind("127.0.0.1:0")
+            .unwrap();
+        let (push_tx, push_rx) = crossbeam_channel::unbounded();
+        let config = ClientConfig {
+            on_push: Some(Arc::new(move |s: &str, m: &str, b: Bytes| {
+                let _ = push_tx.send((s.to_owned(), m.to_owned(), b));
+            })),
+            ..ClientConfig::default()
+        };
+        let ch = Channel::connect(server.local_addr(), config).unwrap();
+        ch.call_raw("test.Grab", "Me", b"", None).unwrap();
+        let conn = conn_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        conn.push("chat.Delivery", "Message", b"hello").unwrap();
+        let (s, m, b) = push_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!((s.as_str(), m.as_str(), &b[..]), ("chat.Delivery", "Message", &b"hello"[..]));
+        ch.close();
+        let closed = closed_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(closed, conn.id());
+        assert!(!conn.is_open());
+        assert!(matches!(conn.push("a", "b", b""), Err(Error::Closed(_))));
     }
 }

@@ -62,12 +62,7 @@ pub(crate) enum Pending {
     /// A blocked thread.
     Waiter(Arc<Waiter>),
     /// A callback, with what the reader needs to time it out.
-    Callback {
-        callback: Callback,
-        deadline: Option<Instant>,
-        started: Instant,
-        what: String,
-    },
+    Callback { callback: Callback, deadline: Option<Instant>, started: Instant, what: String },
 }
 
 impl Pending {
@@ -199,7 +194,8 @@ impl Conn {
     /// Reads and dispatches frames until the connection ends; returns why.
     fn read_frames(&self, stream: &mut TcpStream, config: &Config) -> String {
         let keepalive = config.keepalive;
-        let slow_tick = if keepalive.is_zero() { Duration::from_secs(1) } else { keepalive.min(Duration::from_secs(1)) };
+        let slow_tick =
+            if keepalive.is_zero() { Duration::from_secs(1) } else { keepalive.min(Duration::from_secs(1)) };
         let fast_tick = Duration::from_millis(20);
         let mut tick = slow_tick;
         if stream.set_read_timeout(Some(tick)).is_err() {
@@ -277,7 +273,9 @@ impl Conn {
                     *discard = frame::LENGTH_LEN + size;
                     continue;
                 }
-                Err(FrameError::Invalid(why)) => return Err(format!("protocol violation by the server: {why}")),
+                Err(FrameError::Invalid(why)) => {
+                    return Err(format!("protocol violation by the server: {why}"))
+                }
             };
             match f.kind {
                 Kind::Response => {

@@ -162,7 +162,11 @@ impl EventLoop {
     }
 
     /// Makes this loop the acceptor, handing sockets out over `peers` in turn.
-    pub(crate) fn set_listener(&mut self, mut listener: TcpListener, peers: Vec<Arc<LoopShared>>) -> io::Result<()> {
+    pub(crate) fn set_listener(
+        &mut self,
+        mut listener: TcpListener,
+        peers: Vec<Arc<LoopShared>>,
+    ) -> io::Result<()> {
         self.poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         self.listener = Some(listener);
         self.peers = peers;
@@ -522,7 +526,10 @@ impl Dispatch<'_> {
             Kind::Ping => frame::put_control(&mut conn.out, Kind::Pong, f.call_id),
             Kind::Pong => {}
             Kind::Response | Kind::GoAway => {
-                frame::put_goaway(&mut conn.out, "protocol violation: clients may not send responses or go-away");
+                frame::put_goaway(
+                    &mut conn.out,
+                    "protocol violation: clients may not send responses or go-away",
+                );
                 conn.closing = true;
             }
         }
@@ -551,7 +558,8 @@ impl Dispatch<'_> {
             ));
             return refuse(conn, status);
         }
-        let deadline = (f.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(f.timeout_ms.into()));
+        let deadline =
+            (f.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(f.timeout_ms.into()));
         let ctx = Context { connection: conn.handle.clone(), call_id: f.call_id, deadline };
         if service.runs_inline(f.method()) {
             let result = pool::run(service.as_ref(), &ctx, &f);
@@ -562,7 +570,9 @@ impl Dispatch<'_> {
         }
         conn.in_flight += 1;
         let job = Job::Call { service: service.clone(), ctx, frame: f, reply };
-        if let Err(crossbeam_channel::SendError(Job::Call { frame: f, reply: true, .. })) = self.jobs.send(job) {
+        if let Err(crossbeam_channel::SendError(Job::Call { frame: f, reply: true, .. })) =
+            self.jobs.send(job)
+        {
             conn.in_flight -= 1;
             let status = Status::unavailable("server is shutting down");
             frame::put_response(&mut conn.out, f.call_id, &Err(status));

@@ -39,9 +39,7 @@ pub(crate) fn start(
         .map(|i| {
             let jobs = jobs.clone();
             let hook = on_disconnect.clone();
-            std::thread::Builder::new()
-                .name(format!("rpc-worker-{i}"))
-                .spawn(move || work(jobs, hook))
+            std::thread::Builder::new().name(format!("rpc-worker-{i}")).spawn(move || work(jobs, hook))
         })
         .collect()
 }
