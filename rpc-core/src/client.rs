@@ -1,10 +1,14 @@
 //! The client: a [`Channel`] multiplexes calls from many threads over its connections.
 //!
-//! A caller encodes its request into a thread-local buffer and writes it
-//! itself, under the connection's write lock; one reader thread per connection
-//! decodes responses and hands each to the thread waiting for it (or runs its
-//! callback), so any number of calls can be in flight on one socket and come
-//! back in any order. A broken connection fails its pending calls with
+//! A caller encodes its request into a thread-local buffer and queues it on
+//! the connection; the first caller to find nobody writing writes everything
+//! queued, so concurrent callers share syscalls and no lock is held across a
+//! write. One reader thread per connection decodes responses and hands each to
+//! the thread waiting for it (or runs its callback), so any number of calls can
+//! be in flight on one socket and come back in any order. Calls started from a
+//! callback are written together after the reader has handled the whole read.
+//! Callbacks and push handlers run on the reader thread: they must not block,
+//! and must never make a blocking call (nobody would read its answer). A broken connection fails its pending calls with
 //! [`Error::ConnectionLost`]; the next call reconnects, with exponential
 //! backoff between failed attempts.
 //!

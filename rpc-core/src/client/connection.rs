@@ -1,10 +1,11 @@
 //! One client connection: a write lock for callers and a reader thread that
 //! completes their calls.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,15 @@ const OPEN: u8 = 0;
 /// The server sent go-away: finish what is pending, start nothing new.
 const DRAINING: u8 = 1;
 const DEAD: u8 = 2;
+/// Queued bytes past which writers get `Error::Backpressure` instead of queueing more.
+const MAX_QUEUED: usize = 64 * 1024 * 1024;
+
+thread_local! {
+    /// The connection whose reader is dispatching frames on this thread, if any.
+    /// Its writes are queued and flushed once the whole read is handled, so
+    /// calls started from callbacks share a syscall.
+    static DISPATCHING: Cell<usize> = const { Cell::new(0) };
+}
 
 /// A blocking caller's parking place for its result.
 #[derive(Default)]
@@ -77,8 +87,14 @@ impl Pending {
 pub(crate) struct Conn {
     /// The server.
     addr: SocketAddr,
-    /// Callers write whole frames under this lock.
-    writer: Mutex<TcpStream>,
+    /// The socket. Only the thread that won `flushing` writes to it.
+    stream: TcpStream,
+    /// Whole frames waiting to be written.
+    queued: Mutex<BytesMut>,
+    /// Set while one thread writes `queued` out; the others only append, so
+    /// frames from many threads go out in one syscall and no lock is held
+    /// across a write.
+    flushing: AtomicBool,
     /// Calls awaiting responses, by call id.
     pending: Mutex<HashMap<u64, Pending>>,
     /// How many pending calls are callbacks; the reader ticks faster while any are.
@@ -102,7 +118,9 @@ impl Conn {
         let reader = stream.try_clone()?;
         let conn = Arc::new(Conn {
             addr,
-            writer: Mutex::new(stream),
+            stream,
+            queued: Mutex::new(BytesMut::with_capacity(8 * 1024)),
+            flushing: AtomicBool::new(false),
             pending: Mutex::new(HashMap::new()),
             callbacks: AtomicUsize::new(0),
             state: AtomicU8::new(OPEN),
@@ -147,18 +165,52 @@ impl Conn {
         p
     }
 
-    /// Writes one or more whole frames.
+    /// Queues one or more whole frames and sees that they are written.
     pub(crate) fn write(&self, bytes: &[u8]) -> Result<(), Error> {
-        let result = lock(&self.writer).write_all(bytes);
-        result.map_err(|e| {
-            let reason = if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut {
-                "write timed out: the server is not reading".to_owned()
-            } else {
-                format!("write failed: {e}")
-            };
-            self.kill(&reason);
-            self.lost()
-        })
+        {
+            let mut queued = lock(&self.queued);
+            if queued.len() > MAX_QUEUED {
+                return Err(Error::Backpressure(format!(
+                    "{} bytes already wait to be written to {}",
+                    queued.len(),
+                    self.addr
+                )));
+            }
+            queued.extend_from_slice(bytes);
+        }
+        if DISPATCHING.get() == self as *const Conn as usize {
+            return Ok(());
+        }
+        self.flush()
+    }
+
+    /// Writes everything queued, unless another thread is already doing so
+    /// (it will pick up what was queued before it finishes).
+    fn flush(&self) -> Result<(), Error> {
+        loop {
+            if self.flushing.swap(true, Ordering::AcqRel) {
+                return Ok(());
+            }
+            // `split` leaves the allocation behind; once `batch` is dropped the
+            // next append reclaims it, so steady-state writes allocate nothing.
+            let batch = lock(&self.queued).split();
+            let result = if batch.is_empty() { Ok(()) } else { (&self.stream).write_all(&batch) };
+            drop(batch);
+            self.flushing.store(false, Ordering::Release);
+            if let Err(e) = result {
+                let reason = if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+                    "write timed out: the server is not reading".to_owned()
+                } else {
+                    format!("write failed: {e}")
+                };
+                self.kill(&reason);
+                return Err(self.lost());
+            }
+            // Bytes queued while we wrote, by threads that saw us flushing.
+            if lock(&self.queued).is_empty() {
+                return Ok(());
+            }
+        }
     }
 
     fn lost(&self) -> Error {
@@ -171,7 +223,7 @@ impl Conn {
     pub(crate) fn kill(&self, reason: &str) {
         if self.state.swap(DEAD, Ordering::AcqRel) != DEAD {
             lock(&self.reason).get_or_insert_with(|| reason.to_owned());
-            let _ = lock(&self.writer).shutdown(Shutdown::Both);
+            let _ = self.stream.shutdown(Shutdown::Both);
         }
     }
 
@@ -218,8 +270,14 @@ impl Conn {
                 Ok(n) => {
                     last_rx = Instant::now();
                     buf.extend_from_slice(&scratch[..n]);
-                    if let Err(reason) = self.frames(&mut buf, &mut discard, config) {
+                    DISPATCHING.set(self as *const Conn as usize);
+                    let handled = self.frames(&mut buf, &mut discard, config);
+                    DISPATCHING.set(0);
+                    if let Err(reason) = handled {
                         return reason;
+                    }
+                    if self.flush().is_err() {
+                        return lock(&self.reason).clone().unwrap_or_else(|| "write failed".to_owned());
                     }
                 }
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
