@@ -1,0 +1,341 @@
+//! Durable state of the chat: users, friends, groups, messages and read cursors.
+//!
+//! [`Store`] is the seam; [`Sqlite`] (one file, for the standalone mode) and [`MySql`]
+//! (a connection pool, for the cluster) implement it with the same behaviour, checked by
+//! one shared test suite. Both create and migrate their schema when opened (see
+//! `docs/SCHEMA.md`), use bound parameters only, and check every field against
+//! [`crate::limits`] before storing it.
+//!
+//! The rules the stores enforce, so that every service gets them for free:
+//!
+//! * names are unique ignoring ASCII case;
+//! * friendship is symmetric: adding or removing it changes both sides at once;
+//! * only participants send to or read a conversation: the two users of a one-to-one
+//!   pair, or the current members of a group;
+//! * each conversation's sequence numbers are assigned in the transaction that stores the
+//!   message, so they are 1, 2, 3, ... without gaps even under concurrent writers from
+//!   several processes;
+//! * a message is identified by its sender and client message id: storing it again
+//!   returns the original;
+//! * sending moves the sender's read cursor to the new message, and joining a group moves
+//!   the new member's cursor to the group's newest message, so neither counts as unread.
+//!
+//! ```
+//! use services::store::{Anchor, NewMessage, Sqlite, Store};
+//! use services::ConversationId;
+//!
+//! # fn main() -> Result<(), services::store::Error> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let store = Sqlite::open(dir.path().join("chat.db"))?;
+//! let alice = store.create_user("alice", "$argon2id$...")?;
+//! let bob = store.create_user("bob", "$argon2id$...")?;
+//! let conversation = ConversationId::direct(alice.id, bob.id);
+//! let sent = store.send(&NewMessage {
+//!     sender: alice.id,
+//!     conversation,
+//!     client_msg_id: "m-1",
+//!     body: "hi bob",
+//! })?;
+//! assert_eq!(sent.message.seq, 1);
+//! let page = store.history(bob.id, conversation, Anchor::Latest, 50)?;
+//! assert_eq!(page.messages[0].body, "hi bob");
+//! # Ok(()) }
+//! ```
+
+mod error;
+pub mod mysql;
+mod schema;
+pub mod sqlite;
+mod types;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::conversation::ConversationId;
+use crate::ids::{GroupId, UserId};
+
+pub use self::error::Error;
+pub use self::mysql::MySql;
+pub use self::schema::VERSION as SCHEMA_VERSION;
+pub use self::sqlite::Sqlite;
+pub use self::types::{
+    Anchor, ConversationState, Credentials, Cursor, Group, Message, NewMessage, Page, Sent, User,
+};
+
+/// Durable chat state. Every method is one transaction (or one read); implementations are
+/// shared between worker threads behind an `Arc<dyn Store>`.
+pub trait Store: Send + Sync {
+    /// Registers a user under `name` with an already computed password hash.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when `name` breaks [`crate::limits::check_name`] or the
+    /// hash is empty, [`Error::AlreadyExists`] when the name is taken ignoring ASCII case.
+    fn create_user(&self, name: &str, password_hash: &str) -> Result<User, Error>;
+
+    /// The user registered under `name` (ignoring ASCII case) with their password hash.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when there is no such user.
+    fn credentials(&self, name: &str) -> Result<Credentials, Error>;
+
+    /// The user with this id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when there is no such user.
+    fn user(&self, id: UserId) -> Result<User, Error>;
+
+    /// The user registered under `name`, ignoring ASCII case.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when there is no such user.
+    fn user_by_name(&self, name: &str) -> Result<User, Error>;
+
+    /// Makes `user` and `friend` friends of each other, and returns `friend`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when they are the same user, [`Error::NotFound`] when
+    /// either does not exist, [`Error::AlreadyExists`] when they are friends already.
+    fn add_friend(&self, user: UserId, friend: UserId) -> Result<User, Error>;
+
+    /// Ends the friendship between `user` and `friend`, on both sides.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when they are not friends.
+    fn remove_friend(&self, user: UserId, friend: UserId) -> Result<(), Error>;
+
+    /// The friends of `user`, ordered by name ignoring case.
+    ///
+    /// # Errors
+    ///
+    /// Only backend failures.
+    fn friends(&self, user: UserId) -> Result<Vec<User>, Error>;
+
+    /// Creates a group owned by `owner`, who becomes its first member.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when `name` breaks [`crate::limits::check_group_name`],
+    /// [`Error::NotFound`] when `owner` does not exist.
+    fn create_group(&self, owner: UserId, name: &str) -> Result<Group, Error>;
+
+    /// The group with this id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when there is no such group.
+    fn group(&self, id: GroupId) -> Result<Group, Error>;
+
+    /// Adds `user` to `group`. Messages already in the group count as read for them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when the user or group does not exist,
+    /// [`Error::AlreadyExists`] when the user is a member already.
+    fn join_group(&self, user: UserId, group: GroupId) -> Result<Group, Error>;
+
+    /// Removes `user` from `group`. When the owner leaves, the longest-standing remaining
+    /// member becomes owner.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when the group does not exist or `user` is not a member.
+    fn leave_group(&self, user: UserId, group: GroupId) -> Result<(), Error>;
+
+    /// The groups `user` belongs to, ordered by id.
+    ///
+    /// # Errors
+    ///
+    /// Only backend failures.
+    fn groups_of(&self, user: UserId) -> Result<Vec<Group>, Error>;
+
+    /// The members of `group` in the order they joined. This does not check who asks:
+    /// callers acting for a client check membership first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when there is no such group.
+    fn group_members(&self, group: GroupId) -> Result<Vec<User>, Error>;
+
+    /// Stores a message with the next sequence number of its conversation, or returns the
+    /// message already stored under the same sender and client message id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a body or client message id that breaks a limit or
+    /// a message to oneself; [`Error::PermissionDenied`] when the sender is not in the
+    /// one-to-one pair or not a member of the group; [`Error::NotFound`] when the other
+    /// user or the group does not exist; [`Error::AlreadyExists`] when the client message
+    /// id was already used by this sender for a different conversation.
+    fn send(&self, message: &NewMessage<'_>) -> Result<Sent, Error>;
+
+    /// A page of at most `limit` messages of a conversation, in ascending sequence order
+    /// (`limit` is read through [`crate::limits::page_size`] with the history bounds).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PermissionDenied`] when `user` is not a participant, [`Error::NotFound`]
+    /// when the group does not exist.
+    fn history(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        anchor: Anchor,
+        limit: usize,
+    ) -> Result<Page, Error>;
+
+    /// Moves `user`'s read cursor in `conversation` up to `seq` (never backwards, never
+    /// past the newest message) and returns the cursor.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PermissionDenied`] when `user` is not a participant, [`Error::NotFound`]
+    /// when the group does not exist.
+    fn ack(&self, user: UserId, conversation: ConversationId, seq: u64) -> Result<u64, Error>;
+
+    /// Every conversation `user` is in with its newest sequence number and the user's
+    /// read cursor: one-to-one conversations with at least one message first, then the
+    /// user's groups, each part in order of creation.
+    ///
+    /// # Errors
+    ///
+    /// Only backend failures.
+    fn conversations(&self, user: UserId) -> Result<Vec<ConversationState>, Error>;
+
+    /// The messages `user` has not seen, across all their conversations, at most `limit`
+    /// of them (read through [`crate::limits::page_size`] with the sync bounds). For a
+    /// conversation listed in `cursors` it starts after the cursor's sequence number, for
+    /// the others after the user's read cursor. Cursors for conversations the user is
+    /// not in are ignored. Conversations come in the order of
+    /// [`conversations`](Store::conversations).
+    ///
+    /// # Errors
+    ///
+    /// Only backend failures.
+    fn sync(&self, user: UserId, cursors: &[Cursor], limit: usize) -> Result<Page, Error>;
+}
+
+/// Milliseconds since the Unix epoch, the time stamp of every stored row.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The form of a name that uniqueness and look-ups use: names are ASCII, so lowercasing
+/// them is exact and does not depend on database collations.
+pub(crate) fn name_key(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+/// Checks a new message against the limits and the rules that need no stored data, and
+/// returns its conversation normalised.
+pub(crate) fn check_new_message(message: &NewMessage<'_>) -> Result<ConversationId, Error> {
+    crate::limits::check_client_msg_id(message.client_msg_id)?;
+    crate::limits::check_body(message.body)?;
+    let conversation = message.conversation.normalized();
+    if let ConversationId::Direct { low, high } = conversation {
+        if low == high {
+            return Err(Error::InvalidArgument("you cannot send a message to yourself".into()));
+        }
+        if message.sender != low && message.sender != high {
+            return Err(not_participant(message.sender, conversation));
+        }
+    }
+    Ok(conversation)
+}
+
+/// The error for a user outside a conversation.
+pub(crate) fn not_participant(user: UserId, conversation: ConversationId) -> Error {
+    match conversation {
+        ConversationId::Group(group) => {
+            Error::PermissionDenied(format!("user {user} is not a member of group {group}"))
+        }
+        ConversationId::Direct { .. } => Error::PermissionDenied(format!(
+            "user {user} is not a participant of conversation {conversation}"
+        )),
+    }
+}
+
+/// The conversation a `conversations` row names: a pair, or a group, never both.
+pub(crate) fn conversation_from_columns(
+    low: Option<u64>,
+    high: Option<u64>,
+    group: Option<u64>,
+) -> Result<ConversationId, Error> {
+    match (low, high, group) {
+        (Some(low), Some(high), None) => Ok(ConversationId::Direct { low: UserId(low), high: UserId(high) }),
+        (None, None, Some(group)) => Ok(ConversationId::Group(GroupId(group))),
+        other => {
+            Err(Error::Corrupt(format!("conversation row with (user_low, user_high, group_id) = {other:?}")))
+        }
+    }
+}
+
+/// The answer to a send whose client message id is already stored: the original when it
+/// went to the same conversation, an error when the id was used for another one.
+pub(crate) fn duplicate(original: Message, conversation: ConversationId) -> Result<Sent, Error> {
+    if original.conversation == conversation {
+        Ok(Sent { message: original, duplicate: true })
+    } else {
+        Err(Error::AlreadyExists(format!(
+            "client message id {:?} was already used for a message to {}",
+            original.client_msg_id, original.conversation
+        )))
+    }
+}
+
+/// The page for a history query whose rows came back nearest-first, with one row more
+/// than `limit` fetched to learn whether more exist. Puts the page in ascending order.
+pub(crate) fn history_page(mut rows: Vec<Message>, limit: usize, anchor: Anchor) -> Page {
+    let has_more = rows.len() > limit;
+    rows.truncate(limit);
+    if !matches!(anchor, Anchor::After(_)) {
+        rows.reverse();
+    }
+    Page { messages: rows, has_more }
+}
+
+/// The sync algorithm shared by the backends. `rows` are the user's conversations with
+/// a backend key each, in answer order; `fetch(key, conversation, after, n)` returns up to
+/// `n` messages with a sequence number above `after`, ascending.
+pub(crate) fn collect_sync<K: Copy>(
+    rows: &[(K, ConversationState)],
+    cursors: &[Cursor],
+    limit: usize,
+    mut fetch: impl FnMut(K, ConversationId, u64, usize) -> Result<Vec<Message>, Error>,
+) -> Result<Page, Error> {
+    let mut remaining =
+        crate::limits::page_size(limit, crate::limits::SYNC_PAGE_DEFAULT, crate::limits::SYNC_PAGE_MAX);
+    let mut page = Page::default();
+    for &(key, state) in rows {
+        let after = cursors
+            .iter()
+            .rev()
+            .find(|c| c.conversation.normalized() == state.conversation)
+            .map_or(state.read_seq, |c| c.seq);
+        if state.last_seq <= after {
+            continue;
+        }
+        // Sequence numbers have no gaps, so the number still missing is exact.
+        let missing = state.last_seq - after;
+        if remaining == 0 {
+            page.has_more = true;
+            break;
+        }
+        let take = usize::try_from(missing).unwrap_or(usize::MAX).min(remaining);
+        let got = fetch(key, state.conversation, after, take)?;
+        remaining -= got.len();
+        let short = (got.len() as u64) < missing;
+        page.messages.extend(got);
+        if short {
+            page.has_more = true;
+            break;
+        }
+    }
+    Ok(page)
+}

@@ -1,0 +1,759 @@
+//! [`Store`] on MySQL or MariaDB, for the cluster.
+//!
+//! Several user-service and chat-service processes share one database, so every rule
+//! that needs atomicity is kept by the database, not by the process:
+//!
+//! * A message's sequence number is assigned inside the transaction that stores it, with
+//!   the conversation's row locked (`SELECT ... FOR UPDATE`) from reading `last_seq`
+//!   until commit. Writers to one conversation queue on that row; writers to different
+//!   conversations do not meet. A rolled-back send also rolls back its increment, so the
+//!   numbers have no gaps.
+//! * Unique keys decide races: two registrations of one name, two sends with one client
+//!   message id. The loser's duplicate-key error becomes `AlreadyExists` or the original
+//!   message.
+//! * Transactions run at READ COMMITTED, so a statement after a lock wait sees what the
+//!   transaction it waited for committed; deadlocks and lock-wait time-outs are retried a
+//!   few times before they are reported.
+//! * The schema is migrated under a named lock (`GET_LOCK`), so services starting
+//!   together migrate once.
+
+use std::time::Duration;
+
+use mysql::prelude::Queryable;
+use mysql::{
+    IsolationLevel, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn, Transaction, TxOpts,
+};
+
+use super::schema::{self, MYSQL, MYSQL_VERSION_TABLE};
+use super::{
+    check_new_message, collect_sync, conversation_from_columns, duplicate, history_page, name_key,
+    not_participant, now_ms, Anchor, ConversationState, Credentials, Cursor, Error, Group, Message,
+    NewMessage, Page, Sent, Store, User,
+};
+use crate::conversation::ConversationId;
+use crate::ids::{GroupId, UserId};
+use crate::limits;
+
+/// Where and how to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `mysql://USER:PASSWORD@HOST:PORT/DATABASE`. The database is created if it does not
+    /// exist and the user may create it; its name may hold only ASCII letters, digits
+    /// and `_`.
+    pub url: String,
+    /// The most connections the pool opens; each concurrent store call holds one.
+    pub max_connections: usize,
+    /// How long opening a TCP connection may take before the store reports
+    /// [`Error::Unavailable`].
+    pub connect_timeout: Duration,
+    /// How long a call waits for a free pooled connection.
+    pub checkout_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            url: "mysql://chatroom:chatroom@127.0.0.1:3306/chatroom".into(),
+            max_connections: 32,
+            connect_timeout: Duration::from_secs(5),
+            checkout_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The chat store in a MySQL or MariaDB database.
+#[derive(Debug, Clone)]
+pub struct MySql {
+    /// Connections to the database; cloning the store shares the pool.
+    pool: Pool,
+    /// The database name, for logs and [`MySql::database`].
+    database: String,
+    /// How long a call waits for a connection.
+    checkout_timeout: Duration,
+}
+
+/// How many times a transaction that hit a deadlock or lock-wait time-out is tried.
+const ATTEMPTS: u32 = 5;
+
+const ER_DUP_ENTRY: u16 = 1062;
+const ER_BAD_DB_ERROR: u16 = 1049;
+const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+const ER_LOCK_DEADLOCK: u16 = 1213;
+
+impl MySql {
+    /// Connects to `url` with the other settings at their defaults; see
+    /// [`MySql::with_config`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`MySql::with_config`].
+    pub fn open(url: &str) -> Result<Self, Error> {
+        MySql::with_config(&Config { url: url.to_owned(), ..Config::default() })
+    }
+
+    /// Connects, creates the database if it is missing, and brings the schema up to
+    /// date.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a malformed URL or database name,
+    /// [`Error::Unavailable`] when the server cannot be reached, [`Error::MySql`] when it
+    /// refuses (wrong password, missing rights), [`Error::SchemaTooNew`] when a newer
+    /// program already migrated the database.
+    pub fn with_config(config: &Config) -> Result<Self, Error> {
+        let opts =
+            Opts::from_url(&config.url).map_err(|e| Error::InvalidArgument(format!("bad MySQL URL: {e}")))?;
+        let database = opts
+            .get_db_name()
+            .filter(|name| !name.is_empty())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("the MySQL URL must name a database: {}", redact(&config.url)))
+            })?
+            .to_owned();
+        if !database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(Error::InvalidArgument(format!(
+                "database name {database:?} may hold only ASCII letters, digits and '_'"
+            )));
+        }
+        let constraints = PoolConstraints::new(0, config.max_connections.max(1))
+            .ok_or_else(|| Error::InvalidArgument("bad pool size".into()))?;
+        let builder = OptsBuilder::from_opts(opts)
+            .tcp_connect_timeout(Some(config.connect_timeout))
+            .pool_opts(PoolOpts::default().with_constraints(constraints));
+
+        create_database_if_missing(builder.clone(), &database)?;
+        let pool = Pool::new(builder).map_err(classify)?;
+        let store = MySql { pool, database, checkout_timeout: config.checkout_timeout };
+        store.migrate()?;
+        tracing::debug!(database = %store.database, "mysql store open");
+        Ok(store)
+    }
+
+    /// The database this store uses.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    fn conn(&self) -> Result<PooledConn, Error> {
+        self.pool.try_get_conn(self.checkout_timeout).map_err(classify)
+    }
+
+    fn migrate(&self) -> Result<(), Error> {
+        let mut conn = self.conn()?;
+        // Named locks are per server, so the database name is part of the lock name.
+        let lock = format!("chatroom.schema.{}", self.database);
+        let got: Option<i64> = conn.exec_first("SELECT GET_LOCK(?, 60)", (&lock,))?;
+        if got != Some(1) {
+            return Err(Error::Unavailable(format!("timed out waiting for the schema lock {lock:?}")));
+        }
+        let result = migrate_locked(&mut conn);
+        let released = conn.exec_drop("SELECT RELEASE_LOCK(?)", (&lock,));
+        result?;
+        released?;
+        Ok(())
+    }
+
+    /// Runs `f` in a READ COMMITTED transaction and commits, retrying the whole of it on
+    /// deadlock or lock-wait time-out.
+    fn transact<T>(&self, mut f: impl FnMut(&mut Transaction<'_>) -> Result<T, Error>) -> Result<T, Error> {
+        let opts = TxOpts::default().set_isolation_level(Some(IsolationLevel::ReadCommitted));
+        let mut attempt = 1;
+        loop {
+            let mut conn = self.conn()?;
+            let outcome = conn.start_transaction(opts).map_err(Error::from).and_then(|mut tx| {
+                let value = f(&mut tx)?;
+                tx.commit()?;
+                Ok(value)
+            });
+            match outcome {
+                Err(Error::MySql(e)) if is_retryable(&e) && attempt < ATTEMPTS => {
+                    tracing::debug!(attempt, error = %e, "retrying mysql transaction");
+                    std::thread::sleep(Duration::from_millis(5 << attempt));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Connects without a database and creates `database` if connecting to it fails with
+/// "unknown database".
+fn create_database_if_missing(builder: OptsBuilder, database: &str) -> Result<(), Error> {
+    match mysql::Conn::new(builder.clone()) {
+        Ok(_) => return Ok(()),
+        Err(mysql::Error::MySqlError(e)) if e.code == ER_BAD_DB_ERROR => {}
+        Err(e) => return Err(classify(e)),
+    }
+    let mut conn = mysql::Conn::new(builder.db_name(None::<String>)).map_err(classify)?;
+    // Identifiers cannot be bound; the name was checked to be [A-Za-z0-9_]+ above.
+    conn.query_drop(format!(
+        "CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+    ))?;
+    tracing::info!(database, "created mysql database");
+    Ok(())
+}
+
+fn migrate_locked(conn: &mut PooledConn) -> Result<(), Error> {
+    conn.query_drop(MYSQL_VERSION_TABLE)?;
+    let current: u32 = conn.query_first("SELECT COALESCE(MAX(version), 0) FROM schema_version")?.unwrap_or(0);
+    if current > schema::VERSION {
+        return Err(Error::SchemaTooNew { found: current, supported: schema::VERSION });
+    }
+    for migration in MYSQL.iter().filter(|m| m.version > current) {
+        for statement in migration.statements {
+            conn.query_drop(statement)?;
+        }
+        conn.exec_drop(
+            "INSERT INTO schema_version (version, description, applied_at_ms) VALUES (?, ?, ?)",
+            (migration.version, migration.description, now_ms()),
+        )?;
+        tracing::info!(version = migration.version, "mysql schema migrated");
+    }
+    Ok(())
+}
+
+/// Sorts connection failures into [`Error::Unavailable`].
+fn classify(e: mysql::Error) -> Error {
+    match e {
+        mysql::Error::IoError(_)
+        | mysql::Error::DriverError(
+            mysql::DriverError::ConnectTimeout
+            | mysql::DriverError::CouldNotConnect(_)
+            | mysql::DriverError::Timeout,
+        ) => Error::Unavailable(e.to_string()),
+        other => Error::MySql(other),
+    }
+}
+
+fn server_code(e: &mysql::Error) -> Option<u16> {
+    match e {
+        mysql::Error::MySqlError(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+fn is_retryable(e: &mysql::Error) -> bool {
+    matches!(server_code(e), Some(ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT))
+}
+
+fn is_duplicate(e: &Error) -> bool {
+    matches!(e, Error::MySql(e) if server_code(e) == Some(ER_DUP_ENTRY))
+}
+
+/// The URL with its password replaced, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+type UserRow = (u64, String, i64);
+type GroupRow = (u64, String, u64, i64);
+type MessageRow = (u64, u64, String, String, i64);
+
+const USER_COLUMNS: &str = "id, name, created_at_ms";
+const GROUP_COLUMNS: &str = "id, name, owner_id, created_at_ms";
+const MESSAGE_COLUMNS: &str = "seq, sender_id, client_msg_id, body, sent_at_ms";
+
+fn user_from((id, name, created_at_ms): UserRow) -> User {
+    User { id: UserId(id), name, created_at_ms }
+}
+
+fn group_from((id, name, owner, created_at_ms): GroupRow) -> Group {
+    Group { id: GroupId(id), name, owner: UserId(owner), created_at_ms }
+}
+
+fn message_from(
+    conversation: ConversationId,
+    (seq, sender, client_msg_id, body, sent_at_ms): MessageRow,
+) -> Message {
+    Message { conversation, seq, sender: UserId(sender), client_msg_id, body, sent_at_ms }
+}
+
+fn find_user(q: &mut impl Queryable, id: UserId) -> Result<Option<User>, Error> {
+    let row: Option<UserRow> =
+        q.exec_first(format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"), (id.0,))?;
+    Ok(row.map(user_from))
+}
+
+fn require_user(q: &mut impl Queryable, id: UserId) -> Result<User, Error> {
+    find_user(q, id)?.ok_or_else(|| Error::NotFound(format!("user {id} does not exist")))
+}
+
+/// The group, read with `FOR UPDATE` when `lock` is set, so that membership and
+/// ownership changes to one group queue behind each other.
+fn require_group(q: &mut impl Queryable, id: GroupId, lock: bool) -> Result<Group, Error> {
+    let suffix = if lock { " FOR UPDATE" } else { "" };
+    let row: Option<GroupRow> =
+        q.exec_first(format!("SELECT {GROUP_COLUMNS} FROM chat_groups WHERE id = ?{suffix}"), (id.0,))?;
+    row.map(group_from).ok_or_else(|| Error::NotFound(format!("group {id} does not exist")))
+}
+
+fn is_member(q: &mut impl Queryable, user: UserId, group: GroupId) -> Result<bool, Error> {
+    let row: Option<u8> =
+        q.exec_first("SELECT 1 FROM group_members WHERE group_id = ? AND user_id = ?", (group.0, user.0))?;
+    Ok(row.is_some())
+}
+
+/// Fails unless `user` may read and write `conversation` (which must be normalised).
+fn check_participant(
+    q: &mut impl Queryable,
+    user: UserId,
+    conversation: ConversationId,
+) -> Result<(), Error> {
+    match conversation {
+        ConversationId::Direct { low, high } if low == user || high == user => Ok(()),
+        ConversationId::Direct { .. } => Err(not_participant(user, conversation)),
+        ConversationId::Group(group) => {
+            require_group(q, group, false)?;
+            if is_member(q, user, group)? {
+                Ok(())
+            } else {
+                Err(not_participant(user, conversation))
+            }
+        }
+    }
+}
+
+/// The row id and newest sequence number of a conversation, if it has a row; with
+/// `lock`, the row stays locked until the transaction ends.
+fn conversation_row(
+    q: &mut impl Queryable,
+    conversation: ConversationId,
+    lock: bool,
+) -> Result<Option<(u64, u64)>, Error> {
+    let suffix = if lock { " FOR UPDATE" } else { "" };
+    let row = match conversation {
+        ConversationId::Direct { low, high } => q.exec_first(
+            format!(
+                "SELECT id, last_seq FROM conversations \
+                 WHERE user_low = ? AND user_high = ?{suffix}"
+            ),
+            (low.0, high.0),
+        )?,
+        ConversationId::Group(group) => q.exec_first(
+            format!("SELECT id, last_seq FROM conversations WHERE group_id = ?{suffix}"),
+            (group.0,),
+        )?,
+    };
+    Ok(row)
+}
+
+/// The message `sender` stored under `client_msg_id`, if any.
+fn find_sent(q: &mut impl Queryable, sender: UserId, client_msg_id: &str) -> Result<Option<Message>, Error> {
+    type Row = (u64, u64, String, String, i64, Option<u64>, Option<u64>, Option<u64>);
+    let row: Option<Row> = q.exec_first(
+        "SELECT m.seq, m.sender_id, m.client_msg_id, m.body, m.sent_at_ms,
+                c.user_low, c.user_high, c.group_id
+         FROM messages m JOIN conversations c ON c.id = m.conversation_id
+         WHERE m.sender_id = ? AND m.client_msg_id = ?",
+        (sender.0, client_msg_id),
+    )?;
+    row.map(|(seq, sender, id, body, at, low, high, group)| {
+        let conversation = conversation_from_columns(low, high, group)?;
+        Ok(message_from(conversation, (seq, sender, id, body, at)))
+    })
+    .transpose()
+}
+
+/// Raises `user`'s read cursor in conversation row `id` to at least `seq`.
+fn raise_cursor(q: &mut impl Queryable, user: UserId, id: u64, seq: u64) -> Result<(), Error> {
+    q.exec_drop(
+        "INSERT INTO read_cursors (user_id, conversation_id, read_seq) VALUES (?, ?, ?)
+         ON DUPLICATE KEY UPDATE read_seq = GREATEST(read_seq, VALUES(read_seq))",
+        (user.0, id, seq),
+    )?;
+    Ok(())
+}
+
+/// Up to `n` messages of conversation row `id` after `after`, ascending.
+fn messages_after(
+    q: &mut impl Queryable,
+    id: u64,
+    conversation: ConversationId,
+    after: u64,
+    n: usize,
+) -> Result<Vec<Message>, Error> {
+    let rows: Vec<MessageRow> = q.exec(
+        format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE conversation_id = ? AND seq > ? ORDER BY seq ASC LIMIT ?"
+        ),
+        (id, after, n as u64),
+    )?;
+    Ok(rows.into_iter().map(|row| message_from(conversation, row)).collect())
+}
+
+/// Up to `n` messages of conversation row `id` before `before`, newest first.
+fn messages_before(
+    q: &mut impl Queryable,
+    id: u64,
+    conversation: ConversationId,
+    before: u64,
+    n: usize,
+) -> Result<Vec<Message>, Error> {
+    let rows: Vec<MessageRow> = q.exec(
+        format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE conversation_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+        ),
+        (id, before, n as u64),
+    )?;
+    Ok(rows.into_iter().map(|row| message_from(conversation, row)).collect())
+}
+
+/// The user's conversations with their row ids, in the documented order.
+fn conversation_states(q: &mut impl Queryable, user: UserId) -> Result<Vec<(u64, ConversationState)>, Error> {
+    type Row = (u64, Option<u64>, Option<u64>, Option<u64>, u64, u64, u8);
+    let rows: Vec<Row> = q.exec(
+        "SELECT c.id, c.user_low, c.user_high, c.group_id, c.last_seq,
+                COALESCE(r.read_seq, 0), 0 AS part
+         FROM conversations c
+         LEFT JOIN read_cursors r ON r.conversation_id = c.id AND r.user_id = ?
+         WHERE c.user_low = ? OR c.user_high = ?
+         UNION ALL
+         SELECT c.id, c.user_low, c.user_high, c.group_id, c.last_seq,
+                COALESCE(r.read_seq, 0), 1 AS part
+         FROM group_members gm
+         JOIN conversations c ON c.group_id = gm.group_id
+         LEFT JOIN read_cursors r ON r.conversation_id = c.id AND r.user_id = ?
+         WHERE gm.user_id = ?
+         ORDER BY 7, 1",
+        (user.0, user.0, user.0, user.0, user.0),
+    )?;
+    rows.into_iter()
+        .map(|(id, low, high, group, last_seq, read_seq, _)| {
+            Ok((
+                id,
+                ConversationState {
+                    conversation: conversation_from_columns(low, high, group)?,
+                    last_seq,
+                    read_seq: read_seq.min(last_seq),
+                },
+            ))
+        })
+        .collect()
+}
+
+impl Store for MySql {
+    fn create_user(&self, name: &str, password_hash: &str) -> Result<User, Error> {
+        limits::check_name(name)?;
+        if password_hash.is_empty() {
+            return Err(Error::InvalidArgument("password hash is empty".into()));
+        }
+        let created_at_ms = now_ms();
+        let mut conn = self.conn()?;
+        let inserted = conn
+            .exec_drop(
+                "INSERT INTO users (name, name_key, password_hash, created_at_ms)
+                 VALUES (?, ?, ?, ?)",
+                (name, name_key(name), password_hash, created_at_ms),
+            )
+            .map_err(Error::from);
+        match inserted {
+            Ok(()) => Ok(User { id: UserId(conn.last_insert_id()), name: name.to_owned(), created_at_ms }),
+            Err(e) if is_duplicate(&e) => {
+                Err(Error::AlreadyExists(format!("the name {name:?} is already taken")))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn credentials(&self, name: &str) -> Result<Credentials, Error> {
+        let row: Option<(u64, String, i64, String)> = self.conn()?.exec_first(
+            format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE name_key = ?"),
+            (name_key(name),),
+        )?;
+        let (id, name_found, created_at_ms, password_hash) =
+            row.ok_or_else(|| Error::NotFound(format!("no user named {name:?}")))?;
+        Ok(Credentials { user: user_from((id, name_found, created_at_ms)), password_hash })
+    }
+
+    fn user(&self, id: UserId) -> Result<User, Error> {
+        require_user(&mut self.conn()?, id)
+    }
+
+    fn user_by_name(&self, name: &str) -> Result<User, Error> {
+        self.credentials(name).map(|c| c.user)
+    }
+
+    fn add_friend(&self, user: UserId, friend: UserId) -> Result<User, Error> {
+        if user == friend {
+            return Err(Error::InvalidArgument("you cannot add yourself as a friend".into()));
+        }
+        let now = now_ms();
+        let outcome = self.transact(|tx| {
+            require_user(tx, user)?;
+            let other = require_user(tx, friend)?;
+            tx.exec_batch(
+                "INSERT INTO friends (user_id, friend_id, created_at_ms) VALUES (?, ?, ?)",
+                [(user.0, friend.0, now), (friend.0, user.0, now)],
+            )?;
+            Ok(other)
+        });
+        match outcome {
+            Err(e) if is_duplicate(&e) => {
+                Err(Error::AlreadyExists(format!("user {user} and user {friend} are already friends")))
+            }
+            other => other,
+        }
+    }
+
+    fn remove_friend(&self, user: UserId, friend: UserId) -> Result<(), Error> {
+        self.transact(|tx| {
+            tx.exec_drop(
+                "DELETE FROM friends WHERE (user_id = ? AND friend_id = ?)
+                                        OR (user_id = ? AND friend_id = ?)",
+                (user.0, friend.0, friend.0, user.0),
+            )?;
+            if tx.affected_rows() == 0 {
+                return Err(Error::NotFound(format!("user {friend} is not a friend of user {user}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn friends(&self, user: UserId) -> Result<Vec<User>, Error> {
+        let rows: Vec<UserRow> = self.conn()?.exec(
+            "SELECT u.id, u.name, u.created_at_ms FROM friends f
+             JOIN users u ON u.id = f.friend_id
+             WHERE f.user_id = ? ORDER BY u.name_key",
+            (user.0,),
+        )?;
+        Ok(rows.into_iter().map(user_from).collect())
+    }
+
+    fn create_group(&self, owner: UserId, name: &str) -> Result<Group, Error> {
+        limits::check_group_name(name)?;
+        let created_at_ms = now_ms();
+        self.transact(|tx| {
+            require_user(tx, owner)?;
+            tx.exec_drop(
+                "INSERT INTO chat_groups (name, owner_id, created_at_ms) VALUES (?, ?, ?)",
+                (name, owner.0, created_at_ms),
+            )?;
+            let id =
+                GroupId(tx.last_insert_id().ok_or_else(|| Error::Corrupt("no id for the new group".into()))?);
+            tx.exec_drop(
+                "INSERT INTO group_members (group_id, user_id, joined_at_ms) VALUES (?, ?, ?)",
+                (id.0, owner.0, created_at_ms),
+            )?;
+            tx.exec_drop("INSERT INTO conversations (group_id, last_seq) VALUES (?, 0)", (id.0,))?;
+            Ok(Group { id, name: name.to_owned(), owner, created_at_ms })
+        })
+    }
+
+    fn group(&self, id: GroupId) -> Result<Group, Error> {
+        require_group(&mut self.conn()?, id, false)
+    }
+
+    fn join_group(&self, user: UserId, group: GroupId) -> Result<Group, Error> {
+        let now = now_ms();
+        let outcome = self.transact(|tx| {
+            let found = require_group(tx, group, true)?;
+            require_user(tx, user)?;
+            tx.exec_drop(
+                "INSERT INTO group_members (group_id, user_id, joined_at_ms) VALUES (?, ?, ?)",
+                (group.0, user.0, now),
+            )?;
+            let (id, last_seq) = conversation_row(tx, ConversationId::Group(group), false)?
+                .ok_or_else(|| Error::Corrupt(format!("group {group} has no conversation row")))?;
+            raise_cursor(tx, user, id, last_seq)?;
+            Ok(found)
+        });
+        match outcome {
+            Err(e) if is_duplicate(&e) => {
+                Err(Error::AlreadyExists(format!("user {user} is already a member of group {group}")))
+            }
+            other => other,
+        }
+    }
+
+    fn leave_group(&self, user: UserId, group: GroupId) -> Result<(), Error> {
+        self.transact(|tx| {
+            let found = require_group(tx, group, true)?;
+            tx.exec_drop("DELETE FROM group_members WHERE group_id = ? AND user_id = ?", (group.0, user.0))?;
+            if tx.affected_rows() == 0 {
+                return Err(Error::NotFound(format!("user {user} is not a member of group {group}")));
+            }
+            if found.owner == user {
+                let heir: Option<u64> = tx.exec_first(
+                    "SELECT user_id FROM group_members WHERE group_id = ? ORDER BY id LIMIT 1",
+                    (group.0,),
+                )?;
+                if let Some(heir) = heir {
+                    tx.exec_drop("UPDATE chat_groups SET owner_id = ? WHERE id = ?", (heir, group.0))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn groups_of(&self, user: UserId) -> Result<Vec<Group>, Error> {
+        let rows: Vec<GroupRow> = self.conn()?.exec(
+            "SELECT g.id, g.name, g.owner_id, g.created_at_ms FROM group_members gm
+             JOIN chat_groups g ON g.id = gm.group_id
+             WHERE gm.user_id = ? ORDER BY g.id",
+            (user.0,),
+        )?;
+        Ok(rows.into_iter().map(group_from).collect())
+    }
+
+    fn group_members(&self, group: GroupId) -> Result<Vec<User>, Error> {
+        let mut conn = self.conn()?;
+        require_group(&mut conn, group, false)?;
+        let rows: Vec<UserRow> = conn.exec(
+            "SELECT u.id, u.name, u.created_at_ms FROM group_members gm
+             JOIN users u ON u.id = gm.user_id
+             WHERE gm.group_id = ? ORDER BY gm.id",
+            (group.0,),
+        )?;
+        Ok(rows.into_iter().map(user_from).collect())
+    }
+
+    fn send(&self, message: &NewMessage<'_>) -> Result<Sent, Error> {
+        let conversation = check_new_message(message)?;
+        let sender = message.sender;
+        let client_msg_id = message.client_msg_id;
+        {
+            // A retry is answered before any other check, so that it still gets its
+            // original answer after, say, the sender left the group.
+            let mut conn = self.conn()?;
+            if let Some(original) = find_sent(&mut conn, sender, client_msg_id)? {
+                return duplicate(original, conversation);
+            }
+            if let ConversationId::Direct { low, high } = conversation {
+                let peer = if low == sender { high } else { low };
+                require_user(&mut conn, peer)?;
+                // Created in its own short transaction, so that the sending transaction
+                // below only ever locks an existing row.
+                conn.exec_drop(
+                    "INSERT INTO conversations (user_low, user_high, last_seq) VALUES (?, ?, 0)
+                     ON DUPLICATE KEY UPDATE id = id",
+                    (low.0, high.0),
+                )?;
+            }
+        }
+        let sent_at_ms = now_ms();
+        let outcome = self.transact(|tx| {
+            if let ConversationId::Group(_) = conversation {
+                check_participant(tx, sender, conversation)?;
+            }
+            let (id, last_seq) = conversation_row(tx, conversation, true)?
+                .ok_or_else(|| Error::Corrupt(format!("{conversation} has no conversation row")))?;
+            // Checked again under the lock: a concurrent retry into this conversation
+            // committed before the lock was granted is visible now.
+            if let Some(original) = find_sent(tx, sender, client_msg_id)? {
+                return duplicate(original, conversation);
+            }
+            let seq = last_seq + 1;
+            tx.exec_drop("UPDATE conversations SET last_seq = ? WHERE id = ?", (seq, id))?;
+            tx.exec_drop(
+                "INSERT INTO messages
+                    (conversation_id, seq, sender_id, client_msg_id, body, sent_at_ms)
+                 VALUES (?, ?, ?, ?, ?, ?)",
+                (id, seq, sender.0, client_msg_id, message.body, sent_at_ms),
+            )?;
+            raise_cursor(tx, sender, id, seq)?;
+            Ok(Sent {
+                message: Message {
+                    conversation,
+                    seq,
+                    sender,
+                    client_msg_id: client_msg_id.to_owned(),
+                    body: message.body.to_owned(),
+                    sent_at_ms,
+                },
+                duplicate: false,
+            })
+        });
+        match outcome {
+            // The same client message id won a race into another conversation.
+            Err(e) if is_duplicate(&e) => match find_sent(&mut self.conn()?, sender, client_msg_id)? {
+                Some(original) => duplicate(original, conversation),
+                None => Err(e),
+            },
+            other => other,
+        }
+    }
+
+    fn history(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        anchor: Anchor,
+        limit: usize,
+    ) -> Result<Page, Error> {
+        let conversation = conversation.normalized();
+        let limit = limits::page_size(limit, limits::HISTORY_PAGE_DEFAULT, limits::HISTORY_PAGE_MAX);
+        let mut conn = self.conn()?;
+        check_participant(&mut conn, user, conversation)?;
+        let Some((id, _)) = conversation_row(&mut conn, conversation, false)? else {
+            return Ok(Page::default());
+        };
+        let rows = match anchor {
+            Anchor::Latest => messages_before(&mut conn, id, conversation, u64::MAX, limit + 1)?,
+            Anchor::Before(seq) => messages_before(&mut conn, id, conversation, seq, limit + 1)?,
+            Anchor::After(seq) => messages_after(&mut conn, id, conversation, seq, limit + 1)?,
+        };
+        Ok(history_page(rows, limit, anchor))
+    }
+
+    fn ack(&self, user: UserId, conversation: ConversationId, seq: u64) -> Result<u64, Error> {
+        let conversation = conversation.normalized();
+        self.transact(|tx| {
+            check_participant(tx, user, conversation)?;
+            let Some((id, last_seq)) = conversation_row(tx, conversation, false)? else {
+                return Ok(0);
+            };
+            raise_cursor(tx, user, id, seq.min(last_seq))?;
+            let read_seq: Option<u64> = tx.exec_first(
+                "SELECT read_seq FROM read_cursors WHERE user_id = ? AND conversation_id = ?",
+                (user.0, id),
+            )?;
+            Ok(read_seq.unwrap_or(0))
+        })
+    }
+
+    fn conversations(&self, user: UserId) -> Result<Vec<ConversationState>, Error> {
+        Ok(conversation_states(&mut self.conn()?, user)?.into_iter().map(|(_, state)| state).collect())
+    }
+
+    fn sync(&self, user: UserId, cursors: &[Cursor], limit: usize) -> Result<Page, Error> {
+        let mut conn = self.conn()?;
+        let rows = conversation_states(&mut conn, user)?;
+        collect_sync(&rows, cursors, limit, |id, conversation, after, n| {
+            messages_after(&mut conn, id, conversation, after, n)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_the_password() {
+        assert_eq!(redact("mysql://chatroom:secret@127.0.0.1:3306/"), "mysql://chatroom:***@127.0.0.1:3306/");
+        assert_eq!(redact("mysql://host/db"), "mysql://host/db");
+    }
+
+    #[test]
+    fn url_without_database_is_rejected_before_connecting() {
+        let err = MySql::open("mysql://chatroom:secret@127.0.0.1:1/").unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn odd_database_names_are_rejected_before_connecting() {
+        let err = MySql::open("mysql://u:p@127.0.0.1:1/chat%60room").unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    }
+}

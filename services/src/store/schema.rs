@@ -1,0 +1,189 @@
+//! The schema, as numbered migrations for each SQL dialect.
+//!
+//! `docs/SCHEMA.md` explains the tables; this file is what runs. A store applies, in
+//! order, every migration above the highest version in `schema_version`, and records each
+//! one there. Each statement is idempotent on its own (`IF NOT EXISTS`), so a migration
+//! that was cut short (MySQL commits each DDL statement by itself) completes when run
+//! again. Never edit a released migration: add a new one.
+
+/// One step of the schema.
+pub(crate) struct Migration {
+    /// The version the schema has after this step.
+    pub version: u32,
+    /// What the step is for, recorded in `schema_version`.
+    pub description: &'static str,
+    /// The statements, run in order.
+    pub statements: &'static [&'static str],
+}
+
+/// The newest schema version this program knows.
+pub const VERSION: u32 = 1;
+
+/// Creates the version table itself, before anything else is read.
+pub(crate) const SQLITE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    description TEXT NOT NULL,
+    applied_at_ms INTEGER NOT NULL
+)";
+
+/// The SQLite schema.
+pub(crate) const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    description: "users, friends, groups, conversations, messages, read cursors",
+    statements: &[
+        "CREATE TABLE IF NOT EXISTS users (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            name_key TEXT NOT NULL UNIQUE,
+            password_hash TEXT NOT NULL,
+            created_at_ms INTEGER NOT NULL
+        )",
+        "CREATE TABLE IF NOT EXISTS friends (
+            user_id INTEGER NOT NULL REFERENCES users (id),
+            friend_id INTEGER NOT NULL REFERENCES users (id),
+            created_at_ms INTEGER NOT NULL,
+            PRIMARY KEY (user_id, friend_id)
+        ) WITHOUT ROWID",
+        "CREATE TABLE IF NOT EXISTS chat_groups (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            owner_id INTEGER NOT NULL REFERENCES users (id),
+            created_at_ms INTEGER NOT NULL
+        )",
+        "CREATE TABLE IF NOT EXISTS group_members (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            group_id INTEGER NOT NULL REFERENCES chat_groups (id),
+            user_id INTEGER NOT NULL REFERENCES users (id),
+            joined_at_ms INTEGER NOT NULL,
+            UNIQUE (group_id, user_id)
+        )",
+        "CREATE INDEX IF NOT EXISTS group_members_by_user ON group_members (user_id)",
+        "CREATE TABLE IF NOT EXISTS conversations (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_low INTEGER REFERENCES users (id),
+            user_high INTEGER REFERENCES users (id),
+            group_id INTEGER UNIQUE REFERENCES chat_groups (id),
+            last_seq INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (user_low, user_high),
+            CHECK ((group_id IS NULL) = (user_low IS NOT NULL AND user_high IS NOT NULL))
+        )",
+        "CREATE INDEX IF NOT EXISTS conversations_by_high ON conversations (user_high)",
+        "CREATE TABLE IF NOT EXISTS messages (
+            conversation_id INTEGER NOT NULL REFERENCES conversations (id),
+            seq INTEGER NOT NULL,
+            sender_id INTEGER NOT NULL REFERENCES users (id),
+            client_msg_id TEXT NOT NULL,
+            body TEXT NOT NULL,
+            sent_at_ms INTEGER NOT NULL,
+            PRIMARY KEY (conversation_id, seq),
+            UNIQUE (sender_id, client_msg_id)
+        ) WITHOUT ROWID",
+        "CREATE TABLE IF NOT EXISTS read_cursors (
+            user_id INTEGER NOT NULL REFERENCES users (id),
+            conversation_id INTEGER NOT NULL REFERENCES conversations (id),
+            read_seq INTEGER NOT NULL,
+            PRIMARY KEY (user_id, conversation_id)
+        ) WITHOUT ROWID",
+    ],
+}];
+
+/// Creates the version table itself, before anything else is read.
+pub(crate) const MYSQL_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
+    version INT UNSIGNED NOT NULL PRIMARY KEY,
+    description VARCHAR(255) NOT NULL,
+    applied_at_ms BIGINT NOT NULL
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin";
+
+/// The MySQL / MariaDB schema. Text columns compare as bytes (`utf8mb4_bin`,
+/// `ascii_bin`) so that both backends agree on equality; case-insensitive name lookups go
+/// through the lowercased `name_key`.
+pub(crate) const MYSQL: &[Migration] = &[Migration {
+    version: 1,
+    description: "users, friends, groups, conversations, messages, read cursors",
+    statements: &[
+        "CREATE TABLE IF NOT EXISTS users (
+            id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            name VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+            name_key VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+            password_hash VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+            created_at_ms BIGINT NOT NULL,
+            UNIQUE KEY users_name_key (name_key)
+        ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+        "CREATE TABLE IF NOT EXISTS friends (
+            user_id BIGINT UNSIGNED NOT NULL,
+            friend_id BIGINT UNSIGNED NOT NULL,
+            created_at_ms BIGINT NOT NULL,
+            PRIMARY KEY (user_id, friend_id),
+            CONSTRAINT friends_user FOREIGN KEY (user_id) REFERENCES users (id),
+            CONSTRAINT friends_friend FOREIGN KEY (friend_id) REFERENCES users (id)
+        ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+        "CREATE TABLE IF NOT EXISTS chat_groups (
+            id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            name VARCHAR(64) NOT NULL,
+            owner_id BIGINT UNSIGNED NOT NULL,
+            created_at_ms BIGINT NOT NULL,
+            CONSTRAINT chat_groups_owner FOREIGN KEY (owner_id) REFERENCES users (id)
+        ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+        "CREATE TABLE IF NOT EXISTS group_members (
+            id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            group_id BIGINT UNSIGNED NOT NULL,
+            user_id BIGINT UNSIGNED NOT NULL,
+            joined_at_ms BIGINT NOT NULL,
+            UNIQUE KEY group_members_pair (group_id, user_id),
+            KEY group_members_by_user (user_id),
+            CONSTRAINT group_members_group FOREIGN KEY (group_id) REFERENCES chat_groups (id),
+            CONSTRAINT group_members_user FOREIGN KEY (user_id) REFERENCES users (id)
+        ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+        "CREATE TABLE IF NOT EXISTS conversations (
+            id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            user_low BIGINT UNSIGNED NULL,
+            user_high BIGINT UNSIGNED NULL,
+            group_id BIGINT UNSIGNED NULL,
+            last_seq BIGINT UNSIGNED NOT NULL DEFAULT 0,
+            UNIQUE KEY conversations_pair (user_low, user_high),
+            UNIQUE KEY conversations_group (group_id),
+            KEY conversations_by_high (user_high),
+            CONSTRAINT conversations_low FOREIGN KEY (user_low) REFERENCES users (id),
+            CONSTRAINT conversations_high FOREIGN KEY (user_high) REFERENCES users (id),
+            CONSTRAINT conversations_group_fk FOREIGN KEY (group_id) REFERENCES chat_groups (id),
+            CONSTRAINT conversations_kind
+                CHECK ((group_id IS NULL) = (user_low IS NOT NULL AND user_high IS NOT NULL))
+        ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+        "CREATE TABLE IF NOT EXISTS messages (
+            conversation_id BIGINT UNSIGNED NOT NULL,
+            seq BIGINT UNSIGNED NOT NULL,
+            sender_id BIGINT UNSIGNED NOT NULL,
+            client_msg_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+            body TEXT NOT NULL,
+            sent_at_ms BIGINT NOT NULL,
+            PRIMARY KEY (conversation_id, seq),
+            UNIQUE KEY messages_client_id (sender_id, client_msg_id),
+            CONSTRAINT messages_conversation FOREIGN KEY (conversation_id)
+                REFERENCES conversations (id),
+            CONSTRAINT messages_sender FOREIGN KEY (sender_id) REFERENCES users (id)
+        ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+        "CREATE TABLE IF NOT EXISTS read_cursors (
+            user_id BIGINT UNSIGNED NOT NULL,
+            conversation_id BIGINT UNSIGNED NOT NULL,
+            read_seq BIGINT UNSIGNED NOT NULL,
+            PRIMARY KEY (user_id, conversation_id),
+            CONSTRAINT read_cursors_user FOREIGN KEY (user_id) REFERENCES users (id),
+            CONSTRAINT read_cursors_conversation FOREIGN KEY (conversation_id)
+                REFERENCES conversations (id)
+        ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+    ],
+}];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_numbered_one_up_to_version() {
+        for migrations in [SQLITE, MYSQL] {
+            let versions: Vec<u32> = migrations.iter().map(|m| m.version).collect();
+            let expected: Vec<u32> = (1..=VERSION).collect();
+            assert_eq!(versions, expected);
+        }
+    }
+}
