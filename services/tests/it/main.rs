@@ -1,0 +1,24 @@
+//! Integration tests of the services crate: one behavioural suite for every [`Store`]
+//! and one for every [`Presence`], each run against the embedded implementation and the
+//! real server (MariaDB, Redis).
+//!
+//! The real servers are found through `CHATROOM_MYSQL_URL` and `CHATROOM_REDIS_URL`
+//! (defaults in [`support`]); `bash scripts/services.sh up` starts them. A test whose
+//! server is unreachable fails and says so. Every MySQL test works in a database of its
+//! own, created for it and dropped after it; every Redis test uses keys under a prefix of
+//! its own.
+//!
+//! [`Store`]: services::Store
+//! [`Presence`]: services::Presence
+
+mod support;
+
+#[macro_use]
+mod store_suite;
+mod store_mysql;
+mod store_sqlite;
+
+#[macro_use]
+mod presence_suite;
+mod presence_memory;
+mod presence_redis;

@@ -1,0 +1,81 @@
+//! The presence suite against [`Redis`] at `CHATROOM_REDIS_URL`, each test under a key
+//! prefix of its own, whose keys are deleted after it.
+
+use std::time::Duration;
+
+use services::presence::redis::Config;
+use services::presence::{Error, Presence, Redis};
+use services::UserId;
+
+use crate::presence_suite::Fixture;
+use crate::support::{redis_url, unique_name, unreachable};
+
+/// A table under a fresh key prefix.
+struct RedisFixture {
+    /// The table the test uses.
+    presence: Redis,
+    /// The test's keys all start with this.
+    prefix: String,
+    /// For cleaning up.
+    url: String,
+}
+
+fn fixture() -> RedisFixture {
+    let url = redis_url();
+    let prefix = format!("{}:", unique_name("chatroom:test"));
+    let presence =
+        Redis::with_config(&Config { url: url.clone(), key_prefix: prefix.clone(), ..Config::default() })
+            .unwrap_or_else(|e| unreachable("Redis", &url, &e));
+    RedisFixture { presence, prefix, url }
+}
+
+impl Fixture for RedisFixture {
+    fn presence(&self) -> &dyn Presence {
+        &self.presence
+    }
+}
+
+impl RedisFixture {
+    fn keys(&self) -> Vec<String> {
+        let client = redis::Client::open(self.url.as_str()).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query(&mut conn).unwrap()
+    }
+}
+
+impl Drop for RedisFixture {
+    fn drop(&mut self) {
+        let cleaned = redis::Client::open(self.url.as_str()).and_then(|client| {
+            let mut conn = client.get_connection()?;
+            let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query(&mut conn)?;
+            if !keys.is_empty() {
+                redis::cmd("DEL").arg(&keys).query::<()>(&mut conn)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = cleaned {
+            eprintln!("could not delete test keys {}*: {e}", self.prefix);
+        }
+    }
+}
+
+presence_suite!(fixture);
+
+#[test]
+fn leases_are_prefixed_keys_with_an_expiry() {
+    let f = fixture();
+    f.presence.claim(UserId(42), "proxy-a", Duration::from_secs(30)).unwrap();
+    assert_eq!(f.keys(), [format!("{}user:42", f.prefix)]);
+    let client = redis::Client::open(f.url.as_str()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let ttl_ms: i64 = redis::cmd("PTTL").arg(format!("{}user:42", f.prefix)).query(&mut conn).unwrap();
+    assert!((29_000..=30_000).contains(&ttl_ms), "{ttl_ms}");
+    let owner: String = redis::cmd("GET").arg(format!("{}user:42", f.prefix)).query(&mut conn).unwrap();
+    assert_eq!(owner, "proxy-a");
+}
+
+#[test]
+fn unreachable_server_is_reported_as_unavailable() {
+    let err = Redis::open("redis://127.0.0.1:1/").unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+}

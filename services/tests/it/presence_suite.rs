@@ -1,0 +1,148 @@
+//! The behaviour every [`Presence`] must have. Each case is a function of a [`Fixture`];
+//! `presence_suite!(fixture_fn)` turns every case into a `#[test]` for one
+//! implementation.
+
+use std::time::{Duration, Instant};
+
+use services::presence::{Error, Presence};
+use services::UserId;
+
+use crate::support::wait_until;
+
+/// A presence table under test, not shared with any other test.
+pub trait Fixture {
+    /// The table the case works with.
+    fn presence(&self) -> &dyn Presence;
+}
+
+/// Generates one `#[test]` per case, each with a fresh fixture from `$fixture()`.
+macro_rules! presence_suite {
+    ($fixture:path) => {
+        presence_suite!(@cases $fixture;
+            claim_lookup_and_release,
+            a_new_claim_replaces_the_old_owner,
+            only_the_owner_renews_or_releases,
+            renew_all_reports_lost_users,
+            lease_lapses_without_renewal,
+            renewal_keeps_a_lease_alive,
+            zero_ttl_is_refused,
+        );
+    };
+    (@cases $fixture:path; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                let fixture = $fixture();
+                crate::presence_suite::$case(&fixture);
+            }
+        )*
+    };
+}
+
+const LONG: Duration = Duration::from_secs(60);
+/// Short enough to wait for, long enough that a loaded machine renews in time.
+const SHORT: Duration = Duration::from_millis(300);
+
+fn owners(p: &dyn Presence, users: &[u64]) -> Vec<Option<String>> {
+    let ids: Vec<UserId> = users.iter().map(|&u| UserId(u)).collect();
+    p.lookup(&ids).unwrap()
+}
+
+fn some(owner: &str) -> Option<String> {
+    Some(owner.to_owned())
+}
+
+pub fn claim_lookup_and_release(f: &dyn Fixture) {
+    let p = f.presence();
+    assert_eq!(p.lookup(&[]).unwrap(), Vec::<Option<String>>::new());
+    assert_eq!(owners(p, &[1]), [None]);
+    assert_eq!(p.claim(UserId(1), "proxy-a", LONG).unwrap(), None);
+    assert_eq!(p.claim(UserId(2), "proxy-b", LONG).unwrap(), None);
+    assert_eq!(p.claim(UserId(3), "proxy-a", LONG).unwrap(), None);
+    assert_eq!(
+        owners(p, &[3, 99, 1, 2]),
+        [some("proxy-a"), None, some("proxy-a"), some("proxy-b")],
+        "in the order asked"
+    );
+    assert_eq!(owners(p, &[2]), [some("proxy-b")]);
+
+    assert!(p.release(UserId(1), "proxy-a").unwrap());
+    assert!(!p.release(UserId(1), "proxy-a").unwrap(), "already gone");
+    assert!(!p.release(UserId(99), "proxy-a").unwrap());
+    assert_eq!(owners(p, &[1, 2, 3]), [None, some("proxy-b"), some("proxy-a")]);
+}
+
+pub fn a_new_claim_replaces_the_old_owner(f: &dyn Fixture) {
+    let p = f.presence();
+    assert_eq!(p.claim(UserId(7), "proxy-a", LONG).unwrap(), None);
+    // A second login elsewhere: the caller learns whom to kick.
+    assert_eq!(p.claim(UserId(7), "proxy-b", LONG).unwrap(), some("proxy-a"));
+    assert_eq!(owners(p, &[7]), [some("proxy-b")]);
+    // A second login on the same proxy.
+    assert_eq!(p.claim(UserId(7), "proxy-b", LONG).unwrap(), some("proxy-b"));
+}
+
+pub fn only_the_owner_renews_or_releases(f: &dyn Fixture) {
+    let p = f.presence();
+    p.claim(UserId(5), "proxy-a", LONG).unwrap();
+    p.claim(UserId(5), "proxy-b", LONG).unwrap();
+    // proxy-a lost the user; it can neither keep nor end the new session's lease.
+    assert!(!p.renew(UserId(5), "proxy-a", LONG).unwrap());
+    assert!(!p.release(UserId(5), "proxy-a").unwrap());
+    assert_eq!(owners(p, &[5]), [some("proxy-b")]);
+    assert!(p.renew(UserId(5), "proxy-b", LONG).unwrap());
+    assert!(!p.renew(UserId(6), "proxy-b", LONG).unwrap(), "no lease to renew");
+    assert_eq!(owners(p, &[6]), [None], "renew does not create a lease");
+}
+
+pub fn renew_all_reports_lost_users(f: &dyn Fixture) {
+    let p = f.presence();
+    for u in [1, 2, 3] {
+        p.claim(UserId(u), "proxy-a", LONG).unwrap();
+    }
+    p.claim(UserId(2), "proxy-b", LONG).unwrap();
+    let lost = p.renew_all(&[UserId(1), UserId(2), UserId(3), UserId(4)], "proxy-a", LONG).unwrap();
+    assert_eq!(lost, [UserId(2), UserId(4)]);
+    assert_eq!(p.renew_all(&[], "proxy-a", LONG).unwrap(), []);
+    assert_eq!(owners(p, &[1, 2, 3, 4]), [some("proxy-a"), some("proxy-b"), some("proxy-a"), None]);
+}
+
+pub fn lease_lapses_without_renewal(f: &dyn Fixture) {
+    let p = f.presence();
+    let claimed = Instant::now();
+    p.claim(UserId(1), "proxy-a", SHORT).unwrap();
+    p.claim(UserId(2), "proxy-a", LONG).unwrap();
+    assert_eq!(owners(p, &[1]), [some("proxy-a")]);
+    wait_until(SHORT * 10, "the short lease lapses", || owners(p, &[1]) == [None]);
+    let lapsed_after = claimed.elapsed();
+    assert!(lapsed_after >= SHORT - Duration::from_millis(20), "lapsed too early: {lapsed_after:?}");
+    assert_eq!(owners(p, &[2]), [some("proxy-a")], "the long lease is still there");
+    // A lapsed lease can be neither renewed nor released, and a new claim finds nobody.
+    assert!(!p.renew(UserId(1), "proxy-a", SHORT).unwrap());
+    assert!(!p.release(UserId(1), "proxy-a").unwrap());
+    assert_eq!(p.claim(UserId(1), "proxy-b", LONG).unwrap(), None);
+}
+
+pub fn renewal_keeps_a_lease_alive(f: &dyn Fixture) {
+    let p = f.presence();
+    p.claim(UserId(1), "proxy-a", SHORT).unwrap();
+    // Renew at a third of the TTL, as a proxy would, for three TTLs.
+    let until = Instant::now() + SHORT * 3;
+    while Instant::now() < until {
+        std::thread::sleep(SHORT / 3);
+        assert_eq!(p.renew_all(&[UserId(1)], "proxy-a", SHORT).unwrap(), [], "renewed in time");
+        assert_eq!(owners(p, &[1]), [some("proxy-a")]);
+    }
+    // Then the proxy dies: the user goes offline within one TTL.
+    let died = Instant::now();
+    wait_until(SHORT * 10, "the lease of a dead proxy lapses", || owners(p, &[1]) == [None]);
+    assert!(died.elapsed() <= SHORT * 10);
+}
+
+pub fn zero_ttl_is_refused(f: &dyn Fixture) {
+    let p = f.presence();
+    assert!(matches!(p.claim(UserId(1), "proxy-a", Duration::ZERO), Err(Error::InvalidTtl(_))));
+    assert!(matches!(p.renew(UserId(1), "proxy-a", Duration::ZERO), Err(Error::InvalidTtl(_))));
+    assert!(matches!(p.renew_all(&[UserId(1)], "proxy-a", Duration::ZERO), Err(Error::InvalidTtl(_))));
+    assert_eq!(owners(p, &[1]), [None]);
+}

@@ -1,0 +1,82 @@
+//! What the suites share: where the servers are, fresh databases and key prefixes, and
+//! waiting for a condition with a deadline.
+
+use std::time::{Duration, Instant};
+
+/// Used when `CHATROOM_MYSQL_URL` is not set.
+pub const DEFAULT_MYSQL_URL: &str = "mysql://chatroom:chatroom@127.0.0.1:3306/chatroom_test";
+/// Used when `CHATROOM_REDIS_URL` is not set.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
+
+/// The MySQL URL to test against.
+pub fn mysql_url() -> String {
+    std::env::var("CHATROOM_MYSQL_URL").unwrap_or_else(|_| DEFAULT_MYSQL_URL.to_owned())
+}
+
+/// The Redis URL to test against.
+pub fn redis_url() -> String {
+    std::env::var("CHATROOM_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.to_owned())
+}
+
+/// Fails the test because a server it needs is not there.
+pub fn unreachable(what: &str, url: &str, error: &dyn std::fmt::Display) -> ! {
+    let url = redact(url);
+    panic!(
+        "{what} at {url} is unreachable or refused the connection: {error}\n\
+         Start the test services with `bash scripts/services.sh up` \
+         (or point CHATROOM_MYSQL_URL / CHATROOM_REDIS_URL at running ones)."
+    )
+}
+
+/// `url` with the password (between `user:` and `@`) replaced by `***`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
+/// A name no other test run uses: `{base}_{random hex}`.
+pub fn unique_name(base: &str) -> String {
+    format!("{base}_{:016x}", rand::random::<u64>())
+}
+
+/// `url` with its database (the path) replaced by `database`; the query string is kept.
+pub fn with_database(url: &str, database: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let (base, query) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    let host_end = base[after_scheme..].find('/').map_or(base.len(), |i| after_scheme + i);
+    format!("{}/{database}{query}", &base[..host_end])
+}
+
+/// Polls `done` every few milliseconds until it is true, failing the test if `limit`
+/// passes first. Returns how long it took.
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if done() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn with_database_replaces_only_the_path() {
+    assert_eq!(
+        with_database("mysql://u:p@127.0.0.1:3306/chatroom_test", "x_1"),
+        "mysql://u:p@127.0.0.1:3306/x_1"
+    );
+    assert_eq!(
+        with_database("mysql://u:p@h:1/db?prefer_socket=false", "y"),
+        "mysql://u:p@h:1/y?prefer_socket=false"
+    );
+    assert_eq!(with_database("mysql://h:1", "z"), "mysql://h:1/z");
+}
