@@ -11,6 +11,7 @@
 //! [`Store`]: services::Store
 //! [`Presence`]: services::Presence
 
+mod proto;
 mod support;
 
 #[macro_use]

@@ -1,0 +1,67 @@
+//! `proto/chat.proto` compiles, defines what the cluster needs, and documents everything
+//! (its comments become the doc comments of the generated code).
+
+use std::path::Path;
+
+fn proto_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/proto"))
+}
+
+#[test]
+fn compiles_with_the_expected_services() {
+    let files = protox::compile(["chat.proto"], [proto_dir()]).expect("chat.proto compiles");
+    let file = files.file.iter().find(|f| f.name() == "chat.proto").expect("chat.proto itself");
+    assert_eq!(file.package(), "chatroom");
+    let services: Vec<(&str, Vec<&str>)> =
+        file.service.iter().map(|s| (s.name(), s.method.iter().map(|m| m.name()).collect())).collect();
+    let gateway = &services.iter().find(|(name, _)| *name == "Gateway").expect("Gateway").1;
+    for rpc in [
+        "Register",
+        "Login",
+        "Logout",
+        "AddFriend",
+        "RemoveFriend",
+        "ListFriends",
+        "CreateGroup",
+        "JoinGroup",
+        "LeaveGroup",
+        "ListGroups",
+        "GroupMembers",
+        "SendMessage",
+        "History",
+        "Sync",
+        "Ack",
+    ] {
+        assert!(gateway.contains(&rpc), "Gateway.{rpc} is missing");
+    }
+    let names: Vec<&str> = services.iter().map(|(name, _)| *name).collect();
+    assert_eq!(names, ["Gateway", "UserService", "ChatService", "Delivery"]);
+    let delivery = &services[3].1;
+    assert!(delivery.contains(&"DeliverBatch") && delivery.contains(&"NotifyPresence"));
+    for push in ["Message", "PresenceChanged", "Kicked", "Push"] {
+        assert!(file.message_type.iter().any(|m| m.name() == push), "message {push} is missing");
+    }
+}
+
+#[test]
+fn every_definition_has_a_comment() {
+    let text = std::fs::read_to_string(proto_dir().join("chat.proto")).unwrap();
+    let mut previous = "";
+    let mut undocumented = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        let defines = line.starts_with("message ")
+            || line.starts_with("service ")
+            || line.starts_with("rpc ")
+            || line.starts_with("oneof ")
+            // A field: `type name = N;`.
+            || (line.ends_with(';') && line.contains(" = ") && !line.starts_with("syntax"));
+        if defines && !previous.starts_with("//") {
+            undocumented.push(format!("line {}: {line}", n + 1));
+        }
+        if !line.is_empty() {
+            previous = line;
+        }
+    }
+    assert!(undocumented.is_empty(), "undocumented definitions:\n{}", undocumented.join("\n"));
+}
