@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior};
+use rusqlite::types::ToSqlOutput;
+use rusqlite::{
+    params, Connection, ErrorCode, OptionalExtension, Row, ToSql, Transaction, TransactionBehavior,
+};
 
 use super::schema::{self, SQLITE, SQLITE_VERSION_TABLE};
 use super::{
@@ -115,6 +118,28 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
     Ok(())
 }
 
+/// Ids are bound as SQLite integers, which are signed. An id above `i64::MAX` (which a
+/// client may send, but SQLite never assigns) is bound as -1, which matches no row, so a
+/// look-up answers "not found" instead of failing.
+impl ToSql for UserId {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(i64::try_from(self.0).unwrap_or(-1)))
+    }
+}
+
+/// As for [`UserId`].
+impl ToSql for GroupId {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(i64::try_from(self.0).unwrap_or(-1)))
+    }
+}
+
+/// A sequence number as an SQLite integer; numbers above `i64::MAX` (never assigned)
+/// are bound as `i64::MAX`, which compares above every stored one.
+fn seq_param(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(
         e,
@@ -157,7 +182,7 @@ fn message_from_row(conversation: ConversationId, row: &Row<'_>) -> rusqlite::Re
 fn find_user(tx: &Transaction<'_>, id: UserId) -> Result<Option<User>, Error> {
     Ok(tx
         .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
-        .query_row([id.0], user_from_row)
+        .query_row([id], user_from_row)
         .optional()?)
 }
 
@@ -167,7 +192,7 @@ fn require_user(tx: &Transaction<'_>, id: UserId) -> Result<User, Error> {
 
 fn require_group(tx: &Transaction<'_>, id: GroupId) -> Result<Group, Error> {
     tx.prepare_cached(&format!("SELECT {GROUP_COLUMNS} FROM chat_groups WHERE id = ?1"))?
-        .query_row([id.0], group_from_row)
+        .query_row([id], group_from_row)
         .optional()?
         .ok_or_else(|| Error::NotFound(format!("group {id} does not exist")))
 }
@@ -175,7 +200,7 @@ fn require_group(tx: &Transaction<'_>, id: GroupId) -> Result<Group, Error> {
 fn is_member(tx: &Transaction<'_>, user: UserId, group: GroupId) -> Result<bool, Error> {
     Ok(tx
         .prepare_cached("SELECT 1 FROM group_members WHERE group_id = ?1 AND user_id = ?2")?
-        .query_row([group.0, user.0], |_| Ok(()))
+        .query_row(params![group, user], |_| Ok(()))
         .optional()?
         .is_some())
 }
@@ -201,11 +226,11 @@ fn conversation_row(tx: &Transaction<'_>, conversation: ConversationId) -> Resul
     let row = match conversation {
         ConversationId::Direct { low, high } => tx
             .prepare_cached("SELECT id, last_seq FROM conversations WHERE user_low = ?1 AND user_high = ?2")?
-            .query_row([low.0, high.0], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row([low, high], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?,
         ConversationId::Group(group) => tx
             .prepare_cached("SELECT id, last_seq FROM conversations WHERE group_id = ?1")?
-            .query_row([group.0], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row([group], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?,
     };
     Ok(row)
@@ -220,7 +245,7 @@ fn find_sent(tx: &Transaction<'_>, sender: UserId, client_msg_id: &str) -> Resul
              FROM messages m JOIN conversations c ON c.id = m.conversation_id
              WHERE m.sender_id = ?1 AND m.client_msg_id = ?2",
         )?
-        .query_row(params![sender.0, client_msg_id], |row| {
+        .query_row(params![sender, client_msg_id], |row| {
             let columns = (row.get(5)?, row.get(6)?, row.get(7)?);
             // The conversation is filled in below, once the columns are checked.
             let message = message_from_row(ConversationId::Group(GroupId(0)), row)?;
@@ -241,7 +266,7 @@ fn raise_cursor(tx: &Transaction<'_>, user: UserId, id: i64, seq: u64) -> Result
          ON CONFLICT (user_id, conversation_id)
          DO UPDATE SET read_seq = MAX(read_seq, excluded.read_seq)",
     )?
-    .execute(params![user.0, id, seq])?;
+    .execute(params![user, id, seq])?;
     Ok(())
 }
 
@@ -257,7 +282,8 @@ fn messages_after(
         "SELECT seq, sender_id, client_msg_id, body, sent_at_ms FROM messages
          WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![id, after, n as u64], |row| message_from_row(conversation, row))?;
+    let rows =
+        stmt.query_map(params![id, seq_param(after), n as u64], |row| message_from_row(conversation, row))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -274,7 +300,8 @@ fn messages_before(
         "SELECT seq, sender_id, client_msg_id, body, sent_at_ms FROM messages
          WHERE conversation_id = ?1 AND (?2 IS NULL OR seq < ?2) ORDER BY seq DESC LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![id, before, n as u64], |row| message_from_row(conversation, row))?;
+    let rows = stmt
+        .query_map(params![id, before.map(seq_param), n as u64], |row| message_from_row(conversation, row))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -295,7 +322,7 @@ fn conversation_states(tx: &Transaction<'_>, user: UserId) -> Result<Vec<(i64, C
          WHERE gm.user_id = ?1
          ORDER BY 7, 1",
     )?;
-    let rows = stmt.query_map([user.0], |row| {
+    let rows = stmt.query_map([user], |row| {
         Ok((
             row.get::<_, i64>(0)?,
             row.get::<_, Option<u64>>(1)?,
@@ -375,7 +402,7 @@ impl Store for Sqlite {
                 "INSERT INTO friends (user_id, friend_id, created_at_ms) VALUES (?1, ?2, ?3)",
             )?;
             for (a, b) in [(user, friend), (friend, user)] {
-                match insert.execute(params![a.0, b.0, now]) {
+                match insert.execute(params![a, b, now]) {
                     Ok(_) => {}
                     Err(e) if is_unique_violation(&e) => {
                         return Err(Error::AlreadyExists(format!(
@@ -396,7 +423,7 @@ impl Store for Sqlite {
                     "DELETE FROM friends WHERE (user_id = ?1 AND friend_id = ?2)
                                             OR (user_id = ?2 AND friend_id = ?1)",
                 )?
-                .execute([user.0, friend.0])?;
+                .execute([user, friend])?;
             if removed == 0 {
                 return Err(Error::NotFound(format!("user {friend} is not a friend of user {user}")));
             }
@@ -411,7 +438,7 @@ impl Store for Sqlite {
                  JOIN users u ON u.id = f.friend_id
                  WHERE f.user_id = ?1 ORDER BY u.name_key",
             )?;
-            let rows = stmt.query_map([user.0], user_from_row)?;
+            let rows = stmt.query_map([user], user_from_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
@@ -422,14 +449,14 @@ impl Store for Sqlite {
         self.write(|tx| {
             require_user(tx, owner)?;
             tx.prepare_cached("INSERT INTO chat_groups (name, owner_id, created_at_ms) VALUES (?1, ?2, ?3)")?
-                .execute(params![name, owner.0, created_at_ms])?;
+                .execute(params![name, owner, created_at_ms])?;
             let id = GroupId(tx.last_insert_rowid() as u64);
             tx.prepare_cached(
                 "INSERT INTO group_members (group_id, user_id, joined_at_ms) VALUES (?1, ?2, ?3)",
             )?
-            .execute(params![id.0, owner.0, created_at_ms])?;
+            .execute(params![id, owner, created_at_ms])?;
             tx.prepare_cached("INSERT INTO conversations (group_id, last_seq) VALUES (?1, 0)")?
-                .execute([id.0])?;
+                .execute([id])?;
             Ok(Group { id, name: name.to_owned(), owner, created_at_ms })
         })
     }
@@ -448,7 +475,7 @@ impl Store for Sqlite {
                     "INSERT INTO group_members (group_id, user_id, joined_at_ms)
                      VALUES (?1, ?2, ?3)",
                 )?
-                .execute(params![group.0, user.0, now]);
+                .execute(params![group, user, now]);
             match inserted {
                 Ok(_) => {}
                 Err(e) if is_unique_violation(&e) => {
@@ -470,7 +497,7 @@ impl Store for Sqlite {
             let found = require_group(tx, group)?;
             let removed = tx
                 .prepare_cached("DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2")?
-                .execute([group.0, user.0])?;
+                .execute(params![group, user])?;
             if removed == 0 {
                 return Err(Error::NotFound(format!("user {user} is not a member of group {group}")));
             }
@@ -480,11 +507,11 @@ impl Store for Sqlite {
                         "SELECT user_id FROM group_members WHERE group_id = ?1
                          ORDER BY id LIMIT 1",
                     )?
-                    .query_row([group.0], |row| row.get(0))
+                    .query_row([group], |row| row.get(0))
                     .optional()?;
                 if let Some(heir) = heir {
                     tx.prepare_cached("UPDATE chat_groups SET owner_id = ?1 WHERE id = ?2")?
-                        .execute([heir, group.0])?;
+                        .execute(params![heir, group])?;
                 }
             }
             Ok(())
@@ -498,7 +525,7 @@ impl Store for Sqlite {
                  JOIN chat_groups g ON g.id = gm.group_id
                  WHERE gm.user_id = ?1 ORDER BY g.id",
             )?;
-            let rows = stmt.query_map([user.0], group_from_row)?;
+            let rows = stmt.query_map([user], group_from_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
@@ -511,7 +538,7 @@ impl Store for Sqlite {
                  JOIN users u ON u.id = gm.user_id
                  WHERE gm.group_id = ?1 ORDER BY gm.id",
             )?;
-            let rows = stmt.query_map([group.0], user_from_row)?;
+            let rows = stmt.query_map([group], user_from_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
@@ -534,7 +561,7 @@ impl Store for Sqlite {
                         "INSERT INTO conversations (user_low, user_high, last_seq)
                          VALUES (?1, ?2, 0) ON CONFLICT DO NOTHING",
                     )?
-                    .execute([low.0, high.0])?;
+                    .execute([low, high])?;
                     conversation_row(tx, conversation)?.map(|(id, _)| id)
                 }
                 ConversationId::Group(_) => {
@@ -557,7 +584,7 @@ impl Store for Sqlite {
             .execute(params![
                 id,
                 seq,
-                sender.0,
+                sender,
                 message.client_msg_id,
                 message.body,
                 sent_at_ms
@@ -612,7 +639,7 @@ impl Store for Sqlite {
                 .prepare_cached(
                     "SELECT read_seq FROM read_cursors WHERE user_id = ?1 AND conversation_id = ?2",
                 )?
-                .query_row(params![user.0, id], |row| row.get(0))?;
+                .query_row(params![user, id], |row| row.get(0))?;
             Ok(read_seq)
         })
     }

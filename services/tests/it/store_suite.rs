@@ -42,6 +42,7 @@ macro_rules! store_suite {
             sync_returns_missed_messages_across_conversations,
             sync_pages_with_cursors,
             joining_a_group_starts_with_nothing_unread,
+            out_of_range_ids_and_seqs_are_answered_not_failed,
             data_survives_reopening,
             concurrent_opens_migrate_once,
         );
@@ -767,6 +768,38 @@ pub fn joining_a_group_starts_with_nothing_unread(f: &dyn Fixture) {
     send(store, &alice, group_of(&group), "m6", "welcome dave");
     assert_eq!(unread(store, &dave, group_of(&group)), 1);
     assert_eq!(seqs(&store.sync(dave.id, &[], 0).unwrap()), [6]);
+}
+
+pub fn out_of_range_ids_and_seqs_are_answered_not_failed(f: &dyn Fixture) {
+    // Clients send ids and sequence numbers as uint64; values no database assigns must
+    // get ordinary answers.
+    let store = f.store();
+    let alice = user(store, "alice");
+    let bob = user(store, "bob");
+    let c = direct(&alice, &bob);
+    let huge = UserId(u64::MAX);
+    assert_not_found(store.user(huge));
+    assert_not_found(store.add_friend(alice.id, huge));
+    assert_not_found(store.remove_friend(alice.id, huge));
+    assert_not_found(store.join_group(alice.id, GroupId(u64::MAX)));
+    assert_not_found(store.group(GroupId(u64::MAX)));
+    assert_not_found(store.send(&NewMessage {
+        sender: alice.id,
+        conversation: ConversationId::direct(alice.id, huge),
+        client_msg_id: "h0",
+        body: "hello?",
+    }));
+    assert!(store.friends(huge).unwrap().is_empty());
+    assert!(store.conversations(huge).unwrap().is_empty());
+
+    for n in 1..=3 {
+        send(store, &alice, c, &format!("h{n}"), "x");
+    }
+    assert_eq!(seqs(&store.history(bob.id, c, Anchor::Before(u64::MAX), 10).unwrap()), [1, 2, 3]);
+    assert_eq!(store.history(bob.id, c, Anchor::After(u64::MAX), 10).unwrap(), Page::default());
+    let cursor = Cursor { conversation: c, seq: u64::MAX };
+    assert_eq!(store.sync(bob.id, &[cursor], 0).unwrap(), Page::default());
+    assert_eq!(store.ack(bob.id, c, u64::MAX).unwrap(), 3);
 }
 
 pub fn data_survives_reopening(f: &dyn Fixture) {
