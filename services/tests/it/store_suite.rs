@@ -36,6 +36,7 @@ macro_rules! store_suite {
             retry_returns_the_original_message,
             concurrent_retries_store_the_message_once,
             concurrent_senders_get_distinct_gap_free_seqs,
+            concurrent_first_messages_open_one_conversation,
             history_pages_backwards_and_forwards,
             history_is_for_participants_only,
             unread_counts_follow_ack_and_send,
@@ -545,6 +546,41 @@ pub fn concurrent_senders_get_distinct_gap_free_seqs(f: &dyn Fixture) {
         assert_eq!(ids, expected);
     }
     assert_eq!(unread(store, &owner, group_of(&group)), total);
+}
+
+pub fn concurrent_first_messages_open_one_conversation(f: &dyn Fixture) {
+    // Both sides write first at the same moment, through two handles: the pair's row is
+    // created once and numbering is shared.
+    let other = f.reopen();
+    let stores: [&dyn Store; 2] = [f.store(), &*other];
+    let alice = user(f.store(), "alice");
+    let bob = user(f.store(), "bob");
+    const THREADS: usize = 4;
+    const EACH: usize = 10;
+    let barrier = Barrier::new(THREADS);
+    let assigned: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|i| {
+                let (store, barrier) = (stores[i % 2], &barrier);
+                let sender = if i < THREADS / 2 { &alice } else { &bob };
+                let conversation = direct(&alice, &bob);
+                s.spawn(move || {
+                    barrier.wait();
+                    (0..EACH)
+                        .map(|n| send(store, sender, conversation, &format!("{i}-{n}"), "hi"))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let distinct: BTreeSet<u64> = assigned.iter().copied().collect();
+    assert_eq!(distinct, (1..=(THREADS * EACH) as u64).collect());
+    for u in [&alice, &bob] {
+        let states = f.store().conversations(u.id).unwrap();
+        assert_eq!(states.len(), 1, "{states:?}");
+        assert_eq!(states[0].last_seq, (THREADS * EACH) as u64);
+    }
 }
 
 pub fn history_pages_backwards_and_forwards(f: &dyn Fixture) {
