@@ -26,13 +26,19 @@ use mysql::{
 
 use super::schema::{self, MYSQL, MYSQL_VERSION_TABLE};
 use super::{
-    check_new_message, collect_sync, conversation_from_columns, duplicate, history_page, name_key,
-    not_participant, now_ms, Anchor, ConversationState, Credentials, Cursor, Error, Group, Message,
-    NewMessage, Page, Sent, Store, User,
+    check_new_message, collect_sync, duplicate, history_page, name_key, now_ms, Anchor, ConversationState,
+    Credentials, Cursor, Error, Group, Message, NewMessage, Page, Sent, Store, User,
 };
 use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};
 use crate::limits;
+
+mod queries;
+
+use self::queries::{
+    check_participant, conversation_row, conversation_states, find_sent, group_from, messages_after,
+    messages_before, raise_cursor, require_group, require_user, user_from, GroupRow, UserRow, USER_COLUMNS,
+};
 
 /// Where and how to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,194 +257,6 @@ fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
-}
-
-type UserRow = (u64, String, i64);
-type GroupRow = (u64, String, u64, i64);
-type MessageRow = (u64, u64, String, String, i64);
-
-const USER_COLUMNS: &str = "id, name, created_at_ms";
-const GROUP_COLUMNS: &str = "id, name, owner_id, created_at_ms";
-const MESSAGE_COLUMNS: &str = "seq, sender_id, client_msg_id, body, sent_at_ms";
-
-fn user_from((id, name, created_at_ms): UserRow) -> User {
-    User { id: UserId(id), name, created_at_ms }
-}
-
-fn group_from((id, name, owner, created_at_ms): GroupRow) -> Group {
-    Group { id: GroupId(id), name, owner: UserId(owner), created_at_ms }
-}
-
-fn message_from(
-    conversation: ConversationId,
-    (seq, sender, client_msg_id, body, sent_at_ms): MessageRow,
-) -> Message {
-    Message { conversation, seq, sender: UserId(sender), client_msg_id, body, sent_at_ms }
-}
-
-fn find_user(q: &mut impl Queryable, id: UserId) -> Result<Option<User>, Error> {
-    let row: Option<UserRow> =
-        q.exec_first(format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"), (id.0,))?;
-    Ok(row.map(user_from))
-}
-
-fn require_user(q: &mut impl Queryable, id: UserId) -> Result<User, Error> {
-    find_user(q, id)?.ok_or_else(|| Error::NotFound(format!("user {id} does not exist")))
-}
-
-/// The group, read with `FOR UPDATE` when `lock` is set, so that membership and
-/// ownership changes to one group queue behind each other.
-fn require_group(q: &mut impl Queryable, id: GroupId, lock: bool) -> Result<Group, Error> {
-    let suffix = if lock { " FOR UPDATE" } else { "" };
-    let row: Option<GroupRow> =
-        q.exec_first(format!("SELECT {GROUP_COLUMNS} FROM chat_groups WHERE id = ?{suffix}"), (id.0,))?;
-    row.map(group_from).ok_or_else(|| Error::NotFound(format!("group {id} does not exist")))
-}
-
-fn is_member(q: &mut impl Queryable, user: UserId, group: GroupId) -> Result<bool, Error> {
-    let row: Option<u8> =
-        q.exec_first("SELECT 1 FROM group_members WHERE group_id = ? AND user_id = ?", (group.0, user.0))?;
-    Ok(row.is_some())
-}
-
-/// Fails unless `user` may read and write `conversation` (which must be normalised).
-fn check_participant(
-    q: &mut impl Queryable,
-    user: UserId,
-    conversation: ConversationId,
-) -> Result<(), Error> {
-    match conversation {
-        ConversationId::Direct { low, high } if low == user || high == user => Ok(()),
-        ConversationId::Direct { .. } => Err(not_participant(user, conversation)),
-        ConversationId::Group(group) => {
-            require_group(q, group, false)?;
-            if is_member(q, user, group)? {
-                Ok(())
-            } else {
-                Err(not_participant(user, conversation))
-            }
-        }
-    }
-}
-
-/// The row id and newest sequence number of a conversation, if it has a row; with
-/// `lock`, the row stays locked until the transaction ends.
-fn conversation_row(
-    q: &mut impl Queryable,
-    conversation: ConversationId,
-    lock: bool,
-) -> Result<Option<(u64, u64)>, Error> {
-    let suffix = if lock { " FOR UPDATE" } else { "" };
-    let row = match conversation {
-        ConversationId::Direct { low, high } => q.exec_first(
-            format!(
-                "SELECT id, last_seq FROM conversations \
-                 WHERE user_low = ? AND user_high = ?{suffix}"
-            ),
-            (low.0, high.0),
-        )?,
-        ConversationId::Group(group) => q.exec_first(
-            format!("SELECT id, last_seq FROM conversations WHERE group_id = ?{suffix}"),
-            (group.0,),
-        )?,
-    };
-    Ok(row)
-}
-
-/// The message `sender` stored under `client_msg_id`, if any.
-fn find_sent(q: &mut impl Queryable, sender: UserId, client_msg_id: &str) -> Result<Option<Message>, Error> {
-    type Row = (u64, u64, String, String, i64, Option<u64>, Option<u64>, Option<u64>);
-    let row: Option<Row> = q.exec_first(
-        "SELECT m.seq, m.sender_id, m.client_msg_id, m.body, m.sent_at_ms,
-                c.user_low, c.user_high, c.group_id
-         FROM messages m JOIN conversations c ON c.id = m.conversation_id
-         WHERE m.sender_id = ? AND m.client_msg_id = ?",
-        (sender.0, client_msg_id),
-    )?;
-    row.map(|(seq, sender, id, body, at, low, high, group)| {
-        let conversation = conversation_from_columns(low, high, group)?;
-        Ok(message_from(conversation, (seq, sender, id, body, at)))
-    })
-    .transpose()
-}
-
-/// Raises `user`'s read cursor in conversation row `id` to at least `seq`.
-fn raise_cursor(q: &mut impl Queryable, user: UserId, id: u64, seq: u64) -> Result<(), Error> {
-    q.exec_drop(
-        "INSERT INTO read_cursors (user_id, conversation_id, read_seq) VALUES (?, ?, ?)
-         ON DUPLICATE KEY UPDATE read_seq = GREATEST(read_seq, VALUES(read_seq))",
-        (user.0, id, seq),
-    )?;
-    Ok(())
-}
-
-/// Up to `n` messages of conversation row `id` after `after`, ascending.
-fn messages_after(
-    q: &mut impl Queryable,
-    id: u64,
-    conversation: ConversationId,
-    after: u64,
-    n: usize,
-) -> Result<Vec<Message>, Error> {
-    let rows: Vec<MessageRow> = q.exec(
-        format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages \
-             WHERE conversation_id = ? AND seq > ? ORDER BY seq ASC LIMIT ?"
-        ),
-        (id, after, n as u64),
-    )?;
-    Ok(rows.into_iter().map(|row| message_from(conversation, row)).collect())
-}
-
-/// Up to `n` messages of conversation row `id` before `before`, newest first.
-fn messages_before(
-    q: &mut impl Queryable,
-    id: u64,
-    conversation: ConversationId,
-    before: u64,
-    n: usize,
-) -> Result<Vec<Message>, Error> {
-    let rows: Vec<MessageRow> = q.exec(
-        format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages \
-             WHERE conversation_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
-        ),
-        (id, before, n as u64),
-    )?;
-    Ok(rows.into_iter().map(|row| message_from(conversation, row)).collect())
-}
-
-/// The user's conversations with their row ids, in the documented order.
-fn conversation_states(q: &mut impl Queryable, user: UserId) -> Result<Vec<(u64, ConversationState)>, Error> {
-    type Row = (u64, Option<u64>, Option<u64>, Option<u64>, u64, u64, u8);
-    let rows: Vec<Row> = q.exec(
-        "SELECT c.id, c.user_low, c.user_high, c.group_id, c.last_seq,
-                COALESCE(r.read_seq, 0), 0 AS part
-         FROM conversations c
-         LEFT JOIN read_cursors r ON r.conversation_id = c.id AND r.user_id = ?
-         WHERE c.user_low = ? OR c.user_high = ?
-         UNION ALL
-         SELECT c.id, c.user_low, c.user_high, c.group_id, c.last_seq,
-                COALESCE(r.read_seq, 0), 1 AS part
-         FROM group_members gm
-         JOIN conversations c ON c.group_id = gm.group_id
-         LEFT JOIN read_cursors r ON r.conversation_id = c.id AND r.user_id = ?
-         WHERE gm.user_id = ?
-         ORDER BY 7, 1",
-        (user.0, user.0, user.0, user.0, user.0),
-    )?;
-    rows.into_iter()
-        .map(|(id, low, high, group, last_seq, read_seq, _)| {
-            Ok((
-                id,
-                ConversationState {
-                    conversation: conversation_from_columns(low, high, group)?,
-                    last_seq,
-                    read_seq: read_seq.min(last_seq),
-                },
-            ))
-        })
-        .collect()
 }
 
 impl Store for MySql {

@@ -12,20 +12,23 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::types::ToSqlOutput;
-use rusqlite::{
-    params, Connection, ErrorCode, OptionalExtension, Row, ToSql, Transaction, TransactionBehavior,
-};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::schema::{self, SQLITE, SQLITE_VERSION_TABLE};
 use super::{
-    check_new_message, collect_sync, conversation_from_columns, duplicate, history_page, name_key,
-    not_participant, now_ms, Anchor, ConversationState, Credentials, Cursor, Error, Group, Message,
-    NewMessage, Page, Sent, Store, User,
+    check_new_message, collect_sync, duplicate, history_page, name_key, now_ms, Anchor, ConversationState,
+    Credentials, Cursor, Error, Group, Message, NewMessage, Page, Sent, Store, User,
 };
 use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};
 use crate::limits;
+
+mod queries;
+
+use self::queries::{
+    check_participant, conversation_row, conversation_states, find_sent, group_from_row, is_unique_violation,
+    messages_after, messages_before, raise_cursor, require_group, require_user, user_from_row, USER_COLUMNS,
+};
 
 /// How long a write waits for another connection's write lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,229 +119,6 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
     }
     tx.commit()?;
     Ok(())
-}
-
-/// Ids are bound as SQLite integers, which are signed. An id above `i64::MAX` (which a
-/// client may send, but SQLite never assigns) is bound as -1, which matches no row, so a
-/// look-up answers "not found" instead of failing.
-impl ToSql for UserId {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(i64::try_from(self.0).unwrap_or(-1)))
-    }
-}
-
-/// As for [`UserId`].
-impl ToSql for GroupId {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(i64::try_from(self.0).unwrap_or(-1)))
-    }
-}
-
-/// A sequence number as an SQLite integer; numbers above `i64::MAX` (never assigned)
-/// are bound as `i64::MAX`, which compares above every stored one.
-fn seq_param(seq: u64) -> i64 {
-    i64::try_from(seq).unwrap_or(i64::MAX)
-}
-
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(
-        e,
-        rusqlite::Error::SqliteFailure(f, _)
-            if f.code == ErrorCode::ConstraintViolation
-                && (f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-                    || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
-    )
-}
-
-const USER_COLUMNS: &str = "id, name, created_at_ms";
-const GROUP_COLUMNS: &str = "id, name, owner_id, created_at_ms";
-
-fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
-    Ok(User { id: UserId(row.get(0)?), name: row.get(1)?, created_at_ms: row.get(2)? })
-}
-
-fn group_from_row(row: &Row<'_>) -> rusqlite::Result<Group> {
-    Ok(Group {
-        id: GroupId(row.get(0)?),
-        name: row.get(1)?,
-        owner: UserId(row.get(2)?),
-        created_at_ms: row.get(3)?,
-    })
-}
-
-/// Reads `seq, sender_id, client_msg_id, body, sent_at_ms` into a message of
-/// `conversation`.
-fn message_from_row(conversation: ConversationId, row: &Row<'_>) -> rusqlite::Result<Message> {
-    Ok(Message {
-        conversation,
-        seq: row.get(0)?,
-        sender: UserId(row.get(1)?),
-        client_msg_id: row.get(2)?,
-        body: row.get(3)?,
-        sent_at_ms: row.get(4)?,
-    })
-}
-
-fn find_user(tx: &Transaction<'_>, id: UserId) -> Result<Option<User>, Error> {
-    Ok(tx
-        .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
-        .query_row([id], user_from_row)
-        .optional()?)
-}
-
-fn require_user(tx: &Transaction<'_>, id: UserId) -> Result<User, Error> {
-    find_user(tx, id)?.ok_or_else(|| Error::NotFound(format!("user {id} does not exist")))
-}
-
-fn require_group(tx: &Transaction<'_>, id: GroupId) -> Result<Group, Error> {
-    tx.prepare_cached(&format!("SELECT {GROUP_COLUMNS} FROM chat_groups WHERE id = ?1"))?
-        .query_row([id], group_from_row)
-        .optional()?
-        .ok_or_else(|| Error::NotFound(format!("group {id} does not exist")))
-}
-
-fn is_member(tx: &Transaction<'_>, user: UserId, group: GroupId) -> Result<bool, Error> {
-    Ok(tx
-        .prepare_cached("SELECT 1 FROM group_members WHERE group_id = ?1 AND user_id = ?2")?
-        .query_row(params![group, user], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
-
-/// Fails unless `user` may read and write `conversation` (which must be normalised).
-fn check_participant(tx: &Transaction<'_>, user: UserId, conversation: ConversationId) -> Result<(), Error> {
-    match conversation {
-        ConversationId::Direct { low, high } if low == user || high == user => Ok(()),
-        ConversationId::Direct { .. } => Err(not_participant(user, conversation)),
-        ConversationId::Group(group) => {
-            require_group(tx, group)?;
-            if is_member(tx, user, group)? {
-                Ok(())
-            } else {
-                Err(not_participant(user, conversation))
-            }
-        }
-    }
-}
-
-/// The row id and newest sequence number of a conversation, if it has a row.
-fn conversation_row(tx: &Transaction<'_>, conversation: ConversationId) -> Result<Option<(i64, u64)>, Error> {
-    let row = match conversation {
-        ConversationId::Direct { low, high } => tx
-            .prepare_cached("SELECT id, last_seq FROM conversations WHERE user_low = ?1 AND user_high = ?2")?
-            .query_row([low, high], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?,
-        ConversationId::Group(group) => tx
-            .prepare_cached("SELECT id, last_seq FROM conversations WHERE group_id = ?1")?
-            .query_row([group], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?,
-    };
-    Ok(row)
-}
-
-/// The message `sender` stored under `client_msg_id`, if any.
-fn find_sent(tx: &Transaction<'_>, sender: UserId, client_msg_id: &str) -> Result<Option<Message>, Error> {
-    let row = tx
-        .prepare_cached(
-            "SELECT m.seq, m.sender_id, m.client_msg_id, m.body, m.sent_at_ms,
-                    c.user_low, c.user_high, c.group_id
-             FROM messages m JOIN conversations c ON c.id = m.conversation_id
-             WHERE m.sender_id = ?1 AND m.client_msg_id = ?2",
-        )?
-        .query_row(params![sender, client_msg_id], |row| {
-            let columns = (row.get(5)?, row.get(6)?, row.get(7)?);
-            // The conversation is filled in below, once the columns are checked.
-            let message = message_from_row(ConversationId::Group(GroupId(0)), row)?;
-            Ok((message, columns))
-        })
-        .optional()?;
-    row.map(|(mut message, (low, high, group))| {
-        message.conversation = conversation_from_columns(low, high, group)?;
-        Ok(message)
-    })
-    .transpose()
-}
-
-/// Raises `user`'s read cursor in conversation row `id` to at least `seq`.
-fn raise_cursor(tx: &Transaction<'_>, user: UserId, id: i64, seq: u64) -> Result<(), Error> {
-    tx.prepare_cached(
-        "INSERT INTO read_cursors (user_id, conversation_id, read_seq) VALUES (?1, ?2, ?3)
-         ON CONFLICT (user_id, conversation_id)
-         DO UPDATE SET read_seq = MAX(read_seq, excluded.read_seq)",
-    )?
-    .execute(params![user, id, seq])?;
-    Ok(())
-}
-
-/// Up to `n` messages of conversation row `id` after `after`, ascending.
-fn messages_after(
-    tx: &Transaction<'_>,
-    id: i64,
-    conversation: ConversationId,
-    after: u64,
-    n: usize,
-) -> Result<Vec<Message>, Error> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT seq, sender_id, client_msg_id, body, sent_at_ms FROM messages
-         WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3",
-    )?;
-    let rows =
-        stmt.query_map(params![id, seq_param(after), n as u64], |row| message_from_row(conversation, row))?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// Up to `n` messages of conversation row `id` before `before` (or the newest), newest
-/// first.
-fn messages_before(
-    tx: &Transaction<'_>,
-    id: i64,
-    conversation: ConversationId,
-    before: Option<u64>,
-    n: usize,
-) -> Result<Vec<Message>, Error> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT seq, sender_id, client_msg_id, body, sent_at_ms FROM messages
-         WHERE conversation_id = ?1 AND (?2 IS NULL OR seq < ?2) ORDER BY seq DESC LIMIT ?3",
-    )?;
-    let rows = stmt
-        .query_map(params![id, before.map(seq_param), n as u64], |row| message_from_row(conversation, row))?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// The user's conversations with their row ids, in the documented order.
-fn conversation_states(tx: &Transaction<'_>, user: UserId) -> Result<Vec<(i64, ConversationState)>, Error> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT c.id, c.user_low, c.user_high, c.group_id, c.last_seq,
-                COALESCE(r.read_seq, 0), 0 AS part
-         FROM conversations c
-         LEFT JOIN read_cursors r ON r.conversation_id = c.id AND r.user_id = ?1
-         WHERE c.user_low = ?1 OR c.user_high = ?1
-         UNION ALL
-         SELECT c.id, c.user_low, c.user_high, c.group_id, c.last_seq,
-                COALESCE(r.read_seq, 0), 1 AS part
-         FROM group_members gm
-         JOIN conversations c ON c.group_id = gm.group_id
-         LEFT JOIN read_cursors r ON r.conversation_id = c.id AND r.user_id = ?1
-         WHERE gm.user_id = ?1
-         ORDER BY 7, 1",
-    )?;
-    let rows = stmt.query_map([user], |row| {
-        Ok((
-            row.get::<_, i64>(0)?,
-            row.get::<_, Option<u64>>(1)?,
-            row.get::<_, Option<u64>>(2)?,
-            row.get::<_, Option<u64>>(3)?,
-            row.get::<_, u64>(4)?,
-            row.get::<_, u64>(5)?,
-        ))
-    })?;
-    let mut states = Vec::new();
-    for row in rows {
-        let (id, low, high, group, last_seq, read_seq) = row?;
-        let conversation = conversation_from_columns(low, high, group)?;
-        states.push((id, ConversationState { conversation, last_seq, read_seq: read_seq.min(last_seq) }));
-    }
-    Ok(states)
 }
 
 impl Store for Sqlite {
