@@ -1,0 +1,100 @@
+//! The client side of a service: a typed stub over any `Transport`.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+
+use crate::names::{unraw, RpcNames, ServiceNames};
+use crate::server::join_docs;
+
+/// `pub struct EchoClient<T: Transport = Channel>` with a blocking and a
+/// callback method per rpc.
+pub(crate) fn client(s: &ServiceNames) -> TokenStream {
+    let ServiceNames { full_name, client, .. } = s;
+    let doc = format!(" Calls the `{full_name}` service through a [`Transport`].");
+    let methods = s.rpcs.iter().map(client_methods);
+    quote! {
+        #[doc = #doc]
+        ///
+        /// The transport is a [`Channel`] to one server or a load-balanced set of them;
+        /// calls from many threads share its connections. Cheap to clone when the
+        /// transport is.
+        #[derive(Debug, Clone)]
+        pub struct #client<T: Transport = Channel> {
+            /// Carries the calls.
+            transport: T,
+            /// Deadline of each call; `None` leaves it to the transport's default.
+            timeout: Option<Duration>,
+        }
+
+        impl<T: Transport> #client<T> {
+            /// A client calling through `transport`, with the transport's default timeout.
+            pub fn new(transport: T) -> Self {
+                Self { transport, timeout: None }
+            }
+
+            /// Gives every call made through this client a deadline of `timeout`.
+            pub fn with_timeout(mut self, timeout: Duration) -> Self {
+                self.timeout = Some(timeout);
+                self
+            }
+
+            /// The deadline of each call, if this client sets one.
+            pub fn timeout(&self) -> Option<Duration> {
+                self.timeout
+            }
+
+            /// The transport the calls go through.
+            pub fn transport(&self) -> &T {
+                &self.transport
+            }
+
+            #(#methods)*
+        }
+    }
+}
+
+/// `fn say` (blocking) and `fn say_with` (callback) for one rpc.
+fn client_methods(rpc: &RpcNames) -> TokenStream {
+    let RpcNames { proto_name, method, method_with, constant, request, reply, .. } = rpc;
+    let docs = join_docs(
+        &rpc.docs,
+        &[
+            format!(" Calls `{proto_name}` and waits for the reply, up to the client's timeout."),
+            String::new(),
+            " # Errors".to_owned(),
+            String::new(),
+            " [`Error::Status`] with the server's status if the call failed there, or what".to_owned(),
+            " went wrong on the way: [`Error::Timeout`], [`Error::Connect`], ...".to_owned(),
+        ],
+    );
+    let docs_with = [
+        format!(" Starts a `{proto_name}` call and returns at once; `callback` gets the outcome."),
+        String::new(),
+        // Intra-doc links take `Self::type`, not `Self::r#type`.
+        format!(" Like [`Self::{}`], but many calls can be in flight from one thread. The", unraw(method)),
+        " callback runs on the transport's reader thread (or on this one if the call".to_owned(),
+        " could not be sent), so it should hand work off rather than block.".to_owned(),
+    ];
+    quote! {
+        #(#[doc = #docs])*
+        pub fn #method(&self, request: &#request) -> Result<#reply, Error> {
+            let body = self.transport.call(SERVICE_NAME, methods::#constant, request, self.timeout)?;
+            decode_response(body)
+        }
+
+        #(#[doc = #docs_with])*
+        pub fn #method_with(
+            &self,
+            request: &#request,
+            callback: impl FnOnce(Result<#reply, Error>) + Send + 'static,
+        ) {
+            self.transport.call_with(
+                SERVICE_NAME,
+                methods::#constant,
+                request,
+                self.timeout,
+                Box::new(move |body| callback(body.and_then(decode_response))),
+            );
+        }
+    }
+}
