@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     };
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_rpcbench"));
     let command = "cargo bench -p benches --bench rpc";
-    let (_, report) = run::run_and_report(&plan, exe, command)?;
+    let (_, report) = run::run_and_report(&plan, run::Servers::Spawn(exe), command)?;
     println!("{report}");
     Ok(())
 }

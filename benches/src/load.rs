@@ -22,10 +22,18 @@
 //! when it *completes* inside the measurement window, which begins after
 //! the warm-up; calls per second are those completions over the window's
 //! length. A failed call or a wrong reply stops its lane and is counted.
+//!
+//! The meter itself is kept cheap, since it runs on the client's threads
+//! and shares two cores with the server: one clock read per call (a lane's
+//! completion time is its next call's start), and latencies go to a
+//! histogram per recording *thread* rather than per lane, so 128 lanes do
+//! not drag 128 histograms through the cache.
 
+use std::cell::Cell as ThreadCell;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -45,6 +53,8 @@ use crate::System;
 const GRACE: Duration = Duration::from_secs(10);
 /// Largest latency the histograms hold, in nanoseconds.
 const MAX_LATENCY_NS: u64 = 60_000_000_000;
+/// Latency histograms per measurement; recording threads pick one each.
+const SHARDS: usize = 16;
 
 /// How lanes wait for their calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -117,7 +127,7 @@ impl Sample {
         self.latency.value_at_quantile(q) as f64 / 1000.0
     }
 
-    fn from_lanes(lanes: Vec<Lane>, measured: Duration) -> Sample {
+    fn from_lanes(lanes: Vec<Lane>, meter: &Meter, measured: Duration) -> Sample {
         let mut sample =
             Sample { calls: 0, errors: 0, first_error: None, measured, latency: new_histogram() };
         for lane in lanes {
@@ -126,8 +136,11 @@ impl Sample {
             if sample.first_error.is_none() {
                 sample.first_error = lane.first_error;
             }
-            // Both histograms have the same bounds, so adding cannot fail.
-            let _ = sample.latency.add(&lane.latency);
+        }
+        for shard in &meter.shards {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            // Every histogram has the same bounds, so adding cannot fail.
+            let _ = sample.latency.add(&*shard);
         }
         sample
     }
@@ -181,16 +194,50 @@ struct Window {
     until: Instant,
 }
 
-impl Window {
-    fn starting_now(timing: &Timing) -> Window {
+/// What every lane of one measurement shares: the window and the latencies.
+struct Meter {
+    /// When counting starts and stops.
+    window: Window,
+    /// Latency histograms; each recording thread keeps to one.
+    shards: Vec<Mutex<Histogram<u64>>>,
+}
+
+/// Hands each recording thread its shard number.
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's shard number, once it has recorded.
+    static SHARD: ThreadCell<Option<usize>> = const { ThreadCell::new(None) };
+}
+
+impl Meter {
+    /// A meter whose warm-up starts now.
+    fn starting_now(timing: &Timing) -> Meter {
         let from = Instant::now() + timing.warmup;
-        Window { from, until: from + timing.measure }
+        Meter {
+            window: Window { from, until: from + timing.measure },
+            shards: (0..SHARDS).map(|_| Mutex::new(new_histogram())).collect(),
+        }
+    }
+
+    /// Adds one latency to this thread's histogram.
+    fn record(&self, ns: u64) {
+        let shard = SHARD.with(|s| match s.get() {
+            Some(n) => n,
+            None => {
+                let n = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
+                s.set(Some(n));
+                n
+            }
+        });
+        let mut histogram = self.shards[shard % SHARDS].lock().unwrap_or_else(|p| p.into_inner());
+        // Clamped to the histogram's range by the caller.
+        let _ = histogram.record(ns);
     }
 }
 
 /// One closed loop's counts; moved from call to call, so it needs no lock.
 struct Lane {
-    latency: Histogram<u64>,
     calls: u64,
     errors: u64,
     first_error: Option<String>,
@@ -198,24 +245,25 @@ struct Lane {
 
 impl Lane {
     fn new() -> Lane {
-        Lane { latency: new_histogram(), calls: 0, errors: 0, first_error: None }
+        Lane { calls: 0, errors: 0, first_error: None }
     }
 
-    /// Records a call that started at `started`; true while the lane should go on.
-    fn record(&mut self, started: Instant, outcome: Result<(), String>, window: &Window) -> bool {
+    /// Records a call that started at `started`. While the lane should go
+    /// on, returns the completion time, which is when its next call starts.
+    fn record(&mut self, started: Instant, outcome: Result<(), String>, meter: &Meter) -> Option<Instant> {
         let done = Instant::now();
         if let Err(e) = outcome {
             self.errors += 1;
             self.first_error.get_or_insert(e);
-            return false;
+            return None;
         }
+        let window = &meter.window;
         if done >= window.from && done < window.until {
             self.calls += 1;
             let ns = done.duration_since(started).as_nanos().min(u128::from(MAX_LATENCY_NS)) as u64;
-            // Clamped to the histogram's range above.
-            let _ = self.latency.record(ns.max(1));
+            meter.record(ns.max(1));
         }
-        done < window.until
+        (done < window.until).then_some(done)
     }
 }
 
@@ -261,7 +309,7 @@ fn collect_lanes(
 fn framed(addr: SocketAddr, cell: &Cell, timing: &Timing, request: EchoMessage) -> anyhow::Result<Sample> {
     let config = ClientConfig { connections: cell.connections, ..ClientConfig::default() };
     let channel = Channel::connect(addr, config).with_context(|| format!("cannot connect to {addr}"))?;
-    let window = Window::starting_now(timing);
+    let meter = Arc::new(Meter::starting_now(timing));
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
     match cell.mode {
         Mode::Pipelined => {
@@ -269,24 +317,25 @@ fn framed(addr: SocketAddr, cell: &Cell, timing: &Timing, request: EchoMessage) 
                 channel: channel.clone(),
                 request,
                 payload: cell.payload,
-                window,
+                meter: meter.clone(),
                 done: done_tx,
             });
             for _ in 0..cell.in_flight {
-                issue(shared.clone(), Lane::new());
+                issue(shared.clone(), Lane::new(), Instant::now());
             }
         }
         Mode::Blocking => {
             for _ in 0..cell.in_flight {
                 let (channel, request, done) = (channel.clone(), request.clone(), done_tx.clone());
-                let payload = cell.payload;
+                let (payload, meter) = (cell.payload, meter.clone());
                 std::thread::spawn(move || {
                     let mut lane = Lane::new();
+                    let mut started = Instant::now();
                     loop {
-                        let started = Instant::now();
                         let reply = channel.call(SERVICE, METHOD, &request, None);
-                        if !lane.record(started, check_body(reply, payload), &window) {
-                            break;
+                        match lane.record(started, check_body(reply, payload), &meter) {
+                            Some(done) => started = done,
+                            None => break,
                         }
                     }
                     let _ = done.send(lane);
@@ -295,9 +344,9 @@ fn framed(addr: SocketAddr, cell: &Cell, timing: &Timing, request: EchoMessage) 
             drop(done_tx);
         }
     }
-    let lanes = collect_lanes(&done_rx, cell.in_flight, window.until + GRACE);
+    let lanes = collect_lanes(&done_rx, cell.in_flight, meter.window.until + GRACE);
     channel.close();
-    Ok(Sample::from_lanes(lanes?, timing.measure))
+    Ok(Sample::from_lanes(lanes?, &meter, timing.measure))
 }
 
 /// What every callback of a pipelined rpc-core run shares.
@@ -305,14 +354,14 @@ struct FramedLanes {
     channel: Channel,
     request: EchoMessage,
     payload: usize,
-    window: Window,
+    meter: Arc<Meter>,
     /// Lanes come back here when they stop.
     done: Sender<Lane>,
 }
 
-/// Starts `lane`'s next call; its completion records it and starts the next.
-fn issue(shared: Arc<FramedLanes>, mut lane: Lane) {
-    let started = Instant::now();
+/// Starts `lane`'s next call, timed from `started`; its completion records
+/// it and starts the next.
+fn issue(shared: Arc<FramedLanes>, mut lane: Lane, started: Instant) {
     let on_reply = shared.clone();
     shared.channel.call_with(
         SERVICE,
@@ -320,10 +369,11 @@ fn issue(shared: Arc<FramedLanes>, mut lane: Lane) {
         &shared.request,
         None,
         Box::new(move |reply| {
-            if lane.record(started, check_body(reply, on_reply.payload), &on_reply.window) {
-                issue(on_reply, lane);
-            } else {
-                let _ = on_reply.done.send(lane);
+            match lane.record(started, check_body(reply, on_reply.payload), &on_reply.meter) {
+                Some(done) => issue(on_reply, lane, done),
+                None => {
+                    let _ = on_reply.done.send(lane);
+                }
             }
         }),
     );
@@ -361,19 +411,21 @@ where
 {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(WORKERS).enable_all().build()?;
     let clients = runtime.block_on(connect(cell.connections.max(1)))?;
-    let window = Window::starting_now(timing);
+    let meter = Arc::new(Meter::starting_now(timing));
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
     let payload = cell.payload;
     for i in 0..cell.in_flight {
         let (mut client, request, done) =
             (clients[i % clients.len()].clone(), request.clone(), done_tx.clone());
+        let meter = meter.clone();
         let lane = async move {
             let mut lane = Lane::new();
+            let mut started = Instant::now();
             loop {
-                let started = Instant::now();
                 let outcome = client.say(request.clone()).await.and_then(|r| check_reply(&r, payload));
-                if !lane.record(started, outcome, &window) {
-                    break;
+                match lane.record(started, outcome, &meter) {
+                    Some(done) => started = done,
+                    None => break,
                 }
             }
             let _ = done.send(lane);
@@ -389,10 +441,10 @@ where
         }
     }
     drop(done_tx);
-    let lanes = collect_lanes(&done_rx, cell.in_flight, window.until + GRACE);
+    let lanes = collect_lanes(&done_rx, cell.in_flight, meter.window.until + GRACE);
     drop(clients);
     runtime.shutdown_timeout(Duration::from_secs(1));
-    Ok(Sample::from_lanes(lanes?, timing.measure))
+    Ok(Sample::from_lanes(lanes?, &meter, timing.measure))
 }
 
 #[cfg(test)]

@@ -154,8 +154,18 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Runs `plan` against servers started from `server_exe`, calling `progress`
-/// after each measurement.
+/// Where the servers under test come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Servers<'a> {
+    /// Start `EXE serve SYSTEM ...` for each of the plan's systems and kill
+    /// them at the end.
+    Spawn(&'a Path),
+    /// Use servers that are already running (say, under a profiler); the
+    /// plan's systems are ignored.
+    Attach(&'a [(System, SocketAddr)]),
+}
+
+/// Runs `plan` against `servers`, calling `progress` after each measurement.
 ///
 /// A measurement that cannot run (its client cannot connect, say) is kept
 /// as a failed sample, and the run goes on.
@@ -165,21 +175,27 @@ impl Drop for ServerProcess {
 /// When a server process cannot start.
 pub fn run(
     plan: &Plan,
-    server_exe: &Path,
+    servers: Servers<'_>,
     mut progress: impl FnMut(&Measurement),
 ) -> anyhow::Result<Vec<Measurement>> {
-    let servers = plan
-        .systems
-        .iter()
-        .map(|&system| ServerProcess::spawn(server_exe, system))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (targets, children) = match servers {
+        Servers::Spawn(exe) => {
+            let children = plan
+                .systems
+                .iter()
+                .map(|&system| ServerProcess::spawn(exe, system))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            (children.iter().map(|c| (c.system, c.addr)).collect(), children)
+        }
+        Servers::Attach(targets) => (targets.to_vec(), Vec::new()),
+    };
     let mut measurements = Vec::new();
     for round in 1..=plan.rounds {
         for cell in plan.cells() {
-            for server in &servers {
-                let sample = load::drive(server.system, server.addr, &cell, &plan.timing)
-                    .unwrap_or_else(|e| Sample::failed(&e));
-                let m = Measurement { round, system: server.system, cell, sample };
+            for &(system, addr) in &targets {
+                let sample =
+                    load::drive(system, addr, &cell, &plan.timing).unwrap_or_else(|e| Sample::failed(&e));
+                let m = Measurement { round, system, cell, sample };
                 progress(&m);
                 measurements.push(m);
                 // Let the last connections close before the next system starts.
@@ -187,7 +203,7 @@ pub fn run(
             }
         }
     }
-    drop(servers);
+    drop(children);
     Ok(measurements)
 }
 
@@ -240,7 +256,7 @@ mod tests {
 /// As [`run`].
 pub fn run_and_report(
     plan: &Plan,
-    server_exe: &Path,
+    servers: Servers<'_>,
     command: &str,
 ) -> anyhow::Result<(Vec<Measurement>, String)> {
     let load_before = load_average();
@@ -251,7 +267,7 @@ pub fn run_and_report(
         plan.rounds,
         plan.estimate().as_secs()
     );
-    let measurements = run(plan, server_exe, |m| {
+    let measurements = run(plan, servers, |m| {
         let x = &m.sample;
         eprintln!(
             "round {} {:>5} B x{:<3} in flight x{} conns {:<9} {:<16} {:>9.0} calls/s  p50 {:>8.1} µs  p99 {:>8.1} µs{}",

@@ -11,13 +11,15 @@
 //! rpcbench run                      # the full grid, about 17 minutes
 //! rpcbench run --quick              # a 10-second smoke run
 //! rpcbench run --systems rpc-core,bare-pool --payloads 64 --in-flight 128 --connections 1
+//! rpcbench serve rpc-core 127.0.0.1:7100 &   # e.g. under valgrind or perf
+//! rpcbench run --attach rpc-core=127.0.0.1:7100 --payloads 64 --in-flight 128 --connections 1
 //! ```
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use benches::run::{self, Plan};
+use benches::run::{self, Plan, Servers};
 use benches::System;
 use clap::{Args, Parser, Subcommand};
 
@@ -82,6 +84,16 @@ struct RunArgs {
     /// Write every measurement as CSV to this file.
     #[arg(long)]
     samples: Option<PathBuf>,
+    /// Drive an already running server, as SYSTEM=ADDR (repeatable), instead
+    /// of starting them; for profiling a server under perf or valgrind.
+    #[arg(long, value_parser = parse_attach)]
+    attach: Vec<(System, SocketAddr)>,
+}
+
+fn parse_attach(s: &str) -> Result<(System, SocketAddr), String> {
+    let (system, addr) = s.split_once('=').ok_or("expected SYSTEM=ADDR")?;
+    let system = System::from_name(system).ok_or_else(|| format!("unknown system '{system}'"))?;
+    Ok((system, addr.parse().map_err(|e| format!("bad address '{addr}': {e}"))?))
 }
 
 impl RunArgs {
@@ -125,13 +137,18 @@ fn main() -> anyhow::Result<()> {
             run::serve_child(system, addr, until_stdin_closes)
         }
         Command::Run(args) => {
-            let plan = args.plan()?;
+            let mut plan = args.plan()?;
+            if !args.attach.is_empty() {
+                plan.systems = args.attach.iter().map(|(system, _)| *system).collect();
+            }
             let exe = std::env::current_exe()?;
             let command = std::iter::once("rpcbench".to_owned())
                 .chain(std::env::args().skip(1))
                 .collect::<Vec<_>>()
                 .join(" ");
-            let (measurements, report) = run::run_and_report(&plan, &exe, &command)?;
+            let servers =
+                if args.attach.is_empty() { Servers::Spawn(&exe) } else { Servers::Attach(&args.attach) };
+            let (measurements, report) = run::run_and_report(&plan, servers, &command)?;
             println!("{report}");
             if let Some(path) = &args.out {
                 std::fs::write(path, &report)?;
