@@ -1,0 +1,7 @@
+//! rpc-core's integration tests: one binary, one module per area. Servers
+//! bind 127.0.0.1:0; registry tests use the real ZooKeeper in `CHATROOM_ZK`
+//! (default 127.0.0.1:2181) and private ones started by `scripts/services.sh`.
+
+mod balance;
+mod registry;
+mod support;

@@ -1,0 +1,303 @@
+//! Helpers shared by the integration tests: ZooKeeper (shared and private),
+//! isolated registry roots, tiny servers, and waiting with deadlines.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rpc_core::balance::Balanced;
+use rpc_core::registry::{self, Instance, Registration, Registry};
+use rpc_core::server::{self, Context, Service};
+use rpc_core::{Error, Status};
+
+/// Session timeout used by the tests: short, so expiry tests stay fast.
+pub const SESSION: Duration = Duration::from_secs(2);
+
+/// Logs go to the test output when `RUST_LOG` is set.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// The shared ZooKeeper's connect string; fails the test if nothing answers.
+pub fn shared_zk() -> String {
+    init_logging();
+    let zk = std::env::var("CHATROOM_ZK").unwrap_or_else(|_| "127.0.0.1:2181".to_owned());
+    let reachable = zk
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|host| host.to_socket_addrs().ok()?.next())
+        .any(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+    assert!(
+        reachable,
+        "ZooKeeper is not reachable at {zk} (set CHATROOM_ZK to change it); \
+         start it with `bash scripts/services.sh up`"
+    );
+    zk
+}
+
+/// A registry root no other test uses: `/chatroom-it/<name>-<pid>-<time>`.
+pub fn unique_root(name: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    format!("/chatroom-it/{name}-{}-{nanos}", std::process::id())
+}
+
+/// Registry settings for tests: a root of their own and a short session.
+pub fn zk_config(root: &str) -> registry::Config {
+    registry::Config {
+        root: root.to_owned(),
+        session_timeout: SESSION,
+        operation_timeout: Duration::from_secs(10),
+    }
+}
+
+/// A registry client on `zk` under `root`.
+pub fn registry(zk: &str, root: &str) -> registry::ZooKeeper {
+    registry_with_session(zk, root, SESSION)
+}
+
+/// A registry client with its own session timeout.
+pub fn registry_with_session(zk: &str, root: &str, session: Duration) -> registry::ZooKeeper {
+    let config = registry::Config { session_timeout: session, ..zk_config(root) };
+    registry::ZooKeeper::connect(zk, config).expect("connect to ZooKeeper")
+}
+
+/// A plain ZooKeeper client, for looking at znodes directly.
+pub struct Raw(pub zookeeper::ZooKeeper);
+
+impl Raw {
+    pub fn connect(zk: &str) -> Raw {
+        let raw = zookeeper::ZooKeeper::connect(zk, Duration::from_secs(10), |_: zookeeper::WatchedEvent| {})
+            .expect("raw ZooKeeper client");
+        wait_until(Duration::from_secs(10), "a raw ZooKeeper session", || raw.exists("/", false).is_ok());
+        Raw(raw)
+    }
+
+    /// Children of `path` with their ephemeral owners, sorted by name; empty if
+    /// `path` does not exist.
+    pub fn children(&self, path: &str) -> Vec<(String, i64)> {
+        let mut children: Vec<(String, i64)> = match self.0.get_children(path, false) {
+            Ok(names) => names
+                .into_iter()
+                .filter_map(|name| {
+                    let stat = self.0.exists(&format!("{path}/{name}"), false).ok()??;
+                    Some((name, stat.ephemeral_owner))
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        children.sort();
+        children
+    }
+
+    /// Deletes `root` and everything under it.
+    pub fn remove_tree(&self, root: &str) {
+        use zookeeper::ZooKeeperExt;
+        let _ = self.0.delete_recursive(root);
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The ids of a set of instances.
+pub fn ids(instances: &[Instance]) -> Vec<String> {
+    instances.iter().map(|i| i.id.clone()).collect()
+}
+
+/// Answers every call with its name and counts the calls.
+pub struct Named {
+    /// What `Who` answers.
+    pub name: String,
+    /// Calls served.
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl Service for Named {
+    fn name(&self) -> &str {
+        "test.Named"
+    }
+    fn call(&self, _ctx: &Context, _method: &str, _body: Bytes) -> Result<Bytes, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(Bytes::from(self.name.clone().into_bytes()))
+    }
+}
+
+/// A server on 127.0.0.1:0 and its registration: a provider, as a separate
+/// process would be, with its own ZooKeeper session.
+pub struct Provider {
+    /// The server; `None` once stopped.
+    pub server: Option<server::Handle>,
+    /// Calls served.
+    pub calls: Arc<AtomicUsize>,
+    /// The registration; `None` once deregistered.
+    pub registration: Option<Registration>,
+    /// The provider's own registry (its own session), held for its drop.
+    _registry: registry::ZooKeeper,
+}
+
+impl Provider {
+    pub fn start(zk: &str, root: &str, service: &str, name: &str) -> Provider {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let server = server::Builder::new(server::Config { workers: 2, ..server::Config::default() })
+            .service(Named { name: name.to_owned(), calls: calls.clone() })
+            .bind("127.0.0.1:0")
+            .unwrap();
+        let registry = self::registry(zk, root);
+        let instance = Instance::new(name, server.local_addr()).with_metadata("role", "test");
+        let registration = registry.register(service, &instance).unwrap();
+        Provider { server: Some(server), calls, registration: Some(registration), _registry: registry }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+/// Calls `Who` through a balancer from a few threads until stopped.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    /// Answers by server name, in order.
+    pub answers: Arc<Mutex<Vec<String>>>,
+    /// Every failed call.
+    pub failures: Arc<Mutex<Vec<Error>>>,
+}
+
+impl Load {
+    pub fn start(balanced: &Balanced, threads: usize) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..threads)
+            .map(|_| {
+                let (b, stop, answers, failures) =
+                    (balanced.clone(), stop.clone(), answers.clone(), failures.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match b.call_raw("test.Named", "Who", b"", Some(Duration::from_secs(5))) {
+                            Ok(reply) => {
+                                answers.lock().unwrap().push(String::from_utf8_lossy(&reply).into_owned())
+                            }
+                            Err(e) => failures.lock().unwrap().push(e),
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                })
+            })
+            .collect();
+        Load { stop, threads, answers, failures }
+    }
+
+    /// Answers so far.
+    pub fn answered(&self) -> usize {
+        self.answers.lock().unwrap().len()
+    }
+
+    /// Waits until `n` more calls have been answered.
+    pub fn wait_for_more(&self, n: usize, what: &str) {
+        let target = self.answered() + n;
+        wait_until(Duration::from_secs(20), what, || self.answered() >= target);
+    }
+
+    /// Stops the threads; returns (answers, failures).
+    pub fn stop(self) -> (Vec<String>, Vec<Error>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let answers = std::mem::take(&mut *self.answers.lock().unwrap());
+        let failures = std::mem::take(&mut *self.failures.lock().unwrap());
+        (answers, failures)
+    }
+}
+
+/// A ZooKeeper of this test's own on 127.0.0.1, started and stopped with
+/// `scripts/services.sh zk-private`, so restarts do not disturb anyone else.
+pub struct PrivateZk {
+    /// Its port.
+    pub port: u16,
+    /// Its config, data, log and pidfile.
+    dir: PathBuf,
+}
+
+impl PrivateZk {
+    pub fn start() -> PrivateZk {
+        init_logging();
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("chatroom-zk-{}-{nanos}", std::process::id()));
+        let zk = PrivateZk { port, dir };
+        zk.up();
+        zk
+    }
+
+    pub fn connect_string(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again, keeping its data) and waits until it serves.
+    pub fn up(&self) {
+        self.script(&["start", &self.port.to_string(), self.dir.to_str().unwrap()]);
+    }
+
+    /// Stops it.
+    pub fn down(&self) {
+        self.script(&["stop", self.dir.to_str().unwrap()]);
+    }
+
+    fn script(&self, args: &[&str]) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/services.sh");
+        assert!(
+            std::path::Path::new(script).exists(),
+            "{script} is missing: private ZooKeeper tests need `scripts/services.sh zk-private`"
+        );
+        let out = Command::new("bash").arg(script).arg("zk-private").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "`bash scripts/services.sh zk-private {}` failed (is ZooKeeper installed? \
+             `bash scripts/services.sh up` installs it):\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivateZk {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/services.sh");
+        let _ = Command::new("bash").arg(script).args(["zk-private", "stop"]).arg(&self.dir).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes a test's registry root from the shared ZooKeeper when dropped.
+pub struct Cleanup {
+    pub zk: String,
+    pub root: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        Raw::connect(&self.zk).remove_tree(&self.root);
+    }
+}
