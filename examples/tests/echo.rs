@@ -228,14 +228,9 @@ fn a_handler_slower_than_the_client_timeout_gives_timeout() {
     assert_eq!(client.say(&say("after")).unwrap().text, "after");
 }
 
-// Waiting on rpc-core: a callback call's deadline is checked by the
-// connection's reader thread, which only shortens its 1 s read timeout after
-// its current read returns, so on a quiet connection the callback times out up
-// to ~1 s late (`client/connection.rs`, `read_frames`: `want` is computed after
-// `stream.read`, and `register` does not wake the reader). Reported; un-ignore
-// once the reader waits no longer than the nearest callback deadline.
+/// A callback call on a quiet connection times out at its deadline, not at
+/// the reader's next periodic wake-up.
 #[test]
-#[ignore = "rpc-core bug: callback timeouts fire up to 1 s late on a quiet connection"]
 fn a_callback_times_out_close_to_its_deadline() {
     let (server, shared) = serve(Config::default());
     let timeout = Duration::from_millis(100);
@@ -322,7 +317,7 @@ fn garbage_and_oversized_frames_do_not_disturb_other_clients() {
             calls
         });
 
-        // Text where a frame should be: read as an absurd length, then skipped.
+        // Text where a frame should be: refused by its version byte and closed.
         let mut http = TcpStream::connect(addr).unwrap();
         http.write_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n").unwrap();
 

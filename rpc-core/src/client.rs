@@ -150,6 +150,19 @@ struct Inner {
     next_call: AtomicU64,
 }
 
+impl Drop for Inner {
+    /// The reader threads hold their connections, not the channel: close them
+    /// when the last clone of the channel goes, or they would live on.
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            let conn = slot.state.lock().unwrap_or_else(|p| p.into_inner()).conn.take();
+            if let Some(conn) = conn {
+                conn.kill("channel dropped");
+            }
+        }
+    }
+}
+
 /// One connection position: the live connection, or when to try again.
 #[derive(Default)]
 struct Slot {

@@ -30,6 +30,8 @@ pub const LENGTH_LEN: usize = 4;
 pub const HEADER_LEN: usize = 18;
 /// Default largest frame accepted, counted after the length prefix.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+/// The go-away reason of a graceful shutdown that answered every call it read.
+pub const SHUTDOWN_REASON: &str = "server is shutting down";
 /// Longest service or method name (it is sent with a one-byte length).
 pub const MAX_NAME: usize = 255;
 
@@ -146,6 +148,11 @@ impl Frame {
 pub fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, FrameError> {
     if buf.len() < LENGTH_LEN {
         return Ok(None);
+    }
+    if buf.len() > LENGTH_LEN && buf[LENGTH_LEN] != VERSION {
+        // Checked before the length so that text such as an HTTP request is
+        // refused at once instead of being read as a huge frame to skip.
+        return Err(FrameError::Invalid("unsupported protocol version"));
     }
     let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     if len > max_frame {
@@ -359,8 +366,11 @@ mod tests {
     #[test]
     fn garbage_is_invalid() {
         let mut b = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..]);
-        // "GET " read as a length is huge: refused as too large.
-        assert!(matches!(decode(&mut b, DEFAULT_MAX_FRAME), Err(FrameError::TooLarge { .. })));
+        // The version byte is checked before the huge length "GET " would announce.
+        assert_eq!(
+            decode(&mut b, DEFAULT_MAX_FRAME).unwrap_err(),
+            FrameError::Invalid("unsupported protocol version")
+        );
 
         let mut b = request(1, b"x");
         b[4] = 9;

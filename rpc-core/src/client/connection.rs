@@ -5,14 +5,14 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::{Callback, Config};
-use crate::frame::{self, FrameError, Kind};
+use crate::frame::{self, FrameError, Kind, SHUTDOWN_REASON};
 use crate::Error;
 
 const OPEN: u8 = 0;
@@ -97,8 +97,13 @@ pub(crate) struct Conn {
     flushing: AtomicBool,
     /// Calls awaiting responses, by call id.
     pending: Mutex<HashMap<u64, Pending>>,
-    /// How many pending calls are callbacks; the reader ticks faster while any are.
-    callbacks: AtomicUsize,
+    /// When the connection opened; deadlines below are nanoseconds since then.
+    epoch: Instant,
+    /// The earliest deadline of a pending callback (`u64::MAX` for none): the
+    /// reader must wake by then to time it out.
+    earliest_deadline: AtomicU64,
+    /// When the reader's current blocking read times out by itself.
+    reader_wakes_at: AtomicU64,
     /// OPEN, DRAINING or DEAD.
     state: AtomicU8,
     /// Why the connection ended or is draining.
@@ -122,7 +127,9 @@ impl Conn {
             queued: Mutex::new(BytesMut::with_capacity(8 * 1024)),
             flushing: AtomicBool::new(false),
             pending: Mutex::new(HashMap::new()),
-            callbacks: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            earliest_deadline: AtomicU64::new(u64::MAX),
+            reader_wakes_at: AtomicU64::new(0),
             state: AtomicU8::new(OPEN),
             reason: Mutex::new(None),
         });
@@ -140,10 +147,21 @@ impl Conn {
     }
 
     pub(crate) fn register(&self, id: u64, p: Pending) {
-        if matches!(p, Pending::Callback { .. }) {
-            self.callbacks.fetch_add(1, Ordering::Relaxed);
-        }
+        let deadline = match &p {
+            Pending::Callback { deadline: Some(d), .. } => Some(self.nanos(*d)),
+            _ => None,
+        };
         lock(&self.pending).insert(id, p);
+        if let Some(at) = deadline {
+            self.earliest_deadline.fetch_min(at, Ordering::SeqCst);
+            if at < self.reader_wakes_at.load(Ordering::SeqCst) {
+                // The reader sleeps in a read past this deadline: a ping makes
+                // the server answer, which wakes it to recompute its timeout.
+                let mut ping = BytesMut::new();
+                frame::put_control(&mut ping, Kind::Ping, 0);
+                let _ = self.write(&ping);
+            }
+        }
         if self.state.load(Ordering::Acquire) == DEAD {
             // The reader may have failed everything before we registered.
             if let Some(p) = self.take(id) {
@@ -158,11 +176,12 @@ impl Conn {
     }
 
     pub(crate) fn take(&self, id: u64) -> Option<Pending> {
-        let p = lock(&self.pending).remove(&id);
-        if matches!(p, Some(Pending::Callback { .. })) {
-            self.callbacks.fetch_sub(1, Ordering::Relaxed);
-        }
-        p
+        lock(&self.pending).remove(&id)
+    }
+
+    /// `t` as nanoseconds since the connection opened.
+    fn nanos(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos().min(u128::from(u64::MAX - 1)) as u64
     }
 
     /// Queues one or more whole frames and sees that they are written.
@@ -213,6 +232,21 @@ impl Conn {
         }
     }
 
+    /// The error for calls still pending when the connection ended. After a
+    /// graceful shutdown the server had answered everything it read, so those
+    /// calls never ran and may be sent elsewhere: they fail as Unavailable.
+    fn pending_error(&self) -> Error {
+        let reason = lock(&self.reason).clone();
+        if reason.as_deref() == Some(SHUTDOWN_REASON) {
+            Error::Status(crate::Status::unavailable(format!(
+                "{} shut down before reading the call; it did not run",
+                self.addr
+            )))
+        } else {
+            self.lost()
+        }
+    }
+
     fn lost(&self) -> Error {
         let reason = lock(&self.reason).clone().unwrap_or_else(|| "connection closed".to_owned());
         Error::ConnectionLost { addr: self.addr, reason }
@@ -234,9 +268,8 @@ impl Conn {
         let error = self.lost();
         tracing::debug!(addr = %self.addr, %error, "client connection ended");
         let pending: Vec<Pending> = lock(&self.pending).drain().map(|(_, p)| p).collect();
-        self.callbacks.store(0, Ordering::Relaxed);
         for p in pending {
-            p.complete(Err(self.lost()));
+            p.complete(Err(self.pending_error()));
         }
         if let Some(hook) = &config.on_disconnect {
             hook(&error);
@@ -248,7 +281,6 @@ impl Conn {
         let keepalive = config.keepalive;
         let slow_tick =
             if keepalive.is_zero() { Duration::from_secs(1) } else { keepalive.min(Duration::from_secs(1)) };
-        let fast_tick = Duration::from_millis(20);
         let mut tick = slow_tick;
         if stream.set_read_timeout(Some(tick)).is_err() {
             return "cannot set read timeout".to_owned();
@@ -261,6 +293,22 @@ impl Conn {
         loop {
             if self.state.load(Ordering::Acquire) == DEAD {
                 return lock(&self.reason).clone().unwrap_or_else(|| "closed".to_owned());
+            }
+            // Sleep in the read no longer than the earliest callback deadline.
+            let now = self.nanos(Instant::now());
+            let mut want = slow_tick;
+            loop {
+                let earliest = self.earliest_deadline.load(Ordering::SeqCst);
+                let until = Duration::from_nanos(earliest.saturating_sub(now)).max(Duration::from_millis(1));
+                want = want.min(until);
+                self.reader_wakes_at.store(now.saturating_add(want.as_nanos() as u64), Ordering::SeqCst);
+                if self.earliest_deadline.load(Ordering::SeqCst) == earliest {
+                    break;
+                }
+            }
+            if want != tick {
+                tick = want;
+                let _ = stream.set_read_timeout(Some(tick));
             }
             match stream.read(&mut scratch) {
                 Ok(0) => {
@@ -298,12 +346,7 @@ impl Conn {
                     }
                 }
             }
-            let want = if self.callbacks.load(Ordering::Relaxed) > 0 { fast_tick } else { slow_tick };
-            if want != tick {
-                tick = want;
-                let _ = stream.set_read_timeout(Some(tick));
-            }
-            if tick == fast_tick {
+            if self.nanos(now) >= self.earliest_deadline.load(Ordering::SeqCst) {
                 self.expire_callbacks(now);
             }
         }
@@ -364,18 +407,28 @@ impl Conn {
         }
     }
 
+    /// Fails every callback whose deadline has passed with `Error::Timeout`
+    /// and recomputes the earliest remaining deadline.
     fn expire_callbacks(&self, now: Instant) {
-        let expired: Vec<(u64, Pending)> = {
+        let expired: Vec<Pending> = {
             let mut pending = lock(&self.pending);
-            let ids: Vec<u64> = pending
-                .iter()
-                .filter(|(_, p)| matches!(p, Pending::Callback { deadline: Some(d), .. } if *d <= now))
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter().filter_map(|id| pending.remove(&id).map(|p| (id, p))).collect()
+            // Reset first: a callback registered meanwhile lowers it again.
+            self.earliest_deadline.store(u64::MAX, Ordering::SeqCst);
+            let mut earliest = u64::MAX;
+            let mut ids = Vec::new();
+            for (id, p) in pending.iter() {
+                if let Pending::Callback { deadline: Some(d), .. } = p {
+                    if *d <= now {
+                        ids.push(*id);
+                    } else {
+                        earliest = earliest.min(self.nanos(*d));
+                    }
+                }
+            }
+            self.earliest_deadline.fetch_min(earliest, Ordering::SeqCst);
+            ids.into_iter().filter_map(|id| pending.remove(&id)).collect()
         };
-        for (_, p) in expired {
-            self.callbacks.fetch_sub(1, Ordering::Relaxed);
+        for p in expired {
             if let Pending::Callback { callback, started, what, .. } = p {
                 let (service, method) = what.split_once('/').unwrap_or((&what, ""));
                 callback(Err(Error::Timeout {

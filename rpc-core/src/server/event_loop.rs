@@ -220,6 +220,13 @@ impl EventLoop {
         }
         let tokens: Vec<Token> = self.conns.keys().copied().collect();
         for token in tokens {
+            if let Some(conn) = self.conns.get_mut(&token) {
+                if conn.in_flight > 0 {
+                    // Distinct from the shutdown notice: these calls may have run.
+                    frame::put_goaway(&mut conn.out, "server stopped with calls still running");
+                    self.flush(token);
+                }
+            }
             self.close(token, "server stopped");
         }
     }
@@ -371,7 +378,7 @@ impl EventLoop {
         let tokens: Vec<Token> = self.conns.keys().copied().collect();
         for token in tokens {
             if let Some(conn) = self.conns.get_mut(&token) {
-                frame::put_goaway(&mut conn.out, "server is shutting down");
+                frame::put_goaway(&mut conn.out, frame::SHUTDOWN_REASON);
             }
             self.mark_dirty(token);
         }
