@@ -4,4 +4,5 @@
 
 mod balance;
 mod registry;
+mod server_limits;
 mod support;

@@ -1,0 +1,203 @@
+//! The server's protections against slow, idle and greedy peers, and the
+//! client's reconnection.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rpc_core::client::{Channel, Config as ClientConfig};
+use rpc_core::frame::{self, Kind};
+use rpc_core::server::{Builder, Config, Connection, Context, Service};
+use rpc_core::{Code, Error, Status};
+
+use crate::support::wait_until;
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A gate handlers wait at until the test opens it.
+#[derive(Default)]
+struct Gate {
+    /// (open, handlers waiting)
+    state: Mutex<(bool, usize)>,
+    changed: Condvar,
+}
+
+impl Gate {
+    fn wait(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.1 += 1;
+        self.changed.notify_all();
+        while !st.0 {
+            st = self.changed.wait(st).unwrap();
+        }
+    }
+
+    fn waiting(&self) -> usize {
+        self.state.lock().unwrap().1
+    }
+
+    fn open(&self) {
+        self.state.lock().unwrap().0 = true;
+        self.changed.notify_all();
+    }
+}
+
+/// `Block` waits at the gate; `Grab` hands out the caller's connection; anything else echoes.
+struct Gated {
+    gate: Arc<Gate>,
+    conns: crossbeam_channel::Sender<Connection>,
+}
+
+impl Service for Gated {
+    fn name(&self) -> &str {
+        "test.Gated"
+    }
+
+    fn call(&self, ctx: &Context, method: &str, body: Bytes) -> Result<Bytes, Status> {
+        match method {
+            "Block" => self.gate.wait(),
+            "Grab" => {
+                let _ = self.conns.send(ctx.connection().clone());
+            }
+            _ => {}
+        }
+        Ok(body)
+    }
+}
+
+fn serve(config: Config) -> (rpc_core::server::Handle, Arc<Gate>, crossbeam_channel::Receiver<Connection>) {
+    let gate = Arc::new(Gate::default());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let server =
+        Builder::new(config).service(Gated { gate: gate.clone(), conns: tx }).bind("127.0.0.1:0").unwrap();
+    (server, gate, rx)
+}
+
+#[test]
+fn calls_over_the_in_flight_limit_are_resource_exhausted_at_once() {
+    let (server, gate, _) =
+        serve(Config { workers: 4, max_in_flight_per_connection: 2, ..Config::default() });
+    let ch = Channel::connect(server.local_addr(), ClientConfig::default()).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for _ in 0..2 {
+        let tx = tx.clone();
+        ch.call_raw_with("test.Gated", "Block", b"b", None, Box::new(move |r| tx.send(r).unwrap()));
+    }
+    wait_until(PATIENCE, "two calls running", || gate.waiting() == 2);
+    let err = ch.call_raw("test.Gated", "Echo", b"x", None).unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    gate.open();
+    for _ in 0..2 {
+        assert_eq!(&rx.recv_timeout(PATIENCE).unwrap().unwrap()[..], b"b");
+    }
+    assert_eq!(&ch.call_raw("test.Gated", "Echo", b"x", None).unwrap()[..], b"x");
+}
+
+#[test]
+fn a_peer_that_never_reads_is_paused_and_refused_pushes_while_others_are_served() {
+    let max = 64 * 1024;
+    let (server, _, conns) = serve(Config { max_pending_write_bytes: max, ..Config::default() });
+    let addr = server.local_addr();
+
+    // A raw client grabs its connection handle, then floods requests and never reads.
+    let mut greedy = TcpStream::connect(addr).unwrap();
+    let mut buf = BytesMut::new();
+    frame::put_request(&mut buf, 1, 0, "test.Gated", "Grab", b"");
+    greedy.write_all(&buf).unwrap();
+    let handle = conns.recv_timeout(PATIENCE).unwrap();
+    greedy.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    let body = vec![7u8; 16 * 1024];
+    let mut batch = BytesMut::new();
+    for id in 2..66 {
+        frame::put_request(&mut batch, id, 0, "test.Gated", "Echo", &body);
+    }
+    // Keep writing until the socket buffers are full: the server stopped reading.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        assert!(Instant::now() < deadline, "the server kept reading from a peer that never reads");
+        if greedy.write_all(&batch).is_err() {
+            break;
+        }
+    }
+    // Replies pile up past the cap, so pushes to it are refused with a clear error.
+    wait_until(PATIENCE, "a push refused for backpressure", || {
+        matches!(handle.push("test.Note", "Hello", &body), Err(Error::Backpressure(_)))
+    });
+    assert!(handle.is_open());
+
+    // Everyone else is served meanwhile.
+    let ch = Channel::connect(addr, ClientConfig::default()).unwrap();
+    for i in 0..20u8 {
+        assert_eq!(&ch.call_raw("test.Gated", "Echo", &[i], None).unwrap()[..], &[i]);
+    }
+
+    // Once the peer reads, its replies flow again.
+    greedy.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut sink = vec![0u8; 256 * 1024];
+    let mut read = 0;
+    while read < 4 * max {
+        let n = greedy.read(&mut sink).unwrap();
+        assert!(n > 0, "the server closed the paused connection");
+        read += n;
+    }
+}
+
+#[test]
+fn an_idle_connection_is_told_why_and_closed_but_pings_keep_one_alive() {
+    let (server, _, _) = serve(Config { idle_timeout: Duration::from_millis(300), ..Config::default() });
+    let addr = server.local_addr();
+
+    let pinging = Channel::connect(
+        addr,
+        ClientConfig { keepalive: Duration::from_millis(100), ..ClientConfig::default() },
+    )
+    .unwrap();
+
+    let mut silent = TcpStream::connect(addr).unwrap();
+    silent.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = BytesMut::new();
+    let goaway = loop {
+        if let Some(f) = frame::decode(&mut buf, frame::DEFAULT_MAX_FRAME).unwrap() {
+            break f;
+        }
+        let mut chunk = [0u8; 1024];
+        let n = silent.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed without a go-away");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    assert_eq!(goaway.kind, Kind::GoAway);
+    assert!(String::from_utf8_lossy(&goaway.body).contains("idle"), "{:?}", goaway.body);
+    let mut rest = [0u8; 16];
+    assert_eq!(silent.read(&mut rest).unwrap_or(0), 0, "closed after the go-away");
+
+    // The pinging channel outlived the idle timeout on its first connection.
+    assert!(pinging.is_connected());
+    assert_eq!(&pinging.call_raw("test.Gated", "Echo", b"still here", None).unwrap()[..], b"still here");
+}
+
+#[test]
+fn a_channel_reconnects_after_the_server_comes_back() {
+    let (server, _, _) = serve(Config::default());
+    let addr = server.local_addr();
+    let config = ClientConfig {
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..ClientConfig::default()
+    };
+    let ch = Channel::connect(addr, config).unwrap();
+    assert_eq!(&ch.call_raw("test.Gated", "Echo", b"1", None).unwrap()[..], b"1");
+    server.shutdown();
+
+    wait_until(PATIENCE, "the channel notices the server left", || !ch.is_connected());
+    let err = ch.call_raw("test.Gated", "Echo", b"2", Some(Duration::from_millis(100))).unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+
+    let gate = Arc::new(Gate::default());
+    let (tx, _rx) = crossbeam_channel::unbounded();
+    let _again = Builder::new(Config::default()).service(Gated { gate, conns: tx }).bind(addr).unwrap();
+    // Within its deadline the call waits out the backoff and connects again.
+    let reply = ch.call_raw("test.Gated", "Echo", b"3", Some(PATIENCE)).unwrap();
+    assert_eq!(&reply[..], b"3");
+}
