@@ -18,6 +18,7 @@
 //! services' worker threads and are `Send + Sync`; the MySQL and Redis implementations
 //! keep their own connection pools.
 
+pub mod api;
 pub mod auth;
 mod conversation;
 mod ids;
