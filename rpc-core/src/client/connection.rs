@@ -1,7 +1,7 @@
 //! One client connection: a write lock for callers and a reader thread that
 //! completes their calls.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -23,10 +23,11 @@ const DEAD: u8 = 2;
 const MAX_QUEUED: usize = 64 * 1024 * 1024;
 
 thread_local! {
-    /// The connection whose reader is dispatching frames on this thread, if any.
-    /// Its writes are queued and flushed once the whole read is handled, so
-    /// calls started from callbacks share a syscall.
-    static DISPATCHING: Cell<usize> = const { Cell::new(0) };
+    /// Set while a reader thread dispatches one read's frames: the connections
+    /// written to meanwhile (by callbacks starting new calls, on any channel)
+    /// are only queued, and flushed once the whole read is handled, so those
+    /// calls share one syscall per connection.
+    static DEFERRED: RefCell<Option<Vec<Arc<Conn>>>> = const { RefCell::new(None) };
 }
 
 /// A blocking caller's parking place for its result.
@@ -146,7 +147,7 @@ impl Conn {
         self.state.load(Ordering::Acquire) == OPEN
     }
 
-    pub(crate) fn register(&self, id: u64, p: Pending) {
+    pub(crate) fn register(self: &Arc<Self>, id: u64, p: Pending) {
         let deadline = match &p {
             Pending::Callback { deadline: Some(d), .. } => Some(self.nanos(*d)),
             _ => None,
@@ -185,7 +186,7 @@ impl Conn {
     }
 
     /// Queues one or more whole frames and sees that they are written.
-    pub(crate) fn write(&self, bytes: &[u8]) -> Result<(), Error> {
+    pub(crate) fn write(self: &Arc<Self>, bytes: &[u8]) -> Result<(), Error> {
         {
             let mut queued = lock(&self.queued);
             if queued.len() > MAX_QUEUED {
@@ -197,7 +198,16 @@ impl Conn {
             }
             queued.extend_from_slice(bytes);
         }
-        if DISPATCHING.get() == self as *const Conn as usize {
+        let deferred = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+            Some(list) => {
+                if !list.iter().any(|c| Arc::ptr_eq(c, self)) {
+                    list.push(self.clone());
+                }
+                true
+            }
+            None => false,
+        });
+        if deferred {
             return Ok(());
         }
         self.flush()
@@ -277,7 +287,7 @@ impl Conn {
     }
 
     /// Reads and dispatches frames until the connection ends; returns why.
-    fn read_frames(&self, stream: &mut TcpStream, config: &Config) -> String {
+    fn read_frames(self: &Arc<Self>, stream: &mut TcpStream, config: &Config) -> String {
         let keepalive = config.keepalive;
         let slow_tick =
             if keepalive.is_zero() { Duration::from_secs(1) } else { keepalive.min(Duration::from_secs(1)) };
@@ -318,9 +328,13 @@ impl Conn {
                 Ok(n) => {
                     last_rx = Instant::now();
                     buf.extend_from_slice(&scratch[..n]);
-                    DISPATCHING.set(self as *const Conn as usize);
+                    DEFERRED.with(|d| *d.borrow_mut() = Some(Vec::new()));
                     let handled = self.frames(&mut buf, &mut discard, config);
-                    DISPATCHING.set(0);
+                    let written = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+                    for conn in written.iter().filter(|c| !Arc::ptr_eq(c, self)) {
+                        // A failure there is that connection's to report, to its own callers.
+                        let _ = conn.flush();
+                    }
                     if let Err(reason) = handled {
                         return reason;
                     }
@@ -353,7 +367,12 @@ impl Conn {
     }
 
     /// Handles every whole frame in `buf`.
-    fn frames(&self, buf: &mut BytesMut, discard: &mut usize, config: &Config) -> Result<(), String> {
+    fn frames(
+        self: &Arc<Self>,
+        buf: &mut BytesMut,
+        discard: &mut usize,
+        config: &Config,
+    ) -> Result<(), String> {
         loop {
             if *discard > 0 {
                 let n = (*discard).min(buf.len());
