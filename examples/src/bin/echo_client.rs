@@ -1,16 +1,16 @@
-//! Calls an echo server: once waiting for the reply, then a few calls in
-//! flight at once with callbacks.
+//! Finds the echo servers registered in ZooKeeper and spreads calls over
+//! them through a load-balanced transport.
 //!
 //! ```text
-//! cargo run -p examples --bin echo_client -- --addr 127.0.0.1:7000 --text hello
+//! cargo run -p examples --bin echo_client -- [--zk 127.0.0.1:2181] [--root /chatroom] [--count 10] [--text hello]
 //! ```
 
 use std::process::ExitCode;
-use std::sync::mpsc;
 use std::time::Duration;
 
-use examples::echo::{EchoClient, EchoRequest, StatsRequest};
-use rpc_core::client::{Channel, Config};
+use examples::echo::{echo_rpc::SERVICE_NAME, EchoClient, EchoRequest};
+use rpc_core::balance::{self, Balanced};
+use rpc_core::registry::{self, ZooKeeper};
 
 fn main() -> ExitCode {
     match run() {
@@ -22,39 +22,45 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<(), rpc_core::Error> {
-    let addr = flag("--addr").unwrap_or_else(|| "127.0.0.1:7000".to_owned());
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let zk =
+        flag("--zk").or_else(|| std::env::var("CHATROOM_ZK").ok()).unwrap_or_else(|| "127.0.0.1:2181".into());
+    let count: usize = flag("--count").map_or(Ok(10), |n| n.parse())?;
     let text = flag("--text").unwrap_or_else(|| "hello".to_owned());
+    let mut config = registry::Config::default();
+    config.root = flag("--root").unwrap_or(config.root);
 
-    // Discovery goes here. Once rpc-core's registry lands, the client takes a
-    // load-balanced transport over the instances registered under
-    // `echo_rpc::SERVICE_NAME` instead of a channel to `--addr`;
-    // `EchoClient` works over any `Transport`, so nothing below changes.
-    let channel = Channel::connect(addr.as_str(), Config::default())?;
-    let client = EchoClient::new(channel).with_timeout(Duration::from_secs(5));
-
-    let reply = client.say(&EchoRequest { text: text.clone(), payload: b"\x00\x01".to_vec() })?;
-    println!("{} ({} payload bytes)", reply.text, reply.payload.len());
-
-    // Three calls in flight from this one thread; each callback runs when its
-    // reply arrives, in whatever order the server finishes them.
-    let (done, replies) = mpsc::channel();
-    for i in 1..=3 {
-        let done = done.clone();
-        let request = EchoRequest { text: format!("{text} #{i}"), ..Default::default() };
-        client.say_with(&request, move |reply| done.send(reply).unwrap_or(()));
+    let registry = ZooKeeper::connect(&zk, config)?;
+    let balanced = Balanced::discover(&registry, SERVICE_NAME, balance::Config::default())?;
+    let instances = balanced.in_rotation();
+    if instances.is_empty() {
+        return Err(format!("no instance of {SERVICE_NAME} is registered in ZooKeeper at {zk}").into());
     }
-    drop(done);
-    for reply in replies {
-        println!("{}", reply?.text);
+    for instance in &instances {
+        println!("found {SERVICE_NAME} instance {} at {}", instance.id, instance.addr);
     }
 
-    let stats = client.stats(&StatsRequest {})?;
-    println!("the server has answered {} Say calls", stats.say_calls);
+    // `EchoClient` works over any `Transport`: here each call goes to the
+    // next instance in turn.
+    let client = EchoClient::new(balanced).with_timeout(Duration::from_secs(5));
+    let mut answered = 0;
+    for i in 1..=count {
+        match client.say(&EchoRequest { text: format!("{text} #{i}"), ..Default::default() }) {
+            Ok(reply) => {
+                answered += 1;
+                println!("reply: {}", reply.text);
+            }
+            Err(e) => println!("call {i} failed: {e}"),
+        }
+    }
+    println!("{answered} of {count} calls answered");
+    if answered < count {
+        return Err("some calls failed".into());
+    }
     Ok(())
 }
 
-/// The value after `name` on the command line, as in `--addr 127.0.0.1:7000`.
+/// The value after `name` on the command line, as in `--count 10`.
 fn flag(name: &str) -> Option<String> {
     let mut args = std::env::args().skip(1);
     args.by_ref().find(|a| a == name)?;
