@@ -20,11 +20,16 @@
 
 pub mod api;
 pub mod auth;
+pub mod chat_service;
 mod conversation;
+mod convert;
 mod ids;
 pub mod limits;
 pub mod presence;
+pub mod proxies;
+pub mod proxy;
 pub mod store;
+pub mod user_service;
 
 pub use conversation::{ConversationId, ParseConversationError};
 pub use ids::{GroupId, UserId};

@@ -1,0 +1,142 @@
+//! Translations between the store's records and the wire messages of [`crate::api`],
+//! and from every local error to the [`Status`] that crosses the wire.
+
+use rpc_core::Status;
+
+use crate::api;
+use crate::conversation::ConversationId;
+use crate::ids::{GroupId, UserId};
+use crate::store;
+
+/// The status a failed store operation answers a caller with. Answers about the request
+/// keep their code and text; backend failures become Unavailable or Internal, and their
+/// details go to the log rather than to the client.
+pub fn store_status(error: store::Error) -> Status {
+    match error {
+        store::Error::NotFound(m) => Status::not_found(m),
+        store::Error::AlreadyExists(m) => Status::already_exists(m),
+        store::Error::PermissionDenied(m) => Status::permission_denied(m),
+        store::Error::InvalidArgument(m) => Status::invalid_argument(m),
+        store::Error::Unavailable(m) => {
+            tracing::warn!(error = %m, "store unavailable");
+            Status::unavailable("the database is unavailable; try again")
+        }
+        other => {
+            tracing::error!(error = %other, "store failed");
+            Status::internal("the database failed")
+        }
+    }
+}
+
+/// The status a failed presence operation answers a caller with.
+pub fn presence_status(error: crate::presence::Error) -> Status {
+    tracing::warn!(%error, "presence failed");
+    Status::unavailable("the presence table is unavailable; try again")
+}
+
+/// The status a failed call to another service answers the original caller with: a
+/// status from that service passes through as it is.
+pub fn rpc_status(error: rpc_core::Error) -> Status {
+    error.into_status()
+}
+
+/// The user id a proxy passed in a `*Call`; 0 is never a user.
+pub fn caller(user_id: u64) -> Result<UserId, Status> {
+    if user_id == 0 {
+        return Err(Status::invalid_argument("the call names no user (user_id is 0)"));
+    }
+    Ok(UserId(user_id))
+}
+
+/// A wire user.
+pub fn user(user: store::User) -> api::User {
+    api::User { id: user.id.0, name: user.name, created_at_ms: user.created_at_ms }
+}
+
+/// A wire group.
+pub fn group(group: store::Group) -> api::Group {
+    api::Group {
+        id: group.id.0,
+        name: group.name,
+        owner_id: group.owner.0,
+        created_at_ms: group.created_at_ms,
+    }
+}
+
+/// A wire conversation, a one-to-one pair ordered.
+pub fn conversation(conversation: ConversationId) -> api::Conversation {
+    let kind = match conversation.normalized() {
+        ConversationId::Direct { low, high } => {
+            api::conversation::Kind::Direct(api::DirectPair { low_user_id: low.0, high_user_id: high.0 })
+        }
+        ConversationId::Group(group) => api::conversation::Kind::GroupId(group.0),
+    };
+    api::Conversation { kind: Some(kind) }
+}
+
+/// The conversation a request names, normalised.
+///
+/// # Errors
+///
+/// InvalidArgument when it is missing, names no kind, or names user or group 0.
+pub fn conversation_id(conversation: Option<api::Conversation>) -> Result<ConversationId, Status> {
+    match conversation.and_then(|c| c.kind) {
+        Some(api::conversation::Kind::Direct(pair)) if pair.low_user_id != 0 && pair.high_user_id != 0 => {
+            Ok(ConversationId::direct(UserId(pair.low_user_id), UserId(pair.high_user_id)))
+        }
+        Some(api::conversation::Kind::GroupId(group)) if group != 0 => {
+            Ok(ConversationId::Group(GroupId(group)))
+        }
+        Some(_) => Err(Status::invalid_argument("the conversation names user or group 0")),
+        None => Err(Status::invalid_argument("the request names no conversation")),
+    }
+}
+
+/// A wire message.
+pub fn message(message: store::Message) -> api::Message {
+    api::Message {
+        conversation: Some(conversation(message.conversation)),
+        seq: message.seq,
+        sender_id: message.sender.0,
+        client_msg_id: message.client_msg_id,
+        body: message.body,
+        sent_at_ms: message.sent_at_ms,
+    }
+}
+
+/// A wire conversation state with its unread count.
+pub fn state(state: store::ConversationState) -> api::ConversationState {
+    api::ConversationState {
+        conversation: Some(conversation(state.conversation)),
+        last_seq: state.last_seq,
+        read_seq: state.read_seq,
+        unread: state.unread(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversations_round_trip_ordered() {
+        let c = ConversationId::direct(UserId(7), UserId(3));
+        assert_eq!(conversation_id(Some(conversation(c))).unwrap(), c);
+        let reversed = api::Conversation {
+            kind: Some(api::conversation::Kind::Direct(api::DirectPair { low_user_id: 7, high_user_id: 3 })),
+        };
+        assert_eq!(conversation_id(Some(reversed)).unwrap(), c);
+        assert!(conversation_id(None).is_err());
+        let zero = api::Conversation { kind: Some(api::conversation::Kind::GroupId(0)) };
+        assert!(conversation_id(Some(zero)).is_err());
+    }
+
+    #[test]
+    fn store_errors_keep_their_meaning() {
+        use rpc_core::Code;
+        assert_eq!(store_status(store::Error::NotFound("x".into())).code, Code::NotFound);
+        assert_eq!(store_status(store::Error::PermissionDenied("x".into())).code, Code::PermissionDenied);
+        assert_eq!(store_status(store::Error::Unavailable("db".into())).code, Code::Unavailable);
+        assert_eq!(store_status(store::Error::Corrupt("row".into())).code, Code::Internal);
+    }
+}

@@ -1,0 +1,596 @@
+//! The proxy (gateway): the rpc-core server clients connect to.
+//!
+//! It owns the session table ([`session::Sessions`]: connection <-> user) and is the
+//! only place where a connection becomes a user: every `Gateway` call but `Register` and
+//! `Login` looks the caller up by its connection and fails with Unauthenticated when
+//! there is no session, and every call it forwards to the user and chat services (through
+//! load-balanced stubs over the instances found in the registry) carries the session's
+//! user id, never one the client sent.
+//!
+//! It also serves `Delivery` to the chat service, on a second, internal listener
+//! registered under the proxy's instance id, and pushes what it is given to its clients
+//! as [`api::Push`] frames named [`PUSH_SERVICE`]/[`PUSH_METHOD`].
+//!
+//! Presence: a login claims the user's lease for this proxy, a thread
+//! ([`Renewal`]) renews the leases of all sessions every third of the TTL, and logout or
+//! a closed connection releases the lease. One session per user: a second login
+//! replaces the first, which receives `Kicked` and is closed, on this proxy or, through
+//! `Delivery.Kick`, on the proxy that held it.
+
+pub mod session;
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use prost::Message as _;
+use rpc_core::balance::{self, Balanced};
+use rpc_core::registry::{Instance, Registration, Registry};
+use rpc_core::server::{self, Builder, Connection, ConnectionId, Context, Handle};
+use rpc_core::Status;
+
+use crate::api::{self, chat_service_rpc, delivery_rpc, gateway_rpc, user_service_rpc};
+use crate::api::{ChatServiceClient, UserServiceClient};
+use crate::convert::{presence_status, rpc_status};
+use crate::ids::UserId;
+use crate::proxies::Proxies;
+use crate::Presence;
+
+use self::session::Sessions;
+
+/// The service name of the push frames a proxy sends its clients.
+pub const PUSH_SERVICE: &str = gateway_rpc::SERVICE_NAME;
+/// The method name of the push frames a proxy sends its clients; the body is an
+/// [`api::Push`].
+pub const PUSH_METHOD: &str = "Push";
+
+/// What a kicked session is told when its user logged in elsewhere.
+const REPLACED: &str = "logged in from another connection";
+
+/// Settings of a proxy.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The proxy's name in the registry and in the presence table; unique per process.
+    pub instance_id: String,
+    /// How long a user's presence lease lasts without renewal: how long the users of a
+    /// crashed proxy still look online.
+    pub lease_ttl: Duration,
+    /// Deadline of each call to the user and chat services.
+    pub call_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            instance_id: format!("proxy-{}-{:08x}", std::process::id(), rand::random::<u32>()),
+            lease_ttl: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The proxy's state, shared by its servers' worker threads; cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    /// Shared by the clones, weakly by the renewal thread.
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Settings.
+    config: Config,
+    /// Connection <-> user.
+    sessions: Sessions,
+    /// The user service instances.
+    users: UserServiceClient<Balanced>,
+    /// The chat service instances.
+    chat: ChatServiceClient<Balanced>,
+    /// The lease table.
+    presence: Arc<dyn Presence>,
+    /// The other proxies, to kick a session one of them holds.
+    proxies: Proxies,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("config", &self.inner.config)
+            .field("sessions", &self.inner.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// A proxy calling the user and chat services found in `registry`.
+    ///
+    /// # Errors
+    ///
+    /// When the registry cannot be watched.
+    pub fn new(
+        config: Config,
+        registry: &dyn Registry,
+        presence: Arc<dyn Presence>,
+    ) -> Result<Self, rpc_core::Error> {
+        let balanced = |service| Balanced::discover(registry, service, balance::Config::default());
+        let users = UserServiceClient::new(balanced(user_service_rpc::SERVICE_NAME)?)
+            .with_timeout(config.call_timeout);
+        let chat = ChatServiceClient::new(balanced(chat_service_rpc::SERVICE_NAME)?)
+            .with_timeout(config.call_timeout);
+        let proxies = Proxies::discover(registry)?;
+        let inner = Inner { config, sessions: Sessions::default(), users, chat, presence, proxies };
+        Ok(Proxy { inner: Arc::new(inner) })
+    }
+
+    /// The proxy's instance id.
+    pub fn instance_id(&self) -> &str {
+        &self.inner.config.instance_id
+    }
+
+    /// The session table.
+    pub fn sessions(&self) -> &Sessions {
+        &self.inner.sessions
+    }
+
+    /// Ends the session on a connection that closed, as a logout would.
+    pub fn disconnected(&self, connection: ConnectionId) {
+        self.end_session(connection);
+    }
+
+    /// Renews the leases of every session once, and ends the sessions whose lease this
+    /// proxy no longer holds.
+    pub fn renew_leases(&self) {
+        let inner = &self.inner;
+        let users = inner.sessions.users();
+        if users.is_empty() {
+            return;
+        }
+        match inner.presence.renew_all(&users, &inner.config.instance_id, inner.config.lease_ttl) {
+            Ok(lost) => {
+                for user in lost {
+                    if let Some(connection) = inner.sessions.unbind_user(user) {
+                        tracing::info!(%user, "presence lease lost; closing the session");
+                        kick(&connection, "the session's presence lease was lost");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "lease renewal failed"),
+        }
+    }
+
+    /// Starts the thread that renews leases every third of the lease TTL, until the
+    /// returned [`Renewal`] is dropped.
+    ///
+    /// # Errors
+    ///
+    /// When the thread cannot be spawned.
+    pub fn start_renewal(&self) -> std::io::Result<Renewal> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let every = self.inner.config.lease_ttl / 3;
+        let thread = std::thread::Builder::new().name("lease-renewal".into()).spawn(move || loop {
+            match stopped.recv_timeout(every) {
+                Err(RecvTimeoutError::Timeout) => match weak.upgrade() {
+                    Some(inner) => Proxy { inner }.renew_leases(),
+                    None => return,
+                },
+                _ => return,
+            }
+        })?;
+        Ok(Renewal { stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// The session's user, or Unauthenticated.
+    fn session(&self, ctx: &Context) -> Result<UserId, Status> {
+        self.inner
+            .sessions
+            .user_of(ctx.connection().id())
+            .ok_or_else(|| Status::unauthenticated("log in first"))
+    }
+
+    /// Logs out whoever is logged in on `connection`: releases the lease and tells their
+    /// friends.
+    fn end_session(&self, connection: ConnectionId) {
+        let inner = &self.inner;
+        let Some(user) = inner.sessions.unbind_connection(connection) else { return };
+        match inner.presence.release(user, &inner.config.instance_id) {
+            Ok(true) => self.announce(user, false),
+            // The lease went to a newer login elsewhere: the user is still online.
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%user, %error, "cannot release the lease; it will lapse"),
+        }
+        tracing::info!(%user, %connection, "session ended");
+    }
+
+    /// Tells `user`'s friends about a presence change, without waiting.
+    fn announce(&self, user: UserId, online: bool) {
+        let call = api::AnnouncePresenceCall { user_id: user.0, online };
+        self.inner.chat.announce_presence_with(&call, move |outcome| {
+            if let Err(error) = outcome {
+                tracing::debug!(%user, %error, "presence announcement failed");
+            }
+        });
+    }
+
+    /// `users` with their online state.
+    fn contacts(&self, users: Vec<api::User>) -> Result<Vec<api::Contact>, Status> {
+        let ids: Vec<UserId> = users.iter().map(|u| UserId(u.id)).collect();
+        let online = if ids.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.presence.lookup(&ids).map_err(presence_status)?
+        };
+        Ok(users
+            .into_iter()
+            .zip(online)
+            .map(|(user, at)| api::Contact { user: Some(user), online: at.is_some() })
+            .collect())
+    }
+
+    fn contact(&self, user: Option<api::User>) -> Result<Option<api::Contact>, Status> {
+        Ok(self.contacts(user.into_iter().collect())?.pop())
+    }
+
+    /// What a client sees right after logging in.
+    fn login_view(&self, user: api::User, replaced_session: bool) -> Result<api::LoginResponse, Status> {
+        let call = api::UserCall { user_id: user.id };
+        let friends = self.inner.users.list_friends(&call).map_err(rpc_status)?.users;
+        let friends = self.contacts(friends)?;
+        let mut groups = Vec::new();
+        for g in self.inner.users.list_groups_with_members(&call).map_err(rpc_status)?.groups {
+            groups.push(api::GroupDetail { group: g.group, members: self.contacts(g.members)? });
+        }
+        let conversations = self.inner.chat.conversations(&call).map_err(rpc_status)?.conversations;
+        Ok(api::LoginResponse { user: Some(user), friends, groups, conversations, replaced_session })
+    }
+
+    /// Pushes `event` to `user` if they have a session here; false if they have none or
+    /// the push failed.
+    fn push_to(&self, user: u64, event: &api::push::Event) -> bool {
+        let Some(connection) = self.inner.sessions.connection_of(UserId(user)) else { return false };
+        push(&connection, event.clone())
+    }
+}
+
+/// Pushes one event to a connection; false when it could not be queued.
+fn push(connection: &Connection, event: api::push::Event) -> bool {
+    let body = api::Push { event: Some(event) }.encode_to_vec();
+    match connection.push(PUSH_SERVICE, PUSH_METHOD, &body) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::debug!(connection = %connection.id(), %error, "push failed");
+            false
+        }
+    }
+}
+
+/// Tells a connection why its session ends, then closes it.
+fn kick(connection: &Connection, reason: &str) {
+    push(connection, api::push::Event::Kicked(api::Kicked { reason: reason.to_owned() }));
+    connection.close();
+}
+
+/// Renews the proxy's leases on a thread; dropping it stops and joins the thread.
+#[derive(Debug)]
+pub struct Renewal {
+    /// Dropped to stop the thread.
+    stop: Option<mpsc::Sender<()>>,
+    /// Joined on drop.
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl gateway_rpc::Gateway for Proxy {
+    fn register(
+        &self,
+        _ctx: &Context,
+        request: api::RegisterRequest,
+    ) -> Result<api::RegisterResponse, Status> {
+        self.inner.users.register(&request).map_err(rpc_status)
+    }
+
+    fn login(&self, ctx: &Context, request: api::LoginRequest) -> Result<api::LoginResponse, Status> {
+        let inner = &self.inner;
+        let connection = ctx.connection().clone();
+        // A login on a connection that already has a session ends that session first.
+        self.end_session(connection.id());
+        let user = inner.users.verify_login(&request).map_err(rpc_status)?.user;
+        let user =
+            user.ok_or_else(|| Status::internal("the user service answered a login without a user"))?;
+        let id = UserId(user.id);
+        let previous = inner
+            .presence
+            .claim(id, &inner.config.instance_id, inner.config.lease_ttl)
+            .map_err(presence_status)?;
+        let mut replaced = false;
+        if let Some(old) = inner.sessions.bind(id, connection.clone()) {
+            kick(&old, REPLACED);
+            replaced = true;
+        }
+        if let Some(other) = previous.filter(|p| *p != inner.config.instance_id) {
+            replaced = true;
+            match inner.proxies.client(&other) {
+                Some(client) => {
+                    let request = api::KickRequest {
+                        user_id: id.0,
+                        new_proxy_id: inner.config.instance_id.clone(),
+                        reason: REPLACED.to_owned(),
+                    };
+                    client.kick_with(&request, move |outcome| {
+                        if let Err(error) = outcome {
+                            tracing::warn!(user = %id, proxy = %other, %error, "cannot kick the previous session");
+                        }
+                    });
+                }
+                None => tracing::debug!(user = %id, proxy = %other, "previous proxy is gone"),
+            }
+        }
+        match self.login_view(user, replaced) {
+            Ok(view) => {
+                tracing::info!(user = %id, connection = %connection.id(), replaced, "logged in");
+                if !replaced {
+                    self.announce(id, true);
+                }
+                Ok(view)
+            }
+            Err(status) => {
+                self.end_session(connection.id());
+                Err(status)
+            }
+        }
+    }
+
+    fn logout(&self, ctx: &Context, _request: api::LogoutRequest) -> Result<api::LogoutResponse, Status> {
+        self.session(ctx)?;
+        self.end_session(ctx.connection().id());
+        Ok(api::LogoutResponse {})
+    }
+
+    fn find_user(
+        &self,
+        ctx: &Context,
+        request: api::FindUserRequest,
+    ) -> Result<api::FindUserResponse, Status> {
+        self.session(ctx)?;
+        let found = self.inner.users.find_user(&request).map_err(rpc_status)?.user;
+        Ok(api::FindUserResponse { user: self.contact(found)? })
+    }
+
+    fn add_friend(
+        &self,
+        ctx: &Context,
+        request: api::AddFriendRequest,
+    ) -> Result<api::AddFriendResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        let call = api::AddFriendCall { user_id, request: Some(request) };
+        let friend = self.inner.users.add_friend(&call).map_err(rpc_status)?.friend;
+        Ok(api::AddFriendResponse { friend: self.contact(friend)? })
+    }
+
+    fn remove_friend(
+        &self,
+        ctx: &Context,
+        request: api::RemoveFriendRequest,
+    ) -> Result<api::RemoveFriendResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner
+            .users
+            .remove_friend(&api::RemoveFriendCall { user_id, request: Some(request) })
+            .map_err(rpc_status)
+    }
+
+    fn list_friends(
+        &self,
+        ctx: &Context,
+        _request: api::ListFriendsRequest,
+    ) -> Result<api::ListFriendsResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        let friends = self.inner.users.list_friends(&api::UserCall { user_id }).map_err(rpc_status)?.users;
+        Ok(api::ListFriendsResponse { friends: self.contacts(friends)? })
+    }
+
+    fn create_group(
+        &self,
+        ctx: &Context,
+        request: api::CreateGroupRequest,
+    ) -> Result<api::CreateGroupResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner
+            .users
+            .create_group(&api::CreateGroupCall { user_id, request: Some(request) })
+            .map_err(rpc_status)
+    }
+
+    fn join_group(
+        &self,
+        ctx: &Context,
+        request: api::JoinGroupRequest,
+    ) -> Result<api::JoinGroupResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner
+            .users
+            .join_group(&api::JoinGroupCall { user_id, request: Some(request) })
+            .map_err(rpc_status)
+    }
+
+    fn leave_group(
+        &self,
+        ctx: &Context,
+        request: api::LeaveGroupRequest,
+    ) -> Result<api::LeaveGroupResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner
+            .users
+            .leave_group(&api::LeaveGroupCall { user_id, request: Some(request) })
+            .map_err(rpc_status)
+    }
+
+    fn list_groups(
+        &self,
+        ctx: &Context,
+        _request: api::ListGroupsRequest,
+    ) -> Result<api::ListGroupsResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner.users.list_groups(&api::UserCall { user_id }).map_err(rpc_status)
+    }
+
+    fn group_members(
+        &self,
+        ctx: &Context,
+        request: api::GroupMembersRequest,
+    ) -> Result<api::GroupMembersResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        let call = api::GroupMembersCall { user_id, request: Some(request) };
+        let members = self.inner.users.group_members(&call).map_err(rpc_status)?.users;
+        Ok(api::GroupMembersResponse { members: self.contacts(members)? })
+    }
+
+    fn send_message(
+        &self,
+        ctx: &Context,
+        request: api::SendMessageRequest,
+    ) -> Result<api::SendMessageResponse, Status> {
+        let sender_id = self.session(ctx)?.0;
+        self.inner.chat.send(&api::SendCall { sender_id, request: Some(request) }).map_err(rpc_status)
+    }
+
+    fn history(&self, ctx: &Context, request: api::HistoryRequest) -> Result<api::HistoryResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner.chat.history(&api::HistoryCall { user_id, request: Some(request) }).map_err(rpc_status)
+    }
+
+    fn sync(&self, ctx: &Context, request: api::SyncRequest) -> Result<api::SyncResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner.chat.sync(&api::SyncCall { user_id, request: Some(request) }).map_err(rpc_status)
+    }
+
+    fn ack(&self, ctx: &Context, request: api::AckRequest) -> Result<api::AckResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner.chat.ack(&api::AckCall { user_id, request: Some(request) }).map_err(rpc_status)
+    }
+}
+
+impl delivery_rpc::Delivery for Proxy {
+    fn deliver_batch(
+        &self,
+        _ctx: &Context,
+        request: api::DeliverBatchRequest,
+    ) -> Result<api::DeliverBatchResponse, Status> {
+        let message = request.message.ok_or_else(|| Status::invalid_argument("no message to deliver"))?;
+        let event = api::push::Event::Message(message);
+        let not_connected =
+            request.user_ids.into_iter().filter(|&user| !self.push_to(user, &event)).collect();
+        Ok(api::DeliverBatchResponse { not_connected })
+    }
+
+    fn notify_presence(
+        &self,
+        _ctx: &Context,
+        request: api::PresenceBatchRequest,
+    ) -> Result<api::PresenceBatchResponse, Status> {
+        let change =
+            request.change.ok_or_else(|| Status::invalid_argument("no presence change to deliver"))?;
+        let event = api::push::Event::Presence(change);
+        let not_connected =
+            request.user_ids.into_iter().filter(|&user| !self.push_to(user, &event)).collect();
+        Ok(api::PresenceBatchResponse { not_connected })
+    }
+
+    fn kick(&self, _ctx: &Context, request: api::KickRequest) -> Result<api::KickResponse, Status> {
+        if request.new_proxy_id == self.inner.config.instance_id {
+            return Ok(api::KickResponse { kicked: false });
+        }
+        // The lease is the new proxy's now: end the session without releasing it.
+        let Some(connection) = self.inner.sessions.unbind_user(UserId(request.user_id)) else {
+            return Ok(api::KickResponse { kicked: false });
+        };
+        tracing::info!(user = request.user_id, by = %request.new_proxy_id, "session replaced elsewhere");
+        kick(&connection, &request.reason);
+        Ok(api::KickResponse { kicked: true })
+    }
+}
+
+/// A running proxy: the client listener, the internal delivery listener registered in
+/// the registry, and the lease renewal thread. Dropping it deregisters, then stops.
+pub struct Running {
+    /// Dropped first, so the chat service stops pushing here before the servers stop.
+    registration: Registration,
+    /// Renews leases.
+    renewal: Renewal,
+    /// Where clients connect.
+    client: Handle,
+    /// Where the chat service delivers.
+    delivery: Handle,
+    /// The proxy itself.
+    proxy: Proxy,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("proxy", &self.proxy)
+            .field("client", &self.client.local_addr())
+            .field("delivery", &self.delivery.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// The address clients connect to.
+    pub fn client_addr(&self) -> std::net::SocketAddr {
+        self.client.local_addr()
+    }
+
+    /// The address of the internal delivery service.
+    pub fn delivery_addr(&self) -> std::net::SocketAddr {
+        self.delivery.local_addr()
+    }
+
+    /// The proxy.
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+
+    /// Blocks until the client server stops.
+    pub fn wait(self) {
+        let Running { registration, renewal, client, delivery, proxy } = self;
+        client.wait();
+        drop((registration, renewal, delivery, proxy));
+    }
+}
+
+/// Starts a proxy: clients on `client_listen`, delivery on `delivery_listen` registered
+/// in `registry` under the proxy's instance id.
+///
+/// # Errors
+///
+/// When a listener cannot be bound, the registry fails, or a thread cannot start.
+pub fn serve(
+    proxy: Proxy,
+    registry: &dyn Registry,
+    client_listen: std::net::SocketAddr,
+    delivery_listen: std::net::SocketAddr,
+    server_config: server::Config,
+) -> Result<Running, rpc_core::Error> {
+    let delivery = Builder::new(server_config.clone())
+        .service(api::DeliveryServer(proxy.clone()))
+        .bind(delivery_listen)?;
+    let registration = registry
+        .register(delivery_rpc::SERVICE_NAME, &Instance::new(proxy.instance_id(), delivery.local_addr()))?;
+    let hook = proxy.clone();
+    let client = Builder::new(server_config)
+        .service(api::GatewayServer(proxy.clone()))
+        .on_disconnect(move |connection| hook.disconnected(connection))
+        .bind(client_listen)?;
+    let renewal = proxy.start_renewal()?;
+    tracing::info!(id = %proxy.instance_id(), clients = %client.local_addr(), delivery = %delivery.local_addr(), "proxy started");
+    Ok(Running { registration, renewal, client, delivery, proxy })
+}

@@ -1,0 +1,211 @@
+//! The user service: accounts, friends and groups, over a [`Store`].
+//!
+//! Stateless: every call is one store operation or a few, so any number of instances can
+//! serve the same database. Proxies call it on behalf of their sessions; the user id in
+//! each `*Call` is the session's, never a client's claim. Online state is not its
+//! business: the proxy adds it from the presence table before answering a client.
+
+use std::sync::Arc;
+
+use rpc_core::server::Context;
+use rpc_core::Status;
+
+use crate::api::{self, user_service_rpc};
+use crate::convert::{caller, group, store_status, user};
+use crate::ids::GroupId;
+use crate::{auth, limits, Store};
+
+/// Implements [`user_service_rpc::UserService`]; serve it with
+/// [`api::UserServiceServer`].
+pub struct UserService {
+    /// Where accounts, friendships and groups live.
+    store: Arc<dyn Store>,
+    /// The argon2id cost of new password hashes.
+    hashing: auth::Config,
+}
+
+impl UserService {
+    /// A user service over `store`, hashing new passwords at the default cost.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        UserService { store, hashing: auth::Config::default() }
+    }
+
+    /// Hashes new passwords at `config`'s cost instead (tests lower it).
+    pub fn with_hashing(mut self, config: auth::Config) -> Self {
+        self.hashing = config;
+        self
+    }
+}
+
+impl std::fmt::Debug for UserService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserService").field("hashing", &self.hashing).finish_non_exhaustive()
+    }
+}
+
+/// The one answer to a failed login, whether the name or the password was wrong, so that
+/// it does not reveal which names exist.
+fn wrong_credentials() -> Status {
+    Status::unauthenticated("wrong name or password")
+}
+
+fn limit_status(error: limits::Error) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+impl user_service_rpc::UserService for UserService {
+    fn register(
+        &self,
+        _ctx: &Context,
+        request: api::RegisterRequest,
+    ) -> Result<api::RegisterResponse, Status> {
+        limits::check_name(&request.name).map_err(limit_status)?;
+        limits::check_password(&request.password).map_err(limit_status)?;
+        let hash = auth::hash_password_with(&request.password, &self.hashing).map_err(|e| {
+            tracing::error!(error = %e, "password hashing failed");
+            Status::internal("password hashing failed")
+        })?;
+        let created = self.store.create_user(&request.name, &hash).map_err(store_status)?;
+        tracing::info!(user = %created.id, name = %created.name, "registered");
+        Ok(api::RegisterResponse { user: Some(user(created)) })
+    }
+
+    fn verify_login(
+        &self,
+        _ctx: &Context,
+        request: api::LoginRequest,
+    ) -> Result<api::VerifyLoginResponse, Status> {
+        let credentials = match self.store.credentials(&request.name) {
+            Ok(credentials) => credentials,
+            Err(crate::store::Error::NotFound(_)) => {
+                auth::verify_against_dummy(&request.password);
+                return Err(wrong_credentials());
+            }
+            Err(e) => return Err(store_status(e)),
+        };
+        match auth::verify_password(&request.password, &credentials.password_hash) {
+            Ok(true) => Ok(api::VerifyLoginResponse { user: Some(user(credentials.user)) }),
+            Ok(false) => Err(wrong_credentials()),
+            Err(e) => {
+                tracing::error!(user = %credentials.user.id, error = %e, "stored password hash is malformed");
+                Err(Status::internal("the stored password hash is malformed"))
+            }
+        }
+    }
+
+    fn profile(&self, _ctx: &Context, request: api::UserCall) -> Result<api::ProfileResponse, Status> {
+        let found = self.store.user(caller(request.user_id)?).map_err(store_status)?;
+        Ok(api::ProfileResponse { user: Some(user(found)) })
+    }
+
+    fn find_user(
+        &self,
+        _ctx: &Context,
+        request: api::FindUserRequest,
+    ) -> Result<api::ProfileResponse, Status> {
+        let found = self.store.user_by_name(&request.name).map_err(store_status)?;
+        Ok(api::ProfileResponse { user: Some(user(found)) })
+    }
+
+    fn add_friend(
+        &self,
+        _ctx: &Context,
+        request: api::AddFriendCall,
+    ) -> Result<api::AddFriendCallResponse, Status> {
+        let me = caller(request.user_id)?;
+        let friend = match request.request.and_then(|r| r.friend) {
+            Some(api::add_friend_request::Friend::UserId(id)) => caller(id)?,
+            Some(api::add_friend_request::Friend::Name(name)) => {
+                self.store.user_by_name(&name).map_err(store_status)?.id
+            }
+            None => return Err(Status::invalid_argument("name the friend by user_id or name")),
+        };
+        let added = self.store.add_friend(me, friend).map_err(store_status)?;
+        Ok(api::AddFriendCallResponse { friend: Some(user(added)) })
+    }
+
+    fn remove_friend(
+        &self,
+        _ctx: &Context,
+        request: api::RemoveFriendCall,
+    ) -> Result<api::RemoveFriendResponse, Status> {
+        let me = caller(request.user_id)?;
+        let friend = caller(request.request.map_or(0, |r| r.user_id))?;
+        self.store.remove_friend(me, friend).map_err(store_status)?;
+        Ok(api::RemoveFriendResponse {})
+    }
+
+    fn list_friends(&self, _ctx: &Context, request: api::UserCall) -> Result<api::UsersResponse, Status> {
+        let friends = self.store.friends(caller(request.user_id)?).map_err(store_status)?;
+        Ok(api::UsersResponse { users: friends.into_iter().map(user).collect() })
+    }
+
+    fn create_group(
+        &self,
+        _ctx: &Context,
+        request: api::CreateGroupCall,
+    ) -> Result<api::CreateGroupResponse, Status> {
+        let me = caller(request.user_id)?;
+        let name = request.request.map(|r| r.name).unwrap_or_default();
+        let created = self.store.create_group(me, &name).map_err(store_status)?;
+        Ok(api::CreateGroupResponse { group: Some(group(created)) })
+    }
+
+    fn join_group(
+        &self,
+        _ctx: &Context,
+        request: api::JoinGroupCall,
+    ) -> Result<api::JoinGroupResponse, Status> {
+        let me = caller(request.user_id)?;
+        let id = GroupId(request.request.map_or(0, |r| r.group_id));
+        let joined = self.store.join_group(me, id).map_err(store_status)?;
+        Ok(api::JoinGroupResponse { group: Some(group(joined)) })
+    }
+
+    fn leave_group(
+        &self,
+        _ctx: &Context,
+        request: api::LeaveGroupCall,
+    ) -> Result<api::LeaveGroupResponse, Status> {
+        let me = caller(request.user_id)?;
+        let id = GroupId(request.request.map_or(0, |r| r.group_id));
+        self.store.leave_group(me, id).map_err(store_status)?;
+        Ok(api::LeaveGroupResponse {})
+    }
+
+    fn list_groups(&self, _ctx: &Context, request: api::UserCall) -> Result<api::ListGroupsResponse, Status> {
+        let groups = self.store.groups_of(caller(request.user_id)?).map_err(store_status)?;
+        Ok(api::ListGroupsResponse { groups: groups.into_iter().map(group).collect() })
+    }
+
+    fn list_groups_with_members(
+        &self,
+        _ctx: &Context,
+        request: api::UserCall,
+    ) -> Result<api::GroupsWithMembersResponse, Status> {
+        let groups = self.store.groups_of(caller(request.user_id)?).map_err(store_status)?;
+        let mut out = Vec::with_capacity(groups.len());
+        for g in groups {
+            let members = self.store.group_members(g.id).map_err(store_status)?;
+            out.push(api::GroupWithMembers {
+                group: Some(group(g)),
+                members: members.into_iter().map(user).collect(),
+            });
+        }
+        Ok(api::GroupsWithMembersResponse { groups: out })
+    }
+
+    fn group_members(
+        &self,
+        _ctx: &Context,
+        request: api::GroupMembersCall,
+    ) -> Result<api::UsersResponse, Status> {
+        let me = caller(request.user_id)?;
+        let id = GroupId(request.request.map_or(0, |r| r.group_id));
+        let members = self.store.group_members(id).map_err(store_status)?;
+        if !members.iter().any(|m| m.id == me) {
+            return Err(Status::permission_denied(format!("user {me} is not a member of group {id}")));
+        }
+        Ok(api::UsersResponse { users: members.into_iter().map(user).collect() })
+    }
+}
