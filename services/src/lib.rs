@@ -28,10 +28,13 @@ pub mod limits;
 pub mod presence;
 pub mod proxies;
 pub mod proxy;
+mod served;
+pub mod standalone;
 pub mod store;
 pub mod user_service;
 
 pub use conversation::{ConversationId, ParseConversationError};
 pub use ids::{GroupId, UserId};
 pub use presence::Presence;
+pub use served::{serve, Served};
 pub use store::Store;

@@ -1,0 +1,196 @@
+//! `chatroom`: every process of the ChatRoom chat system in one binary.
+//!
+//! `chatroom standalone` runs the whole system in one process with nothing to install;
+//! `proxy`, `user-service` and `chat-service` run the cluster's processes against
+//! ZooKeeper, MySQL/MariaDB and Redis. Every address comes from a flag or an environment
+//! variable with a loopback default. Logs go to stderr; `RUST_LOG` filters them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use rpc_core::registry::{self, ZooKeeper};
+use rpc_core::server;
+use services::api::{ChatServiceServer, UserServiceServer};
+use services::chat_service::ChatService;
+use services::proxies::Proxies;
+use services::standalone::{self, Standalone};
+use services::user_service::UserService;
+use services::{presence, proxy, serve, store, Presence, Store};
+
+/// The ChatRoom chat system.
+#[derive(Debug, Parser)]
+#[command(name = "chatroom", version, about)]
+struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a proxy, a user service and a chat service in one process, with an embedded
+    /// SQLite store, in-process registry and in-process presence.
+    Standalone {
+        /// Where clients connect.
+        #[arg(long, env = "CHATROOM_LISTEN", default_value = "127.0.0.1:7878")]
+        listen: SocketAddr,
+        /// Where the database file lives.
+        #[arg(long, env = "CHATROOM_DATA_DIR", default_value = "chatroom-data")]
+        data_dir: PathBuf,
+        /// How long a user stays online without their proxy renewing the lease.
+        #[arg(long, env = "CHATROOM_LEASE_TTL_SECS", default_value_t = 30)]
+        lease_ttl_secs: u64,
+    },
+    /// Runs a proxy: clients connect to it; it registers its delivery service in
+    /// ZooKeeper and keeps presence leases in Redis.
+    Proxy {
+        /// Where clients connect.
+        #[arg(long, env = "CHATROOM_LISTEN", default_value = "127.0.0.1:7878")]
+        listen: SocketAddr,
+        /// Where the chat service delivers messages (internal; port 0 picks one).
+        #[arg(long, env = "CHATROOM_DELIVERY_LISTEN", default_value = "127.0.0.1:0")]
+        delivery_listen: SocketAddr,
+        /// The proxy's unique name in ZooKeeper and Redis (generated when not given).
+        #[arg(long, env = "CHATROOM_INSTANCE_ID")]
+        instance_id: Option<String>,
+        /// How long a user stays online without this proxy renewing the lease.
+        #[arg(long, env = "CHATROOM_LEASE_TTL_SECS", default_value_t = 30)]
+        lease_ttl_secs: u64,
+        #[command(flatten)]
+        zk: ZkArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// Runs a user service instance (accounts, friends, groups) over MySQL.
+    UserService {
+        /// Where proxies call it (port 0 picks one; it is registered in ZooKeeper).
+        #[arg(long, env = "CHATROOM_LISTEN", default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        zk: ZkArgs,
+        #[command(flatten)]
+        mysql: MySqlArgs,
+    },
+    /// Runs a chat service instance (messages, history, sync) over MySQL and Redis.
+    ChatService {
+        /// Where proxies call it (port 0 picks one; it is registered in ZooKeeper).
+        #[arg(long, env = "CHATROOM_LISTEN", default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        zk: ZkArgs,
+        #[command(flatten)]
+        mysql: MySqlArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+}
+
+/// Where ZooKeeper is.
+#[derive(Debug, Args)]
+struct ZkArgs {
+    /// ZooKeeper connect string.
+    #[arg(long = "zk", env = "CHATROOM_ZK", default_value = "127.0.0.1:2181")]
+    connect: String,
+    /// The znode every service registers under.
+    #[arg(long = "zk-root", env = "CHATROOM_ZK_ROOT", default_value = "/chatroom")]
+    root: String,
+}
+
+/// Where MySQL is.
+#[derive(Debug, Args)]
+struct MySqlArgs {
+    /// MySQL/MariaDB URL; the database is created and migrated at start.
+    #[arg(
+        long = "mysql",
+        env = "CHATROOM_MYSQL_URL",
+        default_value = "mysql://chatroom:chatroom@127.0.0.1:3306/chatroom"
+    )]
+    url: String,
+}
+
+/// Where Redis is.
+#[derive(Debug, Args)]
+struct RedisArgs {
+    /// Redis URL for the presence table.
+    #[arg(long = "redis", env = "CHATROOM_REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    url: String,
+}
+
+impl ZkArgs {
+    fn connect(&self) -> anyhow::Result<ZooKeeper> {
+        let config = registry::Config { root: self.root.clone(), ..registry::Config::default() };
+        ZooKeeper::connect(&self.connect, config)
+            .with_context(|| format!("cannot reach ZooKeeper at {}", self.connect))
+    }
+}
+
+fn mysql(args: &MySqlArgs) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(Arc::new(store::MySql::open(&args.url).context("cannot open the MySQL store")?))
+}
+
+fn redis(args: &RedisArgs) -> anyhow::Result<Arc<dyn Presence>> {
+    Ok(Arc::new(presence::Redis::open(&args.url).context("cannot open the Redis presence table")?))
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Standalone { listen, data_dir, lease_ttl_secs } => {
+            let config = standalone::Config {
+                data_dir,
+                listen,
+                lease_ttl: Duration::from_secs(lease_ttl_secs.max(1)),
+                ..standalone::Config::default()
+            };
+            let system = Standalone::start(config).context("cannot start the standalone system")?;
+            println!("ChatRoom standalone is running; clients connect to {}", system.client_addr());
+            println!("data: {}", system.db_path().display());
+            system.wait();
+        }
+        Command::Proxy { listen, delivery_listen, instance_id, lease_ttl_secs, zk, redis: redis_args } => {
+            let registry = zk.connect()?;
+            let mut config = proxy::Config {
+                lease_ttl: Duration::from_secs(lease_ttl_secs.max(1)),
+                ..proxy::Config::default()
+            };
+            if let Some(id) = instance_id {
+                config.instance_id = id;
+            }
+            let the_proxy = proxy::Proxy::new(config, &registry, redis(&redis_args)?)?;
+            let running =
+                proxy::serve(the_proxy, &registry, listen, delivery_listen, server::Config::default())?;
+            println!(
+                "ChatRoom proxy {} is running; clients connect to {}",
+                running.proxy().instance_id(),
+                running.client_addr()
+            );
+            running.wait();
+        }
+        Command::UserService { listen, zk, mysql: mysql_args } => {
+            let registry = zk.connect()?;
+            let service = UserServiceServer(UserService::new(mysql(&mysql_args)?));
+            let served = serve(service, &registry, listen, server::Config::default())?;
+            println!("ChatRoom user service is running on {}", served.addr());
+            served.wait();
+        }
+        Command::ChatService { listen, zk, mysql: mysql_args, redis: redis_args } => {
+            let registry = zk.connect()?;
+            let service =
+                ChatService::new(mysql(&mysql_args)?, redis(&redis_args)?, Proxies::discover(&registry)?);
+            let served = serve(ChatServiceServer(service), &registry, listen, server::Config::default())?;
+            println!("ChatRoom chat service is running on {}", served.addr());
+            served.wait();
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! The whole chat system in one process: a proxy, a user service and a chat service,
+//! each on its own loopback rpc-core server, talking through real RPC, with the
+//! in-process registry ([`rpc_core::registry::Memory`]), in-process presence
+//! ([`crate::presence::Memory`]) and a SQLite store in a data directory (so users,
+//! friends, groups and messages survive restarts).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rpc_core::registry;
+use rpc_core::server;
+
+use crate::api::{ChatServiceServer, UserServiceServer};
+use crate::chat_service::ChatService;
+use crate::proxies::Proxies;
+use crate::served::{serve, Served};
+use crate::user_service::UserService;
+use crate::{auth, presence, proxy, store, Presence, Store};
+
+/// The file the store keeps in the data directory.
+pub const DB_FILE: &str = "chatroom.db";
+
+/// Settings of a standalone system.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the SQLite database lives; created if missing.
+    pub data_dir: PathBuf,
+    /// Where clients connect (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Presence lease TTL.
+    pub lease_ttl: Duration,
+    /// Cost of new password hashes.
+    pub hashing: auth::Config,
+    /// Settings of each of the three servers.
+    pub server: server::Config,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("chatroom-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            lease_ttl: Duration::from_secs(30),
+            hashing: auth::Config::default(),
+            server: server::Config::default(),
+        }
+    }
+}
+
+/// Starting the standalone system failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store could not be opened or migrated.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] store::Error),
+    /// A server could not start.
+    #[error("cannot start a server: {0}")]
+    Rpc(#[from] rpc_core::Error),
+}
+
+/// A running standalone system. Dropping it stops the proxy, then the services.
+pub struct Standalone {
+    /// The proxy; stopped first.
+    proxy: proxy::Running,
+    /// The chat service.
+    chat: Served,
+    /// The user service.
+    users: Served,
+    /// The in-process registry all three use.
+    registry: registry::Memory,
+    /// The database file.
+    db: PathBuf,
+}
+
+impl std::fmt::Debug for Standalone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Standalone")
+            .field("client_addr", &self.client_addr())
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Standalone {
+    /// Starts the three servers.
+    ///
+    /// # Errors
+    ///
+    /// When the data directory or store cannot be opened or a server cannot bind.
+    pub fn start(config: Config) -> Result<Self, Error> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| Error::DataDir { path: config.data_dir.clone(), source })?;
+        let db = config.data_dir.join(DB_FILE);
+        let store: Arc<dyn Store> = Arc::new(store::Sqlite::open(&db)?);
+        let presence: Arc<dyn Presence> = Arc::new(presence::Memory::new());
+        let registry = registry::Memory::new();
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+
+        let user_service = UserService::new(store.clone()).with_hashing(config.hashing.clone());
+        let users = serve(UserServiceServer(user_service), &registry, loopback, config.server.clone())?;
+        let chat_service = ChatService::new(store, presence.clone(), Proxies::discover(&registry)?);
+        let chat = serve(ChatServiceServer(chat_service), &registry, loopback, config.server.clone())?;
+        let proxy_config = proxy::Config { lease_ttl: config.lease_ttl, ..proxy::Config::default() };
+        let the_proxy = proxy::Proxy::new(proxy_config, &registry, presence)?;
+        let proxy = proxy::serve(the_proxy, &registry, config.listen, loopback, config.server)?;
+        tracing::info!(clients = %proxy.client_addr(), db = %db.display(), "standalone system started");
+        Ok(Standalone { proxy, chat, users, registry, db })
+    }
+
+    /// The address clients connect to.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.proxy.client_addr()
+    }
+
+    /// The proxy.
+    pub fn proxy(&self) -> &proxy::Proxy {
+        self.proxy.proxy()
+    }
+
+    /// The in-process registry.
+    pub fn registry(&self) -> &registry::Memory {
+        &self.registry
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> &std::path::Path {
+        &self.db
+    }
+
+    /// Blocks until the proxy's client server stops, then stops the rest.
+    pub fn wait(self) {
+        let Standalone { proxy, chat, users, registry, db: _ } = self;
+        proxy.wait();
+        drop((chat, users, registry));
+    }
+}
