@@ -8,9 +8,12 @@
 //! own, created for it and dropped after it; every Redis test uses keys under a prefix of
 //! its own.
 //!
+//! `chat_standalone` runs the chat scenarios end to end against the standalone system.
+//!
 //! [`Store`]: services::Store
 //! [`Presence`]: services::Presence
 
+mod chat_standalone;
 mod proto;
 mod support;
 

@@ -1,0 +1,307 @@
+//! End to end against [`Standalone`]: real loopback RPC between a proxy, a user service
+//! and a chat service, an embedded SQLite store, the in-process registry and presence.
+//! Clients are raw generated `Gateway` stubs; pushes are collected through `on_push`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prost::Message as _;
+use rpc_core::client::{self, Channel};
+use rpc_core::Code;
+use services::api::{self, GatewayClient};
+use services::auth;
+use services::proxy::{PUSH_METHOD, PUSH_SERVICE};
+use services::standalone::{self, Standalone};
+
+use crate::support::wait_until;
+
+const PASSWORD: &str = "correct horse battery";
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A standalone system in a temporary data directory.
+struct System {
+    system: Standalone,
+    /// Deleted when the test ends.
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn config(dir: &std::path::Path) -> standalone::Config {
+    standalone::Config {
+        data_dir: dir.join("data"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        lease_ttl: Duration::from_secs(5),
+        // Full-cost argon2 is slow in debug builds and proves nothing more here.
+        hashing: auth::Config { memory_kib: 256, iterations: 1, parallelism: 1 },
+        ..standalone::Config::default()
+    }
+}
+
+fn start() -> System {
+    let dir = tempfile::tempdir().unwrap();
+    let system = Standalone::start(config(dir.path())).expect("standalone starts");
+    System { system, _dir: Some(dir) }
+}
+
+/// A system over the data directory under `dir`, which the caller keeps.
+fn start_in(dir: &std::path::Path) -> System {
+    System { system: Standalone::start(config(dir)).expect("standalone starts"), _dir: None }
+}
+
+/// A client connection with the pushes it received.
+struct Client {
+    gateway: GatewayClient,
+    pushes: Arc<Mutex<Vec<api::push::Event>>>,
+}
+
+impl System {
+    fn connect(&self) -> Client {
+        let pushes: Arc<Mutex<Vec<api::push::Event>>> = Arc::default();
+        let sink = pushes.clone();
+        let on_push = move |service: &str, method: &str, body: bytes::Bytes| {
+            assert_eq!((service, method), (PUSH_SERVICE, PUSH_METHOD));
+            let push = api::Push::decode(body).expect("a push decodes");
+            sink.lock().unwrap().push(push.event.expect("a push carries an event"));
+        };
+        let config = client::Config { on_push: Some(Arc::new(on_push)), ..client::Config::default() };
+        let channel = Channel::connect(self.system.client_addr(), config).expect("connects to the proxy");
+        Client { gateway: GatewayClient::new(channel).with_timeout(PATIENCE), pushes }
+    }
+
+    /// A registered and logged-in user.
+    fn user(&self, name: &str) -> (Client, api::User) {
+        let client = self.connect();
+        client.register(name);
+        let user = client.login(name).user.unwrap();
+        (client, user)
+    }
+}
+
+impl Client {
+    fn register(&self, name: &str) -> api::User {
+        let request = api::RegisterRequest { name: name.into(), password: PASSWORD.into() };
+        self.gateway.register(&request).expect("registers").user.unwrap()
+    }
+
+    fn login(&self, name: &str) -> api::LoginResponse {
+        let request = api::LoginRequest { name: name.into(), password: PASSWORD.into() };
+        self.gateway.login(&request).expect("logs in")
+    }
+
+    fn send(
+        &self,
+        to: api::Conversation,
+        id: &str,
+        body: &str,
+    ) -> Result<api::SendMessageResponse, rpc_core::Error> {
+        let request =
+            api::SendMessageRequest { conversation: Some(to), client_msg_id: id.into(), body: body.into() };
+        self.gateway.send_message(&request)
+    }
+
+    fn pushed_messages(&self) -> Vec<api::Message> {
+        let pushes = self.pushes.lock().unwrap();
+        pushes
+            .iter()
+            .filter_map(|e| match e {
+                api::push::Event::Message(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn wait_messages(&self, n: usize) -> Vec<api::Message> {
+        wait_until(PATIENCE, &format!("{n} messages are pushed"), || self.pushed_messages().len() >= n);
+        self.pushed_messages()
+    }
+
+    fn wait_push(&self, what: &str, mut matches: impl FnMut(&api::push::Event) -> bool) {
+        wait_until(PATIENCE, what, || self.pushes.lock().unwrap().iter().any(&mut matches));
+    }
+}
+
+fn direct(a: &api::User, b: &api::User) -> api::Conversation {
+    let pair = api::DirectPair { low_user_id: a.id.min(b.id), high_user_id: a.id.max(b.id) };
+    api::Conversation { kind: Some(api::conversation::Kind::Direct(pair)) }
+}
+
+fn group(id: u64) -> api::Conversation {
+    api::Conversation { kind: Some(api::conversation::Kind::GroupId(id)) }
+}
+
+fn code<T: std::fmt::Debug>(result: Result<T, rpc_core::Error>) -> Code {
+    result.expect_err("the call fails").code()
+}
+
+#[test]
+fn accounts_and_sessions_answer_with_clear_errors() {
+    let system = start();
+    let client = system.connect();
+    assert_eq!(
+        code(client.gateway.list_friends(&api::ListFriendsRequest {})),
+        Code::Unauthenticated,
+        "calls before login are refused"
+    );
+    let alice = client.register("alice");
+    assert_eq!(alice.name, "alice");
+    let taken = api::RegisterRequest { name: "ALICE".into(), password: PASSWORD.into() };
+    assert_eq!(code(client.gateway.register(&taken)), Code::AlreadyExists);
+    let bad_name = api::RegisterRequest { name: "a".into(), password: PASSWORD.into() };
+    assert_eq!(code(client.gateway.register(&bad_name)), Code::InvalidArgument);
+    let short_password = api::RegisterRequest { name: "bob".into(), password: "short".into() };
+    assert_eq!(code(client.gateway.register(&short_password)), Code::InvalidArgument);
+    let wrong = api::LoginRequest { name: "alice".into(), password: "not the password".into() };
+    assert_eq!(code(client.gateway.login(&wrong)), Code::Unauthenticated);
+
+    let login = client.login("Alice");
+    assert_eq!(login.user.unwrap().id, alice.id);
+    assert!(!login.replaced_session);
+    assert!(client.gateway.list_friends(&api::ListFriendsRequest {}).unwrap().friends.is_empty());
+    client.gateway.logout(&api::LogoutRequest {}).unwrap();
+    assert_eq!(code(client.gateway.list_groups(&api::ListGroupsRequest {})), Code::Unauthenticated);
+}
+
+#[test]
+fn two_users_chat_with_pushes_carrying_the_sequence() {
+    let system = start();
+    let (alice_client, alice) = system.user("alice");
+    let (bob_client, bob) = system.user("bob");
+    let to_bob = direct(&alice, &bob);
+
+    let sent = alice_client.send(to_bob, "a-1", "hi bob").unwrap().message.unwrap();
+    assert_eq!(sent.seq, 1);
+    assert_eq!(sent.sender_id, alice.id);
+    let got = bob_client.wait_messages(1);
+    assert_eq!((got[0].seq, got[0].sender_id, got[0].body.as_str()), (1, alice.id, "hi bob"));
+
+    let reply = bob_client.send(to_bob, "b-1", "hi alice").unwrap().message.unwrap();
+    assert_eq!(reply.seq, 2);
+    let got = alice_client.wait_messages(1);
+    assert_eq!((got[0].seq, got[0].sender_id, got[0].body.as_str()), (2, bob.id, "hi alice"));
+    assert!(alice_client.pushed_messages().iter().all(|m| m.sender_id != alice.id), "no echo to the sender");
+}
+
+#[test]
+fn an_offline_user_gets_everything_at_login_in_order() {
+    let system = start();
+    let (alice_client, alice) = system.user("alice");
+    let bob_client = system.connect();
+    let bob = bob_client.register("bob");
+    for i in 1..=3 {
+        alice_client.send(direct(&alice, &bob), &format!("m-{i}"), &format!("message {i}")).unwrap();
+    }
+
+    let login = bob_client.login("bob");
+    let state = login.conversations.iter().find(|c| c.conversation == Some(direct(&alice, &bob))).unwrap();
+    assert_eq!((state.last_seq, state.unread), (3, 3));
+    let synced = bob_client.gateway.sync(&api::SyncRequest::default()).unwrap();
+    let seen: Vec<(u64, &str)> = synced.messages.iter().map(|m| (m.seq, m.body.as_str())).collect();
+    assert_eq!(seen, [(1, "message 1"), (2, "message 2"), (3, "message 3")]);
+    assert!(!synced.has_more);
+
+    let ack = api::AckRequest { conversation: Some(direct(&alice, &bob)), seq: 3 };
+    assert_eq!(bob_client.gateway.ack(&ack).unwrap().read_seq, 3);
+    assert!(bob_client.gateway.sync(&api::SyncRequest::default()).unwrap().messages.is_empty());
+}
+
+#[test]
+fn only_members_send_to_a_group_and_members_get_it_pushed() {
+    let system = start();
+    let (alice_client, _alice) = system.user("alice");
+    let (bob_client, _bob) = system.user("bob");
+    let (carol_client, _carol) = system.user("carol");
+    let created =
+        alice_client.gateway.create_group(&api::CreateGroupRequest { name: "team".into() }).unwrap();
+    let id = created.group.unwrap().id;
+    bob_client.gateway.join_group(&api::JoinGroupRequest { group_id: id }).unwrap();
+
+    assert_eq!(code(carol_client.send(group(id), "c-1", "let me in")), Code::PermissionDenied);
+    let history = api::HistoryRequest { conversation: Some(group(id)), ..Default::default() };
+    assert_eq!(code(carol_client.gateway.history(&history)), Code::PermissionDenied);
+
+    let sent = alice_client.send(group(id), "a-1", "hello team").unwrap().message.unwrap();
+    assert_eq!(sent.seq, 1);
+    let got = bob_client.wait_messages(1);
+    assert_eq!((got[0].seq, got[0].body.as_str()), (1, "hello team"));
+    assert!(carol_client.pushed_messages().is_empty());
+    let members =
+        bob_client.gateway.group_members(&api::GroupMembersRequest { group_id: id }).unwrap().members;
+    assert_eq!(members.len(), 2);
+    assert!(members.iter().all(|m| m.online));
+}
+
+#[test]
+fn a_resend_with_the_same_client_message_id_stores_nothing_new() {
+    let system = start();
+    let (alice_client, alice) = system.user("alice");
+    let (bob_client, bob) = system.user("bob");
+    let first = alice_client.send(direct(&alice, &bob), "same", "once").unwrap();
+    let again = alice_client.send(direct(&alice, &bob), "same", "once").unwrap();
+    assert!(!first.duplicate);
+    assert!(again.duplicate);
+    assert_eq!(first.message.unwrap().seq, again.message.unwrap().seq);
+
+    let history = api::HistoryRequest { conversation: Some(direct(&alice, &bob)), ..Default::default() };
+    assert_eq!(bob_client.gateway.history(&history).unwrap().messages.len(), 1);
+    bob_client.wait_messages(1);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(bob_client.pushed_messages().len(), 1, "the retry is not pushed again");
+}
+
+#[test]
+fn a_second_login_kicks_the_first_session() {
+    let system = start();
+    let (first, bob) = system.user("bob");
+    let second = system.connect();
+    let login = second.login("bob");
+    assert!(login.replaced_session);
+    first.wait_push("the first session is kicked", |e| matches!(e, api::push::Event::Kicked(_)));
+    assert!(first.gateway.list_friends(&api::ListFriendsRequest {}).is_err());
+
+    let (alice_client, alice) = system.user("alice");
+    alice_client.send(direct(&alice, &bob), "a-1", "which bob?").unwrap();
+    assert_eq!(second.wait_messages(1)[0].body, "which bob?");
+}
+
+#[test]
+fn friends_see_each_other_come_online() {
+    let system = start();
+    let (alice_client, _alice) = system.user("alice");
+    let bob_client = system.connect();
+    let bob = bob_client.register("bob");
+    let added = alice_client.gateway.add_friend(&api::AddFriendRequest {
+        friend: Some(api::add_friend_request::Friend::Name("bob".into())),
+    });
+    let friend = added.unwrap().friend.unwrap();
+    assert_eq!(friend.user.unwrap().id, bob.id);
+    assert!(!friend.online);
+
+    let login = bob_client.login("bob");
+    assert_eq!(login.friends.len(), 1);
+    assert!(login.friends[0].online, "alice is online");
+    alice_client.wait_push(
+        "alice hears bob came online",
+        |e| matches!(e, api::push::Event::Presence(p) if p.user_id == bob.id && p.online),
+    );
+    drop(bob_client);
+    alice_client.wait_push(
+        "alice hears bob went offline",
+        |e| matches!(e, api::push::Event::Presence(p) if p.user_id == bob.id && !p.online),
+    );
+}
+
+#[test]
+fn a_restart_keeps_users_and_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let system = start_in(dir.path());
+        let (alice_client, alice) = system.user("alice");
+        let bob = system.connect().register("bob");
+        alice_client.send(direct(&alice, &bob), "a-1", "still there?").unwrap();
+    }
+    let system = start_in(dir.path());
+    let bob_client = system.connect();
+    bob_client.login("bob");
+    let synced = bob_client.gateway.sync(&api::SyncRequest::default()).unwrap();
+    assert_eq!(synced.messages.len(), 1);
+    assert_eq!(synced.messages[0].body, "still there?");
+}
