@@ -20,7 +20,7 @@
 pub mod session;
 
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -82,6 +82,10 @@ struct Inner {
     config: Config,
     /// Connection <-> user.
     sessions: Sessions,
+    /// Held while a session and its lease change together (login, logout, renewal), so
+    /// that a closing connection cannot release the lease a new login on this proxy
+    /// has just claimed, and renewal never sees a session whose lease is not claimed yet.
+    leases: Mutex<()>,
     /// The user service instances.
     users: UserServiceClient<Balanced>,
     /// The chat service instances.
@@ -118,7 +122,15 @@ impl Proxy {
         let chat = ChatServiceClient::new(balanced(chat_service_rpc::SERVICE_NAME)?)
             .with_timeout(config.call_timeout);
         let proxies = Proxies::discover(registry)?;
-        let inner = Inner { config, sessions: Sessions::default(), users, chat, presence, proxies };
+        let inner = Inner {
+            config,
+            sessions: Sessions::default(),
+            leases: Mutex::new(()),
+            users,
+            chat,
+            presence,
+            proxies,
+        };
         Ok(Proxy { inner: Arc::new(inner) })
     }
 
@@ -141,6 +153,7 @@ impl Proxy {
     /// proxy no longer holds.
     pub fn renew_leases(&self) {
         let inner = &self.inner;
+        let _leases = self.lease_lock();
         let users = inner.sessions.users();
         if users.is_empty() {
             return;
@@ -180,6 +193,10 @@ impl Proxy {
         Ok(Renewal { stop: Some(stop), thread: Some(thread) })
     }
 
+    fn lease_lock(&self) -> MutexGuard<'_, ()> {
+        self.inner.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The session's user, or Unauthenticated.
     fn session(&self, ctx: &Context) -> Result<UserId, Status> {
         self.inner
@@ -192,6 +209,7 @@ impl Proxy {
     /// friends.
     fn end_session(&self, connection: ConnectionId) {
         let inner = &self.inner;
+        let _leases = self.lease_lock();
         let Some(user) = inner.sessions.unbind_connection(connection) else { return };
         match inner.presence.release(user, &inner.config.instance_id) {
             Ok(true) => self.announce(user, false),
@@ -306,6 +324,7 @@ impl gateway_rpc::Gateway for Proxy {
         let user =
             user.ok_or_else(|| Status::internal("the user service answered a login without a user"))?;
         let id = UserId(user.id);
+        let leases = self.lease_lock();
         let previous = inner
             .presence
             .claim(id, &inner.config.instance_id, inner.config.lease_ttl)
@@ -315,6 +334,7 @@ impl gateway_rpc::Gateway for Proxy {
             kick(&old, REPLACED);
             replaced = true;
         }
+        drop(leases);
         if let Some(other) = previous.filter(|p| *p != inner.config.instance_id) {
             replaced = true;
             match inner.proxies.client(&other) {

@@ -48,46 +48,58 @@ fn start_in(dir: &std::path::Path) -> System {
 }
 
 /// A client connection with the pushes it received.
-struct Client {
-    gateway: GatewayClient,
-    pushes: Arc<Mutex<Vec<api::push::Event>>>,
+pub struct Client {
+    /// The raw stub.
+    pub gateway: GatewayClient,
+    /// Every push received, in order.
+    pub pushes: Arc<Mutex<Vec<api::push::Event>>>,
+}
+
+/// A client connected to the proxy at `addr`, collecting its pushes.
+pub fn connect(addr: std::net::SocketAddr) -> Client {
+    let pushes: Arc<Mutex<Vec<api::push::Event>>> = Arc::default();
+    let sink = pushes.clone();
+    let on_push = move |service: &str, method: &str, body: bytes::Bytes| {
+        assert_eq!((service, method), (PUSH_SERVICE, PUSH_METHOD));
+        let push = api::Push::decode(body).expect("a push decodes");
+        sink.lock().unwrap().push(push.event.expect("a push carries an event"));
+    };
+    let config = client::Config { on_push: Some(Arc::new(on_push)), ..client::Config::default() };
+    let channel = Channel::connect(addr, config).expect("connects to the proxy");
+    Client { gateway: GatewayClient::new(channel).with_timeout(PATIENCE), pushes }
 }
 
 impl System {
     fn connect(&self) -> Client {
-        let pushes: Arc<Mutex<Vec<api::push::Event>>> = Arc::default();
-        let sink = pushes.clone();
-        let on_push = move |service: &str, method: &str, body: bytes::Bytes| {
-            assert_eq!((service, method), (PUSH_SERVICE, PUSH_METHOD));
-            let push = api::Push::decode(body).expect("a push decodes");
-            sink.lock().unwrap().push(push.event.expect("a push carries an event"));
-        };
-        let config = client::Config { on_push: Some(Arc::new(on_push)), ..client::Config::default() };
-        let channel = Channel::connect(self.system.client_addr(), config).expect("connects to the proxy");
-        Client { gateway: GatewayClient::new(channel).with_timeout(PATIENCE), pushes }
+        connect(self.system.client_addr())
     }
 
     /// A registered and logged-in user.
     fn user(&self, name: &str) -> (Client, api::User) {
-        let client = self.connect();
-        client.register(name);
-        let user = client.login(name).user.unwrap();
-        (client, user)
+        user_at(self.system.client_addr(), name)
     }
 }
 
+/// A user registered and logged in through the proxy at `addr`.
+pub fn user_at(addr: std::net::SocketAddr, name: &str) -> (Client, api::User) {
+    let client = connect(addr);
+    client.register(name);
+    let user = client.login(name).user.unwrap();
+    (client, user)
+}
+
 impl Client {
-    fn register(&self, name: &str) -> api::User {
+    pub fn register(&self, name: &str) -> api::User {
         let request = api::RegisterRequest { name: name.into(), password: PASSWORD.into() };
         self.gateway.register(&request).expect("registers").user.unwrap()
     }
 
-    fn login(&self, name: &str) -> api::LoginResponse {
+    pub fn login(&self, name: &str) -> api::LoginResponse {
         let request = api::LoginRequest { name: name.into(), password: PASSWORD.into() };
         self.gateway.login(&request).expect("logs in")
     }
 
-    fn send(
+    pub fn send(
         &self,
         to: api::Conversation,
         id: &str,
@@ -98,7 +110,7 @@ impl Client {
         self.gateway.send_message(&request)
     }
 
-    fn pushed_messages(&self) -> Vec<api::Message> {
+    pub fn pushed_messages(&self) -> Vec<api::Message> {
         let pushes = self.pushes.lock().unwrap();
         pushes
             .iter()
@@ -109,26 +121,26 @@ impl Client {
             .collect()
     }
 
-    fn wait_messages(&self, n: usize) -> Vec<api::Message> {
+    pub fn wait_messages(&self, n: usize) -> Vec<api::Message> {
         wait_until(PATIENCE, &format!("{n} messages are pushed"), || self.pushed_messages().len() >= n);
         self.pushed_messages()
     }
 
-    fn wait_push(&self, what: &str, mut matches: impl FnMut(&api::push::Event) -> bool) {
+    pub fn wait_push(&self, what: &str, mut matches: impl FnMut(&api::push::Event) -> bool) {
         wait_until(PATIENCE, what, || self.pushes.lock().unwrap().iter().any(&mut matches));
     }
 }
 
-fn direct(a: &api::User, b: &api::User) -> api::Conversation {
+pub fn direct(a: &api::User, b: &api::User) -> api::Conversation {
     let pair = api::DirectPair { low_user_id: a.id.min(b.id), high_user_id: a.id.max(b.id) };
     api::Conversation { kind: Some(api::conversation::Kind::Direct(pair)) }
 }
 
-fn group(id: u64) -> api::Conversation {
+pub fn group(id: u64) -> api::Conversation {
     api::Conversation { kind: Some(api::conversation::Kind::GroupId(id)) }
 }
 
-fn code<T: std::fmt::Debug>(result: Result<T, rpc_core::Error>) -> Code {
+pub fn code<T: std::fmt::Debug>(result: Result<T, rpc_core::Error>) -> Code {
     result.expect_err("the call fails").code()
 }
 

@@ -8,12 +8,14 @@
 //! own, created for it and dropped after it; every Redis test uses keys under a prefix of
 //! its own.
 //!
-//! `chat_standalone` runs the chat scenarios end to end against the standalone system.
+//! `chat_standalone` runs the chat scenarios end to end against the standalone system;
+//! `chat_two_proxies` runs the cross-proxy ones against two in-process proxies.
 //!
 //! [`Store`]: services::Store
 //! [`Presence`]: services::Presence
 
 mod chat_standalone;
+mod chat_two_proxies;
 mod proto;
 mod support;
 

@@ -1,0 +1,102 @@
+//! End to end with two proxies and two instances of each service in one process (the
+//! in-process registry and presence, one SQLite store): users on different proxies chat
+//! one-to-one and in a group, with one delivery call per proxy, and a login on one proxy
+//! kicks the session the user had on the other.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rpc_core::registry;
+use rpc_core::server;
+use services::api::{self, ChatServiceServer, UserServiceServer};
+use services::chat_service::ChatService;
+use services::proxies::Proxies;
+use services::user_service::UserService;
+use services::{auth, presence, proxy, serve, store, Presence, Served, Store};
+
+use crate::chat_standalone::{connect, direct, group, user_at};
+
+/// The whole cluster, in-process. Fields drop in order: proxies first.
+struct Cluster {
+    proxies: Vec<proxy::Running>,
+    _services: Vec<Served>,
+    _registry: registry::Memory,
+    _dir: tempfile::TempDir,
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn start() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(store::Sqlite::open(dir.path().join("chat.db")).unwrap());
+    let presence: Arc<dyn Presence> = Arc::new(presence::Memory::new());
+    let registry = registry::Memory::new();
+    let cheap = auth::Config { memory_kib: 256, iterations: 1, parallelism: 1 };
+    let mut services = Vec::new();
+    for _ in 0..2 {
+        let users = UserServiceServer(UserService::new(store.clone()).with_hashing(cheap.clone()));
+        services.push(serve(users, &registry, loopback(), server::Config::default()).unwrap());
+        let chat = ChatService::new(store.clone(), presence.clone(), Proxies::discover(&registry).unwrap());
+        services
+            .push(serve(ChatServiceServer(chat), &registry, loopback(), server::Config::default()).unwrap());
+    }
+    let proxies = ["proxy-a", "proxy-b"]
+        .into_iter()
+        .map(|id| {
+            let config = proxy::Config {
+                instance_id: id.into(),
+                lease_ttl: Duration::from_secs(5),
+                ..proxy::Config::default()
+            };
+            let p = proxy::Proxy::new(config, &registry, presence.clone()).unwrap();
+            proxy::serve(p, &registry, loopback(), loopback(), server::Config::default()).unwrap()
+        })
+        .collect();
+    Cluster { proxies, _services: services, _registry: registry, _dir: dir }
+}
+
+impl Cluster {
+    fn addr(&self, proxy: usize) -> SocketAddr {
+        self.proxies[proxy].client_addr()
+    }
+}
+
+#[test]
+fn users_on_different_proxies_chat_one_to_one_and_in_a_group() {
+    let cluster = start();
+    let (alice_client, alice) = user_at(cluster.addr(0), "alice");
+    let (bob_client, bob) = user_at(cluster.addr(1), "bob");
+    let (carol_client, _carol) = user_at(cluster.addr(1), "carol");
+
+    alice_client.send(direct(&alice, &bob), "a-1", "hello from A").unwrap();
+    assert_eq!(bob_client.wait_messages(1)[0].body, "hello from A");
+    bob_client.send(direct(&alice, &bob), "b-1", "hello from B").unwrap();
+    let got = alice_client.wait_messages(1);
+    assert_eq!((got[0].seq, got[0].body.as_str()), (2, "hello from B"));
+
+    let id = alice_client.gateway.create_group(&api::CreateGroupRequest { name: "ab".into() }).unwrap();
+    let id = id.group.unwrap().id;
+    for member in [&bob_client, &carol_client] {
+        member.gateway.join_group(&api::JoinGroupRequest { group_id: id }).unwrap();
+    }
+    alice_client.send(group(id), "a-2", "to everyone").unwrap();
+    assert_eq!(bob_client.wait_messages(2)[1].body, "to everyone");
+    assert_eq!(carol_client.wait_messages(1)[0].body, "to everyone");
+}
+
+#[test]
+fn a_login_on_one_proxy_kicks_the_session_on_the_other() {
+    let cluster = start();
+    let (first, bob) = user_at(cluster.addr(0), "bob");
+    let second = connect(cluster.addr(1));
+    assert!(second.login("bob").replaced_session);
+    first.wait_push("the session on proxy A is kicked", |e| matches!(e, api::push::Event::Kicked(_)));
+    assert!(cluster.proxies[0].proxy().sessions().is_empty());
+
+    let (alice_client, alice) = user_at(cluster.addr(0), "alice");
+    alice_client.send(direct(&alice, &bob), "a-1", "where are you?").unwrap();
+    assert_eq!(second.wait_messages(1)[0].body, "where are you?");
+}
