@@ -94,10 +94,10 @@ enum Command {
 struct ZkArgs {
     /// ZooKeeper connect string.
     #[arg(long = "zk", env = "CHATROOM_ZK", default_value = "127.0.0.1:2181")]
-    connect: String,
+    zk_connect: String,
     /// The znode every service registers under.
     #[arg(long = "zk-root", env = "CHATROOM_ZK_ROOT", default_value = "/chatroom")]
-    root: String,
+    zk_root: String,
 }
 
 /// Where MySQL is.
@@ -109,7 +109,7 @@ struct MySqlArgs {
         env = "CHATROOM_MYSQL_URL",
         default_value = "mysql://chatroom:chatroom@127.0.0.1:3306/chatroom"
     )]
-    url: String,
+    mysql_url: String,
 }
 
 /// Where Redis is.
@@ -117,23 +117,23 @@ struct MySqlArgs {
 struct RedisArgs {
     /// Redis URL for the presence table.
     #[arg(long = "redis", env = "CHATROOM_REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
-    url: String,
+    redis_url: String,
 }
 
 impl ZkArgs {
     fn connect(&self) -> anyhow::Result<ZooKeeper> {
-        let config = registry::Config { root: self.root.clone(), ..registry::Config::default() };
-        ZooKeeper::connect(&self.connect, config)
-            .with_context(|| format!("cannot reach ZooKeeper at {}", self.connect))
+        let config = registry::Config { root: self.zk_root.clone(), ..registry::Config::default() };
+        ZooKeeper::connect(&self.zk_connect, config)
+            .with_context(|| format!("cannot reach ZooKeeper at {}", self.zk_connect))
     }
 }
 
 fn mysql(args: &MySqlArgs) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(Arc::new(store::MySql::open(&args.url).context("cannot open the MySQL store")?))
+    Ok(Arc::new(store::MySql::open(&args.mysql_url).context("cannot open the MySQL store")?))
 }
 
 fn redis(args: &RedisArgs) -> anyhow::Result<Arc<dyn Presence>> {
-    Ok(Arc::new(presence::Redis::open(&args.url).context("cannot open the Redis presence table")?))
+    Ok(Arc::new(presence::Redis::open(&args.redis_url).context("cannot open the Redis presence table")?))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -193,4 +193,16 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Clap checks the definitions (unique argument ids, valid defaults) only when a
+    /// command is built; this builds every subcommand.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }
