@@ -118,6 +118,9 @@ struct RedisArgs {
     /// Redis URL for the presence table.
     #[arg(long = "redis", env = "CHATROOM_REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     redis_url: String,
+    /// Put before every presence key, so that several systems can share one Redis.
+    #[arg(long = "redis-prefix", env = "CHATROOM_REDIS_PREFIX", default_value = "chatroom:presence:")]
+    redis_prefix: String,
 }
 
 impl ZkArgs {
@@ -133,7 +136,12 @@ fn mysql(args: &MySqlArgs) -> anyhow::Result<Arc<dyn Store>> {
 }
 
 fn redis(args: &RedisArgs) -> anyhow::Result<Arc<dyn Presence>> {
-    Ok(Arc::new(presence::Redis::open(&args.redis_url).context("cannot open the Redis presence table")?))
+    let config = presence::redis::Config {
+        url: args.redis_url.clone(),
+        key_prefix: args.redis_prefix.clone(),
+        ..presence::redis::Config::default()
+    };
+    Ok(Arc::new(presence::Redis::with_config(&config).context("cannot open the Redis presence table")?))
 }
 
 fn main() -> anyhow::Result<()> {

@@ -9,11 +9,14 @@
 //! its own.
 //!
 //! `chat_standalone` runs the chat scenarios end to end against the standalone system;
-//! `chat_two_proxies` runs the cross-proxy ones against two in-process proxies.
+//! `chat_two_proxies` runs the cross-proxy ones against two in-process proxies;
+//! `chat_cluster` runs the `chatroom` binary's processes against MariaDB, Redis and
+//! ZooKeeper (`CHATROOM_ZK`, default `127.0.0.1:2181`).
 //!
 //! [`Store`]: services::Store
 //! [`Presence`]: services::Presence
 
+mod chat_cluster;
 mod chat_standalone;
 mod chat_two_proxies;
 mod proto;
