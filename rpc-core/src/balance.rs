@@ -402,9 +402,10 @@ impl Shared {
                 )),
             })
             .collect();
+        let mut to_close = Vec::new();
         for (_, endpoint) in old {
             if endpoint.in_flight.load(Ordering::Acquire) == 0 {
-                endpoint.channel().close();
+                to_close.push(endpoint.channel());
             } else {
                 retired.push(endpoint);
             }
@@ -416,6 +417,11 @@ impl Shared {
         *current = Arc::new(Table { version, endpoints, ring });
         let table = current.clone();
         drop(current);
+        // Closing takes each channel's slot lock, which a connect in progress
+        // holds: never while the table is locked.
+        for channel in to_close {
+            channel.close();
+        }
         if has_retired {
             self.wake_prober();
         }

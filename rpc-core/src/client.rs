@@ -55,7 +55,8 @@ pub struct Config {
     pub default_timeout: Option<Duration>,
     /// Connections to open to the server; calls are spread over them in turn.
     pub connections: usize,
-    /// Largest response accepted, in bytes after the length prefix.
+    /// Largest frame sent or accepted, in bytes after the length prefix. A
+    /// larger request fails with `Error::FrameTooLarge` before it is sent.
     pub max_frame_size: usize,
     /// How often to ping the server; a connection that hears nothing for three
     /// intervals is declared dead. `Duration::ZERO` turns pings off.
@@ -265,8 +266,7 @@ impl Channel {
     ///
     /// [`Error::Connect`] or [`Error::ConnectionLost`] if it could not be written.
     pub fn push(&self, service: &str, method: &str, body: &[u8]) -> Result<(), Error> {
-        frame::check_name(service)?;
-        frame::check_name(method)?;
+        self.check(service, method, body.len())?;
         let deadline = self.deadline(None);
         let conn = self.pick(deadline)?;
         with_encode_buf(|buf| {
@@ -284,6 +284,28 @@ impl Channel {
                 conn.kill("closed by the client");
             }
         }
+    }
+
+    /// Checks names and that the request fits in a frame.
+    fn check(&self, service: &str, method: &str, body_len: usize) -> Result<(), Error> {
+        frame::check_name(service)?;
+        frame::check_name(method)?;
+        let size = frame::HEADER_LEN + service.len() + method.len() + body_len;
+        let max = self.inner.config.max_frame_size.min(u32::MAX as usize);
+        if size > max {
+            return Err(Error::FrameTooLarge { size, max });
+        }
+        Ok(())
+    }
+
+    /// An open connection if one can be had without waiting.
+    fn try_open_conn(&self) -> Option<Arc<Conn>> {
+        let n = self.inner.slots.len();
+        let start = self.inner.next_slot.fetch_add(1, Ordering::Relaxed);
+        (0..n).find_map(|k| {
+            let st = self.inner.slots[(start + k) % n].state.try_lock().ok()?;
+            st.conn.as_ref().filter(|c| c.is_usable()).cloned()
+        })
     }
 
     fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
@@ -358,8 +380,7 @@ impl Channel {
         body_len: usize,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<Bytes, Error> {
-        frame::check_name(service)?;
-        frame::check_name(method)?;
+        self.check(service, method, body_len)?;
         let start = Instant::now();
         let deadline = self.deadline(timeout);
         let conn = self.pick(deadline)?;
@@ -373,7 +394,11 @@ impl Channel {
                 conn.write(buf)
             });
             if let Err(e) = sent {
-                conn.unregister(id);
+                if !conn.unregister(id) {
+                    // The reader failed the call first; take its completion
+                    // so it cannot land in this thread's next call.
+                    let _ = waiter.wait(None);
+                }
                 return Err(e);
             }
             match waiter.wait(deadline) {
@@ -404,13 +429,35 @@ impl Channel {
         encode: impl FnOnce(&mut BytesMut),
         callback: Callback,
     ) {
-        if let Err(e) = frame::check_name(service).and_then(|()| frame::check_name(method)) {
+        if let Err(e) = self.check(service, method, body_len) {
             return callback(Err(e));
         }
         let deadline = self.deadline(timeout);
-        let conn = match self.pick(deadline) {
-            Ok(c) => c,
-            Err(e) => return callback(Err(e)),
+        let conn = if Conn::on_reader_thread() {
+            // A callback starting a call must not connect or sleep in backoff on
+            // a reader thread; without an open connection the call moves to a
+            // thread of its own.
+            match self.try_open_conn() {
+                Some(c) => c,
+                None => {
+                    let mut body = BytesMut::with_capacity(body_len);
+                    encode(&mut body);
+                    let this = self.clone();
+                    let (service, method) = (service.to_owned(), method.to_owned());
+                    let spawned = std::thread::Builder::new().name("rpc-call".to_owned()).spawn(move || {
+                        this.call_raw_with(&service, &method, &body, timeout, callback);
+                    });
+                    if let Err(e) = spawned {
+                        tracing::error!(error = %e, "cannot start a thread for a call");
+                    }
+                    return;
+                }
+            }
+        } else {
+            match self.pick(deadline) {
+                Ok(c) => c,
+                Err(e) => return callback(Err(e)),
+            }
         };
         let id = self.inner.next_call.fetch_add(1, Ordering::Relaxed);
         conn.register(

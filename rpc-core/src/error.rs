@@ -33,6 +33,15 @@ pub enum Error {
         /// What happened, e.g. "reset by peer" or "server is shutting down".
         reason: String,
     },
+    /// The server is known not to have run the call (it shut down before
+    /// reading it), so it is safe to send it elsewhere.
+    #[error("{addr} did not run the call: {reason}")]
+    NotRun {
+        /// The server.
+        addr: SocketAddr,
+        /// Why it did not.
+        reason: String,
+    },
     /// The call's deadline passed before its response arrived.
     #[error("call {service}/{method} timed out after {elapsed_ms} ms")]
     Timeout {
@@ -92,6 +101,7 @@ impl Error {
             Error::Connect { .. }
             | Error::ConnectionLost { .. }
             | Error::Closed(_)
+            | Error::NotRun { .. }
             | Error::NoInstances { .. }
             | Error::Registry(_) => Code::Unavailable,
             Error::FrameTooLarge { .. } | Error::Backpressure(_) => Code::ResourceExhausted,
@@ -100,11 +110,11 @@ impl Error {
         }
     }
 
-    /// Whether the call certainly never reached a server, so sending it again
-    /// elsewhere cannot run it twice.
+    /// Whether the call certainly never ran on a server, so sending it again
+    /// elsewhere cannot run it twice. A status from the server, even
+    /// `Unavailable`, never qualifies: the handler may have done part of its work.
     pub fn is_retryable_elsewhere(&self) -> bool {
-        matches!(self, Error::Connect { .. } | Error::NoInstances { .. })
-            || matches!(self, Error::Status(s) if s.code == Code::Unavailable)
+        matches!(self, Error::Connect { .. } | Error::NoInstances { .. } | Error::NotRun { .. })
     }
 
     /// Converts the error into a status to answer a caller with.

@@ -162,7 +162,9 @@ pub fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, Fra
         return Err(FrameError::Invalid("length shorter than the header"));
     }
     if buf.len() < LENGTH_LEN + len {
-        buf.reserve(LENGTH_LEN + len - buf.len());
+        // Room for what is missing, but a peer that announces a large frame
+        // and stalls gets no more than 64 KiB reserved ahead of its bytes.
+        buf.reserve((LENGTH_LEN + len - buf.len()).min(64 * 1024));
         return Ok(None);
     }
     let h = &buf[LENGTH_LEN..];

@@ -207,13 +207,21 @@ fn calls_that_never_reached_a_server_are_retried_elsewhere() {
     assert_eq!(calls.load(Ordering::SeqCst), 20);
     assert_eq!(b.in_rotation().iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["live"]);
 
-    // So is an answer of Unavailable, which the server gives without running the call.
-    let (draining, drained) = serve("draining", true);
-    let _draining = register(&registry, "draining", draining.local_addr());
-    for _ in 0..10 {
-        assert_eq!(who(&b).unwrap(), "live");
-    }
-    assert!(drained.load(Ordering::SeqCst) > 0);
+}
+
+#[test]
+fn an_unavailable_answer_is_not_retried_since_the_handler_may_have_run() {
+    let (live, live_calls) = serve("live", false);
+    let (busy, busy_calls) = serve("busy", true);
+    let registry = Memory::new();
+    let _live = register(&registry, "live", live.local_addr());
+    let _busy = register(&registry, "busy", busy.local_addr());
+    let b = balanced(&registry, Strategy::RoundRobin);
+    let results: Vec<Result<String, Error>> = (0..10).map(|_| who(&b)).collect();
+    let failed = results.iter().filter(|r| r.as_ref().is_err_and(|e| e.code() == Code::Unavailable)).count();
+    assert_eq!(failed, busy_calls.load(Ordering::SeqCst), "each Unavailable reached its caller once");
+    assert!(failed > 0, "round-robin sent some calls to the busy instance");
+    assert_eq!(live_calls.load(Ordering::SeqCst) + failed, 10, "no call ran twice");
 }
 
 #[test]

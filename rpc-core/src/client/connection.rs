@@ -1,7 +1,7 @@
 //! One client connection: a write lock for callers and a reader thread that
 //! completes their calls.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -28,6 +28,10 @@ thread_local! {
     /// are only queued, and flushed once the whole read is handled, so those
     /// calls share one syscall per connection.
     static DEFERRED: RefCell<Option<Vec<Arc<Conn>>>> = const { RefCell::new(None) };
+    /// True on connection reader threads. A reader never writes to a socket
+    /// itself: a blocked write would stop it reading, and a server waiting
+    /// for us to read before it reads again would then wait forever.
+    static ON_READER: Cell<bool> = const { Cell::new(false) };
 }
 
 /// A blocking caller's parking place for its result.
@@ -96,6 +100,10 @@ pub(crate) struct Conn {
     /// frames from many threads go out in one syscall and no lock is held
     /// across a write.
     flushing: AtomicBool,
+    /// Set when the writer thread should flush `queued` for the reader.
+    writer_due: Mutex<bool>,
+    /// Wakes the writer thread.
+    writer_wake: Condvar,
     /// Calls awaiting responses, by call id.
     pending: Mutex<HashMap<u64, Pending>>,
     /// When the connection opened; deadlines below are nanoseconds since then.
@@ -127,6 +135,8 @@ impl Conn {
             stream,
             queued: Mutex::new(BytesMut::with_capacity(8 * 1024)),
             flushing: AtomicBool::new(false),
+            writer_due: Mutex::new(false),
+            writer_wake: Condvar::new(),
             pending: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             earliest_deadline: AtomicU64::new(u64::MAX),
@@ -139,6 +149,8 @@ impl Conn {
         std::thread::Builder::new()
             .name(format!("rpc-client-{addr}"))
             .spawn(move || c.read_loop(reader, &config))?;
+        let c = conn.clone();
+        std::thread::Builder::new().name(format!("rpc-writer-{addr}")).spawn(move || c.write_loop())?;
         Ok(conn)
     }
 
@@ -210,7 +222,41 @@ impl Conn {
         if deferred {
             return Ok(());
         }
+        if ON_READER.get() {
+            self.flush_later();
+            return Ok(());
+        }
         self.flush()
+    }
+
+    /// Asks the writer thread to flush.
+    fn flush_later(&self) {
+        *lock(&self.writer_due) = true;
+        self.writer_wake.notify_one();
+    }
+
+    /// The writer thread: flushes what reader threads queued.
+    fn write_loop(self: Arc<Conn>) {
+        loop {
+            {
+                let mut due = lock(&self.writer_due);
+                while !*due && self.state.load(Ordering::Acquire) != DEAD {
+                    due = self.writer_wake.wait(due).unwrap_or_else(|p| p.into_inner());
+                }
+                if self.state.load(Ordering::Acquire) == DEAD {
+                    return;
+                }
+                *due = false;
+            }
+            if self.flush().is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Whether no call may start on this thread without risking a blocked reader.
+    pub(crate) fn on_reader_thread() -> bool {
+        ON_READER.get()
     }
 
     /// Writes everything queued, unless another thread is already doing so
@@ -244,14 +290,11 @@ impl Conn {
 
     /// The error for calls still pending when the connection ended. After a
     /// graceful shutdown the server had answered everything it read, so those
-    /// calls never ran and may be sent elsewhere: they fail as Unavailable.
+    /// calls never ran and may be sent elsewhere: they fail as `NotRun`.
     fn pending_error(&self) -> Error {
         let reason = lock(&self.reason).clone();
         if reason.as_deref() == Some(SHUTDOWN_REASON) {
-            Error::Status(crate::Status::unavailable(format!(
-                "{} shut down before reading the call; it did not run",
-                self.addr
-            )))
+            Error::NotRun { addr: self.addr, reason: "it shut down before reading the call".to_owned() }
         } else {
             self.lost()
         }
@@ -268,10 +311,13 @@ impl Conn {
         if self.state.swap(DEAD, Ordering::AcqRel) != DEAD {
             lock(&self.reason).get_or_insert_with(|| reason.to_owned());
             let _ = self.stream.shutdown(Shutdown::Both);
+            let _due = lock(&self.writer_due);
+            self.writer_wake.notify_all();
         }
     }
 
     fn read_loop(self: Arc<Conn>, mut stream: TcpStream, config: &Config) {
+        ON_READER.set(true);
         let reason = self.read_frames(&mut stream, config);
         self.kill(&reason);
         let _ = stream.shutdown(Shutdown::Both);
@@ -331,15 +377,11 @@ impl Conn {
                     DEFERRED.with(|d| *d.borrow_mut() = Some(Vec::new()));
                     let handled = self.frames(&mut buf, &mut discard, config);
                     let written = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
-                    for conn in written.iter().filter(|c| !Arc::ptr_eq(c, self)) {
-                        // A failure there is that connection's to report, to its own callers.
-                        let _ = conn.flush();
+                    for conn in &written {
+                        conn.flush_later();
                     }
                     if let Err(reason) = handled {
                         return reason;
-                    }
-                    if self.flush().is_err() {
-                        return lock(&self.reason).clone().unwrap_or_else(|| "write failed".to_owned());
                     }
                 }
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}

@@ -534,7 +534,10 @@ impl Supervisor {
             },
             Event::Watch { service, on_change, reply, deadline } => match self.watch(&service, on_change) {
                 Ok(key) => {
-                    let _ = reply.send(Ok(key));
+                    if reply.send(Ok(key)).is_err() {
+                        // The caller gave up waiting: nobody holds a `Watch` to cancel it.
+                        self.unwatch(&service, key);
+                    }
                 }
                 Err((e, on_change)) if retryable(e) && Instant::now() < deadline => {
                     self.postpone(Event::Watch { service, on_change, reply, deadline });
@@ -543,15 +546,17 @@ impl Supervisor {
                     let _ = reply.send(Err(zk_error("list", e)));
                 }
             },
-            Event::Unwatch { service, key } => {
-                if let Some(w) = self.services.get_mut(&service) {
-                    w.subscribers.remove(&key);
-                    if w.subscribers.is_empty() {
-                        self.services.remove(&service);
-                    }
-                }
-            }
+            Event::Unwatch { service, key } => self.unwatch(&service, key),
             Event::Close => {}
+        }
+    }
+
+    fn unwatch(&mut self, service: &str, key: u64) {
+        if let Some(w) = self.services.get_mut(service) {
+            w.subscribers.remove(&key);
+            if w.subscribers.is_empty() {
+                self.services.remove(service);
+            }
         }
     }
 
@@ -924,7 +929,7 @@ impl Supervisor {
 fn newest(nodes: &HashMap<String, Option<Instance>>) -> Vec<Instance> {
     dedup_newest(nodes.iter().filter_map(|(child, instance)| {
         let sequence =
-            child.len().checked_sub(10).and_then(|at| child[at..].parse::<u64>().ok()).unwrap_or(0);
+            child.len().checked_sub(10).and_then(|at| child.get(at..)?.parse::<u64>().ok()).unwrap_or(0);
         instance.clone().map(|instance| (sequence, instance))
     }))
 }

@@ -53,7 +53,11 @@ pub(crate) struct LoopShared {
 impl LoopShared {
     /// Queues `cmd` and wakes the loop unless a wake is already pending.
     pub(crate) fn send(&self, cmd: Command) {
-        if self.tx.send(cmd).is_ok() && !self.woken.swap(true, Ordering::AcqRel) {
+        if self.tx.send(cmd).is_err() {
+            return;
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if !self.woken.swap(true, Ordering::SeqCst) {
             if let Err(e) = self.waker.wake() {
                 tracing::error!(error = %e, "cannot wake event loop");
             }
@@ -73,8 +77,12 @@ struct Conn {
     out: BytesMut,
     /// Calls handed to workers and not yet answered.
     in_flight: usize,
-    /// When the last bytes arrived, for the idle timeout.
-    last_read: Instant,
+    /// When bytes last moved either way, for the idle timeout. Write progress
+    /// counts, so a slow reader that is draining is not idle.
+    last_active: Instant,
+    /// Reading stopped before `WouldBlock` (output over the cap): read again
+    /// once unpaused, since edge-triggered polling will not say so.
+    more_to_read: bool,
     /// Bytes of an oversized frame still to skip.
     discard: usize,
     /// Reading stopped because `out` is over the cap.
@@ -279,7 +287,8 @@ impl EventLoop {
                 inbuf: BytesMut::new(),
                 out: BytesMut::new(),
                 in_flight: 0,
-                last_read: Instant::now(),
+                last_active: Instant::now(),
+                more_to_read: false,
                 discard: 0,
                 paused: false,
                 closing: false,
@@ -304,7 +313,7 @@ impl EventLoop {
                 }
                 Ok(n) => {
                     conn.inbuf.extend_from_slice(&self.scratch[..n]);
-                    conn.last_read = Instant::now();
+                    conn.last_active = Instant::now();
                     let ctx = Dispatch {
                         services: &self.services,
                         jobs: &self.jobs,
@@ -312,7 +321,13 @@ impl EventLoop {
                         draining: self.draining_until.is_some(),
                     };
                     ctx.frames(conn);
-                    if conn.paused || conn.closing {
+                    if conn.closing {
+                        break;
+                    }
+                    if conn.out.len() > self.config.max_pending_write_bytes {
+                        // Stop here: flush pauses the connection if the output
+                        // does not drain, and reads on once it has.
+                        conn.more_to_read = true;
                         break;
                     }
                 }
@@ -336,7 +351,10 @@ impl EventLoop {
     }
 
     fn drain_commands(&mut self) {
-        self.shared.woken.store(false, Ordering::Release);
+        self.shared.woken.store(false, Ordering::SeqCst);
+        // Pairs with the fence in `LoopShared::send`: either this drain sees the
+        // command, or the sender sees `woken` false and wakes the poll.
+        std::sync::atomic::fence(Ordering::SeqCst);
         while let Ok(cmd) = self.rx.try_recv() {
             match cmd {
                 Command::Reply { id, call_id, result } => {
@@ -412,7 +430,10 @@ impl EventLoop {
                     failed = true;
                     break;
                 }
-                Ok(n) => conn.out.advance(n),
+                Ok(n) => {
+                    conn.out.advance(n);
+                    conn.last_active = Instant::now();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
@@ -447,8 +468,9 @@ impl EventLoop {
                 return;
             }
         }
-        if was_paused && !conn.paused {
+        if (was_paused || conn.more_to_read) && !conn.paused {
             // Edge-triggered: bytes that arrived while paused raise no new event.
+            conn.more_to_read = false;
             self.read(token);
         }
     }
@@ -461,10 +483,16 @@ impl EventLoop {
         let idle: Vec<Token> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.in_flight == 0 && now.duration_since(c.last_read) > limit)
+            .filter(|(_, c)| c.in_flight == 0 && now.duration_since(c.last_active) > limit)
             .map(|(t, _)| *t)
             .collect();
         for token in idle {
+            if self.conns.get(&token).is_some_and(|c| c.closing) {
+                // Told to go away a whole idle period ago and still not reading
+                // its last bytes: drop it rather than hold its output forever.
+                self.close(token, "closing peer stopped reading");
+                continue;
+            }
             if let Some(conn) = self.conns.get_mut(&token) {
                 let reason = format!("idle for more than {} s", limit.as_secs());
                 frame::put_goaway(&mut conn.out, &reason);
@@ -496,6 +524,10 @@ impl Dispatch<'_> {
     /// Decodes and handles every whole frame in `conn.inbuf`.
     fn frames(&self, conn: &mut Conn) {
         loop {
+            if conn.closing {
+                // After a go-away nothing more from this peer is acted on.
+                return;
+            }
             if conn.discard > 0 {
                 let n = conn.discard.min(conn.inbuf.len());
                 conn.inbuf.advance(n);

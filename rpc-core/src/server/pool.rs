@@ -48,6 +48,10 @@ fn work(jobs: Receiver<Job>, on_disconnect: Option<DisconnectHook>) {
     for job in jobs {
         match job {
             Job::Call { service, ctx, frame, reply } => {
+                if !ctx.connection.is_open() {
+                    // Nobody is left to answer; do not run work for a gone caller.
+                    continue;
+                }
                 let call_id = ctx.call_id;
                 let expired = ctx.deadline.is_some_and(|d| Instant::now() >= d);
                 let result = if expired {
