@@ -92,3 +92,71 @@ impl Sessions {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // `Connection` handles come only from a running server, so these tests run one.
+    fn connections(n: usize) -> (rpc_core::server::Handle, Vec<Connection>, Vec<rpc_core::client::Channel>) {
+        use std::sync::mpsc;
+
+        use rpc_core::server::{Builder, Config, Context, Service};
+
+        struct Grab(Mutex<mpsc::Sender<Connection>>);
+        impl Service for Grab {
+            fn name(&self) -> &str {
+                "test.Grab"
+            }
+            fn call(
+                &self,
+                ctx: &Context,
+                _method: &str,
+                _body: bytes::Bytes,
+            ) -> Result<bytes::Bytes, rpc_core::Status> {
+                self.0.lock().unwrap().send(ctx.connection().clone()).unwrap();
+                Ok(bytes::Bytes::new())
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        let server =
+            Builder::new(Config::default()).service(Grab(Mutex::new(tx))).bind("127.0.0.1:0").unwrap();
+        let mut channels = Vec::new();
+        let mut conns = Vec::new();
+        for _ in 0..n {
+            let channel =
+                rpc_core::client::Channel::connect(server.local_addr(), rpc_core::client::Config::default())
+                    .unwrap();
+            channel.call_raw("test.Grab", "Grab", b"", None).unwrap();
+            conns.push(rx.recv().unwrap());
+            channels.push(channel);
+        }
+        (server, conns, channels)
+    }
+
+    #[test]
+    fn a_second_connection_replaces_the_first_and_the_first_cannot_log_it_out() {
+        let (_server, conns, _channels) = connections(2);
+        let sessions = Sessions::default();
+        let user = UserId(7);
+        assert!(sessions.bind(user, conns[0].clone()).is_none());
+        let old = sessions.bind(user, conns[1].clone()).expect("the first connection is replaced");
+        assert_eq!(old.id(), conns[0].id());
+        assert_eq!(sessions.unbind_connection(conns[0].id()), None, "the old connection has no session left");
+        assert_eq!(sessions.user_of(conns[1].id()), Some(user));
+        assert_eq!(sessions.unbind_connection(conns[1].id()), Some(user));
+        assert!(sessions.is_empty());
+    }
+
+    #[test]
+    fn a_connection_logging_in_as_someone_else_drops_the_first_user() {
+        let (_server, conns, _channels) = connections(1);
+        let sessions = Sessions::default();
+        sessions.bind(UserId(1), conns[0].clone());
+        sessions.bind(UserId(2), conns[0].clone());
+        assert!(sessions.connection_of(UserId(1)).is_none());
+        assert_eq!(sessions.users(), [UserId(2)]);
+        assert_eq!(sessions.unbind_user(UserId(2)).map(|c| c.id()), Some(conns[0].id()));
+        assert_eq!(sessions.user_of(conns[0].id()), None);
+    }
+}

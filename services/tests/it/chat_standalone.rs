@@ -317,3 +317,32 @@ fn a_restart_keeps_users_and_messages() {
     assert_eq!(synced.messages.len(), 1);
     assert_eq!(synced.messages[0].body, "still there?");
 }
+
+#[test]
+fn bad_input_gets_clear_errors_and_the_proxy_keeps_serving() {
+    let system = start();
+    let (alice_client, alice) = system.user("alice");
+    let bob = system.connect().register("bob");
+
+    let unknown = api::LoginRequest { name: "nobody".into(), password: PASSWORD.into() };
+    let refused = system.connect().gateway.login(&unknown).expect_err("an unknown user cannot log in");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let wrong = api::LoginRequest { name: "alice".into(), password: "not the password".into() };
+    let also_refused = system.connect().gateway.login(&wrong).expect_err("a wrong password is refused");
+    assert_eq!(refused.into_status().message, also_refused.into_status().message, "the same answer for both");
+
+    let oversized = "x".repeat(4097);
+    assert_eq!(code(alice_client.send(direct(&alice, &bob), "big", &oversized)), Code::InvalidArgument);
+    assert_eq!(code(alice_client.send(direct(&alice, &alice), "me", "hi me")), Code::InvalidArgument);
+    let nowhere =
+        api::SendMessageRequest { conversation: None, client_msg_id: "n".into(), body: "hi".into() };
+    assert_eq!(code(alice_client.gateway.send_message(&nowhere)), Code::InvalidArgument);
+
+    // Garbage on the client port costs that connection only.
+    let mut raw = std::net::TcpStream::connect(system.system.client_addr()).unwrap();
+    std::io::Write::write_all(&mut raw, b"GET / HTTP/1.1\r\nHost: chatroom\r\n\r\n").unwrap();
+    raw.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut sink = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut raw, &mut sink);
+    assert_eq!(alice_client.send(direct(&alice, &bob), "ok", "still here").unwrap().message.unwrap().seq, 1);
+}
