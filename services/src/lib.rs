@@ -36,5 +36,5 @@ pub mod user_service;
 pub use conversation::{ConversationId, ParseConversationError};
 pub use ids::{GroupId, UserId};
 pub use presence::Presence;
-pub use served::{serve, Served};
+pub use served::{serve, Served, Traced};
 pub use store::Store;

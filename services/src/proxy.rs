@@ -35,6 +35,7 @@ use crate::api::{ChatServiceClient, UserServiceClient};
 use crate::convert::{presence_status, rpc_status};
 use crate::ids::UserId;
 use crate::proxies::Proxies;
+use crate::served::Traced;
 use crate::Presence;
 
 use self::session::Sessions;
@@ -601,13 +602,17 @@ pub fn serve(
     server_config: server::Config,
 ) -> Result<Running, rpc_core::Error> {
     let delivery = Builder::new(server_config.clone())
-        .service(api::DeliveryServer(proxy.clone()))
+        .service(Traced::new(api::DeliveryServer(proxy.clone()), |_| None))
         .bind(delivery_listen)?;
     let registration = registry
         .register(delivery_rpc::SERVICE_NAME, &Instance::new(proxy.instance_id(), delivery.local_addr()))?;
     let hook = proxy.clone();
+    let sessions = proxy.clone();
+    let gateway = Traced::new(api::GatewayServer(proxy.clone()), move |ctx| {
+        sessions.sessions().user_of(ctx.connection().id()).map(|user| user.0)
+    });
     let client = Builder::new(server_config)
-        .service(api::GatewayServer(proxy.clone()))
+        .service(gateway)
         .on_disconnect(move |connection| hook.disconnected(connection))
         .bind(client_listen)?;
     let renewal = proxy.start_renewal()?;

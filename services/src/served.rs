@@ -3,8 +3,10 @@
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use rpc_core::registry::{Instance, Registration, Registry};
-use rpc_core::server::{self, Builder, Handle, Service};
+use rpc_core::server::{self, Builder, Context, Handle, Service};
+use rpc_core::Status;
 
 /// A running server with its registration. Dropping it deregisters, then shuts the
 /// server down gracefully.
@@ -51,9 +53,49 @@ pub fn serve(
     config: server::Config,
 ) -> Result<Served, rpc_core::Error> {
     let name = service.name().to_owned();
-    let handle = Builder::new(config).service(service).bind(listen)?;
+    let handle = Builder::new(config).service(Traced::new(service, |_| None)).bind(listen)?;
     let addr = handle.local_addr();
     let registration = registry.register(&name, &Instance::new(addr.to_string(), addr))?;
     tracing::info!(service = %name, %addr, "serving");
     Ok(Served { registration, handle })
+}
+
+/// Names the session's user on a call's connection, if it has one.
+pub type UserOf = dyn Fn(&Context) -> Option<u64> + Send + Sync;
+
+/// Runs every call of a service inside an `info` span naming the method (and, on a
+/// proxy, the session's user), and logs failed calls with their status.
+pub struct Traced<S> {
+    /// The service.
+    inner: S,
+    /// The session's user on the call's connection, for the span.
+    user_of: Box<UserOf>,
+}
+
+impl<S: Service> Traced<S> {
+    /// Traces `inner`; `user_of` names the caller's user, if known.
+    pub fn new(inner: S, user_of: impl Fn(&Context) -> Option<u64> + Send + Sync + 'static) -> Self {
+        Traced { inner, user_of: Box::new(user_of) }
+    }
+}
+
+impl<S: Service> Service for Traced<S> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn call(&self, ctx: &Context, method: &str, body: Bytes) -> Result<Bytes, Status> {
+        let user = (self.user_of)(ctx);
+        let span = tracing::info_span!("request", service = self.inner.name(), method, connection = %ctx.connection().id(), user);
+        let _entered = span.enter();
+        let outcome = self.inner.call(ctx, method, body);
+        if let Err(status) = &outcome {
+            tracing::debug!(code = %status.code, message = %status.message, "call failed");
+        }
+        outcome
+    }
+
+    fn runs_inline(&self, method: &str) -> bool {
+        self.inner.runs_inline(method)
+    }
 }
