@@ -1,9 +1,17 @@
-//! The ChatRoom chat cluster's foundation: its API, its durable state, its presence
-//! table and the limits on what clients send.
+//! The ChatRoom chat cluster: its API, the three services, and what they stand on.
 //!
-//! * `proto/chat.proto` is the API: the `Gateway` a client calls on a proxy, the
-//!   `UserService` and `ChatService` a proxy calls, the `Delivery` service each proxy
-//!   exposes to the chat service, and the pushes a client receives.
+//! * `proto/chat.proto` is the API, generated into [`api`]: the `Gateway` a client calls
+//!   on a proxy, the `UserService` and `ChatService` a proxy calls, the `Delivery`
+//!   service each proxy exposes to the chat service, and the pushes a client receives.
+//! * [`proxy`] is the gateway: the session table (connection <-> user), presence leases
+//!   and their renewal thread, forwarding to the services through load-balanced stubs,
+//!   and `Delivery` (pushes to its clients, kicks).
+//! * [`user_service`] (accounts, friends, groups) and [`chat_service`] (messages, fan-out
+//!   to proxies, history, sync, read cursors) are stateless over a [`Store`];
+//!   [`proxies`] finds each proxy's `Delivery` by its instance id.
+//! * [`serve`] runs a service on its own listener and registers it; [`standalone`] runs
+//!   the three in one process on loopback with embedded backends. The `chatroom` binary
+//!   (`src/bin/chatroom.rs`) starts either.
 //! * [`store`] holds users, friends, groups, messages and read cursors behind the
 //!   [`Store`] trait, in SQLite ([`store::Sqlite`], standalone) or MySQL/MariaDB
 //!   ([`store::MySql`], cluster). Message sequence numbers are assigned there.
@@ -14,9 +22,10 @@
 //!   passwords, message bodies and group names.
 //! * [`ConversationId`], [`UserId`] and [`GroupId`] name things across all of these.
 //!
-//! Nothing here owns a thread or a socket: stores and presence tables are called from the
-//! services' worker threads and are `Send + Sync`; the MySQL and Redis implementations
-//! keep their own connection pools.
+//! Threads and sockets belong to rpc-core's servers and channels: the services' methods
+//! run on server worker threads; the proxy adds one lease-renewal thread. Stores and
+//! presence tables are `Send + Sync`; the MySQL and Redis implementations keep their own
+//! connection pools.
 
 pub mod api;
 pub mod auth;
