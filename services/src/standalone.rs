@@ -80,8 +80,8 @@ pub struct Standalone {
     users: Served,
     /// The in-process registry all three use.
     registry: registry::Memory,
-    /// The database file.
-    db: PathBuf,
+    /// The database file, when the store is the SQLite one.
+    db: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Standalone {
@@ -104,6 +104,19 @@ impl Standalone {
             .map_err(|source| Error::DataDir { path: config.data_dir.clone(), source })?;
         let db = config.data_dir.join(DB_FILE);
         let store: Arc<dyn Store> = Arc::new(store::Sqlite::open(&db)?);
+        let mut system = Standalone::with_store(config, store)?;
+        system.db = Some(db);
+        Ok(system)
+    }
+
+    /// Starts the three servers over `store` instead of the SQLite file in the data
+    /// directory (which is then not used); the end-to-end tests run this way against
+    /// MySQL too.
+    ///
+    /// # Errors
+    ///
+    /// When a server cannot bind.
+    pub fn with_store(config: Config, store: Arc<dyn Store>) -> Result<Self, Error> {
         let presence: Arc<dyn Presence> = Arc::new(presence::Memory::new());
         let registry = registry::Memory::new();
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -115,8 +128,8 @@ impl Standalone {
         let proxy_config = proxy::Config { lease_ttl: config.lease_ttl, ..proxy::Config::default() };
         let the_proxy = proxy::Proxy::new(proxy_config, &registry, presence)?;
         let proxy = proxy::serve(the_proxy, &registry, config.listen, loopback, config.server)?;
-        tracing::info!(clients = %proxy.client_addr(), db = %db.display(), "standalone system started");
-        Ok(Standalone { proxy, chat, users, registry, db })
+        tracing::info!(clients = %proxy.client_addr(), "standalone system started");
+        Ok(Standalone { proxy, chat, users, registry, db: None })
     }
 
     /// The address clients connect to.
@@ -134,9 +147,9 @@ impl Standalone {
         &self.registry
     }
 
-    /// The database file.
-    pub fn db_path(&self) -> &std::path::Path {
-        &self.db
+    /// The SQLite database file, unless the system was started over another store.
+    pub fn db_path(&self) -> Option<&std::path::Path> {
+        self.db.as_deref()
     }
 
     /// Blocks until the proxy's client server stops, then stops the rest.

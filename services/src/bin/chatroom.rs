@@ -162,7 +162,9 @@ fn main() -> anyhow::Result<()> {
             };
             let system = Standalone::start(config).context("cannot start the standalone system")?;
             println!("ChatRoom standalone is running; clients connect to {}", system.client_addr());
-            println!("data: {}", system.db_path().display());
+            if let Some(db) = system.db_path() {
+                println!("data: {}", db.display());
+            }
             system.wait();
         }
         Command::Proxy { listen, delivery_listen, instance_id, lease_ttl_secs, zk, redis: redis_args } => {

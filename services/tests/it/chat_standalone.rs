@@ -19,13 +19,14 @@ const PASSWORD: &str = "correct horse battery";
 const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A standalone system in a temporary data directory.
-struct System {
+pub struct System {
+    /// The system; dropped before the guard.
     system: Standalone,
-    /// Deleted when the test ends.
-    _dir: Option<tempfile::TempDir>,
+    /// Removes what the system stored (a temporary directory, a database) when dropped.
+    _guard: Box<dyn std::any::Any>,
 }
 
-fn config(dir: &std::path::Path) -> standalone::Config {
+pub fn config(dir: &std::path::Path) -> standalone::Config {
     standalone::Config {
         data_dir: dir.join("data"),
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -39,12 +40,12 @@ fn config(dir: &std::path::Path) -> standalone::Config {
 fn start() -> System {
     let dir = tempfile::tempdir().unwrap();
     let system = Standalone::start(config(dir.path())).expect("standalone starts");
-    System { system, _dir: Some(dir) }
+    System { system, _guard: Box::new(dir) }
 }
 
 /// A system over the data directory under `dir`, which the caller keeps.
 fn start_in(dir: &std::path::Path) -> System {
-    System { system: Standalone::start(config(dir)).expect("standalone starts"), _dir: None }
+    System { system: Standalone::start(config(dir)).expect("standalone starts"), _guard: Box::new(()) }
 }
 
 /// A client connection with the pushes it received.
@@ -70,6 +71,11 @@ pub fn connect(addr: std::net::SocketAddr) -> Client {
 }
 
 impl System {
+    /// Builds a system around an already started one.
+    pub fn new(system: Standalone, guard: Box<dyn std::any::Any>) -> System {
+        System { system, _guard: guard }
+    }
+
     fn connect(&self) -> Client {
         connect(self.system.client_addr())
     }
@@ -144,9 +150,7 @@ pub fn code<T: std::fmt::Debug>(result: Result<T, rpc_core::Error>) -> Code {
     result.expect_err("the call fails").code()
 }
 
-#[test]
-fn accounts_and_sessions_answer_with_clear_errors() {
-    let system = start();
+pub fn accounts_and_sessions_answer_with_clear_errors(system: &System) {
     let client = system.connect();
     assert_eq!(
         code(client.gateway.list_friends(&api::ListFriendsRequest {})),
@@ -172,9 +176,7 @@ fn accounts_and_sessions_answer_with_clear_errors() {
     assert_eq!(code(client.gateway.list_groups(&api::ListGroupsRequest {})), Code::Unauthenticated);
 }
 
-#[test]
-fn two_users_chat_with_pushes_carrying_the_sequence() {
-    let system = start();
+pub fn two_users_chat_with_pushes_carrying_the_sequence(system: &System) {
     let (alice_client, alice) = system.user("alice");
     let (bob_client, bob) = system.user("bob");
     let to_bob = direct(&alice, &bob);
@@ -192,9 +194,7 @@ fn two_users_chat_with_pushes_carrying_the_sequence() {
     assert!(alice_client.pushed_messages().iter().all(|m| m.sender_id != alice.id), "no echo to the sender");
 }
 
-#[test]
-fn an_offline_user_gets_everything_at_login_in_order() {
-    let system = start();
+pub fn an_offline_user_gets_everything_at_login_in_order(system: &System) {
     let (alice_client, alice) = system.user("alice");
     let bob_client = system.connect();
     let bob = bob_client.register("bob");
@@ -215,9 +215,7 @@ fn an_offline_user_gets_everything_at_login_in_order() {
     assert!(bob_client.gateway.sync(&api::SyncRequest::default()).unwrap().messages.is_empty());
 }
 
-#[test]
-fn only_members_send_to_a_group_and_members_get_it_pushed() {
-    let system = start();
+pub fn only_members_send_to_a_group_and_members_get_it_pushed(system: &System) {
     let (alice_client, _alice) = system.user("alice");
     let (bob_client, _bob) = system.user("bob");
     let (carol_client, _carol) = system.user("carol");
@@ -241,9 +239,7 @@ fn only_members_send_to_a_group_and_members_get_it_pushed() {
     assert!(members.iter().all(|m| m.online));
 }
 
-#[test]
-fn a_resend_with_the_same_client_message_id_stores_nothing_new() {
-    let system = start();
+pub fn a_resend_with_the_same_client_message_id_stores_nothing_new(system: &System) {
     let (alice_client, alice) = system.user("alice");
     let (bob_client, bob) = system.user("bob");
     let first = alice_client.send(direct(&alice, &bob), "same", "once").unwrap();
@@ -259,9 +255,7 @@ fn a_resend_with_the_same_client_message_id_stores_nothing_new() {
     assert_eq!(bob_client.pushed_messages().len(), 1, "the retry is not pushed again");
 }
 
-#[test]
-fn a_second_login_kicks_the_first_session() {
-    let system = start();
+pub fn a_second_login_kicks_the_first_session(system: &System) {
     let (first, bob) = system.user("bob");
     let second = system.connect();
     let login = second.login("bob");
@@ -274,9 +268,7 @@ fn a_second_login_kicks_the_first_session() {
     assert_eq!(second.wait_messages(1)[0].body, "which bob?");
 }
 
-#[test]
-fn friends_see_each_other_come_online() {
-    let system = start();
+pub fn friends_see_each_other_come_online(system: &System) {
     let (alice_client, _alice) = system.user("alice");
     let bob_client = system.connect();
     let bob = bob_client.register("bob");
@@ -318,9 +310,7 @@ fn a_restart_keeps_users_and_messages() {
     assert_eq!(synced.messages[0].body, "still there?");
 }
 
-#[test]
-fn bad_input_gets_clear_errors_and_the_proxy_keeps_serving() {
-    let system = start();
+pub fn bad_input_gets_clear_errors_and_the_proxy_keeps_serving(system: &System) {
     let (alice_client, alice) = system.user("alice");
     let bob = system.connect().register("bob");
 
@@ -345,4 +335,71 @@ fn bad_input_gets_clear_errors_and_the_proxy_keeps_serving() {
     let mut sink = Vec::new();
     let _ = std::io::Read::read_to_end(&mut raw, &mut sink);
     assert_eq!(alice_client.send(direct(&alice, &bob), "ok", "still here").unwrap().message.unwrap().seq, 1);
+}
+
+/// The scenarios above as tests of a system started by `$start`, once per store.
+macro_rules! chat_suite {
+    ($start:path) => {
+        chat_suite!(@tests $start;
+            accounts_and_sessions_answer_with_clear_errors,
+            two_users_chat_with_pushes_carrying_the_sequence,
+            an_offline_user_gets_everything_at_login_in_order,
+            only_members_send_to_a_group_and_members_get_it_pushed,
+            a_resend_with_the_same_client_message_id_stores_nothing_new,
+            a_second_login_kicks_the_first_session,
+            friends_see_each_other_come_online,
+            bad_input_gets_clear_errors_and_the_proxy_keeps_serving,
+        );
+    };
+    (@tests $start:path; $($name:ident,)*) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::chat_standalone::$name(&$start());
+            }
+        )*
+    };
+}
+
+mod sqlite {
+    chat_suite!(super::start);
+}
+
+mod mysql {
+    use std::sync::Arc;
+
+    use ::mysql::prelude::Queryable;
+    use services::standalone::Standalone;
+    use services::store::MySql;
+
+    use super::System;
+    use crate::support::{mysql_url, unique_name, unreachable, with_database};
+
+    /// Drops the test's database.
+    struct DropDatabase(String);
+
+    impl Drop for DropDatabase {
+        fn drop(&mut self) {
+            let url = with_database(&mysql_url(), "");
+            let dropped = ::mysql::Conn::new(url.as_str())
+                .and_then(|mut conn| conn.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.0)));
+            if let Err(e) = dropped {
+                eprintln!("could not drop test database {}: {e}", self.0);
+            }
+        }
+    }
+
+    /// The standalone system over a fresh MySQL database instead of SQLite.
+    fn start() -> System {
+        let database = unique_name("chatroom_test");
+        let url = with_database(&mysql_url(), &database);
+        let guard = DropDatabase(database);
+        let store = MySql::open(&url).unwrap_or_else(|e| unreachable("MariaDB", &url, &e));
+        let dir = tempfile::tempdir().unwrap();
+        let system =
+            Standalone::with_store(super::config(dir.path()), Arc::new(store)).expect("standalone starts");
+        System::new(system, Box::new((guard, dir)))
+    }
+
+    chat_suite!(start);
 }
