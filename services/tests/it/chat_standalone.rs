@@ -337,6 +337,49 @@ pub fn bad_input_gets_clear_errors_and_the_proxy_keeps_serving(system: &System) 
     assert_eq!(alice_client.send(direct(&alice, &bob), "ok", "still here").unwrap().message.unwrap().seq, 1);
 }
 
+pub fn friends_groups_and_history_work_through_the_gateway(system: &System) {
+    let (alice_client, alice) = system.user("alice");
+    let (bob_client, bob) = system.user("bob");
+    let by_id = api::AddFriendRequest { friend: Some(api::add_friend_request::Friend::UserId(bob.id)) };
+    assert!(alice_client.gateway.add_friend(&by_id).unwrap().friend.unwrap().online);
+    assert_eq!(code(alice_client.gateway.add_friend(&by_id)), Code::AlreadyExists);
+    let bobs = bob_client.gateway.list_friends(&api::ListFriendsRequest {}).unwrap().friends;
+    assert_eq!(bobs.iter().map(|f| f.user.as_ref().unwrap().id).collect::<Vec<_>>(), [alice.id]);
+    alice_client.gateway.remove_friend(&api::RemoveFriendRequest { user_id: bob.id }).unwrap();
+    assert!(bob_client.gateway.list_friends(&api::ListFriendsRequest {}).unwrap().friends.is_empty());
+    let found = alice_client.gateway.find_user(&api::FindUserRequest { name: "BOB".into() }).unwrap();
+    assert_eq!(found.user.unwrap().user.unwrap().id, bob.id);
+    let nobody = api::FindUserRequest { name: "nobody".into() };
+    assert_eq!(code(alice_client.gateway.find_user(&nobody)), Code::NotFound);
+
+    let id = alice_client.gateway.create_group(&api::CreateGroupRequest { name: "g".into() }).unwrap();
+    let id = id.group.unwrap().id;
+    bob_client.gateway.join_group(&api::JoinGroupRequest { group_id: id }).unwrap();
+    assert_eq!(
+        code(bob_client.gateway.join_group(&api::JoinGroupRequest { group_id: id })),
+        Code::AlreadyExists
+    );
+    assert_eq!(bob_client.gateway.list_groups(&api::ListGroupsRequest {}).unwrap().groups.len(), 1);
+    bob_client.gateway.leave_group(&api::LeaveGroupRequest { group_id: id }).unwrap();
+    assert!(bob_client.gateway.list_groups(&api::ListGroupsRequest {}).unwrap().groups.is_empty());
+    assert_eq!(
+        code(bob_client.gateway.group_members(&api::GroupMembersRequest { group_id: id })),
+        Code::PermissionDenied
+    );
+
+    for i in 1..=5 {
+        alice_client.send(direct(&alice, &bob), &format!("h-{i}"), &format!("line {i}")).unwrap();
+    }
+    let page = |anchor, limit| {
+        let request = api::HistoryRequest { conversation: Some(direct(&alice, &bob)), anchor, limit };
+        let page = bob_client.gateway.history(&request).unwrap();
+        (page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), page.has_more)
+    };
+    assert_eq!(page(None, 2), (vec![4, 5], true));
+    assert_eq!(page(Some(api::history_request::Anchor::BeforeSeq(4)), 2), (vec![2, 3], true));
+    assert_eq!(page(Some(api::history_request::Anchor::AfterSeq(3)), 10), (vec![4, 5], false));
+}
+
 /// The scenarios above as tests of a system started by `$start`, once per store.
 macro_rules! chat_suite {
     ($start:path) => {
@@ -349,6 +392,7 @@ macro_rules! chat_suite {
             a_second_login_kicks_the_first_session,
             friends_see_each_other_come_online,
             bad_input_gets_clear_errors_and_the_proxy_keeps_serving,
+            friends_groups_and_history_work_through_the_gateway,
         );
     };
     (@tests $start:path; $($name:ident,)*) => {
