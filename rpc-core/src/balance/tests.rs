@@ -206,7 +206,6 @@ fn calls_that_never_reached_a_server_are_retried_elsewhere() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 20);
     assert_eq!(b.in_rotation().iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["live"]);
-
 }
 
 #[test]
