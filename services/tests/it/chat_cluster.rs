@@ -54,8 +54,12 @@ impl Cluster {
         // Keep reading so that later output never blocks or breaks the process.
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         self.children.push((name.to_owned(), child));
-        let addr =
-            line.split_whitespace().last().unwrap_or_else(|| panic!("{name} printed no address: {line:?}"));
+        let addr = line.split_whitespace().last().unwrap_or_else(|| {
+            panic!(
+                "{name} exited without printing its address (its error is above); are ZooKeeper, \
+                 MariaDB and Redis up? `bash scripts/services.sh up` starts them"
+            )
+        });
         addr.parse().unwrap_or_else(|e| panic!("{name} printed {line:?}: {e}"))
     }
 
