@@ -87,6 +87,13 @@ enum Command {
         #[command(flatten)]
         redis: RedisArgs,
     },
+    /// Starts, stops or shows a local cluster (N proxies, user services and chat
+    /// services on ZooKeeper, MySQL and Redis, with nginx in front on one port).
+    Cluster {
+        /// up, down or status.
+        #[command(subcommand)]
+        action: services::cluster::Action,
+    },
 }
 
 /// Where ZooKeeper is.
@@ -201,6 +208,7 @@ fn main() -> anyhow::Result<()> {
             println!("ChatRoom chat service is running on {}", served.addr());
             served.wait();
         }
+        Command::Cluster { action } => services::cluster::run(action)?,
     }
     Ok(())
 }

@@ -1,0 +1,137 @@
+//! `chatroom cluster up|status|down` with the real binary, ZooKeeper, MariaDB, Redis and
+//! nginx: a client chats through nginx, `status` shows everything alive and registered,
+//! and `down` leaves no process and no listening port behind.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use mysql::prelude::Queryable;
+use services::cluster::{self, State};
+
+use crate::chat_standalone::{direct, user_at};
+use crate::support::{mysql_url, redis_url, unique_name, wait_until, with_database};
+
+/// Where ZooKeeper is for the test.
+fn zk() -> String {
+    std::env::var("CHATROOM_ZK").unwrap_or_else(|_| "127.0.0.1:2181".to_owned())
+}
+
+/// Runs `chatroom cluster <args> --state-dir DIR`.
+fn chatroom(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chatroom"))
+        .arg("cluster")
+        .args(args)
+        .arg("--state-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the chatroom binary runs")
+}
+
+/// Kills (SIGKILL) every process recorded in the state file that is still the recorded
+/// one, and drops the test database, if the test ends before `down` did it.
+struct Guard {
+    dir: tempfile::TempDir,
+    database: String,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(state) = cluster::read_state(self.dir.path()) {
+            for p in state.processes.iter().filter(|p| cluster::alive(p)) {
+                let _ = Command::new("kill").arg("-KILL").arg(p.pid.to_string()).status();
+            }
+        }
+        let url = with_database(&mysql_url(), "");
+        let dropped = mysql::Conn::new(url.as_str())
+            .and_then(|mut conn| conn.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.database)));
+        if let Err(e) = dropped {
+            eprintln!("could not drop test database {}: {e}", self.database);
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn refuses(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err()
+}
+
+#[test]
+fn cluster_up_serves_through_nginx_and_down_leaves_nothing_behind() {
+    let guard = Guard { dir: tempfile::tempdir().unwrap(), database: unique_name("chatroom_test") };
+    let dir = guard.dir.path();
+    let port = free_port().to_string();
+    let mysql = with_database(&mysql_url(), &guard.database);
+    let (zk, redis) = (zk(), redis_url());
+    let up_args = [
+        "up",
+        "--proxies",
+        "2",
+        "--user-services",
+        "1",
+        "--chat-services",
+        "1",
+        "--port",
+        &port,
+        "--zk",
+        &zk,
+        "--mysql",
+        &mysql,
+        "--redis",
+        &redis,
+        "--lease-ttl-secs",
+        "5",
+    ];
+    let up = chatroom(dir, &up_args);
+    assert!(
+        up.status.success(),
+        "`chatroom cluster up` failed (are ZooKeeper, MariaDB and Redis up? \
+         `bash scripts/services.sh up` starts them):\n{}{}",
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let state: State = cluster::read_state(dir).expect("up writes the state file");
+    let roles: Vec<&str> = state.processes.iter().map(|p| p.role.as_str()).collect();
+    assert_eq!(roles, ["user-service", "chat-service", "proxy", "proxy", "nginx"]);
+    assert_eq!(state.client_addr.port().to_string(), port);
+
+    // Two users through nginx exchange messages.
+    let (alice_client, alice) = user_at(state.client_addr, "alice");
+    let (bob_client, bob) = user_at(state.client_addr, "bob");
+    alice_client.send(direct(&alice, &bob), "a-1", "through nginx").unwrap();
+    assert_eq!(bob_client.wait_messages(1)[0].body, "through nginx");
+    bob_client.send(direct(&alice, &bob), "b-1", "and back").unwrap();
+    assert_eq!(alice_client.wait_messages(1)[0].seq, 2);
+    drop((alice_client, bob_client));
+
+    let status = chatroom(dir, &["status"]);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let text = String::from_utf8_lossy(&status.stdout);
+    for p in &state.processes {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{} ", p.name)))
+            .unwrap_or_else(|| panic!("status names {}:\n{text}", p.name));
+        assert!(line.contains(" alive "), "{} is alive: {line}", p.name);
+        if p.role != "nginx" {
+            assert!(line.contains("registered "), "{} is registered: {line}", p.name);
+            assert!(!line.contains("not registered"), "{} is registered: {line}", p.name);
+        }
+    }
+
+    let down = chatroom(dir, &["down"]);
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    for p in &state.processes {
+        wait_until(Duration::from_secs(10), &format!("{} (pid {}) is gone", p.name, p.pid), || {
+            !cluster::alive(p)
+        });
+        let addr = p.addr.expect("every process has an address");
+        assert!(refuses(addr), "{} still listens on {addr}", p.name);
+    }
+    assert!(cluster::read_state(dir).is_err(), "down removes the state file");
+}
