@@ -30,6 +30,7 @@
 pub mod api;
 pub mod auth;
 pub mod chat_service;
+pub mod client;
 pub mod cluster;
 mod conversation;
 mod convert;

@@ -94,6 +94,16 @@ enum Command {
         #[command(subcommand)]
         action: services::cluster::Action,
     },
+    /// A command-line chat client: interactive on a terminal, one command per line
+    /// otherwise (see `help`).
+    Client {
+        /// The proxy (or standalone system) to connect to.
+        #[arg(long, env = "CHATROOM_SERVER", default_value = "127.0.0.1:7878")]
+        server: SocketAddr,
+        /// Print JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Where ZooKeeper is.
@@ -209,6 +219,11 @@ fn main() -> anyhow::Result<()> {
             served.wait();
         }
         Command::Cluster { action } => services::cluster::run(action)?,
+        Command::Client { server, json } => {
+            use std::io::IsTerminal as _;
+            let interactive = std::io::stdin().is_terminal();
+            services::client::run(&services::client::Options { server, json, interactive })?;
+        }
     }
     Ok(())
 }

@@ -19,6 +19,7 @@
 mod chat_cluster;
 mod chat_standalone;
 mod chat_two_proxies;
+mod client_cli;
 mod cluster_up_down;
 mod proto;
 mod support;

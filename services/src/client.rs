@@ -1,0 +1,746 @@
+//! `chatroom client`: a command-line chat client over the generated `Gateway` stub.
+//!
+//! Commands are read one per line (see [`HELP`]). Replies, incoming messages, presence
+//! changes and kicks are printed one event per line, as text or (with `json`) as JSON
+//! lines. The client keeps the last sequence seen per conversation: at login it Syncs
+//! what it missed, when a pushed message's sequence jumps past last + 1 it Syncs the gap,
+//! and when the connection is lost it logs in again and Syncs. A send carries a client
+//! message id (a per-process random prefix and a counter), reused when the send is
+//! retried, so a retry is never stored twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use rand::Rng as _;
+use rpc_core::client::{self, Channel};
+use serde_json::{json, Value};
+
+use crate::api::{self, GatewayClient};
+use crate::convert;
+use crate::proxy::{PUSH_METHOD, PUSH_SERVICE};
+use crate::{ConversationId, GroupId, UserId};
+
+/// The commands, as `help` prints them.
+pub const HELP: &str = "\
+commands:
+  register NAME PASSWORD        create an account
+  login NAME PASSWORD           open a session (syncs what you missed)
+  logout                        close the session
+  find NAME                     look a user up
+  friend add NAME|ID            befriend a user
+  friend remove NAME|ID         end a friendship
+  friend list                   friends with online state
+  group create NAME             create a group (you own it)
+  group join ID                 join a group
+  group leave ID                leave a group
+  group list                    your groups
+  group members ID              a group's members
+  send user NAME|ID TEXT        send to a user
+  send group ID TEXT            send to a group
+  history user|group X [before|after SEQ] [LIMIT]
+                                a page of a conversation's history
+  sync                          fetch every missed message
+  ack user|group X SEQ          mark a conversation read up to SEQ
+  wait N [TIMEOUT_MS]           wait for N incoming messages (default 10000 ms)
+  help                          this text
+  quit                          leave";
+
+/// How the client prints and behaves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The proxy to connect to.
+    pub server: SocketAddr,
+    /// JSON lines instead of text.
+    pub json: bool,
+    /// Show a prompt (stdin is a terminal).
+    pub interactive: bool,
+}
+
+/// Prints events, one per line.
+struct Out {
+    json: bool,
+    lock: Mutex<()>,
+}
+
+impl Out {
+    fn emit(&self, value: Value, text: String) {
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stdout = std::io::stdout().lock();
+        if self.json {
+            let _ = writeln!(stdout, "{value}");
+        } else {
+            let _ = writeln!(stdout, "{text}");
+        }
+        let _ = stdout.flush();
+    }
+
+    fn error(&self, command: &str, code: &str, message: &str) {
+        self.emit(
+            json!({"event": "error", "command": command, "code": code, "message": message}),
+            format!("error: {command}: {code}: {message}"),
+        );
+    }
+}
+
+/// What the client remembers across calls and reconnects.
+#[derive(Default)]
+struct State {
+    /// Name and password of the current session, to log in again after a reconnect.
+    credentials: Option<(String, String)>,
+    me: Option<api::User>,
+    /// The last sequence seen per conversation.
+    last_seq: BTreeMap<ConversationId, u64>,
+    /// Names of users seen so far, for printing.
+    names: HashMap<u64, String>,
+    /// Incoming messages printed so far (for `wait`).
+    received: u64,
+}
+
+/// The client: a connection, its state and its printer.
+pub struct Client {
+    gateway: GatewayClient,
+    state: Mutex<State>,
+    arrived: Condvar,
+    out: Out,
+    msg_prefix: String,
+    msg_counter: AtomicU64,
+}
+
+enum Incoming {
+    Push(api::Push),
+    Disconnected(String),
+}
+
+fn failure(command: &str, e: &rpc_core::Error) -> (String, String, String) {
+    let message = match e {
+        rpc_core::Error::Status(s) => s.message.clone(),
+        other => other.to_string(),
+    };
+    (command.to_owned(), e.code().as_str().to_owned(), message)
+}
+
+/// A failed command: (command, code, message).
+type Failed = (String, String, String);
+
+fn usage(command: &str, what: &str) -> Failed {
+    (command.to_owned(), "Usage".to_owned(), what.to_owned())
+}
+
+impl Client {
+    /// Connects to the proxy and starts the thread that handles pushes.
+    pub fn connect(options: &Options) -> anyhow::Result<Arc<Client>> {
+        let (tx, rx) = mpsc::channel::<Incoming>();
+        let push_tx = tx.clone();
+        let on_push = move |service: &str, method: &str, body: bytes::Bytes| {
+            if (service, method) == (PUSH_SERVICE, PUSH_METHOD) {
+                if let Ok(push) = api::Push::decode(body) {
+                    let _ = push_tx.send(Incoming::Push(push));
+                }
+            }
+        };
+        let on_disconnect = move |e: &rpc_core::Error| {
+            let _ = tx.send(Incoming::Disconnected(e.to_string()));
+        };
+        let config = client::Config {
+            on_push: Some(Arc::new(on_push)),
+            on_disconnect: Some(Arc::new(on_disconnect)),
+            ..client::Config::default()
+        };
+        let channel = Channel::connect(options.server, config)
+            .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", options.server))?;
+        let prefix: u64 = rand::thread_rng().gen();
+        let client = Arc::new(Client {
+            gateway: GatewayClient::new(channel).with_timeout(Duration::from_secs(15)),
+            state: Mutex::default(),
+            arrived: Condvar::new(),
+            out: Out { json: options.json, lock: Mutex::new(()) },
+            msg_prefix: format!("{prefix:016x}"),
+            msg_counter: AtomicU64::new(0),
+        });
+        let worker = client.clone();
+        std::thread::spawn(move || {
+            for incoming in rx {
+                match incoming {
+                    Incoming::Push(push) => worker.on_push(push),
+                    Incoming::Disconnected(reason) => worker.on_disconnect(&reason),
+                }
+            }
+        });
+        Ok(client)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn name_of(&self, id: u64) -> String {
+        self.state().names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"))
+    }
+
+    fn remember(&self, user: &api::User) {
+        self.state().names.insert(user.id, user.name.clone());
+    }
+
+    fn on_push(&self, push: api::Push) {
+        match push.event {
+            Some(api::push::Event::Message(message)) => self.incoming_message(message),
+            Some(api::push::Event::Presence(change)) => {
+                let name = self.name_of(change.user_id);
+                let state = if change.online { "online" } else { "offline" };
+                self.out.emit(
+                    json!({"event": "presence", "user_id": change.user_id, "name": name, "online": change.online}),
+                    format!("* {name} is {state}"),
+                );
+            }
+            Some(api::push::Event::Kicked(kicked)) => {
+                self.state().credentials = None;
+                self.out.emit(
+                    json!({"event": "kicked", "reason": kicked.reason}),
+                    format!("* kicked: {}", kicked.reason),
+                );
+            }
+            None => {}
+        }
+    }
+
+    /// A pushed message: printed if new, after Syncing any gap before it.
+    fn incoming_message(&self, message: api::Message) {
+        let Ok(id) = convert::conversation_id(message.conversation) else { return };
+        let last = self.state().last_seq.get(&id).copied().unwrap_or(0);
+        if message.seq <= last {
+            return;
+        }
+        if message.seq > last + 1 {
+            if let Err((c, code, m)) = self.sync() {
+                self.out.error(&c, &code, &m);
+            }
+        }
+        self.show(message);
+    }
+
+    /// Prints a message unless already seen, and moves the conversation's last sequence.
+    fn show(&self, message: api::Message) {
+        let Ok(id) = convert::conversation_id(message.conversation) else { return };
+        {
+            let mut state = self.state();
+            let last = state.last_seq.entry(id).or_insert(0);
+            if message.seq <= *last {
+                return;
+            }
+            *last = message.seq;
+            // Only messages from others count as incoming (a Sync may return our own).
+            if state.me.as_ref().map(|u| u.id) != Some(message.sender_id) {
+                state.received += 1;
+            }
+        }
+        self.arrived.notify_all();
+        let from = self.name_of(message.sender_id);
+        let (conv_json, conv_text) = self.describe(id);
+        self.out.emit(
+            json!({"event": "message", "conversation": conv_json, "seq": message.seq, "sender_id": message.sender_id,
+                   "sender": from, "client_msg_id": message.client_msg_id, "body": message.body,
+                   "sent_at_ms": message.sent_at_ms}),
+            format!("[{conv_text} #{}] {from}: {}", message.seq, message.body),
+        );
+    }
+
+    fn describe(&self, id: ConversationId) -> (Value, String) {
+        match id {
+            ConversationId::Direct { low, high } => {
+                let me = self.state().me.as_ref().map(|u| u.id);
+                let peer = if Some(low.0) == me { high.0 } else { low.0 };
+                (json!({"direct": [low.0, high.0]}), format!("@{}", self.name_of(peer)))
+            }
+            ConversationId::Group(g) => (json!({"group": g.0}), format!("group {}", g.0)),
+        }
+    }
+
+    fn on_disconnect(&self, reason: &str) {
+        let credentials = self.state().credentials.clone();
+        self.out
+            .emit(json!({"event": "disconnected", "reason": reason}), format!("* connection lost: {reason}"));
+        let Some((name, password)) = credentials else { return };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut pause = Duration::from_millis(100);
+        while Instant::now() < deadline {
+            std::thread::sleep(pause);
+            match self.login(&name, &password, true) {
+                Ok(()) => return,
+                Err((_, code, _)) if code == "Unavailable" || code == "DeadlineExceeded" => {
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err((c, code, m)) => {
+                    self.out.error(&c, &code, &m);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn login(&self, name: &str, password: &str, again: bool) -> Result<(), Failed> {
+        let request = api::LoginRequest { name: name.into(), password: password.into() };
+        let response = self.gateway.login(&request).map_err(|e| failure("login", &e))?;
+        let user = response.user.clone().unwrap_or_default();
+        {
+            let mut state = self.state();
+            state.credentials = Some((name.to_owned(), password.to_owned()));
+            state.me = Some(user.clone());
+            state.names.insert(user.id, user.name.clone());
+            for friend in response.friends.iter().filter_map(|c| c.user.as_ref()) {
+                state.names.insert(friend.id, friend.name.clone());
+            }
+            for group in &response.groups {
+                for member in group.members.iter().filter_map(|c| c.user.as_ref()) {
+                    state.names.insert(member.id, member.name.clone());
+                }
+            }
+        }
+        let friends: Vec<Value> = response.friends.iter().map(contact_json).collect();
+        let groups: Vec<Value> = response
+            .groups
+            .iter()
+            .map(|g| {
+                let group = g.group.clone().unwrap_or_default();
+                json!({"id": group.id, "name": group.name, "members": g.members.iter().map(contact_json).collect::<Vec<_>>()})
+            })
+            .collect();
+        let unread: u64 = response.conversations.iter().map(|c| c.unread).sum();
+        let event = if again { "relogged_in" } else { "logged_in" };
+        self.out.emit(
+            json!({"event": event, "user": user_json(&user), "friends": friends, "groups": groups,
+                   "unread": unread, "replaced_session": response.replaced_session}),
+            format!(
+                "logged in as {} (id {}); {} friends, {} groups, {unread} unread{}",
+                user.name,
+                user.id,
+                response.friends.len(),
+                response.groups.len(),
+                if response.replaced_session { "; replaced another session" } else { "" }
+            ),
+        );
+        self.sync()
+    }
+
+    /// Fetches every missed message, page by page, and prints them.
+    fn sync(&self) -> Result<(), Failed> {
+        loop {
+            let cursors = self
+                .state()
+                .last_seq
+                .iter()
+                .map(|(id, seq)| api::Cursor { conversation: Some(convert::conversation(*id)), seq: *seq })
+                .collect();
+            let response = self
+                .gateway
+                .sync(&api::SyncRequest { cursors, limit: 0 })
+                .map_err(|e| failure("sync", &e))?;
+            let fetched = response.messages.len();
+            for message in response.messages {
+                self.show(message);
+            }
+            if !response.has_more || fetched == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The user id for a name or a number.
+    fn user_id(&self, command: &str, who: &str) -> Result<u64, Failed> {
+        if let Ok(id) = who.parse::<u64>() {
+            return Ok(id);
+        }
+        let response = self
+            .gateway
+            .find_user(&api::FindUserRequest { name: who.into() })
+            .map_err(|e| failure(command, &e))?;
+        let user = response.user.and_then(|c| c.user).unwrap_or_default();
+        self.remember(&user);
+        Ok(user.id)
+    }
+
+    fn conversation(&self, command: &str, kind: &str, target: &str) -> Result<ConversationId, Failed> {
+        match kind {
+            "user" => {
+                let me = self.state().me.as_ref().map(|u| u.id).ok_or_else(|| {
+                    (command.to_owned(), "Unauthenticated".to_owned(), "log in first".to_owned())
+                })?;
+                let peer = self.user_id(command, target)?;
+                Ok(ConversationId::direct(UserId(me), UserId(peer)))
+            }
+            "group" => {
+                let g = target.parse::<u64>().map_err(|_| usage(command, "a group id is a number"))?;
+                Ok(ConversationId::Group(GroupId(g)))
+            }
+            _ => Err(usage(command, "expected `user NAME|ID` or `group ID`")),
+        }
+    }
+
+    fn next_msg_id(&self) -> String {
+        let n = self.msg_counter.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{}-{n}", self.msg_prefix)
+    }
+
+    fn send(&self, id: ConversationId, body: &str) -> Result<(), Failed> {
+        let request = api::SendMessageRequest {
+            conversation: Some(convert::conversation(id)),
+            client_msg_id: self.next_msg_id(),
+            body: body.into(),
+        };
+        let mut attempts = 0;
+        let response = loop {
+            match self.gateway.send_message(&request) {
+                Ok(response) => break response,
+                // Lost on the way: the same client message id makes the retry safe.
+                Err(e) if attempts < 3 && e.code() == rpc_core::Code::Unavailable => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(200 * attempts));
+                    let credentials = self.state().credentials.clone();
+                    if let Some((name, password)) = credentials {
+                        let _ = self.login(&name, &password, true);
+                    }
+                }
+                Err(e) => return Err(failure("send", &e)),
+            }
+        };
+        let message = response.message.unwrap_or_default();
+        let (conv_json, conv_text) = self.describe(id);
+        {
+            let mut state = self.state();
+            let last = state.last_seq.entry(id).or_insert(0);
+            *last = (*last).max(message.seq);
+        }
+        self.out.emit(
+            json!({"event": "sent", "conversation": conv_json, "seq": message.seq,
+                   "client_msg_id": message.client_msg_id, "duplicate": response.duplicate}),
+            format!("sent to {conv_text} as #{}", message.seq),
+        );
+        Ok(())
+    }
+
+    fn wait(&self, n: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.state();
+        let start = state.received;
+        while state.received - start < n {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            state = self.arrived.wait_timeout(state, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        let got = state.received - start;
+        drop(state);
+        self.out.emit(
+            json!({"event": "waited", "received": got, "wanted": n, "timed_out": got < n}),
+            format!("* waited: {got} of {n} messages"),
+        );
+    }
+
+    /// Runs one command line. `Ok(false)` means quit.
+    pub fn run_line(&self, line: &str) -> bool {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.is_empty() || words[0].starts_with('#') {
+            return true;
+        }
+        if matches!(words[0], "quit" | "exit") {
+            return false;
+        }
+        if let Err((command, code, message)) = self.command(line, &words) {
+            self.out.error(&command, &code, &message);
+        }
+        true
+    }
+
+    fn command(&self, line: &str, words: &[&str]) -> Result<(), Failed> {
+        let rest_after = |n: usize| -> String {
+            // The text after the first n words, as typed.
+            let mut rest = line.trim_start();
+            for _ in 0..n {
+                rest = rest.trim_start();
+                rest = rest.find(char::is_whitespace).map_or("", |i| &rest[i..]);
+            }
+            rest.trim().to_owned()
+        };
+        let ok = |value: Value, text: String| self.out.emit(value, text);
+        match words {
+            ["help"] => ok(json!({"event": "help", "text": HELP}), HELP.to_owned()),
+            ["register", name, password] => {
+                let request = api::RegisterRequest { name: (*name).into(), password: (*password).into() };
+                let user = self
+                    .gateway
+                    .register(&request)
+                    .map_err(|e| failure("register", &e))?
+                    .user
+                    .unwrap_or_default();
+                self.remember(&user);
+                ok(
+                    json!({"event": "registered", "user": user_json(&user)}),
+                    format!("registered {} (id {})", user.name, user.id),
+                );
+            }
+            ["register", ..] => return Err(usage("register", "register NAME PASSWORD")),
+            ["login", name, password] => self.login(name, password, false)?,
+            ["login", ..] => return Err(usage("login", "login NAME PASSWORD")),
+            ["logout"] => {
+                self.gateway.logout(&api::LogoutRequest {}).map_err(|e| failure("logout", &e))?;
+                let mut state = self.state();
+                state.credentials = None;
+                state.me = None;
+                state.last_seq.clear();
+                drop(state);
+                ok(json!({"event": "logged_out"}), "logged out".to_owned());
+            }
+            ["find", name] => {
+                let response = self
+                    .gateway
+                    .find_user(&api::FindUserRequest { name: (*name).into() })
+                    .map_err(|e| failure("find", &e))?;
+                let contact = response.user.unwrap_or_default();
+                let user = contact.user.clone().unwrap_or_default();
+                self.remember(&user);
+                ok(
+                    json!({"event": "user", "user": contact_json(&contact)}),
+                    format!("{} (id {}) is {}", user.name, user.id, online(contact.online)),
+                );
+            }
+            ["friend", "add", who] => {
+                let friend = match who.parse::<u64>() {
+                    Ok(id) => api::add_friend_request::Friend::UserId(id),
+                    Err(_) => api::add_friend_request::Friend::Name((*who).into()),
+                };
+                let response = self
+                    .gateway
+                    .add_friend(&api::AddFriendRequest { friend: Some(friend) })
+                    .map_err(|e| failure("friend add", &e))?;
+                let contact = response.friend.unwrap_or_default();
+                let user = contact.user.clone().unwrap_or_default();
+                self.remember(&user);
+                ok(
+                    json!({"event": "friend_added", "friend": contact_json(&contact)}),
+                    format!("{} (id {}) is now your friend ({})", user.name, user.id, online(contact.online)),
+                );
+            }
+            ["friend", "remove", who] => {
+                let id = self.user_id("friend remove", who)?;
+                self.gateway
+                    .remove_friend(&api::RemoveFriendRequest { user_id: id })
+                    .map_err(|e| failure("friend remove", &e))?;
+                ok(
+                    json!({"event": "friend_removed", "user_id": id}),
+                    format!("{} is no longer your friend", self.name_of(id)),
+                );
+            }
+            ["friend", "list"] => {
+                let response = self
+                    .gateway
+                    .list_friends(&api::ListFriendsRequest {})
+                    .map_err(|e| failure("friend list", &e))?;
+                let mut text = format!("{} friends", response.friends.len());
+                for contact in &response.friends {
+                    let user = contact.user.clone().unwrap_or_default();
+                    self.remember(&user);
+                    text.push_str(&format!("\n  {} (id {}) {}", user.name, user.id, online(contact.online)));
+                }
+                let friends: Vec<Value> = response.friends.iter().map(contact_json).collect();
+                ok(json!({"event": "friends", "friends": friends}), text);
+            }
+            ["friend", ..] => return Err(usage("friend", "friend add|remove NAME|ID, friend list")),
+            ["group", "create", ..] if words.len() > 2 => {
+                let name = rest_after(2);
+                let group = self
+                    .gateway
+                    .create_group(&api::CreateGroupRequest { name })
+                    .map_err(|e| failure("group create", &e))?
+                    .group
+                    .unwrap_or_default();
+                ok(
+                    json!({"event": "group_created", "group": group_json(&group)}),
+                    format!("created group {} (id {})", group.name, group.id),
+                );
+            }
+            ["group", "join", id] => {
+                let group_id = id.parse().map_err(|_| usage("group join", "group join ID"))?;
+                let group = self
+                    .gateway
+                    .join_group(&api::JoinGroupRequest { group_id })
+                    .map_err(|e| failure("group join", &e))?
+                    .group
+                    .unwrap_or_default();
+                ok(
+                    json!({"event": "group_joined", "group": group_json(&group)}),
+                    format!("joined group {} (id {})", group.name, group.id),
+                );
+            }
+            ["group", "leave", id] => {
+                let group_id = id.parse().map_err(|_| usage("group leave", "group leave ID"))?;
+                self.gateway
+                    .leave_group(&api::LeaveGroupRequest { group_id })
+                    .map_err(|e| failure("group leave", &e))?;
+                ok(json!({"event": "group_left", "group_id": group_id}), format!("left group {group_id}"));
+            }
+            ["group", "list"] => {
+                let response = self
+                    .gateway
+                    .list_groups(&api::ListGroupsRequest {})
+                    .map_err(|e| failure("group list", &e))?;
+                let mut text = format!("{} groups", response.groups.len());
+                for g in &response.groups {
+                    text.push_str(&format!(
+                        "\n  {} (id {}, owner {})",
+                        g.name,
+                        g.id,
+                        self.name_of(g.owner_id)
+                    ));
+                }
+                let groups: Vec<Value> = response.groups.iter().map(group_json).collect();
+                ok(json!({"event": "groups", "groups": groups}), text);
+            }
+            ["group", "members", id] => {
+                let group_id = id.parse().map_err(|_| usage("group members", "group members ID"))?;
+                let response = self
+                    .gateway
+                    .group_members(&api::GroupMembersRequest { group_id })
+                    .map_err(|e| failure("group members", &e))?;
+                let mut text = format!("{} members", response.members.len());
+                for contact in &response.members {
+                    let user = contact.user.clone().unwrap_or_default();
+                    self.remember(&user);
+                    text.push_str(&format!("\n  {} (id {}) {}", user.name, user.id, online(contact.online)));
+                }
+                let members: Vec<Value> = response.members.iter().map(contact_json).collect();
+                ok(json!({"event": "members", "group_id": group_id, "members": members}), text);
+            }
+            ["group", ..] => {
+                return Err(usage("group", "group create NAME, group join|leave|members ID, group list"))
+            }
+            ["send", kind, target, _, ..] => {
+                let id = self.conversation("send", kind, target)?;
+                self.send(id, &rest_after(3))?;
+            }
+            ["send", ..] => return Err(usage("send", "send user NAME|ID TEXT, send group ID TEXT")),
+            ["history", kind, target, more @ ..] => {
+                let id = self.conversation("history", kind, target)?;
+                let bad = || usage("history", "history user|group X [before|after SEQ] [LIMIT]");
+                let (anchor, limit) = match more {
+                    [] => (None, 0),
+                    [limit] => (None, limit.parse().map_err(|_| bad())?),
+                    [dir, seq, rest @ ..] if rest.len() <= 1 => {
+                        let seq: u64 = seq.parse().map_err(|_| bad())?;
+                        let anchor = match *dir {
+                            "before" => api::history_request::Anchor::BeforeSeq(seq),
+                            "after" => api::history_request::Anchor::AfterSeq(seq),
+                            _ => return Err(bad()),
+                        };
+                        let limit = rest.first().map_or(Ok(0), |l| l.parse()).map_err(|_| bad())?;
+                        (Some(anchor), limit)
+                    }
+                    _ => return Err(bad()),
+                };
+                let request =
+                    api::HistoryRequest { conversation: Some(convert::conversation(id)), anchor, limit };
+                let response = self.gateway.history(&request).map_err(|e| failure("history", &e))?;
+                let (conv_json, conv_text) = self.describe(id);
+                let mut text = format!("history of {conv_text}: {} messages", response.messages.len());
+                let mut messages = Vec::new();
+                for m in &response.messages {
+                    let from = self.name_of(m.sender_id);
+                    text.push_str(&format!("\n  #{} {from}: {}", m.seq, m.body));
+                    messages
+                        .push(json!({"seq": m.seq, "sender_id": m.sender_id, "sender": from, "body": m.body,
+                                         "sent_at_ms": m.sent_at_ms}));
+                }
+                if response.has_more {
+                    text.push_str("\n  (more)");
+                }
+                ok(
+                    json!({"event": "history", "conversation": conv_json, "messages": messages, "has_more": response.has_more}),
+                    text,
+                );
+            }
+            ["history", ..] => {
+                return Err(usage("history", "history user|group X [before|after SEQ] [LIMIT]"))
+            }
+            ["sync"] => {
+                let before = self.state().received;
+                self.sync()?;
+                let got = self.state().received - before;
+                ok(json!({"event": "synced", "messages": got}), format!("synced {got} messages"));
+            }
+            ["ack", kind, target, seq] => {
+                let id = self.conversation("ack", kind, target)?;
+                let seq = seq.parse().map_err(|_| usage("ack", "ack user|group X SEQ"))?;
+                let request = api::AckRequest { conversation: Some(convert::conversation(id)), seq };
+                let response = self.gateway.ack(&request).map_err(|e| failure("ack", &e))?;
+                let (conv_json, conv_text) = self.describe(id);
+                ok(
+                    json!({"event": "acked", "conversation": conv_json, "read_seq": response.read_seq}),
+                    format!("{conv_text} read up to #{}", response.read_seq),
+                );
+            }
+            ["ack", ..] => return Err(usage("ack", "ack user|group X SEQ")),
+            ["wait", n, rest @ ..] if rest.len() <= 1 => {
+                let n = n.parse().map_err(|_| usage("wait", "wait N [TIMEOUT_MS]"))?;
+                let ms = rest
+                    .first()
+                    .map_or(Ok(10_000), |t| t.parse())
+                    .map_err(|_| usage("wait", "wait N [TIMEOUT_MS]"))?;
+                self.wait(n, Duration::from_millis(ms));
+            }
+            [other, ..] => return Err(usage(other, &format!("unknown command {other:?}; try help"))),
+            [] => {}
+        }
+        Ok(())
+    }
+}
+
+fn online(online: bool) -> &'static str {
+    if online {
+        "online"
+    } else {
+        "offline"
+    }
+}
+
+fn user_json(user: &api::User) -> Value {
+    json!({"id": user.id, "name": user.name})
+}
+
+fn contact_json(contact: &api::Contact) -> Value {
+    let user = contact.user.clone().unwrap_or_default();
+    json!({"id": user.id, "name": user.name, "online": contact.online})
+}
+
+fn group_json(group: &api::Group) -> Value {
+    json!({"id": group.id, "name": group.name, "owner_id": group.owner_id})
+}
+
+/// Runs the client: commands from stdin until `quit` or the end of input.
+///
+/// # Errors
+///
+/// When the server cannot be reached.
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    let client = Client::connect(options)?;
+    if options.interactive {
+        println!("connected to {}; type help for the commands", options.server);
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if options.interactive {
+            print!("> ");
+            let _ = std::io::stdout().flush();
+        }
+        let Some(Ok(line)) = lines.next() else { break };
+        if !client.run_line(&line) {
+            break;
+        }
+    }
+    Ok(())
+}

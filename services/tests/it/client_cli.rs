@@ -1,0 +1,143 @@
+//! `chatroom client --json` end to end: the real binary's `standalone` on a free port
+//! with a temporary data directory, and client processes fed scripts on stdin.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_chatroom");
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Kills the child process by its id when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The lines a process prints, read on a thread of their own.
+fn lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Reads lines until one satisfies `done`, failing after `PATIENCE` or at end of output.
+fn read_until(rx: &mpsc::Receiver<String>, seen: &mut Vec<String>, what: &str, done: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let hit = done(&line);
+                seen.push(line);
+                if hit {
+                    return;
+                }
+            }
+            Err(e) => panic!("no line where {what} ({e}); saw {seen:#?}"),
+        }
+    }
+}
+
+fn client(addr: &str, script: &str) -> (Killed, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(["client", "--json", "--server", addr])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the client starts");
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let rx = lines(child.stdout.take().unwrap());
+    (Killed(child), rx)
+}
+
+fn events(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}")))
+        .collect()
+}
+
+/// Waits for a client to exit (it exits after its last command) and returns all its lines.
+fn finish(mut client: Killed, rx: mpsc::Receiver<String>, mut seen: Vec<String>) -> Vec<Value> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = client.0.try_wait().unwrap() {
+            assert!(status.success(), "the client exits cleanly: {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the client did not exit; saw {seen:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    seen.extend(rx.iter());
+    events(&seen)
+}
+
+#[test]
+fn two_json_clients_chat_and_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Command::new(BIN)
+        .args(["standalone", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("standalone starts");
+    let server_lines = lines(server.stdout.take().unwrap());
+    let _server = Killed(server);
+    let mut seen = Vec::new();
+    read_until(&server_lines, &mut seen, "standalone says where clients connect", |l| {
+        l.contains("connect to ")
+    });
+    let addr = seen.last().unwrap().rsplit(' ').next().unwrap().trim().to_owned();
+
+    let (bob, bob_rx) = client(
+        &addr,
+        "friend list\nregister bob correct-horse-battery\nlogin bob wrong-password-here\n\
+         login bob correct-horse-battery\nwait 1 30000\nquit\n",
+    );
+    let mut bob_seen = Vec::new();
+    read_until(&bob_rx, &mut bob_seen, "bob is logged in", |l| l.contains("\"logged_in\""));
+
+    let (alice, alice_rx) = client(
+        &addr,
+        "register alice correct-horse-battery\nlogin alice correct-horse-battery\nsend user bob hello bob\n",
+    );
+    let alice_events = finish(alice, alice_rx, Vec::new());
+    let sent =
+        alice_events.iter().find(|e| e["event"] == "sent").unwrap_or_else(|| panic!("{alice_events:#?}"));
+    assert_eq!(sent["seq"], 1);
+
+    let bob_events = finish(bob, bob_rx, bob_seen);
+    assert_eq!(bob_events[0]["event"], "error", "{bob_events:#?}");
+    assert_eq!(bob_events[0]["command"], "friend list");
+    assert_eq!(bob_events[0]["code"], "Unauthenticated", "calls before login are refused");
+    assert_eq!(bob_events[1]["event"], "registered");
+    assert_eq!(bob_events[2]["event"], "error");
+    assert_eq!(bob_events[2]["command"], "login");
+    assert_eq!(bob_events[2]["code"], "Unauthenticated", "a wrong password is refused");
+    assert_eq!(bob_events[3]["event"], "logged_in");
+    let message =
+        bob_events.iter().find(|e| e["event"] == "message").unwrap_or_else(|| panic!("{bob_events:#?}"));
+    assert_eq!(message["seq"], 1);
+    assert_eq!(message["body"], "hello bob");
+    let alice_id = &alice_events.iter().find(|e| e["event"] == "registered").unwrap()["user"]["id"];
+    assert_eq!(&message["sender_id"], alice_id);
+    let waited = bob_events.iter().find(|e| e["event"] == "waited").unwrap();
+    assert_eq!(waited["received"], 1);
+}
