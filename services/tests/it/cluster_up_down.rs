@@ -135,3 +135,18 @@ fn cluster_up_serves_through_nginx_and_down_leaves_nothing_behind() {
     }
     assert!(cluster::read_state(dir).is_err(), "down removes the state file");
 }
+
+#[test]
+fn cluster_up_without_a_backend_names_the_setup_script_and_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = format!("redis://127.0.0.1:{}/", free_port());
+    let port = free_port().to_string();
+    let up = chatroom(
+        dir.path(),
+        &["up", "--port", &port, "--zk", &zk(), "--mysql", &mysql_url(), "--redis", &closed],
+    );
+    assert!(!up.status.success(), "up fails when Redis is not there");
+    let stderr = String::from_utf8_lossy(&up.stderr);
+    assert!(stderr.contains("Redis") && stderr.contains("bash scripts/services.sh up"), "{stderr}");
+    assert!(cluster::read_state(dir.path()).is_err(), "no state is written");
+}
