@@ -34,6 +34,7 @@ pub mod client;
 pub mod cluster;
 mod conversation;
 mod convert;
+pub mod demo;
 mod ids;
 pub mod limits;
 pub mod presence;

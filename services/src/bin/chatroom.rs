@@ -104,6 +104,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Runs a short scripted conversation between three bots (one-to-one, a group,
+    /// offline delivery), printing it; starts a standalone system unless given `--server`.
+    Demo {
+        /// A running proxy or standalone system to use instead of starting one.
+        #[arg(long, env = "CHATROOM_SERVER")]
+        server: Option<SocketAddr>,
+    },
 }
 
 /// Where ZooKeeper is.
@@ -162,14 +169,20 @@ fn redis(args: &RedisArgs) -> anyhow::Result<Arc<dyn Presence>> {
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The client and the demo print a conversation; their logs stay quiet unless asked for.
+    let default_level = match cli.command {
+        Command::Client { .. } | Command::Demo { .. } => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Standalone { listen, data_dir, lease_ttl_secs } => {
             let config = standalone::Config {
                 data_dir,
@@ -224,6 +237,7 @@ fn main() -> anyhow::Result<()> {
             let interactive = std::io::stdin().is_terminal();
             services::client::run(&services::client::Options { server, json, interactive })?;
         }
+        Command::Demo { server } => services::demo::run(server)?,
     }
     Ok(())
 }

@@ -141,3 +141,12 @@ fn two_json_clients_chat_and_get_clear_errors() {
     let waited = bob_events.iter().find(|e| e["event"] == "waited").unwrap();
     assert_eq!(waited["received"], 1);
 }
+
+#[test]
+fn the_demo_runs_its_script_on_a_system_of_its_own() {
+    let output = Command::new(BIN).arg("demo").env("RUST_LOG", "warn").output().expect("the demo runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "the demo succeeds: {text}");
+    assert!(text.contains("(missed) #1"), "the offline bot catches up: {text}");
+    assert!(text.contains("done: one-to-one, group and offline delivery all worked"), "{text}");
+}
