@@ -5,7 +5,9 @@
 //! assigned) before anything else happens; only then are the online recipients looked up
 //! in the presence table, grouped by proxy, and pushed to with one asynchronous
 //! `Delivery.DeliverBatch` per proxy. The sender's answer does not wait for those pushes:
-//! a push is a hint, and a recipient who misses one pulls the message with `Sync`.
+//! a push is a hint, and a recipient who misses one pulls the message with `Sync`. A
+//! retried send (same client message id) is pushed again, since the attempt that stored
+//! it may have died before pushing; clients drop sequences they have already seen.
 
 use std::sync::Arc;
 
@@ -94,10 +96,9 @@ impl chat_service_rpc::ChatService for ChatService {
                 body: &request.body,
             })
             .map_err(store_status)?;
-        // A retry was pushed the first time; pushing it again would only duplicate it.
-        if !sent.duplicate {
-            self.fan_out(&sent.message);
-        }
+        // A retry is pushed again: the first attempt may have stored the message and died
+        // before pushing it. Clients drop a pushed sequence they have already seen.
+        self.fan_out(&sent.message);
         Ok(api::SendMessageResponse { message: Some(message(sent.message)), duplicate: sent.duplicate })
     }
 
