@@ -153,7 +153,7 @@ impl Client {
             ..client::Config::default()
         };
         let channel = Channel::connect(options.server, config)
-            .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", options.server))?;
+            .map_err(|e| anyhow::anyhow!("{e} (is a proxy or `chatroom standalone` running there?)"))?;
         let prefix: u64 = rand::thread_rng().gen();
         let client = Arc::new(Client {
             gateway: GatewayClient::new(channel).with_timeout(Duration::from_secs(15)),
@@ -239,7 +239,7 @@ impl Client {
                 state.received += 1;
             }
         }
-        self.arrived.notify_all();
+        self.learn_names(id, message.sender_id);
         let from = self.name_of(message.sender_id);
         let (conv_json, conv_text) = self.describe(id);
         self.out.emit(
@@ -248,6 +248,31 @@ impl Client {
                    "sent_at_ms": message.sent_at_ms}),
             format!("[{conv_text} #{}] {from}: {}", message.seq, message.body),
         );
+        // Only now: a `wait` that this message completes must find it printed.
+        self.arrived.notify_all();
+    }
+
+    /// Learns the name of a sender not seen before (someone who befriended us, or joined
+    /// one of our groups, after login): from the friend list, or the group's members.
+    fn learn_names(&self, conversation: ConversationId, sender: u64) {
+        if self.state().names.contains_key(&sender) {
+            return;
+        }
+        let users: Vec<api::User> = match conversation {
+            ConversationId::Direct { .. } => self
+                .gateway
+                .list_friends(&api::ListFriendsRequest {})
+                .map(|r| r.friends.into_iter().filter_map(|c| c.user).collect())
+                .unwrap_or_default(),
+            ConversationId::Group(g) => self
+                .gateway
+                .group_members(&api::GroupMembersRequest { group_id: g.0 })
+                .map(|r| r.members.into_iter().filter_map(|c| c.user).collect())
+                .unwrap_or_default(),
+        };
+        for user in &users {
+            self.remember(user);
+        }
     }
 
     fn describe(&self, id: ConversationId) -> (Value, String) {
