@@ -8,8 +8,11 @@
 //! nginx in front of them on one client port. Every process is recorded in
 //! `STATE/cluster.json` (role, pid, start time, address) as soon as it starts.
 //!
-//! `down` stops exactly the recorded processes (SIGTERM, then SIGKILL after a deadline),
-//! waits until their ports are free and removes the state file. A pid is signalled only
+//! `down` stops exactly the recorded processes, in stages: nginx first (no new clients),
+//! then the proxies (which end their sessions and announce their users offline through
+//! the chat services, so these must still run), then the services. Each stage gets
+//! SIGTERM, which the processes handle gracefully, then SIGKILL after a deadline. `down`
+//! then waits until their ports are free and removes the state file. A pid is signalled only
 //! while its start time is still the recorded one, so a recycled pid is never touched.
 //! `status` prints each process, its address, whether it is alive and whether it is
 //! registered in ZooKeeper.
@@ -453,27 +456,34 @@ fn start_all(args: &UpArgs, dir: &Path, logs: &Path, state: &mut State) -> anyho
     Ok(())
 }
 
-/// Stops every recorded process still alive: SIGTERM, then SIGKILL after a deadline; waits
-/// until their addresses refuse connections.
+/// Which stage of `down` stops a process of `role`: nginx first, so no client reaches a
+/// stopping proxy; then the proxies, whose graceful stop still needs the chat services;
+/// then everything else.
+fn stop_stage(role: &str) -> usize {
+    match role {
+        "nginx" => 0,
+        "proxy" => 1,
+        _ => 2,
+    }
+}
+
+/// Stops every recorded process still alive, stage by stage (see [`stop_stage`]): SIGTERM,
+/// then SIGKILL after a deadline; then waits until their addresses refuse connections.
 fn stop(dir: &Path, state: &State) -> anyhow::Result<()> {
-    // nginx first, so no client reaches a stopping proxy.
-    let order: Vec<&Process> = state
-        .processes
-        .iter()
-        .rev()
-        .filter(|p| p.role == "nginx")
-        .chain(state.processes.iter().rev().filter(|p| p.role != "nginx"))
-        .collect();
-    for p in &order {
-        signal(p, "TERM");
-    }
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    while order.iter().any(|p| alive(p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for p in order.iter().filter(|p| alive(p)) {
-        eprintln!("{} (pid {}) did not exit after SIGTERM; sending SIGKILL", p.name, p.pid);
-        signal(p, "KILL");
+    let order: Vec<&Process> = state.processes.iter().rev().collect();
+    for stage in 0..=2 {
+        let group: Vec<&Process> = order.iter().copied().filter(|p| stop_stage(&p.role) == stage).collect();
+        for p in &group {
+            signal(p, "TERM");
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while group.iter().any(|p| alive(p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for p in group.iter().filter(|p| alive(p)) {
+            eprintln!("{} (pid {}) did not exit after SIGTERM; sending SIGKILL", p.name, p.pid);
+            signal(p, "KILL");
+        }
     }
     let deadline = Instant::now() + STOP_TIMEOUT;
     loop {

@@ -16,13 +16,19 @@
 //! a closed connection releases the lease. One session per user: a second login
 //! replaces the first, which receives `Kicked` and is closed, on this proxy or, through
 //! `Delivery.Kick`, on the proxy that held it.
+//!
+//! Shutdown ([`Running::shutdown`]) is graceful: the proxy leaves the registry first, then
+//! refuses new work, ends every session (releasing its lease and telling the user's
+//! friends at once, rather than after the lease), and stops its servers, which tell their
+//! clients to go away and finish the calls in flight.
 
 pub mod session;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use rpc_core::balance::{self, Balanced};
@@ -48,6 +54,8 @@ pub const PUSH_METHOD: &str = "Push";
 
 /// What a kicked session is told when its user logged in elsewhere.
 const REPLACED: &str = "logged in from another connection";
+/// What a call on a proxy that is shutting down is told.
+const SHUTTING_DOWN: &str = "the proxy is shutting down; connect again";
 
 /// Settings of a proxy.
 #[derive(Debug, Clone)]
@@ -59,6 +67,9 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// Deadline of each call to the user and chat services.
     pub call_timeout: Duration,
+    /// At shutdown, how long to wait for the chat service to take the offline
+    /// announcements of the sessions being ended.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for Config {
@@ -67,6 +78,7 @@ impl Default for Config {
             instance_id: format!("proxy-{}-{:08x}", std::process::id(), rand::random::<u32>()),
             lease_ttl: Duration::from_secs(30),
             call_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -95,6 +107,9 @@ struct Inner {
     presence: Arc<dyn Presence>,
     /// The other proxies, to kick a session one of them holds.
     proxies: Proxies,
+    /// Set when shutdown starts: every call is refused with Unavailable from then on, so
+    /// no session starts while the proxy ends them.
+    closing: AtomicBool,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -131,6 +146,7 @@ impl Proxy {
             chat,
             presence,
             proxies,
+            closing: AtomicBool::new(false),
         };
         Ok(Proxy { inner: Arc::new(inner) })
     }
@@ -148,6 +164,57 @@ impl Proxy {
     /// Ends the session on a connection that closed, as a logout would.
     pub fn disconnected(&self, connection: ConnectionId) {
         self.end_session(connection);
+    }
+
+    /// Starts shutting down: from now on every client call is refused with Unavailable.
+    pub fn close(&self) {
+        self.inner.closing.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Proxy::close`] was called.
+    pub fn is_closing(&self) -> bool {
+        self.inner.closing.load(Ordering::SeqCst)
+    }
+
+    /// Ends every session, as a logout would but leaving the connections open: releases
+    /// each lease this proxy still holds and tells the user's friends they went offline,
+    /// then waits until the chat service has taken every announcement (at most
+    /// `Config::shutdown_timeout`). Returns how many sessions it ended.
+    pub fn end_all_sessions(&self) -> usize {
+        let inner = &self.inner;
+        let (done, finished) = mpsc::channel();
+        let mut announced = 0;
+        let ended = {
+            let _leases = self.lease_lock();
+            let ended = inner.sessions.unbind_all();
+            for (user, _connection) in &ended {
+                match inner.presence.release(*user, &inner.config.instance_id) {
+                    Ok(true) => {
+                        let done = done.clone();
+                        self.announce_then(*user, false, move || {
+                            let _ = done.send(());
+                        });
+                        announced += 1;
+                    }
+                    // The lease went to a newer login elsewhere: the user is still online.
+                    Ok(false) => {}
+                    Err(error) => tracing::warn!(%user, %error, "cannot release the lease; it will lapse"),
+                }
+            }
+            ended.len()
+        };
+        let deadline = Instant::now() + inner.config.shutdown_timeout;
+        for taken in 0..announced {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if finished.recv_timeout(left).is_err() {
+                tracing::warn!(left = announced - taken, "offline announcements unconfirmed at shutdown");
+                break;
+            }
+        }
+        if ended > 0 {
+            tracing::info!(sessions = ended, announced, "sessions ended");
+        }
+        ended
     }
 
     /// Renews the leases of every session once, and ends the sessions whose lease this
@@ -198,12 +265,21 @@ impl Proxy {
         self.inner.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The session's user, or Unauthenticated.
+    /// The session's user; Unauthenticated without one, Unavailable while shutting down.
     fn session(&self, ctx: &Context) -> Result<UserId, Status> {
+        self.open()?;
         self.inner
             .sessions
             .user_of(ctx.connection().id())
             .ok_or_else(|| Status::unauthenticated("log in first"))
+    }
+
+    /// Unavailable once the proxy is shutting down.
+    fn open(&self) -> Result<(), Status> {
+        if self.is_closing() {
+            return Err(Status::unavailable(SHUTTING_DOWN));
+        }
+        Ok(())
     }
 
     /// Logs out whoever is logged in on `connection`: releases the lease and tells their
@@ -223,11 +299,18 @@ impl Proxy {
 
     /// Tells `user`'s friends about a presence change, without waiting.
     fn announce(&self, user: UserId, online: bool) {
+        self.announce_then(user, online, || {});
+    }
+
+    /// Tells `user`'s friends about a presence change, without waiting; `then` runs when
+    /// the chat service answered or the call failed.
+    fn announce_then(&self, user: UserId, online: bool, then: impl FnOnce() + Send + 'static) {
         let call = api::AnnouncePresenceCall { user_id: user.0, online };
         self.inner.chat.announce_presence_with(&call, move |outcome| {
             if let Err(error) = outcome {
                 tracing::debug!(%user, %error, "presence announcement failed");
             }
+            then();
         });
     }
 
@@ -313,10 +396,12 @@ impl gateway_rpc::Gateway for Proxy {
         _ctx: &Context,
         request: api::RegisterRequest,
     ) -> Result<api::RegisterResponse, Status> {
+        self.open()?;
         self.inner.users.register(&request).map_err(rpc_status)
     }
 
     fn login(&self, ctx: &Context, request: api::LoginRequest) -> Result<api::LoginResponse, Status> {
+        self.open()?;
         let inner = &self.inner;
         let connection = ctx.connection().clone();
         // A login on a connection that already has a session ends that session first.
@@ -585,6 +670,30 @@ impl Running {
         let Running { registration, renewal, client, delivery, proxy } = self;
         client.wait();
         drop((registration, renewal, delivery, proxy));
+    }
+
+    /// Stops the proxy gracefully, in an order that leaves nobody looking online:
+    ///
+    /// 1. leaves the registry, so the chat services stop delivering here;
+    /// 2. refuses every new call with Unavailable and stops renewing leases;
+    /// 3. ends every session: releases its lease and tells the user's friends at once
+    ///    (see [`Proxy::end_all_sessions`]);
+    /// 4. shuts the client server down (clients are told to go away; calls in flight
+    ///    finish), ends any session a login in flight opened meanwhile, then shuts the
+    ///    delivery server down.
+    pub fn shutdown(self) {
+        let Running { registration, renewal, client, delivery, proxy } = self;
+        let id = proxy.instance_id().to_owned();
+        if let Err(error) = registration.deregister() {
+            tracing::warn!(%id, %error, "cannot leave the registry; the entry goes with the session");
+        }
+        proxy.close();
+        drop(renewal);
+        let ended = proxy.end_all_sessions();
+        client.shutdown();
+        let late = proxy.end_all_sessions();
+        delivery.shutdown();
+        tracing::info!(%id, sessions = ended + late, "proxy stopped");
     }
 }
 

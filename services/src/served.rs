@@ -23,6 +23,19 @@ impl Served {
         self.handle.local_addr()
     }
 
+    /// Stops gracefully: leaves the registry first, so callers stop choosing this
+    /// instance, then shuts the server down (clients are told to go away, calls in flight
+    /// finish, up to the server's `shutdown_grace`).
+    pub fn shutdown(self) {
+        let Served { registration, handle } = self;
+        let addr = handle.local_addr();
+        if let Err(error) = registration.deregister() {
+            tracing::warn!(%addr, %error, "cannot leave the registry; the entry goes with the session");
+        }
+        handle.shutdown();
+        tracing::info!(%addr, "stopped");
+    }
+
     /// Blocks until the server stops.
     pub fn wait(self) {
         let Served { registration, handle } = self;

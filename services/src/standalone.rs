@@ -152,6 +152,17 @@ impl Standalone {
         self.db.as_deref()
     }
 
+    /// Stops gracefully: the proxy first ([`proxy::Running::shutdown`]: sessions ended,
+    /// clients told to go away, calls in flight finished), then the chat service and the
+    /// user service.
+    pub fn shutdown(self) {
+        let Standalone { proxy, chat, users, registry, db: _ } = self;
+        proxy.shutdown();
+        chat.shutdown();
+        users.shutdown();
+        drop(registry);
+    }
+
     /// Blocks until the proxy's client server stops, then stops the rest.
     pub fn wait(self) {
         let Standalone { proxy, chat, users, registry, db: _ } = self;

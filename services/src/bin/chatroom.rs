@@ -4,6 +4,11 @@
 //! `proxy`, `user-service` and `chat-service` run the cluster's processes against
 //! ZooKeeper, MySQL/MariaDB and Redis. Every address comes from a flag or an environment
 //! variable with a loopback default. Logs go to stderr; `RUST_LOG` filters them.
+//!
+//! The serving processes stop gracefully on SIGTERM or SIGINT: they leave the registry at
+//! once, a proxy ends its sessions (friends see its users go offline now, not after the
+//! lease), the servers tell their clients to go away and finish the calls in flight, and
+//! the process exits 0. A second signal during that exits at once.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,7 +24,9 @@ use services::chat_service::ChatService;
 use services::proxies::Proxies;
 use services::standalone::{self, Standalone};
 use services::user_service::UserService;
-use services::{presence, proxy, serve, store, Presence, Store};
+use services::{auth, presence, proxy, serve, store, Presence, Store};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 /// The ChatRoom chat system.
 #[derive(Debug, Parser)]
@@ -74,6 +81,8 @@ enum Command {
         zk: ZkArgs,
         #[command(flatten)]
         mysql: MySqlArgs,
+        #[command(flatten)]
+        hashing: HashingArgs,
     },
     /// Runs a chat service instance (messages, history, sync) over MySQL and Redis.
     ChatService {
@@ -136,6 +145,33 @@ struct MySqlArgs {
     mysql_url: String,
 }
 
+/// The cost of new password hashes (argon2id). Existing hashes keep the cost they were
+/// made with. The defaults are OWASP's; tests lower them, because a debug build takes
+/// most of a second per full-cost hash.
+#[derive(Debug, Args)]
+struct HashingArgs {
+    /// Memory per hash, in KiB.
+    #[arg(long, env = "CHATROOM_HASH_MEMORY_KIB", default_value_t = auth::Config::default().memory_kib)]
+    hash_memory_kib: u32,
+    /// Passes over that memory.
+    #[arg(long, env = "CHATROOM_HASH_ITERATIONS", default_value_t = auth::Config::default().iterations)]
+    hash_iterations: u32,
+}
+
+impl HashingArgs {
+    /// The cost, checked now rather than at the first registration.
+    fn config(&self) -> anyhow::Result<auth::Config> {
+        let config = auth::Config {
+            memory_kib: self.hash_memory_kib,
+            iterations: self.hash_iterations,
+            ..auth::Config::default()
+        };
+        argon2::Params::new(config.memory_kib, config.iterations, config.parallelism, None)
+            .map_err(|e| anyhow::anyhow!("invalid password hash cost: {e}"))?;
+        Ok(config)
+    }
+}
+
 /// Where Redis is.
 #[derive(Debug, Args)]
 struct RedisArgs {
@@ -168,6 +204,44 @@ fn redis(args: &RedisArgs) -> anyhow::Result<Arc<dyn Presence>> {
     Ok(Arc::new(presence::Redis::with_config(&config).context("cannot open the Redis presence table")?))
 }
 
+/// SIGTERM and SIGINT, caught from before a server starts, so that a signal during
+/// startup still stops the process gracefully once it serves.
+struct Stop {
+    /// The caught signals, in arrival order.
+    signals: Signals,
+}
+
+impl Stop {
+    fn catch() -> anyhow::Result<Stop> {
+        let signals = Signals::new([SIGTERM, SIGINT]).context("cannot catch SIGTERM and SIGINT")?;
+        Ok(Stop { signals })
+    }
+
+    /// Blocks until SIGTERM or SIGINT arrives. From then on a second one ends the
+    /// process at once, in case the graceful stop hangs.
+    fn wait(mut self) {
+        let signal = self.signals.forever().next().unwrap_or(SIGTERM);
+        tracing::info!(signal = signal_name(signal), "stopping gracefully");
+        let spawned = std::thread::Builder::new().name("second-signal".into()).spawn(move || {
+            if let Some(signal) = self.signals.forever().next() {
+                eprintln!("{} during the graceful stop; exiting now", signal_name(signal));
+                std::process::exit(128 + signal);
+            }
+        });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot watch for a second signal");
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        SIGTERM => "SIGTERM",
+        SIGINT => "SIGINT",
+        _ => "a signal",
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The client and the demo print a conversation; their logs stay quiet unless asked for.
@@ -184,6 +258,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Standalone { listen, data_dir, lease_ttl_secs } => {
+            let stop = Stop::catch()?;
             let config = standalone::Config {
                 data_dir,
                 listen,
@@ -195,9 +270,12 @@ fn main() -> anyhow::Result<()> {
             if let Some(db) = system.db_path() {
                 println!("data: {}", db.display());
             }
-            system.wait();
+            stop.wait();
+            system.shutdown();
+            tracing::info!("standalone system stopped");
         }
         Command::Proxy { listen, delivery_listen, instance_id, lease_ttl_secs, zk, redis: redis_args } => {
+            let stop = Stop::catch()?;
             let registry = zk.connect()?;
             let mut config = proxy::Config {
                 lease_ttl: Duration::from_secs(lease_ttl_secs.max(1)),
@@ -214,22 +292,32 @@ fn main() -> anyhow::Result<()> {
                 running.proxy().instance_id(),
                 running.client_addr()
             );
-            running.wait();
+            stop.wait();
+            running.shutdown();
+            // Closes the ZooKeeper session (its entries went with the deregistration).
+            drop(registry);
         }
-        Command::UserService { listen, zk, mysql: mysql_args } => {
+        Command::UserService { listen, zk, mysql: mysql_args, hashing } => {
+            let stop = Stop::catch()?;
             let registry = zk.connect()?;
-            let service = UserServiceServer(UserService::new(mysql(&mysql_args)?));
+            let users = UserService::new(mysql(&mysql_args)?).with_hashing(hashing.config()?);
+            let service = UserServiceServer(users);
             let served = serve(service, &registry, listen, server::Config::default())?;
             println!("ChatRoom user service is running on {}", served.addr());
-            served.wait();
+            stop.wait();
+            served.shutdown();
+            drop(registry);
         }
         Command::ChatService { listen, zk, mysql: mysql_args, redis: redis_args } => {
+            let stop = Stop::catch()?;
             let registry = zk.connect()?;
             let service =
                 ChatService::new(mysql(&mysql_args)?, redis(&redis_args)?, Proxies::discover(&registry)?);
             let served = serve(ChatServiceServer(service), &registry, listen, server::Config::default())?;
             println!("ChatRoom chat service is running on {}", served.addr());
-            served.wait();
+            stop.wait();
+            served.shutdown();
+            drop(registry);
         }
         Command::Cluster { action } => services::cluster::run(action)?,
         Command::Client { server, json } => {

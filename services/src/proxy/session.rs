@@ -82,6 +82,13 @@ impl Sessions {
         Some(connection)
     }
 
+    /// Ends every session and returns each user with their connection.
+    pub fn unbind_all(&self) -> Vec<(UserId, Connection)> {
+        let mut tables = self.lock();
+        tables.by_connection.clear();
+        tables.by_user.drain().collect()
+    }
+
     /// How many users are logged in.
     pub fn len(&self) -> usize {
         self.lock().by_user.len()
@@ -146,6 +153,21 @@ mod tests {
         assert_eq!(sessions.user_of(conns[1].id()), Some(user));
         assert_eq!(sessions.unbind_connection(conns[1].id()), Some(user));
         assert!(sessions.is_empty());
+    }
+
+    #[test]
+    fn unbinding_all_ends_every_session_both_ways() {
+        let (_server, conns, _channels) = connections(2);
+        let sessions = Sessions::default();
+        sessions.bind(UserId(1), conns[0].clone());
+        sessions.bind(UserId(2), conns[1].clone());
+        let mut ended: Vec<(UserId, ConnectionId)> =
+            sessions.unbind_all().into_iter().map(|(user, c)| (user, c.id())).collect();
+        ended.sort_by_key(|(user, _)| user.0);
+        assert_eq!(ended, [(UserId(1), conns[0].id()), (UserId(2), conns[1].id())]);
+        assert!(sessions.is_empty());
+        assert_eq!(sessions.user_of(conns[0].id()), None);
+        assert_eq!(sessions.unbind_connection(conns[1].id()), None);
     }
 
     #[test]

@@ -1,17 +1,23 @@
 //! End to end with the real processes: the `chatroom` binary run as a user service, a
 //! chat service and two proxies, against the MariaDB, Redis and ZooKeeper the other
 //! suites use (`CHATROOM_MYSQL_URL`, `CHATROOM_REDIS_URL`, `CHATROOM_ZK`), each run under
-//! a database, key prefix and znode root of its own.
+//! a database, key prefix and znode root of its own: chat across proxies, a proxy killed
+//! with SIGKILL, and every process (and `chatroom standalone`) stopped with SIGTERM.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use mysql::prelude::Queryable;
-use services::api;
+use rpc_core::registry::{self, Registry as _, ZooKeeper};
+use services::api::{self, chat_service_rpc, delivery_rpc, user_service_rpc};
 
-use crate::chat_standalone::{connect, direct, user_at};
-use crate::support::{mysql_url, redis_url, unique_name, with_database};
+use crate::chat_standalone::{connect, direct, user_at, PATIENCE};
+use crate::support::{mysql_url, redis_url, unique_name, wait_until, with_database};
+
+/// How long a process may take to stop after SIGTERM in these tests.
+const STOP_PATIENCE: Duration = Duration::from_secs(15);
 
 /// Where ZooKeeper is for the test.
 fn zk() -> String {
@@ -24,6 +30,8 @@ struct Cluster {
     children: Vec<(String, Child)>,
     /// The database, for dropping it.
     database: String,
+    /// The ZooKeeper root every process registers under.
+    zk_root: String,
     /// Flags every process shares.
     common: Vec<String>,
 }
@@ -31,9 +39,9 @@ struct Cluster {
 impl Cluster {
     fn new() -> Cluster {
         let database = unique_name("chatroom_test");
-        let common =
-            vec!["--zk".into(), zk(), "--zk-root".into(), format!("/{}", unique_name("chatroom_test"))];
-        Cluster { children: Vec::new(), database, common }
+        let zk_root = format!("/{}", unique_name("chatroom_test"));
+        let common = vec!["--zk".into(), zk(), "--zk-root".into(), zk_root.clone()];
+        Cluster { children: Vec::new(), database, zk_root, common }
     }
 
     /// Starts `chatroom <args>` and returns the address it printed last on its first line.
@@ -45,6 +53,9 @@ impl Cluster {
             .env("CHATROOM_REDIS_URL", redis_url())
             .env("CHATROOM_REDIS_PREFIX", format!("{}:", self.database))
             .env("RUST_LOG", "warn")
+            // Full-cost argon2 takes most of a second per hash in a debug build.
+            .env("CHATROOM_HASH_MEMORY_KIB", "256")
+            .env("CHATROOM_HASH_ITERATIONS", "1")
             .stdout(Stdio::piped())
             .spawn()
             .expect("the chatroom binary starts");
@@ -63,11 +74,49 @@ impl Cluster {
         addr.parse().unwrap_or_else(|e| panic!("{name} printed {line:?}: {e}"))
     }
 
+    fn child(&mut self, name: &str) -> &mut Child {
+        let (_, child) = self.children.iter_mut().find(|(n, _)| n == name).expect("a process of that name");
+        child
+    }
+
     /// Kills a process at once (SIGKILL), as a crash would.
     fn kill(&mut self, name: &str) {
-        let (_, child) = self.children.iter_mut().find(|(n, _)| n == name).expect("a process of that name");
+        let child = self.child(name);
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM to a process, as `chatroom cluster down` or a service manager would.
+    fn terminate(&mut self, name: &str) {
+        sigterm(self.child(name));
+    }
+
+    /// Waits (at most [`STOP_PATIENCE`]) until a process exits and returns how.
+    fn exit_status(&mut self, name: &str) -> ExitStatus {
+        exit_status(name, self.child(name))
+    }
+
+    /// A registry client on the processes' ZooKeeper root.
+    fn registry(&self) -> ZooKeeper {
+        let config = registry::Config { root: self.zk_root.clone(), ..registry::Config::default() };
+        ZooKeeper::connect(&zk(), config)
+            .expect("ZooKeeper answers (`bash scripts/services.sh up` starts it)")
+    }
+}
+
+fn sigterm(child: &Child) {
+    let sent = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {}", child.id());
+}
+
+fn exit_status(name: &str, child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + STOP_PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{name} did not exit within {STOP_PATIENCE:?} of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -113,4 +162,104 @@ fn processes_chat_across_proxies_and_survive_a_killed_proxy() {
     let synced = again.gateway.sync(&api::SyncRequest { cursors: vec![cursor], limit: 0 }).unwrap();
     let bodies: Vec<&str> = synced.messages.iter().map(|m| m.body.as_str()).collect();
     assert_eq!(bodies, ["are you there?"]);
+}
+
+#[test]
+fn sigterm_stops_each_process_gracefully_and_a_proxys_users_go_offline_at_once() {
+    let mut cluster = Cluster::new();
+    cluster.spawn("user-service", &["user-service", "--listen", "127.0.0.1:0"]);
+    cluster.spawn("chat-service", &["chat-service", "--listen", "127.0.0.1:0"]);
+    // A lease far longer than the test waits: only a graceful stop can show Alice offline.
+    let proxy = |id: &'static str| {
+        ["proxy", "--listen", "127.0.0.1:0", "--instance-id", id, "--lease-ttl-secs", "60"]
+    };
+    let a = cluster.spawn("proxy-a", &proxy("sigterm-proxy-a"));
+    let b = cluster.spawn("proxy-b", &proxy("sigterm-proxy-b"));
+    let registry = cluster.registry();
+    let ids = |service: &str| -> Vec<String> {
+        registry.instances(service).expect("ZooKeeper answers").into_iter().map(|i| i.id).collect()
+    };
+    let mut proxies = ids(delivery_rpc::SERVICE_NAME);
+    proxies.sort();
+    assert_eq!(proxies, ["sigterm-proxy-a", "sigterm-proxy-b"]);
+
+    let (alice_client, alice) = user_at(a, "alice");
+    let (bob_client, bob) = user_at(b, "bob");
+    let add = api::AddFriendRequest { friend: Some(api::add_friend_request::Friend::UserId(alice.id)) };
+    assert!(bob_client.gateway.add_friend(&add).unwrap().friend.unwrap().online);
+
+    let signalled = Instant::now();
+    cluster.terminate("proxy-a");
+    bob_client.wait_push(
+        "Bob hears that Alice went offline",
+        |e| matches!(e, api::push::Event::Presence(p) if p.user_id == alice.id && !p.online),
+    );
+    let heard = signalled.elapsed();
+    assert!(heard < Duration::from_secs(20), "offline after {heard:?}, well before the 60 s lease");
+    let friends = bob_client.gateway.list_friends(&api::ListFriendsRequest {}).unwrap().friends;
+    assert_eq!((friends[0].user.as_ref().unwrap().id, friends[0].online), (alice.id, false));
+    assert!(cluster.exit_status("proxy-a").success(), "the proxy exits 0 after SIGTERM");
+    assert_eq!(ids(delivery_rpc::SERVICE_NAME), ["sigterm-proxy-b"], "proxy A left ZooKeeper");
+    assert!(TcpStream::connect(a).is_err(), "proxy A no longer listens");
+    assert!(alice_client.gateway.list_friends(&api::ListFriendsRequest {}).is_err());
+    // The cluster still works for Bob.
+    let found = bob_client.gateway.find_user(&api::FindUserRequest { name: "alice".into() }).unwrap();
+    assert!(!found.user.unwrap().online, "Bob finds Alice offline");
+    drop(bob);
+
+    // The services leave ZooKeeper and exit 0 too; the other proxy last.
+    for (name, service) in
+        [("chat-service", chat_service_rpc::SERVICE_NAME), ("user-service", user_service_rpc::SERVICE_NAME)]
+    {
+        assert_eq!(ids(service).len(), 1, "{name} is registered");
+        cluster.terminate(name);
+        assert!(cluster.exit_status(name).success(), "{name} exits 0 after SIGTERM");
+        assert!(ids(service).is_empty(), "{name} left ZooKeeper");
+    }
+    cluster.terminate("proxy-b");
+    assert!(cluster.exit_status("proxy-b").success(), "proxy B exits 0 after SIGTERM");
+    assert!(ids(delivery_rpc::SERVICE_NAME).is_empty());
+}
+
+/// A child killed (SIGKILL) if the test ends before it exited.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn sigterm_stops_the_standalone_system_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_chatroom"))
+        .args(["standalone", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the chatroom binary starts");
+    let mut child = KillOnDrop(child);
+    let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("reads the first line");
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let addr: SocketAddr = line
+        .split_whitespace()
+        .last()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("standalone printed {line:?}"));
+    let client = connect(addr);
+    // A call before login answers; the connection is live.
+    assert!(client.gateway.list_friends(&api::ListFriendsRequest {}).is_err());
+
+    sigterm(&child.0);
+    let status = exit_status("standalone", &mut child.0);
+    assert!(status.success(), "standalone exits 0 after SIGTERM: {status}");
+    wait_until(PATIENCE, "the client port is closed", || TcpStream::connect(addr).is_err());
+    assert!(dir.path().join("chatroom.db").is_file(), "the data stays");
 }

@@ -1,7 +1,13 @@
-//! End to end against [`Standalone`]: real loopback RPC between a proxy, a user service
-//! and a chat service, an embedded SQLite store, the in-process registry and presence.
-//! Clients are raw generated `Gateway` stubs; pushes are collected through `on_push`.
+//! The end-to-end chat scenarios, written against any running chat system reachable at
+//! one client address: [`Standalone`] over SQLite and over MySQL here, the real cluster
+//! behind nginx in `chat_nginx`. Clients are raw generated `Gateway` stubs; pushes are
+//! collected through `on_push`.
+//!
+//! Scenarios never assume that two users share a proxy (behind nginx they rarely do), and
+//! every user name goes through [`System::name`], so that scenarios sharing one system
+//! never meet.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,14 +21,18 @@ use services::standalone::{self, Standalone};
 
 use crate::support::wait_until;
 
-const PASSWORD: &str = "correct horse battery";
-const PATIENCE: Duration = Duration::from_secs(10);
+pub const PASSWORD: &str = "correct horse battery";
+pub const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A standalone system in a temporary data directory.
+/// A running chat system, as the scenarios see it: where clients connect, and a prefix
+/// that makes this scenario's user names its own.
 pub struct System {
-    /// The system; dropped before the guard.
-    system: Standalone,
-    /// Removes what the system stored (a temporary directory, a database) when dropped.
+    /// Where clients connect: a proxy, the standalone system's proxy, or nginx.
+    addr: SocketAddr,
+    /// Put before every user name (a letter, eight hex digits and `.`).
+    prefix: String,
+    /// Keeps the system running and cleans up after it (a temporary directory, a
+    /// database) when the scenario ends; `()` for a shared system that outlives it.
     _guard: Box<dyn std::any::Any>,
 }
 
@@ -40,12 +50,13 @@ pub fn config(dir: &std::path::Path) -> standalone::Config {
 fn start() -> System {
     let dir = tempfile::tempdir().unwrap();
     let system = Standalone::start(config(dir.path())).expect("standalone starts");
-    System { system, _guard: Box::new(dir) }
+    System::new(system.client_addr(), Box::new((system, dir)))
 }
 
 /// A system over the data directory under `dir`, which the caller keeps.
 fn start_in(dir: &std::path::Path) -> System {
-    System { system: Standalone::start(config(dir)).expect("standalone starts"), _guard: Box::new(()) }
+    let system = Standalone::start(config(dir)).expect("standalone starts");
+    System::new(system.client_addr(), Box::new(system))
 }
 
 /// A client connection with the pushes it received.
@@ -57,32 +68,59 @@ pub struct Client {
 }
 
 /// A client connected to the proxy at `addr`, collecting its pushes.
-pub fn connect(addr: std::net::SocketAddr) -> Client {
+pub fn connect(addr: SocketAddr) -> Client {
     let pushes: Arc<Mutex<Vec<api::push::Event>>> = Arc::default();
     let sink = pushes.clone();
+    let gateway = gateway_at(addr, move |event| sink.lock().unwrap().push(event));
+    Client { gateway, pushes }
+}
+
+/// A raw stub connected to `addr` that hands every push to `on_event`, which runs on the
+/// connection's reader thread and so must not block.
+pub fn gateway_at(
+    addr: SocketAddr,
+    on_event: impl Fn(api::push::Event) + Send + Sync + 'static,
+) -> GatewayClient {
     let on_push = move |service: &str, method: &str, body: bytes::Bytes| {
         assert_eq!((service, method), (PUSH_SERVICE, PUSH_METHOD));
         let push = api::Push::decode(body).expect("a push decodes");
-        sink.lock().unwrap().push(push.event.expect("a push carries an event"));
+        on_event(push.event.expect("a push carries an event"));
     };
     let config = client::Config { on_push: Some(Arc::new(on_push)), ..client::Config::default() };
     let channel = Channel::connect(addr, config).expect("connects to the proxy");
-    Client { gateway: GatewayClient::new(channel).with_timeout(PATIENCE), pushes }
+    GatewayClient::new(channel).with_timeout(PATIENCE)
 }
 
 impl System {
-    /// Builds a system around an already started one.
-    pub fn new(system: Standalone, guard: Box<dyn std::any::Any>) -> System {
-        System { system, _guard: guard }
+    /// A system whose clients connect to `addr`; `guard` is dropped when the scenario
+    /// ends (first, if it is a tuple, its first element).
+    pub fn new(addr: SocketAddr, guard: Box<dyn std::any::Any>) -> System {
+        let prefix = format!("u{:08x}.", rand::random::<u32>());
+        System { addr, prefix, _guard: guard }
     }
 
-    fn connect(&self) -> Client {
-        connect(self.system.client_addr())
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
-    /// A registered and logged-in user.
-    fn user(&self, name: &str) -> (Client, api::User) {
-        user_at(self.system.client_addr(), name)
+    /// This scenario's name for the user called `base`.
+    pub fn name(&self, base: &str) -> String {
+        format!("{}{base}", self.prefix)
+    }
+
+    pub fn connect(&self) -> Client {
+        connect(self.addr)
+    }
+
+    /// A registered and logged-in user called `base` (see [`System::name`]).
+    pub fn user(&self, base: &str) -> (Client, api::User) {
+        user_at(self.addr, &self.name(base))
+    }
+
+    /// Registers the user called `base` (see [`System::name`]) without logging in.
+    pub fn register(&self, client: &Client, base: &str) -> api::User {
+        client.register(&self.name(base))
     }
 }
 
@@ -157,23 +195,66 @@ pub fn accounts_and_sessions_answer_with_clear_errors(system: &System) {
         Code::Unauthenticated,
         "calls before login are refused"
     );
-    let alice = client.register("alice");
-    assert_eq!(alice.name, "alice");
-    let taken = api::RegisterRequest { name: "ALICE".into(), password: PASSWORD.into() };
+    let alice = system.register(&client, "alice");
+    assert_eq!(alice.name, system.name("alice"));
+    let taken = api::RegisterRequest { name: system.name("alice").to_uppercase(), password: PASSWORD.into() };
     assert_eq!(code(client.gateway.register(&taken)), Code::AlreadyExists);
     let bad_name = api::RegisterRequest { name: "a".into(), password: PASSWORD.into() };
     assert_eq!(code(client.gateway.register(&bad_name)), Code::InvalidArgument);
-    let short_password = api::RegisterRequest { name: "bob".into(), password: "short".into() };
+    let short_password = api::RegisterRequest { name: system.name("bob"), password: "short".into() };
     assert_eq!(code(client.gateway.register(&short_password)), Code::InvalidArgument);
-    let wrong = api::LoginRequest { name: "alice".into(), password: "not the password".into() };
+    let wrong = api::LoginRequest { name: system.name("alice"), password: "not the password".into() };
     assert_eq!(code(client.gateway.login(&wrong)), Code::Unauthenticated);
 
-    let login = client.login("Alice");
+    let login = client.login(&system.name("Alice"));
     assert_eq!(login.user.unwrap().id, alice.id);
     assert!(!login.replaced_session);
     assert!(client.gateway.list_friends(&api::ListFriendsRequest {}).unwrap().friends.is_empty());
     client.gateway.logout(&api::LogoutRequest {}).unwrap();
     assert_eq!(code(client.gateway.list_groups(&api::ListGroupsRequest {})), Code::Unauthenticated);
+}
+
+pub fn calls_before_login_get_unauthenticated(system: &System) {
+    let client = system.connect();
+    let gateway = &client.gateway;
+    let unauthenticated = Code::Unauthenticated;
+    assert_eq!(code(gateway.logout(&api::LogoutRequest {})), unauthenticated, "logout");
+    let find = api::FindUserRequest { name: system.name("anyone") };
+    assert_eq!(code(gateway.find_user(&find)), unauthenticated, "find_user");
+    let add = api::AddFriendRequest { friend: Some(api::add_friend_request::Friend::UserId(1)) };
+    assert_eq!(code(gateway.add_friend(&add)), unauthenticated, "add_friend");
+    assert_eq!(code(gateway.list_friends(&api::ListFriendsRequest {})), unauthenticated, "list_friends");
+    let create = api::CreateGroupRequest { name: "g".into() };
+    assert_eq!(code(gateway.create_group(&create)), unauthenticated, "create_group");
+    assert_eq!(code(gateway.join_group(&api::JoinGroupRequest { group_id: 1 })), unauthenticated);
+    assert_eq!(code(gateway.list_groups(&api::ListGroupsRequest {})), unauthenticated, "list_groups");
+    assert_eq!(code(client.send(group(1), "x-1", "hi")), unauthenticated, "send_message");
+    let history = api::HistoryRequest { conversation: Some(group(1)), ..Default::default() };
+    assert_eq!(code(gateway.history(&history)), unauthenticated, "history");
+    assert_eq!(code(gateway.sync(&api::SyncRequest::default())), unauthenticated, "sync");
+    let ack = api::AckRequest { conversation: Some(group(1)), seq: 1 };
+    assert_eq!(code(gateway.ack(&ack)), unauthenticated, "ack");
+
+    // A failed login leaves the connection without a session; the connection still works.
+    let wrong = api::LoginRequest { name: system.name("anyone"), password: PASSWORD.into() };
+    assert_eq!(code(gateway.login(&wrong)), unauthenticated, "login as nobody");
+    assert_eq!(code(gateway.sync(&api::SyncRequest::default())), unauthenticated, "sync after it");
+    let me = system.register(&client, "anyone");
+    client.login(&me.name);
+    assert!(gateway.sync(&api::SyncRequest::default()).unwrap().messages.is_empty());
+}
+
+pub fn a_duplicate_name_is_refused_whatever_the_case_and_the_connection(system: &System) {
+    let first = system.connect();
+    let original = system.register(&first, "dup");
+    for taken in [system.name("dup"), system.name("DUP"), system.name("Dup").to_uppercase()] {
+        // From another connection, which behind nginx is often another proxy.
+        let request = api::RegisterRequest { name: taken.clone(), password: PASSWORD.into() };
+        let refused = system.connect().gateway.register(&request).expect_err("a taken name is refused");
+        assert_eq!(refused.code(), Code::AlreadyExists, "{taken}");
+    }
+    // The account is untouched: the first password still logs in, as the same user.
+    assert_eq!(first.login(&original.name).user.unwrap().id, original.id);
 }
 
 pub fn two_users_chat_with_pushes_carrying_the_sequence(system: &System) {
@@ -197,12 +278,12 @@ pub fn two_users_chat_with_pushes_carrying_the_sequence(system: &System) {
 pub fn an_offline_user_gets_everything_at_login_in_order(system: &System) {
     let (alice_client, alice) = system.user("alice");
     let bob_client = system.connect();
-    let bob = bob_client.register("bob");
+    let bob = system.register(&bob_client, "bob");
     for i in 1..=3 {
         alice_client.send(direct(&alice, &bob), &format!("m-{i}"), &format!("message {i}")).unwrap();
     }
 
-    let login = bob_client.login("bob");
+    let login = bob_client.login(&bob.name);
     let state = login.conversations.iter().find(|c| c.conversation == Some(direct(&alice, &bob))).unwrap();
     assert_eq!((state.last_seq, state.unread), (3, 3));
     let synced = bob_client.gateway.sync(&api::SyncRequest::default()).unwrap();
@@ -259,7 +340,7 @@ pub fn a_resend_with_the_same_client_message_id_stores_nothing_new(system: &Syst
 pub fn a_second_login_kicks_the_first_session(system: &System) {
     let (first, bob) = system.user("bob");
     let second = system.connect();
-    let login = second.login("bob");
+    let login = second.login(&bob.name);
     assert!(login.replaced_session);
     first.wait_push("the first session is kicked", |e| matches!(e, api::push::Event::Kicked(_)));
     assert!(first.gateway.list_friends(&api::ListFriendsRequest {}).is_err());
@@ -272,15 +353,15 @@ pub fn a_second_login_kicks_the_first_session(system: &System) {
 pub fn friends_see_each_other_come_online(system: &System) {
     let (alice_client, _alice) = system.user("alice");
     let bob_client = system.connect();
-    let bob = bob_client.register("bob");
+    let bob = system.register(&bob_client, "bob");
     let added = alice_client.gateway.add_friend(&api::AddFriendRequest {
-        friend: Some(api::add_friend_request::Friend::Name("bob".into())),
+        friend: Some(api::add_friend_request::Friend::Name(bob.name.clone())),
     });
     let friend = added.unwrap().friend.unwrap();
     assert_eq!(friend.user.unwrap().id, bob.id);
     assert!(!friend.online);
 
-    let login = bob_client.login("bob");
+    let login = bob_client.login(&bob.name);
     assert_eq!(login.friends.len(), 1);
     assert!(login.friends[0].online, "alice is online");
     alice_client.wait_push(
@@ -299,7 +380,7 @@ fn a_restart_keeps_users_and_messages() {
     let dir = tempfile::tempdir().unwrap();
     {
         let system = start_in(dir.path());
-        let (alice_client, alice) = system.user("alice");
+        let (alice_client, alice) = user_at(system.addr(), "alice");
         let bob = system.connect().register("bob");
         alice_client.send(direct(&alice, &bob), "a-1", "still there?").unwrap();
     }
@@ -313,12 +394,12 @@ fn a_restart_keeps_users_and_messages() {
 
 pub fn bad_input_gets_clear_errors_and_the_proxy_keeps_serving(system: &System) {
     let (alice_client, alice) = system.user("alice");
-    let bob = system.connect().register("bob");
+    let bob = system.register(&system.connect(), "bob");
 
-    let unknown = api::LoginRequest { name: "nobody".into(), password: PASSWORD.into() };
+    let unknown = api::LoginRequest { name: system.name("nobody"), password: PASSWORD.into() };
     let refused = system.connect().gateway.login(&unknown).expect_err("an unknown user cannot log in");
     assert_eq!(refused.code(), Code::Unauthenticated);
-    let wrong = api::LoginRequest { name: "alice".into(), password: "not the password".into() };
+    let wrong = api::LoginRequest { name: alice.name.clone(), password: "not the password".into() };
     let also_refused = system.connect().gateway.login(&wrong).expect_err("a wrong password is refused");
     assert_eq!(refused.into_status().message, also_refused.into_status().message, "the same answer for both");
 
@@ -330,7 +411,7 @@ pub fn bad_input_gets_clear_errors_and_the_proxy_keeps_serving(system: &System) 
     assert_eq!(code(alice_client.gateway.send_message(&nowhere)), Code::InvalidArgument);
 
     // Garbage on the client port costs that connection only.
-    let mut raw = std::net::TcpStream::connect(system.system.client_addr()).unwrap();
+    let mut raw = std::net::TcpStream::connect(system.addr()).unwrap();
     std::io::Write::write_all(&mut raw, b"GET / HTTP/1.1\r\nHost: chatroom\r\n\r\n").unwrap();
     raw.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut sink = Vec::new();
@@ -348,9 +429,10 @@ pub fn friends_groups_and_history_work_through_the_gateway(system: &System) {
     assert_eq!(bobs.iter().map(|f| f.user.as_ref().unwrap().id).collect::<Vec<_>>(), [alice.id]);
     alice_client.gateway.remove_friend(&api::RemoveFriendRequest { user_id: bob.id }).unwrap();
     assert!(bob_client.gateway.list_friends(&api::ListFriendsRequest {}).unwrap().friends.is_empty());
-    let found = alice_client.gateway.find_user(&api::FindUserRequest { name: "BOB".into() }).unwrap();
+    let found =
+        alice_client.gateway.find_user(&api::FindUserRequest { name: bob.name.to_uppercase() }).unwrap();
     assert_eq!(found.user.unwrap().user.unwrap().id, bob.id);
-    let nobody = api::FindUserRequest { name: "nobody".into() };
+    let nobody = api::FindUserRequest { name: system.name("nobody") };
     assert_eq!(code(alice_client.gateway.find_user(&nobody)), Code::NotFound);
 
     let id = alice_client.gateway.create_group(&api::CreateGroupRequest { name: "g".into() }).unwrap();
@@ -381,11 +463,14 @@ pub fn friends_groups_and_history_work_through_the_gateway(system: &System) {
     assert_eq!(page(Some(api::history_request::Anchor::AfterSeq(3)), 10), (vec![4, 5], false));
 }
 
-/// The scenarios above as tests of a system started by `$start`, once per store.
+/// The scenarios above as tests of the system `$start()` returns: once per store here, and
+/// on the cluster behind nginx in `chat_nginx`.
 macro_rules! chat_suite {
     ($start:path) => {
         chat_suite!(@tests $start;
             accounts_and_sessions_answer_with_clear_errors,
+            calls_before_login_get_unauthenticated,
+            a_duplicate_name_is_refused_whatever_the_case_and_the_connection,
             two_users_chat_with_pushes_carrying_the_sequence,
             an_offline_user_gets_everything_at_login_in_order,
             only_members_send_to_a_group_and_members_get_it_pushed,
@@ -443,7 +528,8 @@ mod mysql {
         let dir = tempfile::tempdir().unwrap();
         let system =
             Standalone::with_store(super::config(dir.path()), Arc::new(store)).expect("standalone starts");
-        System::new(system, Box::new((guard, dir)))
+        // The system stops before its database is dropped.
+        System::new(system.client_addr(), Box::new((system, guard, dir)))
     }
 
     chat_suite!(start);

@@ -11,13 +11,17 @@
 //! `chat_standalone` runs the chat scenarios end to end against the standalone system;
 //! `chat_two_proxies` runs the cross-proxy ones against two in-process proxies;
 //! `chat_cluster` runs the `chatroom` binary's processes against MariaDB, Redis and
-//! ZooKeeper (`CHATROOM_ZK`, default `127.0.0.1:2181`).
+//! ZooKeeper (`CHATROOM_ZK`, default `127.0.0.1:2181`), including graceful stops on
+//! SIGTERM; `chat_nginx` runs the same chat scenarios on a whole cluster behind nginx
+//! (`chatroom cluster up`), and kills a chat service and a proxy with SIGKILL.
 //!
 //! [`Store`]: services::Store
 //! [`Presence`]: services::Presence
 
 mod chat_cluster;
+#[macro_use]
 mod chat_standalone;
+mod chat_nginx;
 mod chat_two_proxies;
 mod client_cli;
 mod cluster_up_down;
