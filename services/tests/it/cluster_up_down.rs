@@ -125,7 +125,10 @@ fn cluster_up_serves_through_nginx_and_down_leaves_nothing_behind() {
     }
 
     let down = chatroom(dir, &["down"]);
-    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert!(down.status.success(), "{stderr}");
+    // Every process stops on SIGTERM alone: none needed the SIGKILL fallback.
+    assert!(!stderr.contains("SIGKILL"), "{stderr}");
     for p in &state.processes {
         wait_until(Duration::from_secs(10), &format!("{} (pid {}) is gone", p.name, p.pid), || {
             !cluster::alive(p)
