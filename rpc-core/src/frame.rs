@@ -125,6 +125,11 @@ impl Frame {
         std::str::from_utf8(&self.names[self.service_len..]).unwrap_or_default()
     }
 
+    /// The service name's bytes, known to be UTF-8: for lookups that need no `&str`.
+    pub(crate) fn service_bytes(&self) -> &[u8] {
+        &self.names[..self.service_len]
+    }
+
     /// A response frame's outcome: the body on `Ok`, else the status it carries.
     pub fn into_result(self) -> Result<Bytes, Status> {
         if self.code == Code::Ok {
@@ -181,10 +186,11 @@ pub fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, Fra
         return Err(FrameError::Invalid("names run past the end of the frame"));
     }
     let names_end = HEADER_LEN + service_len + method_len;
-    if std::str::from_utf8(&h[HEADER_LEN..names_end]).is_err()
-        || std::str::from_utf8(&h[HEADER_LEN..HEADER_LEN + service_len]).is_err()
-    {
-        return Err(FrameError::Invalid("service or method name is not UTF-8"));
+    // One pass over both names; the service name ends on a character
+    // boundary exactly when both halves are valid on their own.
+    match std::str::from_utf8(&h[HEADER_LEN..names_end]) {
+        Ok(names) if names.is_char_boundary(service_len) => {}
+        _ => return Err(FrameError::Invalid("service or method name is not UTF-8")),
     }
     buf.advance(LENGTH_LEN + HEADER_LEN);
     let mut rest = buf.split_to(len - HEADER_LEN).freeze();
@@ -223,15 +229,18 @@ impl<'a> Header<'a> {
         debug_assert!(self.service.len() <= MAX_NAME && self.method.len() <= MAX_NAME);
         let len = HEADER_LEN + self.service.len() + self.method.len() + body_len;
         dst.reserve(LENGTH_LEN + len);
-        dst.put_u32(len as u32);
-        dst.put_u8(VERSION);
-        dst.put_u8(self.kind as u8);
-        dst.put_u8(self.code as u8);
-        dst.put_u8(0);
-        dst.put_u64(self.call_id);
-        dst.put_u32(self.timeout_ms);
-        dst.put_u8(self.service.len() as u8);
-        dst.put_u8(self.method.len() as u8);
+        // Built on the stack and appended at once: one capacity check, not ten.
+        let mut fixed = [0u8; LENGTH_LEN + HEADER_LEN];
+        fixed[..4].copy_from_slice(&(len as u32).to_be_bytes());
+        fixed[4] = VERSION;
+        fixed[5] = self.kind as u8;
+        fixed[6] = self.code as u8;
+        // fixed[7]: flags, reserved.
+        fixed[8..16].copy_from_slice(&self.call_id.to_be_bytes());
+        fixed[16..20].copy_from_slice(&self.timeout_ms.to_be_bytes());
+        fixed[20] = self.service.len() as u8;
+        fixed[21] = self.method.len() as u8;
+        dst.put_slice(&fixed);
         dst.put_slice(self.service.as_bytes());
         dst.put_slice(self.method.as_bytes());
     }

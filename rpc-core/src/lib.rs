@@ -3,8 +3,7 @@
 //! - [`frame`]: the wire format, one length-prefixed frame per message
 //!   (`docs/PROTOCOL.md` has it byte by byte).
 //! - [`server`]: event-loop threads own the listener and every socket; a
-//!   crossbeam-channel worker pool runs handlers and wakes the loop to write
-//!   replies.
+//!   worker pool runs handlers and wakes the loop to write replies.
 //! - [`client`]: a [`client::Channel`] multiplexes calls from many threads over
 //!   its connections; one reader thread per connection completes them.
 //! - [`registry`]: where instances of a service announce themselves
@@ -17,6 +16,7 @@ pub mod balance;
 pub mod client;
 pub mod codegen;
 mod error;
+mod fast_hash;
 pub mod frame;
 pub mod registry;
 pub mod server;

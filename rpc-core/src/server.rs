@@ -3,9 +3,10 @@
 //! [`Builder::bind`] starts `Config::event_loops` loop threads and
 //! `Config::workers` worker threads. Loop 0 owns the listener and hands each
 //! accepted socket to a loop in turn; from then on that loop alone reads and
-//! writes it. A request is decoded on its loop and sent to the pool over a
-//! crossbeam channel (or run right there when the service says the method is
-//! cheap, see [`Service::runs_inline`]); the worker sends the reply back over
+//! writes it. A request is decoded on its loop and queued for the pool, every
+//! request of one read under one lock and with at most one wake-up (or run
+//! right there when the service says the method is cheap, see
+//! [`Service::runs_inline`]); the worker sends the reply back over
 //! the loop's channel and wakes it with its `mio::Waker`, and the loop writes
 //! every reply that is ready before it polls again, so many replies share a
 //! syscall.
@@ -132,13 +133,19 @@ impl Context {
     }
 }
 
-/// Per-connection state shared between its loop and every [`Connection`] handle.
-#[derive(Debug)]
-pub(crate) struct ConnState {
+/// What a connection's loop and every [`Connection`] handle share. One
+/// allocation, so handing a handle to a call costs one reference count.
+pub(crate) struct ConnShared {
+    /// Unique id of the connection.
+    pub(crate) id: ConnectionId,
+    /// The client's address.
+    pub(crate) peer: SocketAddr,
+    /// The loop that owns the socket.
+    pub(crate) owner: Arc<LoopShared>,
     /// False once the loop has closed the socket.
-    open: AtomicBool,
+    pub(crate) open: AtomicBool,
     /// Bytes waiting in the connection's write buffer, as of the loop's last write.
-    unwritten: AtomicUsize,
+    pub(crate) unwritten: AtomicUsize,
 }
 
 /// A handle to one client connection, usable from any thread.
@@ -146,36 +153,43 @@ pub(crate) struct ConnState {
 /// The chat proxy keeps one per logged-in user and pushes messages through it.
 #[derive(Clone)]
 pub struct Connection {
-    /// Unique id of the connection.
-    id: ConnectionId,
-    /// The client's address.
-    peer: SocketAddr,
-    /// The loop that owns the socket.
-    owner: Arc<LoopShared>,
-    /// Open flag and queued bytes.
-    state: Arc<ConnState>,
+    /// Id, peer, owning loop and state.
+    inner: Arc<ConnShared>,
 }
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("id", &self.id).field("peer", &self.peer).finish()
+        f.debug_struct("Connection").field("id", &self.inner.id).field("peer", &self.inner.peer).finish()
     }
 }
 
 impl Connection {
+    pub(crate) fn new(shared: ConnShared) -> Connection {
+        Connection { inner: Arc::new(shared) }
+    }
+
+    pub(crate) fn shared(&self) -> &ConnShared {
+        &self.inner
+    }
+
     /// The connection's unique id.
     pub fn id(&self) -> ConnectionId {
-        self.id
+        self.inner.id
     }
 
     /// The client's address.
     pub fn peer_addr(&self) -> SocketAddr {
-        self.peer
+        self.inner.peer
     }
 
     /// Whether the connection is still open.
     pub fn is_open(&self) -> bool {
-        self.state.open.load(Ordering::Acquire)
+        self.inner.open.load(Ordering::Acquire)
+    }
+
+    /// Hands a finished call back to the loop; `None` for a one-way push.
+    pub(crate) fn reply(&self, call_id: u64, result: Option<Result<Bytes, Status>>) {
+        self.inner.owner.send(Command::Reply { id: self.inner.id, call_id, result });
     }
 
     /// Sends a one-way frame naming `service.method` to the client.
@@ -191,22 +205,23 @@ impl Connection {
     pub fn push(&self, service: &str, method: &str, body: &[u8]) -> Result<(), Error> {
         frame::check_name(service)?;
         frame::check_name(method)?;
+        let inner = &self.inner;
         if !self.is_open() {
-            return Err(Error::Closed(format!("{} ({}) is closed", self.id, self.peer)));
+            return Err(Error::Closed(format!("{} ({}) is closed", inner.id, inner.peer)));
         }
-        let queued = self.state.unwritten.load(Ordering::Relaxed);
-        if queued > self.owner.max_pending_write_bytes {
-            return Err(Error::Backpressure(format!("{} has {queued} bytes unread by the client", self.id)));
+        let queued = inner.unwritten.load(Ordering::Relaxed);
+        if queued > inner.owner.max_pending_write_bytes {
+            return Err(Error::Backpressure(format!("{} has {queued} bytes unread by the client", inner.id)));
         }
         let mut buf = BytesMut::new();
         frame::put_push(&mut buf, service, method, body);
-        self.owner.send(Command::Push { id: self.id, frame: buf.freeze() });
+        inner.owner.send(Command::Push { id: inner.id, frame: buf.freeze() });
         Ok(())
     }
 
     /// Closes the connection after what is already queued to it is written.
     pub fn close(&self) {
-        self.owner.send(Command::Close { id: self.id });
+        self.inner.owner.send(Command::Close { id: self.inner.id });
     }
 }
 
@@ -271,12 +286,14 @@ impl Builder {
         };
         let listener = mio::net::TcpListener::bind(addr)?;
         let local_addr = listener.local_addr()?;
-        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
-        let services = Arc::new(self.services);
+        let jobs = pool::queue();
+        let services: event_loop::Services =
+            self.services.into_iter().map(|(name, s)| (name.into_bytes().into_boxed_slice(), s)).collect();
+        let services = Arc::new(services);
 
         let mut loops = Vec::with_capacity(config.event_loops);
         for index in 0..config.event_loops {
-            loops.push(event_loop::EventLoop::new(index, &config, services.clone(), jobs_tx.clone())?);
+            loops.push(event_loop::EventLoop::new(index, &config, services.clone(), jobs.clone())?);
         }
         let shared: Vec<Arc<LoopShared>> = loops.iter().map(|l| l.shared()).collect();
         let mut loop_threads = Vec::with_capacity(loops.len());
@@ -288,8 +305,8 @@ impl Builder {
             let name = format!("rpc-loop-{}", l.index());
             loop_threads.push(std::thread::Builder::new().name(name).spawn(move || l.run())?);
         }
-        let workers = pool::start(config.workers, jobs_rx, self.on_disconnect)?;
-        drop(jobs_tx);
+        let workers = pool::start(config.workers, &jobs, self.on_disconnect)?;
+        drop(jobs);
         tracing::info!(%local_addr, loops = config.event_loops, workers = config.workers, "rpc server listening");
         Ok(Handle { local_addr, loops: shared, loop_threads, workers, shut: false })
     }

@@ -1,6 +1,6 @@
 //! One event-loop thread: owns a `mio::Poll`, its sockets and their buffers.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -12,8 +12,9 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::pool::{self, Job};
-use super::{Config, ConnState, Connection, ConnectionId, Context, Service};
+use super::pool::{self, Job, Jobs};
+use super::{Config, ConnShared, Connection, ConnectionId, Context, Service};
+use crate::fast_hash::FastMap;
 use crate::frame::{self, FrameError, Kind};
 use crate::Status;
 
@@ -23,6 +24,9 @@ const WAKER: Token = Token(1);
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(2);
 /// Bytes read from a socket per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Services by name (as bytes, so a lookup needs no UTF-8 check).
+pub(crate) type Services = FastMap<Box<[u8]>, Arc<dyn Service>>;
 
 /// Messages to a loop from other threads.
 pub(crate) enum Command {
@@ -112,11 +116,16 @@ pub(crate) struct EventLoop {
     /// Round-robin position over `peers`.
     next_peer: usize,
     /// Connections owned by this loop, by token.
-    conns: HashMap<Token, Conn>,
+    conns: FastMap<Token, Conn>,
     /// Services by name.
-    services: Arc<HashMap<String, Arc<dyn Service>>>,
+    services: Arc<Services>,
     /// The worker pool's queue.
-    jobs: Sender<Job>,
+    jobs: Jobs,
+    /// Calls decoded from the current read, queued for the pool together.
+    batch: VecDeque<Job>,
+    /// When the last poll returned: the time of everything done before the
+    /// next one (activity stamps, request deadlines), read once per turn.
+    now: Instant,
     /// Server settings.
     config: Config,
     /// Read buffer reused for every socket.
@@ -131,8 +140,8 @@ impl EventLoop {
     pub(crate) fn new(
         index: usize,
         config: &Config,
-        services: Arc<HashMap<String, Arc<dyn Service>>>,
-        jobs: Sender<Job>,
+        services: Arc<Services>,
+        jobs: Jobs,
     ) -> io::Result<EventLoop> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
@@ -151,9 +160,11 @@ impl EventLoop {
             listener: None,
             peers: Vec::new(),
             next_peer: 0,
-            conns: HashMap::new(),
+            conns: FastMap::default(),
             services,
             jobs,
+            batch: VecDeque::new(),
+            now: Instant::now(),
             config: config.clone(),
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
             dirty: Vec::new(),
@@ -184,9 +195,9 @@ impl EventLoop {
     /// Runs until shutdown completes.
     pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(1024);
-        let mut next_tick = Instant::now() + Duration::from_secs(1);
+        let mut next_tick = self.now + Duration::from_secs(1);
         loop {
-            let now = Instant::now();
+            let now = self.now;
             let mut timeout = next_tick.saturating_duration_since(now);
             if let Some(until) = self.draining_until {
                 timeout = timeout.min(until.saturating_duration_since(now));
@@ -198,6 +209,7 @@ impl EventLoop {
                 tracing::error!(error = %e, "poll failed; event loop stops");
                 break;
             }
+            self.now = Instant::now();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
@@ -214,7 +226,7 @@ impl EventLoop {
             }
             self.drain_commands();
             self.flush_dirty();
-            let now = Instant::now();
+            let now = self.now;
             if now >= next_tick {
                 self.close_idle(now);
                 next_tick = now + Duration::from_secs(1);
@@ -276,8 +288,13 @@ impl EventLoop {
             tracing::warn!(error = %e, %peer, "cannot register connection");
             return;
         }
-        let state = Arc::new(ConnState { open: AtomicBool::new(true), unwritten: AtomicUsize::new(0) });
-        let handle = Connection { id, peer, owner: self.shared.clone(), state };
+        let handle = Connection::new(ConnShared {
+            id,
+            peer,
+            owner: self.shared.clone(),
+            open: AtomicBool::new(true),
+            unwritten: AtomicUsize::new(0),
+        });
         tracing::debug!(%id, %peer, "connection accepted");
         self.conns.insert(
             token,
@@ -287,7 +304,7 @@ impl EventLoop {
                 inbuf: BytesMut::new(),
                 out: BytesMut::new(),
                 in_flight: 0,
-                last_active: Instant::now(),
+                last_active: self.now,
                 more_to_read: false,
                 discard: 0,
                 paused: false,
@@ -313,14 +330,16 @@ impl EventLoop {
                 }
                 Ok(n) => {
                     conn.inbuf.extend_from_slice(&self.scratch[..n]);
-                    conn.last_active = Instant::now();
-                    let ctx = Dispatch {
+                    conn.last_active = self.now;
+                    let mut ctx = Dispatch {
                         services: &self.services,
-                        jobs: &self.jobs,
                         config: &self.config,
                         draining: self.draining_until.is_some(),
+                        now: self.now,
+                        batch: &mut self.batch,
                     };
                     ctx.frames(conn);
+                    self.jobs.send_all(&mut self.batch);
                     if conn.closing {
                         break;
                     }
@@ -364,13 +383,19 @@ impl EventLoop {
                     if let Some(result) = result {
                         frame::put_response(&mut conn.out, call_id, &result);
                     }
-                    self.mark_dirty(token);
+                    if !conn.dirty {
+                        conn.dirty = true;
+                        self.dirty.push(token);
+                    }
                 }
                 Command::Push { id, frame } => {
                     let token = Token(id.0 as usize);
                     let Some(conn) = self.conns.get_mut(&token) else { continue };
                     conn.out.extend_from_slice(&frame);
-                    self.mark_dirty(token);
+                    if !conn.dirty {
+                        conn.dirty = true;
+                        self.dirty.push(token);
+                    }
                 }
                 Command::Close { id } => {
                     let token = Token(id.0 as usize);
@@ -432,7 +457,7 @@ impl EventLoop {
                 }
                 Ok(n) => {
                     conn.out.advance(n);
-                    conn.last_active = Instant::now();
+                    conn.last_active = self.now;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -447,7 +472,7 @@ impl EventLoop {
             return;
         }
         let pending = conn.out.len();
-        conn.handle.state.unwritten.store(pending, Ordering::Relaxed);
+        conn.handle.shared().unwritten.store(pending, Ordering::Relaxed);
         if pending == 0 && conn.closing {
             self.close(token, "closed by server");
             return;
@@ -506,23 +531,26 @@ impl EventLoop {
         let Some(mut conn) = self.conns.remove(&token) else { return };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let _ = conn.stream.shutdown(std::net::Shutdown::Both);
-        conn.handle.state.open.store(false, Ordering::Release);
-        tracing::debug!(id = %conn.handle.id, peer = %conn.handle.peer, reason, "connection closed");
-        let _ = self.jobs.send(Job::Disconnected(conn.handle.id));
+        conn.handle.shared().open.store(false, Ordering::Release);
+        tracing::debug!(id = %conn.handle.id(), peer = %conn.handle.peer_addr(), reason, "connection closed");
+        self.jobs.send(Job::Disconnected(conn.handle.id()));
     }
 }
 
 /// What frame handling needs from the loop, borrowed apart from the connection map.
 struct Dispatch<'a> {
-    services: &'a HashMap<String, Arc<dyn Service>>,
-    jobs: &'a Sender<Job>,
+    services: &'a Services,
     config: &'a Config,
     draining: bool,
+    /// The loop's clock for this turn, the base of request deadlines.
+    now: Instant,
+    /// Calls for the pool; the loop queues them once the read is handled.
+    batch: &'a mut VecDeque<Job>,
 }
 
 impl Dispatch<'_> {
     /// Decodes and handles every whole frame in `conn.inbuf`.
-    fn frames(&self, conn: &mut Conn) {
+    fn frames(&mut self, conn: &mut Conn) {
         loop {
             if conn.closing {
                 // After a go-away nothing more from this peer is acted on.
@@ -550,7 +578,7 @@ impl Dispatch<'_> {
                     conn.discard = frame::LENGTH_LEN + size;
                 }
                 Err(FrameError::Invalid(why)) => {
-                    tracing::debug!(peer = %conn.handle.peer, why, "protocol violation");
+                    tracing::debug!(peer = %conn.handle.peer_addr(), why, "protocol violation");
                     frame::put_goaway(&mut conn.out, &format!("protocol violation: {why}"));
                     conn.closing = true;
                     return;
@@ -559,7 +587,7 @@ impl Dispatch<'_> {
         }
     }
 
-    fn frame(&self, conn: &mut Conn, f: frame::Frame) {
+    fn frame(&mut self, conn: &mut Conn, f: frame::Frame) {
         match f.kind {
             Kind::Request | Kind::Push => self.call(conn, f),
             Kind::Ping => frame::put_control(&mut conn.out, Kind::Pong, f.call_id),
@@ -574,19 +602,19 @@ impl Dispatch<'_> {
         }
     }
 
-    fn call(&self, conn: &mut Conn, f: frame::Frame) {
+    fn call(&mut self, conn: &mut Conn, f: frame::Frame) {
         let reply = f.kind == Kind::Request;
         let refuse = |conn: &mut Conn, status: Status| {
             if reply {
                 frame::put_response(&mut conn.out, f.call_id, &Err(status));
             } else {
-                tracing::debug!(peer = %conn.handle.peer, %status, "one-way push dropped");
+                tracing::debug!(peer = %conn.handle.peer_addr(), %status, "one-way push dropped");
             }
         };
         if self.draining {
             return refuse(conn, Status::unavailable("server is shutting down"));
         }
-        let Some(service) = self.services.get(f.service()) else {
+        let Some(service) = self.services.get(f.service_bytes()) else {
             let status = Status::unimplemented(format!("unknown service '{}'", f.service()));
             return refuse(conn, status);
         };
@@ -597,8 +625,7 @@ impl Dispatch<'_> {
             ));
             return refuse(conn, status);
         }
-        let deadline =
-            (f.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(f.timeout_ms.into()));
+        let deadline = (f.timeout_ms > 0).then(|| self.now + Duration::from_millis(f.timeout_ms.into()));
         let ctx = Context { connection: conn.handle.clone(), call_id: f.call_id, deadline };
         if service.runs_inline(f.method()) {
             let result = pool::run(service.as_ref(), &ctx, &f);
@@ -608,13 +635,6 @@ impl Dispatch<'_> {
             return;
         }
         conn.in_flight += 1;
-        let job = Job::Call { service: service.clone(), ctx, frame: f, reply };
-        if let Err(crossbeam_channel::SendError(Job::Call { frame: f, reply: true, .. })) =
-            self.jobs.send(job)
-        {
-            conn.in_flight -= 1;
-            let status = Status::unavailable("server is shutting down");
-            frame::put_response(&mut conn.out, f.call_id, &Err(status));
-        }
+        self.batch.push_back(Job::Call { service: service.clone(), ctx, frame: f, reply });
     }
 }
