@@ -36,7 +36,7 @@ use crate::Error;
 
 mod connection;
 
-use connection::{Conn, Pending, Waiter};
+use connection::{CallName, Conn, Pending, Waiter};
 
 /// Runs when a push frame arrives: `(service, method, body)`. Called on the
 /// connection's reader thread, so it should hand work off rather than block.
@@ -187,6 +187,25 @@ thread_local! {
     static ENCODE_BUF: RefCell<BytesMut> = RefCell::new(BytesMut::with_capacity(4096));
     /// Reused by blocking calls on this thread.
     static WAITER: Arc<Waiter> = Arc::new(Waiter::default());
+    /// The names of this thread's last callback call, shared by the calls
+    /// that repeat them instead of formatting a string per call.
+    static LAST_NAME: RefCell<Option<Arc<CallName>>> = const { RefCell::new(None) };
+}
+
+/// `service` and `method` as a shared [`CallName`], reusing this thread's
+/// last one when the names repeat (as they do in a loop of calls).
+fn call_name(service: &str, method: &str) -> Arc<CallName> {
+    LAST_NAME.with(|last| {
+        let mut last = last.borrow_mut();
+        match last.as_ref() {
+            Some(n) if *n.service == *service && *n.method == *method => n.clone(),
+            _ => {
+                let n = Arc::new(CallName { service: service.into(), method: method.into() });
+                *last = Some(n.clone());
+                n
+            }
+        }
+    })
 }
 
 impl Channel {
@@ -267,7 +286,7 @@ impl Channel {
     /// [`Error::Connect`] or [`Error::ConnectionLost`] if it could not be written.
     pub fn push(&self, service: &str, method: &str, body: &[u8]) -> Result<(), Error> {
         self.check(service, method, body.len())?;
-        let deadline = self.deadline(None);
+        let deadline = self.deadline(Instant::now(), None);
         let conn = self.pick(deadline)?;
         with_encode_buf(|buf| {
             frame::put_push(buf, service, method, body);
@@ -308,8 +327,9 @@ impl Channel {
         })
     }
 
-    fn deadline(&self, timeout: Option<Duration>) -> Option<Instant> {
-        timeout.or(self.inner.config.default_timeout).map(|t| Instant::now() + t)
+    /// The deadline of a call starting at `now`.
+    fn deadline(&self, now: Instant, timeout: Option<Duration>) -> Option<Instant> {
+        timeout.or(self.inner.config.default_timeout).map(|t| now + t)
     }
 
     fn pick(&self, deadline: Option<Instant>) -> Result<Arc<Conn>, Error> {
@@ -382,14 +402,16 @@ impl Channel {
     ) -> Result<Bytes, Error> {
         self.check(service, method, body_len)?;
         let start = Instant::now();
-        let deadline = self.deadline(timeout);
+        let deadline = self.deadline(start, timeout);
         let conn = self.pick(deadline)?;
         let id = self.inner.next_call.fetch_add(1, Ordering::Relaxed);
+        // Connecting may have taken time: the timeout sent is what is left.
+        let sent_at = if conn.opened_after(start) { Instant::now() } else { start };
         WAITER.with(|waiter| {
             waiter.reset();
             conn.register(id, Pending::Waiter(waiter.clone()));
             let sent = with_encode_buf(|buf| {
-                request_header(id, deadline, service, method).put(buf, body_len);
+                request_header(id, sent_at, deadline, service, method).put(buf, body_len);
                 encode(buf);
                 conn.write(buf)
             });
@@ -432,7 +454,10 @@ impl Channel {
         if let Err(e) = self.check(service, method, body_len) {
             return callback(Err(e));
         }
-        let deadline = self.deadline(timeout);
+        // A callback on a reader thread starts its call at the time of the
+        // read being handled: one clock read serves the whole batch.
+        let now = Conn::batch_time().unwrap_or_else(Instant::now);
+        let deadline = self.deadline(now, timeout);
         let conn = if Conn::on_reader_thread() {
             // A callback starting a call must not connect or sleep in backoff on
             // a reader thread; without an open connection the call moves to a
@@ -460,17 +485,13 @@ impl Channel {
             }
         };
         let id = self.inner.next_call.fetch_add(1, Ordering::Relaxed);
+        let sent_at = if conn.opened_after(now) { Instant::now() } else { now };
         conn.register(
             id,
-            Pending::Callback {
-                callback,
-                deadline,
-                started: Instant::now(),
-                what: format!("{service}/{method}"),
-            },
+            Pending::Callback { callback, deadline, started: now, name: call_name(service, method) },
         );
         let sent = with_encode_buf(|buf| {
-            request_header(id, deadline, service, method).put(buf, body_len);
+            request_header(id, sent_at, deadline, service, method).put(buf, body_len);
             encode(buf);
             conn.write(buf)
         });
@@ -511,16 +532,17 @@ impl std::fmt::Debug for Channel {
     }
 }
 
-/// The header of a request, with the milliseconds left until `deadline`
-/// (at least 1; 0 means none).
+/// The header of a request sent at `now`, with the milliseconds left until
+/// `deadline` (at least 1; 0 means none).
 fn request_header<'a>(
     id: u64,
+    now: Instant,
     deadline: Option<Instant>,
     service: &'a str,
     method: &'a str,
 ) -> frame::Header<'a> {
     let timeout_ms = deadline.map_or(0, |d| {
-        let ms = d.saturating_duration_since(Instant::now()).as_millis();
+        let ms = d.saturating_duration_since(now).as_millis();
         ms.clamp(1, u128::from(u32::MAX)) as u32
     });
     frame::Header {

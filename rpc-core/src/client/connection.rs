@@ -2,7 +2,6 @@
 //! completes their calls.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -12,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::{Callback, Config};
+use crate::fast_hash::FastMap;
 use crate::frame::{self, FrameError, Kind, SHUTDOWN_REASON};
 use crate::Error;
 
@@ -32,6 +32,16 @@ thread_local! {
     /// itself: a blocked write would stop it reading, and a server waiting
     /// for us to read before it reads again would then wait forever.
     static ON_READER: Cell<bool> = const { Cell::new(false) };
+    /// While a reader thread dispatches one read's frames: when that read
+    /// returned. Calls started by callbacks take it as their start time
+    /// instead of reading the clock each.
+    static BATCH_TIME: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// The service and method of a call, kept to name it in a timeout error.
+pub(crate) struct CallName {
+    pub(crate) service: Box<str>,
+    pub(crate) method: Box<str>,
 }
 
 /// A blocking caller's parking place for its result.
@@ -77,7 +87,7 @@ pub(crate) enum Pending {
     /// A blocked thread.
     Waiter(Arc<Waiter>),
     /// A callback, with what the reader needs to time it out.
-    Callback { callback: Callback, deadline: Option<Instant>, started: Instant, what: String },
+    Callback { callback: Callback, deadline: Option<Instant>, started: Instant, name: Arc<CallName> },
 }
 
 impl Pending {
@@ -105,7 +115,7 @@ pub(crate) struct Conn {
     /// Wakes the writer thread.
     writer_wake: Condvar,
     /// Calls awaiting responses, by call id.
-    pending: Mutex<HashMap<u64, Pending>>,
+    pending: Mutex<FastMap<u64, Pending>>,
     /// When the connection opened; deadlines below are nanoseconds since then.
     epoch: Instant,
     /// The earliest deadline of a pending callback (`u64::MAX` for none): the
@@ -137,7 +147,7 @@ impl Conn {
             flushing: AtomicBool::new(false),
             writer_due: Mutex::new(false),
             writer_wake: Condvar::new(),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(FastMap::default()),
             epoch: Instant::now(),
             earliest_deadline: AtomicU64::new(u64::MAX),
             reader_wakes_at: AtomicU64::new(0),
@@ -152,6 +162,17 @@ impl Conn {
         let c = conn.clone();
         std::thread::Builder::new().name(format!("rpc-writer-{addr}")).spawn(move || c.write_loop())?;
         Ok(conn)
+    }
+
+    /// Whether the connection was opened after `t`.
+    pub(crate) fn opened_after(&self, t: Instant) -> bool {
+        self.epoch > t
+    }
+
+    /// When the read whose frames this reader thread is dispatching returned;
+    /// `None` on other threads and between reads.
+    pub(crate) fn batch_time() -> Option<Instant> {
+        BATCH_TIME.get()
     }
 
     /// Whether new calls may use this connection.
@@ -227,6 +248,62 @@ impl Conn {
             return Ok(());
         }
         self.flush()
+    }
+
+    /// Writes what is queued without blocking, from a reader thread; what the
+    /// socket does not take at once is left to the writer thread. In the
+    /// common case this saves waking the writer thread for every read.
+    #[cfg(unix)]
+    fn flush_from_reader(&self) {
+        if self.flushing.swap(true, Ordering::AcqRel) {
+            // Another thread is writing; it picks up what was queued.
+            return;
+        }
+        let mut batch = lock(&self.queued).split();
+        let mut failed = None;
+        while !batch.is_empty() {
+            match socket2::SockRef::from(&self.stream)
+                .send_with_flags(&batch, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            {
+                Ok(0) => {
+                    failed = Some(io::Error::from(io::ErrorKind::WriteZero));
+                    break;
+                }
+                Ok(n) => batch.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            self.flushing.store(false, Ordering::Release);
+            self.kill(&format!("write failed: {e}"));
+            return;
+        }
+        let more = {
+            let mut queued = lock(&self.queued);
+            if !batch.is_empty() {
+                // Unwritten bytes go back in front of what was queued meanwhile.
+                batch.unsplit(queued.split());
+                *queued = batch;
+            }
+            !queued.is_empty()
+        };
+        self.flushing.store(false, Ordering::Release);
+        if more {
+            // The socket is full, or others queued while we wrote: the writer
+            // thread may block on it, the reader must not.
+            self.flush_later();
+        }
+    }
+
+    /// Without a non-blocking send, the writer thread writes for the reader.
+    #[cfg(not(unix))]
+    fn flush_from_reader(&self) {
+        self.flush_later();
     }
 
     /// Asks the writer thread to flush.
@@ -343,6 +420,8 @@ impl Conn {
         }
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let mut scratch = vec![0u8; 64 * 1024];
+        // The list of connections written during a dispatch, kept between reads.
+        let mut written: Vec<Arc<Conn>> = Vec::new();
         let mut discard = 0usize;
         let mut last_rx = Instant::now();
         let mut last_ping = Instant::now();
@@ -374,11 +453,13 @@ impl Conn {
                 Ok(n) => {
                     last_rx = Instant::now();
                     buf.extend_from_slice(&scratch[..n]);
-                    DEFERRED.with(|d| *d.borrow_mut() = Some(Vec::new()));
+                    DEFERRED.with(|d| *d.borrow_mut() = Some(std::mem::take(&mut written)));
+                    BATCH_TIME.set(Some(last_rx));
                     let handled = self.frames(&mut buf, &mut discard, config);
-                    let written = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
-                    for conn in &written {
-                        conn.flush_later();
+                    BATCH_TIME.set(None);
+                    written = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+                    for conn in written.drain(..) {
+                        conn.flush_from_reader();
                     }
                     if let Err(reason) = handled {
                         return reason;
@@ -490,11 +571,10 @@ impl Conn {
             ids.into_iter().filter_map(|id| pending.remove(&id)).collect()
         };
         for p in expired {
-            if let Pending::Callback { callback, started, what, .. } = p {
-                let (service, method) = what.split_once('/').unwrap_or((&what, ""));
+            if let Pending::Callback { callback, started, name, .. } = p {
                 callback(Err(Error::Timeout {
-                    service: service.to_owned(),
-                    method: method.to_owned(),
+                    service: name.service.to_string(),
+                    method: name.method.to_string(),
                     elapsed_ms: started.elapsed().as_millis() as u64,
                 }));
             }
