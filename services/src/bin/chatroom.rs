@@ -8,11 +8,13 @@
 //! The serving processes stop gracefully on SIGTERM or SIGINT: they leave the registry at
 //! once, a proxy ends its sessions (friends see its users go offline now, not after the
 //! lease), the servers tell their clients to go away and finish the calls in flight, and
-//! the process exits 0. A second signal during that exits at once.
+//! the process exits 0. A second signal during that, or a signal before the process
+//! serves, exits at once.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -204,33 +206,47 @@ fn redis(args: &RedisArgs) -> anyhow::Result<Arc<dyn Presence>> {
     Ok(Arc::new(presence::Redis::with_config(&config).context("cannot open the Redis presence table")?))
 }
 
-/// SIGTERM and SIGINT, caught from before a server starts, so that a signal during
-/// startup still stops the process gracefully once it serves.
+/// SIGTERM and SIGINT, caught from before a server starts. Until the process serves, a
+/// signal ends it at once (a startup stuck on an unreachable backend must not outlive
+/// Ctrl-C); once it serves, the first signal starts the graceful stop and a second one
+/// ends the process at once, in case the graceful stop hangs.
 struct Stop {
-    /// The caught signals, in arrival order.
-    signals: Signals,
+    /// Set when the process serves: from then on the first signal is handed to `first`.
+    serving: Arc<AtomicBool>,
+    /// The first signal after serving started.
+    first: mpsc::Receiver<i32>,
 }
 
 impl Stop {
     fn catch() -> anyhow::Result<Stop> {
-        let signals = Signals::new([SIGTERM, SIGINT]).context("cannot catch SIGTERM and SIGINT")?;
-        Ok(Stop { signals })
+        let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot catch SIGTERM and SIGINT")?;
+        let serving = Arc::new(AtomicBool::new(false));
+        let (tx, first) = mpsc::channel();
+        let serves = serving.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut stopping = false;
+                for signal in signals.forever() {
+                    if serves.load(Ordering::SeqCst) && !stopping {
+                        stopping = true;
+                        let _ = tx.send(signal);
+                        continue;
+                    }
+                    let when = if stopping { "during the graceful stop" } else { "before serving" };
+                    eprintln!("{} {when}; exiting now", signal_name(signal));
+                    std::process::exit(128 + signal);
+                }
+            })
+            .context("cannot start the signal thread")?;
+        Ok(Stop { serving, first })
     }
 
-    /// Blocks until SIGTERM or SIGINT arrives. From then on a second one ends the
-    /// process at once, in case the graceful stop hangs.
-    fn wait(mut self) {
-        let signal = self.signals.forever().next().unwrap_or(SIGTERM);
+    /// Marks the process as serving, then blocks until SIGTERM or SIGINT arrives.
+    fn wait(self) {
+        self.serving.store(true, Ordering::SeqCst);
+        let signal = self.first.recv().unwrap_or(SIGTERM);
         tracing::info!(signal = signal_name(signal), "stopping gracefully");
-        let spawned = std::thread::Builder::new().name("second-signal".into()).spawn(move || {
-            if let Some(signal) = self.signals.forever().next() {
-                eprintln!("{} during the graceful stop; exiting now", signal_name(signal));
-                std::process::exit(128 + signal);
-            }
-        });
-        if let Err(error) = spawned {
-            tracing::warn!(%error, "cannot watch for a second signal");
-        }
     }
 }
 
