@@ -3,7 +3,9 @@
 //! nginx port (round robin, so users land on different proxies).
 //!
 //! * `scenarios`: every `chat_standalone` scenario, on ONE cluster shared by the module's
-//!   scenario tests (each scenario's user names are its own, see `System::name`).
+//!   scenario tests (each scenario's user names are its own, see `System::name`), and on
+//!   the same cluster, users seen (in the presence table) on different proxies chatting
+//!   one to one and in a group.
 //! * The fault tests each start a cluster of their own: a chat service killed with SIGKILL
 //!   while messages flow, and a proxy killed with SIGKILL.
 //!
@@ -16,7 +18,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use mysql::prelude::Queryable;
@@ -232,23 +234,66 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The cluster the scenario tests share: started by the first of them, stopped by its
+/// watchdog when the test process ends.
+static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
+
+fn shared() -> &'static Cluster {
+    let shared = SHARED.get_or_init(|| Cluster::try_up(Shape::default()));
+    shared.as_ref().unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The scenarios of `chat_standalone`, each on the one cluster this module shares.
 mod scenarios {
-    use std::sync::OnceLock;
-
-    use super::{Cluster, Shape};
     use crate::chat_standalone::System;
 
-    /// Started by the first scenario; stopped by its watchdog when the test process ends.
-    static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
-
     fn start() -> System {
-        let shared = SHARED.get_or_init(|| Cluster::try_up(Shape::default()));
-        let cluster = shared.as_ref().unwrap_or_else(|e| panic!("{e}"));
-        System::new(cluster.client_addr(), Box::new(()))
+        System::new(super::shared().client_addr(), Box::new(()))
     }
 
     chat_suite!(start);
+}
+
+#[test]
+fn users_on_different_proxies_chat_one_to_one_and_in_a_group() {
+    let cluster = shared();
+    let system = System::new(cluster.client_addr(), Box::new(()));
+    let presence = cluster.presence();
+    let proxy_of =
+        |user: &api::User| presence.lookup(&[UserId(user.id)]).expect("presence answers")[0].clone();
+
+    // nginx balances connections round robin: log users in until two sit on different proxies.
+    let (alice_client, alice) = system.user("alice");
+    let alice_proxy = proxy_of(&alice).expect("alice is online");
+    let mut others = Vec::new();
+    let (bob_client, bob) = loop {
+        assert!(others.len() < 8, "nginx put eight users in a row on alice's proxy");
+        let (client, user) = system.user(&format!("bob{}", others.len()));
+        if proxy_of(&user).expect("bob is online") != alice_proxy {
+            break (client, user);
+        }
+        others.push((client, user));
+    };
+
+    alice_client.send(direct(&alice, &bob), "a-1", "from one proxy").unwrap();
+    assert_eq!(bob_client.wait_messages(1)[0].body, "from one proxy");
+    let reply = bob_client.send(direct(&alice, &bob), "b-1", "to the other").unwrap();
+    assert_eq!(reply.message.unwrap().seq, 2);
+    assert_eq!(alice_client.wait_messages(1)[0].body, "to the other");
+
+    let id = alice_client.gateway.create_group(&api::CreateGroupRequest { name: "both".into() }).unwrap();
+    let id = id.group.unwrap().id;
+    bob_client.gateway.join_group(&api::JoinGroupRequest { group_id: id }).unwrap();
+    for (client, _) in &others {
+        client.gateway.join_group(&api::JoinGroupRequest { group_id: id }).unwrap();
+    }
+    let sent = bob_client.send(group(id), "b-2", "to everyone").unwrap().message.unwrap();
+    assert_eq!(alice_client.wait_messages(2)[1].seq, sent.seq);
+    for (client, user) in &others {
+        let got = client.wait_messages(1);
+        assert_eq!((got[0].seq, got[0].body.as_str()), (sent.seq, "to everyone"), "{}", user.name);
+    }
+    assert!(bob_client.pushed_messages().iter().all(|m| m.sender_id != bob.id), "no echo to the sender");
 }
 
 /// `api::Conversation` as a map key: (0, low, high) for a pair, (1, group, 0) for a group.
