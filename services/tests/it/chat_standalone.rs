@@ -376,20 +376,41 @@ pub fn friends_see_each_other_come_online(system: &System) {
 }
 
 #[test]
-fn a_restart_keeps_users_and_messages() {
+fn a_restart_keeps_users_friends_groups_and_messages() {
     let dir = tempfile::tempdir().unwrap();
-    {
+    let group_id = {
         let system = start_in(dir.path());
         let (alice_client, alice) = user_at(system.addr(), "alice");
         let bob = system.connect().register("bob");
+        let befriend =
+            api::AddFriendRequest { friend: Some(api::add_friend_request::Friend::UserId(bob.id)) };
+        alice_client.gateway.add_friend(&befriend).unwrap();
+        let group =
+            alice_client.gateway.create_group(&api::CreateGroupRequest { name: "kept".into() }).unwrap();
+        let group_id = group.group.unwrap().id;
         alice_client.send(direct(&alice, &bob), "a-1", "still there?").unwrap();
-    }
+        let to_group = api::Conversation { kind: Some(api::conversation::Kind::GroupId(group_id)) };
+        alice_client.send(to_group, "a-2", "group line").unwrap();
+        group_id
+    };
     let system = start_in(dir.path());
     let bob_client = system.connect();
-    bob_client.login("bob");
+    let login = bob_client.login("bob");
+    let friends: Vec<&str> = login.friends.iter().map(|f| f.user.as_ref().unwrap().name.as_str()).collect();
+    assert_eq!(friends, ["alice"], "the friendship survives the restart");
     let synced = bob_client.gateway.sync(&api::SyncRequest::default()).unwrap();
     assert_eq!(synced.messages.len(), 1);
     assert_eq!(synced.messages[0].body, "still there?");
+
+    let alice_client = system.connect();
+    let login = alice_client.login("alice");
+    let groups: Vec<(u64, &str)> =
+        login.groups.iter().map(|g| g.group.as_ref().unwrap()).map(|g| (g.id, g.name.as_str())).collect();
+    assert_eq!(groups, [(group_id, "kept")], "the group and its owner's membership survive");
+    let to_group = api::Conversation { kind: Some(api::conversation::Kind::GroupId(group_id)) };
+    let history = api::HistoryRequest { conversation: Some(to_group), ..Default::default() };
+    let kept = alice_client.gateway.history(&history).unwrap().messages;
+    assert_eq!(kept.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["group line"]);
 }
 
 pub fn bad_input_gets_clear_errors_and_the_proxy_keeps_serving(system: &System) {
