@@ -45,8 +45,8 @@ impl ChatService {
     fn fan_out(&self, stored: &crate::store::Message) {
         let recipients: Vec<UserId> = match stored.conversation {
             ConversationId::Direct { .. } => stored.conversation.peer_of(stored.sender).into_iter().collect(),
-            ConversationId::Group(group) => match self.store.group_members(group) {
-                Ok(members) => members.into_iter().map(|m| m.id).filter(|&id| id != stored.sender).collect(),
+            ConversationId::Group(group) => match self.store.group_member_ids(group) {
+                Ok(members) => members.into_iter().filter(|&id| id != stored.sender).collect(),
                 Err(error) => {
                     tracing::warn!(%group, %error, "cannot list group members to push to");
                     return;

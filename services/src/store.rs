@@ -161,6 +161,16 @@ pub trait Store: Send + Sync {
     /// [`Error::NotFound`] when there is no such group.
     fn group_members(&self, group: GroupId) -> Result<Vec<User>, Error>;
 
+    /// The ids of the members of `group`, in the order they joined: what fan-out
+    /// needs, without the names. This does not check who asks.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when there is no such group.
+    fn group_member_ids(&self, group: GroupId) -> Result<Vec<UserId>, Error> {
+        Ok(self.group_members(group)?.into_iter().map(|u| u.id).collect())
+    }
+
     /// Stores a message with the next sequence number of its conversation, or returns the
     /// message already stored under the same sender and client message id.
     ///

@@ -16,13 +16,20 @@
 //!   few times before they are reported.
 //! * The schema is migrated under a named lock (`GET_LOCK`), so services starting
 //!   together migrate once.
+//!
+//! Sending is the hot path, so it costs as few round trips as the rules allow: pooled
+//! connections keep their prepared statements (the pool does not reset a connection when
+//! it is returned: every transaction here ends in a commit or a rollback and leaves no
+//! session state behind), sessions start at READ COMMITTED, a conversation's row id is
+//! remembered once looked up (rows are never deleted and their keys never change), and
+//! locking the row and taking the next number is one `UPDATE ... LAST_INSERT_ID()`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mysql::prelude::Queryable;
-use mysql::{
-    IsolationLevel, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn, Transaction, TxOpts,
-};
+use mysql::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn, Transaction, TxOpts};
 
 use super::schema::{self, MYSQL, MYSQL_VERSION_TABLE};
 use super::{
@@ -36,8 +43,9 @@ use crate::limits;
 mod queries;
 
 use self::queries::{
-    check_participant, conversation_row, conversation_states, find_sent, group_from, messages_after,
-    messages_before, raise_cursor, require_group, require_user, user_from, GroupRow, UserRow, USER_COLUMNS,
+    check_participant, check_sender, conversation_row, conversation_states, find_sent, group_from,
+    messages_after, messages_before, next_seq, raise_cursor, require_group, require_user, user_from,
+    GroupRow, UserRow, USER_COLUMNS,
 };
 
 /// Where and how to connect.
@@ -76,7 +84,17 @@ pub struct MySql {
     database: String,
     /// How long a call waits for a connection.
     checkout_timeout: Duration,
+    /// Conversation row ids by conversation, shared by clones. Rows are never deleted
+    /// and their keys never change, so an entry never goes stale.
+    conversation_ids: Arc<Mutex<HashMap<ConversationId, u64>>>,
 }
+
+/// The most conversation ids [`MySql`] remembers; past it the table starts over.
+const CONVERSATION_IDS: usize = 100_000;
+
+/// Set on every new connection: every transaction runs at READ COMMITTED without a
+/// statement of its own to say so.
+const SESSION_INIT: &str = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED";
 
 /// How many times a transaction that hit a deadlock or lock-wait time-out is tried.
 const ATTEMPTS: u32 = 5;
@@ -123,13 +141,23 @@ impl MySql {
         }
         let constraints = PoolConstraints::new(0, config.max_connections.max(1))
             .ok_or_else(|| Error::InvalidArgument("bad pool size".into()))?;
+        // No reset when a connection goes back to the pool: a reset costs a round trip
+        // and drops the connection's prepared statements, so every statement would be
+        // prepared again on every call.
+        let pool_opts = PoolOpts::default().with_constraints(constraints).with_reset_connection(false);
         let builder = OptsBuilder::from_opts(opts)
             .tcp_connect_timeout(Some(config.connect_timeout))
-            .pool_opts(PoolOpts::default().with_constraints(constraints));
+            .init(vec![SESSION_INIT])
+            .pool_opts(pool_opts);
 
         create_database_if_missing(builder.clone(), &database)?;
         let pool = Pool::new(builder).map_err(classify)?;
-        let store = MySql { pool, database, checkout_timeout: config.checkout_timeout };
+        let store = MySql {
+            pool,
+            database,
+            checkout_timeout: config.checkout_timeout,
+            conversation_ids: Arc::default(),
+        };
         store.migrate()?;
         tracing::debug!(database = %store.database, "mysql store open");
         Ok(store)
@@ -159,13 +187,47 @@ impl MySql {
         Ok(())
     }
 
+    /// The row id of `conversation` (normalised), looked up once and then remembered;
+    /// `None` while the conversation has no row.
+    fn conversation_id(
+        &self,
+        conn: &mut PooledConn,
+        conversation: ConversationId,
+    ) -> Result<Option<u64>, Error> {
+        let ids = || self.conversation_ids.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&id) = ids().get(&conversation) {
+            return Ok(Some(id));
+        }
+        let Some((id, _)) = conversation_row(conn, conversation, false)? else { return Ok(None) };
+        let mut ids = ids();
+        if ids.len() >= CONVERSATION_IDS {
+            ids.clear();
+        }
+        ids.insert(conversation, id);
+        Ok(Some(id))
+    }
+
     /// Runs `f` in a READ COMMITTED transaction and commits, retrying the whole of it on
     /// deadlock or lock-wait time-out.
     fn transact<T>(&self, mut f: impl FnMut(&mut Transaction<'_>) -> Result<T, Error>) -> Result<T, Error> {
-        let opts = TxOpts::default().set_isolation_level(Some(IsolationLevel::ReadCommitted));
+        self.transact_on(&mut None, &mut f)
+    }
+
+    /// As [`MySql::transact`], starting on `conn` when one is given (it is used up).
+    /// Sessions start at READ COMMITTED ([`SESSION_INIT`]), so starting a transaction is
+    /// one statement.
+    fn transact_on<T>(
+        &self,
+        conn: &mut Option<PooledConn>,
+        f: &mut impl FnMut(&mut Transaction<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let opts = TxOpts::default();
         let mut attempt = 1;
         loop {
-            let mut conn = self.conn()?;
+            let mut conn = match conn.take() {
+                Some(conn) => conn,
+                None => self.conn()?,
+            };
             let outcome = conn.start_transaction(opts).map_err(Error::from).and_then(|mut tx| {
                 let value = f(&mut tx)?;
                 tx.commit()?;
@@ -435,43 +497,60 @@ impl Store for MySql {
         Ok(rows.into_iter().map(user_from).collect())
     }
 
+    fn group_member_ids(&self, group: GroupId) -> Result<Vec<UserId>, Error> {
+        let mut conn = self.conn()?;
+        let ids: Vec<u64> =
+            conn.exec("SELECT user_id FROM group_members WHERE group_id = ? ORDER BY id", (group.0,))?;
+        if ids.is_empty() {
+            // A group always has its owner, unless everyone left or it does not exist.
+            require_group(&mut conn, group, false)?;
+        }
+        Ok(ids.into_iter().map(UserId).collect())
+    }
+
     fn send(&self, message: &NewMessage<'_>) -> Result<Sent, Error> {
         let conversation = check_new_message(message)?;
         let sender = message.sender;
         let client_msg_id = message.client_msg_id;
-        {
-            // A retry is answered before any other check, so that it still gets its
-            // original answer after, say, the sender left the group.
-            let mut conn = self.conn()?;
-            if let Some(original) = find_sent(&mut conn, sender, client_msg_id)? {
-                return duplicate(original, conversation);
-            }
-            if let ConversationId::Direct { low, high } = conversation {
+        let mut conn = self.conn()?;
+        let id = match self.conversation_id(&mut conn, conversation)? {
+            Some(id) => id,
+            None => {
+                // A retry is answered before any other check.
+                if let Some(original) = find_sent(&mut conn, sender, client_msg_id)? {
+                    return duplicate(original, conversation);
+                }
+                let ConversationId::Direct { low, high } = conversation else {
+                    // Every group has its row; without one, the group does not exist.
+                    check_participant(&mut conn, sender, conversation)?;
+                    return Err(Error::Corrupt(format!("{conversation} has no conversation row")));
+                };
                 let peer = if low == sender { high } else { low };
                 require_user(&mut conn, peer)?;
-                // Created in its own short transaction, so that the sending transaction
-                // below only ever locks an existing row.
+                // Created in its own statement, so that the sending transaction below
+                // only ever locks an existing row.
                 conn.exec_drop(
                     "INSERT INTO conversations (user_low, user_high, last_seq) VALUES (?, ?, 0)
                      ON DUPLICATE KEY UPDATE id = id",
                     (low.0, high.0),
                 )?;
+                self.conversation_id(&mut conn, conversation)?
+                    .ok_or_else(|| Error::Corrupt(format!("{conversation} has no conversation row")))?
             }
-        }
+        };
         let sent_at_ms = now_ms();
-        let outcome = self.transact(|tx| {
-            if let ConversationId::Group(_) = conversation {
-                check_participant(tx, sender, conversation)?;
-            }
-            let (id, last_seq) = conversation_row(tx, conversation, true)?
-                .ok_or_else(|| Error::Corrupt(format!("{conversation} has no conversation row")))?;
-            // Checked again under the lock: a concurrent retry into this conversation
-            // committed before the lock was granted is visible now.
+        let mut conn = Some(conn);
+        let outcome = self.transact_on(&mut conn, &mut |tx| {
+            // A retry is answered before any other check, so that it still gets its
+            // original answer after, say, the sender left the group.
             if let Some(original) = find_sent(tx, sender, client_msg_id)? {
                 return duplicate(original, conversation);
             }
-            let seq = last_seq + 1;
-            tx.exec_drop("UPDATE conversations SET last_seq = ? WHERE id = ?", (seq, id))?;
+            check_sender(tx, sender, conversation)?;
+            // Locks the row until commit and takes the next number. A concurrent retry
+            // of this message that commits while this one waits for the lock is caught
+            // by the unique key on (sender_id, client_msg_id) below.
+            let seq = next_seq(tx, id)?;
             tx.exec_drop(
                 "INSERT INTO messages
                     (conversation_id, seq, sender_id, client_msg_id, body, sent_at_ms)
@@ -492,7 +571,7 @@ impl Store for MySql {
             })
         });
         match outcome {
-            // The same client message id won a race into another conversation.
+            // The same client message id won a race (into this or another conversation).
             Err(e) if is_duplicate(&e) => match find_sent(&mut self.conn()?, sender, client_msg_id)? {
                 Some(original) => duplicate(original, conversation),
                 None => Err(e),

@@ -77,6 +77,34 @@ pub(super) fn check_participant(
     }
 }
 
+/// Fails unless `user` may send to `conversation` (normalised). The same rule as
+/// [`check_participant`], in one statement for a member of a group.
+pub(super) fn check_sender(
+    q: &mut impl Queryable,
+    user: UserId,
+    conversation: ConversationId,
+) -> Result<(), Error> {
+    match conversation {
+        ConversationId::Group(group) if is_member(q, user, group)? => Ok(()),
+        // Not a member: find out whether the group exists, for the right error.
+        _ => check_participant(q, user, conversation),
+    }
+}
+
+/// Locks conversation row `id` until the transaction ends and raises its `last_seq` by
+/// one, returning the new value: one statement, since `LAST_INSERT_ID(expr)` hands the
+/// value back in the statement's answer.
+pub(super) fn next_seq(q: &mut impl Queryable, id: u64) -> Result<u64, Error> {
+    let result =
+        q.exec_iter("UPDATE conversations SET last_seq = LAST_INSERT_ID(last_seq + 1) WHERE id = ?", (id,))?;
+    match (result.affected_rows(), result.last_insert_id()) {
+        (1, Some(seq)) if seq > 0 => Ok(seq),
+        (rows, seq) => Err(Error::Corrupt(format!(
+            "advancing conversation row {id} changed {rows} rows and gave sequence {seq:?}"
+        ))),
+    }
+}
+
 /// The row id and newest sequence number of a conversation, if it has a row; with
 /// `lock`, the row stays locked until the transaction ends.
 pub(super) fn conversation_row(
