@@ -257,11 +257,12 @@ pub fn nginx_conf(dir: &Path, listen: SocketAddr, proxies: &[SocketAddr]) -> Str
     if Path::new(STREAM_MODULE).is_file() {
         conf.push_str(&format!("load_module {STREAM_MODULE};\n"));
     }
-    // Every client holds two connections in the worker (client side and proxy side);
-    // the default of 512 would cap a cluster at 256 clients. The file limit is raised to
-    // match (nginx may raise it past the soft limit when started as root).
+    // Every client holds two connections in a worker (client side and proxy side); the
+    // default of 512 would cap a cluster at 256 clients. Where the hard limit on open
+    // files cannot be raised (a container may forbid it even to root), two workers
+    // sharing the port (`reuseport`) hold twice as many clients as one.
     conf.push_str(&format!(
-        "daemon off;\nworker_processes 1;\nworker_rlimit_nofile 65536;\npid {pid};\nerror_log {err} info;\n\
+        "daemon off;\nworker_processes 2;\nworker_rlimit_nofile 65536;\npid {pid};\nerror_log {err} info;\n\
          events {{\n    worker_connections 32768;\n}}\n",
         pid = dir.join("nginx.pid").display(),
         err = dir.join("nginx-error.log").display(),
@@ -271,7 +272,7 @@ pub fn nginx_conf(dir: &Path, listen: SocketAddr, proxies: &[SocketAddr]) -> Str
         conf.push_str(&format!("        server {proxy};\n"));
     }
     conf.push_str(&format!(
-        "    }}\n    server {{\n        listen {listen};\n        proxy_pass proxies;\n    }}\n}}\n"
+        "    }}\n    server {{\n        listen {listen} reuseport;\n        proxy_pass proxies;\n    }}\n}}\n"
     ));
     conf
 }

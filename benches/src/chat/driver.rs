@@ -35,6 +35,9 @@ const SEND_ATTEMPTS: u32 = 3;
 const ACK_GRACE: Duration = Duration::from_secs(30);
 /// Most `Sync` pages one user fetches at the end.
 const SYNC_ROUNDS: u32 = 1000;
+/// How long a setup phase may take before its unanswered calls count as failed (a
+/// connection the kernel accepted but nginx never did is never answered).
+const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// One call of a setup phase.
 #[derive(Debug, Clone)]
@@ -185,8 +188,8 @@ impl Drop for Handle {
 
 /// What a call in flight was for.
 enum Pending {
-    /// Setup job number `n`.
-    Job(usize),
+    /// Setup job number `n` of setup phase `phase`.
+    Job(u64, usize),
     /// A message send.
     Send(Outgoing),
     /// A final `Sync` page.
@@ -213,6 +216,7 @@ enum Activity {
         window: usize,
         results: Vec<Option<Result<Bytes, Status>>>,
         done: usize,
+        deadline: Instant,
     },
     Send {
         plan: SendPlan,
@@ -241,6 +245,9 @@ struct Loop {
     replies: Sender<Reply>,
     scratch: Vec<u8>,
     activity: Activity,
+    /// Counts setup phases, so a late answer from an earlier one is not taken for a
+    /// call of the current one.
+    phase: u64,
     /// Sends waiting for their final outcome (retries included).
     send_in_flight: usize,
     /// Each user's next client message counter.
@@ -270,6 +277,7 @@ impl Loop {
             replies,
             scratch: vec![0; 256 * 1024],
             activity: Activity::Idle,
+            phase: 0,
             send_in_flight: 0,
             next_n: vec![0; users],
             turn: vec![0; users],
@@ -356,8 +364,11 @@ impl Loop {
             }
             Command::Calls { jobs, window } => {
                 let results = (0..jobs.len()).map(|_| None).collect();
+                self.phase += 1;
+                let deadline = Instant::now() + SETUP_TIMEOUT;
+                let window = window.max(1);
                 self.activity =
-                    Activity::Calls { jobs, next: 0, in_flight: 0, window: window.max(1), results, done: 0 };
+                    Activity::Calls { jobs, next: 0, in_flight: 0, window, results, done: 0, deadline };
             }
             Command::Send(plan) => {
                 self.ids.clone_from(&plan.ids);
@@ -420,11 +431,18 @@ impl Loop {
         let mut to_send: Vec<usize> = Vec::new();
         match &mut self.activity {
             Activity::Idle => {}
-            Activity::Calls { jobs, next, in_flight, window, results, done } => {
+            Activity::Calls { jobs, next, in_flight, window, results, done, deadline } => {
                 while *in_flight < *window && *next < jobs.len() {
                     due.push(*next);
                     *next += 1;
                     *in_flight += 1;
+                }
+                if now >= *deadline {
+                    for result in results.iter_mut().filter(|r| r.is_none()) {
+                        *result = Some(Err(Status::new(Code::DeadlineExceeded, "no answer in time")));
+                    }
+                    *done = jobs.len();
+                    due.clear();
                 }
                 if *done == jobs.len() && due.is_empty() {
                     let results = std::mem::take(results).into_iter().map(|r| r.expect("every job answered"));
@@ -486,10 +504,11 @@ impl Loop {
         let Activity::Calls { jobs, .. } = &self.activity else { return };
         let job = jobs[n].clone();
         if self.conns[job.user].is_none() {
-            self.fail(Pending::Job(n), &Status::unavailable("not connected"), job.user, false);
+            self.fail(Pending::Job(self.phase, n), &Status::unavailable("not connected"), job.user, false);
             return;
         }
-        self.with_conn(job.user, |c, _| c.call(job.method, &job.body, Pending::Job(n)));
+        let pending = Pending::Job(self.phase, n);
+        self.with_conn(job.user, |c, _| c.call(job.method, &job.body, pending));
     }
 
     fn send_new(&mut self, user: usize) {
@@ -603,7 +622,7 @@ impl Loop {
 
     fn succeed(&mut self, pending: Pending, body: Bytes, user: usize) {
         match pending {
-            Pending::Job(n) => self.job_done(n, Ok(body)),
+            Pending::Job(phase, n) => self.job_done(phase, n, Ok(body)),
             Pending::Send(out) => {
                 self.send_in_flight -= 1;
                 let Ok(response) = api::SendMessageResponse::decode(body) else {
@@ -650,7 +669,7 @@ impl Loop {
 
     fn fail(&mut self, pending: Pending, status: &Status, user: usize, retry: bool) {
         match pending {
-            Pending::Job(n) => self.job_done(n, Err(status.clone())),
+            Pending::Job(phase, n) => self.job_done(phase, n, Err(status.clone())),
             Pending::Send(mut out) => {
                 let retryable = matches!(
                     status.code,
@@ -678,7 +697,10 @@ impl Loop {
         *self.counters.errors.entry(what).or_default() += 1;
     }
 
-    fn job_done(&mut self, n: usize, result: Result<Bytes, Status>) {
+    fn job_done(&mut self, phase: u64, n: usize, result: Result<Bytes, Status>) {
+        if phase != self.phase {
+            return;
+        }
         if let Activity::Calls { results, in_flight, done, .. } = &mut self.activity {
             if results[n].is_none() {
                 results[n] = Some(result);
