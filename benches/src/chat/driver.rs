@@ -331,6 +331,9 @@ impl Loop {
     fn timeout(&self) -> Duration {
         let now = Instant::now();
         match &self.activity {
+            // With the window full, answers wake the loop; waiting for `next_at` (long
+            // past) would spin.
+            Activity::Send { plan, .. } if self.send_in_flight >= plan.in_flight => Duration::from_millis(5),
             Activity::Send { next_at, interval: Some(_), .. } => next_at.saturating_duration_since(now),
             Activity::Send { .. } => Duration::from_millis(5),
             _ => Duration::from_millis(20),
