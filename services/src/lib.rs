@@ -45,6 +45,11 @@ pub mod standalone;
 pub mod store;
 pub mod user_service;
 
+/// Worker threads per server of the chat system's processes. The handlers mostly wait on
+/// the store, presence and other services rather than on a core, so a few workers per core
+/// would leave the database idle while every worker waits.
+pub const SERVER_WORKERS: usize = 16;
+
 pub use conversation::{ConversationId, ParseConversationError};
 pub use ids::{GroupId, UserId};
 pub use presence::Presence;

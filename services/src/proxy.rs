@@ -346,18 +346,28 @@ impl Proxy {
         Ok(api::LoginResponse { user: Some(user), friends, groups, conversations, replaced_session })
     }
 
-    /// Pushes `event` to `user` if they have a session here; false if they have none or
-    /// the push failed.
-    fn push_to(&self, user: u64, event: &api::push::Event) -> bool {
-        let Some(connection) = self.inner.sessions.connection_of(UserId(user)) else { return false };
-        push(&connection, event.clone())
+    /// Pushes `event` to each of `users` that has a session here, encoding it once; returns
+    /// those who have none or whose push failed.
+    fn push_to_all(&self, users: Vec<u64>, event: api::push::Event) -> Vec<u64> {
+        let body = api::Push { event: Some(event) }.encode_to_vec();
+        users
+            .into_iter()
+            .filter(|&user| match self.inner.sessions.connection_of(UserId(user)) {
+                Some(connection) => !push_encoded(&connection, &body),
+                None => true,
+            })
+            .collect()
     }
 }
 
 /// Pushes one event to a connection; false when it could not be queued.
 fn push(connection: &Connection, event: api::push::Event) -> bool {
-    let body = api::Push { event: Some(event) }.encode_to_vec();
-    match connection.push(PUSH_SERVICE, PUSH_METHOD, &body) {
+    push_encoded(connection, &api::Push { event: Some(event) }.encode_to_vec())
+}
+
+/// Pushes an encoded `Push` to a connection; false when it could not be queued.
+fn push_encoded(connection: &Connection, body: &[u8]) -> bool {
+    match connection.push(PUSH_SERVICE, PUSH_METHOD, body) {
         Ok(()) => true,
         Err(error) => {
             tracing::debug!(connection = %connection.id(), %error, "push failed");
@@ -591,9 +601,7 @@ impl delivery_rpc::Delivery for Proxy {
         request: api::DeliverBatchRequest,
     ) -> Result<api::DeliverBatchResponse, Status> {
         let message = request.message.ok_or_else(|| Status::invalid_argument("no message to deliver"))?;
-        let event = api::push::Event::Message(message);
-        let not_connected =
-            request.user_ids.into_iter().filter(|&user| !self.push_to(user, &event)).collect();
+        let not_connected = self.push_to_all(request.user_ids, api::push::Event::Message(message));
         Ok(api::DeliverBatchResponse { not_connected })
     }
 
@@ -604,9 +612,7 @@ impl delivery_rpc::Delivery for Proxy {
     ) -> Result<api::PresenceBatchResponse, Status> {
         let change =
             request.change.ok_or_else(|| Status::invalid_argument("no presence change to deliver"))?;
-        let event = api::push::Event::Presence(change);
-        let not_connected =
-            request.user_ids.into_iter().filter(|&user| !self.push_to(user, &event)).collect();
+        let not_connected = self.push_to_all(request.user_ids, api::push::Event::Presence(change));
         Ok(api::PresenceBatchResponse { not_connected })
     }
 

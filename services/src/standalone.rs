@@ -44,7 +44,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
             lease_ttl: Duration::from_secs(30),
             hashing: auth::Config::default(),
-            server: server::Config::default(),
+            server: server::Config { workers: crate::SERVER_WORKERS, ..server::Config::default() },
         }
     }
 }

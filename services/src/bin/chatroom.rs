@@ -53,6 +53,8 @@ enum Command {
         /// How long a user stays online without their proxy renewing the lease.
         #[arg(long, env = "CHATROOM_LEASE_TTL_SECS", default_value_t = 30)]
         lease_ttl_secs: u64,
+        #[command(flatten)]
+        serving: ServeArgs,
     },
     /// Runs a proxy: clients connect to it; it registers its delivery service in
     /// ZooKeeper and keeps presence leases in Redis.
@@ -73,6 +75,8 @@ enum Command {
         zk: ZkArgs,
         #[command(flatten)]
         redis: RedisArgs,
+        #[command(flatten)]
+        serving: ServeArgs,
     },
     /// Runs a user service instance (accounts, friends, groups) over MySQL.
     UserService {
@@ -85,6 +89,8 @@ enum Command {
         mysql: MySqlArgs,
         #[command(flatten)]
         hashing: HashingArgs,
+        #[command(flatten)]
+        serving: ServeArgs,
     },
     /// Runs a chat service instance (messages, history, sync) over MySQL and Redis.
     ChatService {
@@ -97,6 +103,8 @@ enum Command {
         mysql: MySqlArgs,
         #[command(flatten)]
         redis: RedisArgs,
+        #[command(flatten)]
+        serving: ServeArgs,
     },
     /// Starts, stops or shows a local cluster (N proxies, user services and chat
     /// services on ZooKeeper, MySQL and Redis, with nginx in front on one port).
@@ -122,6 +130,21 @@ enum Command {
         #[arg(long, env = "CHATROOM_SERVER")]
         server: Option<SocketAddr>,
     },
+}
+
+/// How a process serves.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Worker threads per server. Handlers mostly wait on MySQL, Redis and other services
+    /// rather than the CPU, so there are more of them than cores.
+    #[arg(long, env = "CHATROOM_WORKERS", default_value_t = services::SERVER_WORKERS)]
+    workers: usize,
+}
+
+impl ServeArgs {
+    fn config(&self) -> server::Config {
+        server::Config { workers: self.workers.max(1), ..server::Config::default() }
+    }
 }
 
 /// Where ZooKeeper is.
@@ -273,12 +296,13 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Standalone { listen, data_dir, lease_ttl_secs } => {
+        Command::Standalone { listen, data_dir, lease_ttl_secs, serving } => {
             let stop = Stop::catch()?;
             let config = standalone::Config {
                 data_dir,
                 listen,
                 lease_ttl: Duration::from_secs(lease_ttl_secs.max(1)),
+                server: serving.config(),
                 ..standalone::Config::default()
             };
             let system = Standalone::start(config).context("cannot start the standalone system")?;
@@ -290,7 +314,15 @@ fn main() -> anyhow::Result<()> {
             system.shutdown();
             tracing::info!("standalone system stopped");
         }
-        Command::Proxy { listen, delivery_listen, instance_id, lease_ttl_secs, zk, redis: redis_args } => {
+        Command::Proxy {
+            listen,
+            delivery_listen,
+            instance_id,
+            lease_ttl_secs,
+            zk,
+            redis: redis_args,
+            serving,
+        } => {
             let stop = Stop::catch()?;
             let registry = zk.connect()?;
             let mut config = proxy::Config {
@@ -301,8 +333,7 @@ fn main() -> anyhow::Result<()> {
                 config.instance_id = id;
             }
             let the_proxy = proxy::Proxy::new(config, &registry, redis(&redis_args)?)?;
-            let running =
-                proxy::serve(the_proxy, &registry, listen, delivery_listen, server::Config::default())?;
+            let running = proxy::serve(the_proxy, &registry, listen, delivery_listen, serving.config())?;
             println!(
                 "ChatRoom proxy {} is running; clients connect to {}",
                 running.proxy().instance_id(),
@@ -313,23 +344,23 @@ fn main() -> anyhow::Result<()> {
             // Closes the ZooKeeper session (its entries went with the deregistration).
             drop(registry);
         }
-        Command::UserService { listen, zk, mysql: mysql_args, hashing } => {
+        Command::UserService { listen, zk, mysql: mysql_args, hashing, serving } => {
             let stop = Stop::catch()?;
             let registry = zk.connect()?;
             let users = UserService::new(mysql(&mysql_args)?).with_hashing(hashing.config()?);
             let service = UserServiceServer(users);
-            let served = serve(service, &registry, listen, server::Config::default())?;
+            let served = serve(service, &registry, listen, serving.config())?;
             println!("ChatRoom user service is running on {}", served.addr());
             stop.wait();
             served.shutdown();
             drop(registry);
         }
-        Command::ChatService { listen, zk, mysql: mysql_args, redis: redis_args } => {
+        Command::ChatService { listen, zk, mysql: mysql_args, redis: redis_args, serving } => {
             let stop = Stop::catch()?;
             let registry = zk.connect()?;
             let service =
                 ChatService::new(mysql(&mysql_args)?, redis(&redis_args)?, Proxies::discover(&registry)?);
-            let served = serve(ChatServiceServer(service), &registry, listen, server::Config::default())?;
+            let served = serve(ChatServiceServer(service), &registry, listen, serving.config())?;
             println!("ChatRoom chat service is running on {}", served.addr());
             stop.wait();
             served.shutdown();
