@@ -41,6 +41,10 @@ struct State {
     jobs: VecDeque<Job>,
     /// Workers blocked in `Condvar::wait`.
     sleeping: usize,
+    /// Wake-ups signalled and not yet taken by a sleeper. A woken thread
+    /// takes a while to run; until then it still counts as sleeping, and
+    /// without this every job queued meanwhile would signal again.
+    waking: usize,
     /// Live [`Jobs`] handles; at zero, workers finish the queue and exit.
     senders: usize,
 }
@@ -55,6 +59,19 @@ struct Queue {
 impl Queue {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    /// Whether to wake a sleeping worker: one sleeps that no wake-up is
+    /// already on its way to. Counts the wake-up as sent.
+    fn claim_sleeper(&mut self) -> bool {
+        if self.sleeping > self.waking {
+            self.waking += 1;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -87,7 +104,7 @@ impl Jobs {
     pub(crate) fn send(&self, job: Job) {
         let mut st = self.queue.lock();
         st.jobs.push_back(job);
-        let wake = st.sleeping > 0;
+        let wake = st.claim_sleeper();
         drop(st);
         if wake {
             self.queue.ready.notify_one();
@@ -108,7 +125,7 @@ impl Jobs {
         } else {
             st.jobs.append(batch);
         }
-        let wake = st.sleeping > 0;
+        let wake = st.claim_sleeper();
         drop(st);
         if wake {
             self.queue.ready.notify_one();
@@ -118,7 +135,7 @@ impl Jobs {
 
 /// A queue with no workers yet, and its first sender.
 pub(crate) fn queue() -> Jobs {
-    let state = State { jobs: VecDeque::with_capacity(1024), sleeping: 0, senders: 1 };
+    let state = State { jobs: VecDeque::with_capacity(1024), sleeping: 0, waking: 0, senders: 1 };
     Jobs { queue: Arc::new(Queue { state: Mutex::new(state), ready: Condvar::new() }) }
 }
 
@@ -145,7 +162,7 @@ fn next(queue: &Queue) -> Option<Job> {
         if let Some(job) = st.jobs.pop_front() {
             // More waiting and a worker asleep: let it help. It will wake the
             // next one in turn if the backlog is still there when it looks.
-            let wake = !st.jobs.is_empty() && st.sleeping > 0;
+            let wake = !st.jobs.is_empty() && st.claim_sleeper();
             drop(st);
             if wake {
                 queue.ready.notify_one();
@@ -158,6 +175,8 @@ fn next(queue: &Queue) -> Option<Job> {
         st.sleeping += 1;
         st = queue.ready.wait(st).unwrap_or_else(|p| p.into_inner());
         st.sleeping -= 1;
+        // Woken by a signal or spuriously: either way one fewer is on its way.
+        st.waking = st.waking.saturating_sub(1);
     }
 }
 
