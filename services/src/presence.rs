@@ -8,12 +8,19 @@
 //! belongs to the proxy that asks, so a proxy that lost a user to a newer login elsewhere
 //! cannot take the user back or log them out.
 //!
+//! A lapsed lease is offline for [`Presence::lookup`] at once, but nobody has told the
+//! user's friends yet: the proxy that held it may have crashed. So every proxy *sweeps*
+//! on a timer ([`Presence::sweep_lapsed`]), which removes lapsed leases and hands each
+//! to exactly one sweeper, however many sweep at once; that proxy announces the user
+//! offline. A lease that was renewed in time, released, or claimed again by a new login
+//! (even after it lapsed) is not lapsed any more and is never handed out.
+//!
 //! [`Memory`] serves the standalone mode and unit tests; [`Redis`] serves the cluster,
 //! where every proxy and chat service shares one view.
 //!
 //! ```
 //! use std::time::Duration;
-//! use services::presence::{Memory, Presence};
+//! use services::presence::{Lapsed, Memory, Presence};
 //! use services::UserId;
 //!
 //! let presence = Memory::new();
@@ -25,6 +32,14 @@
 //!     presence.lookup(&[UserId(1), UserId(2)]).unwrap(),
 //!     vec![Some("proxy-b".to_string()), None]
 //! );
+//!
+//! // proxy-b dies: the lease lapses, and one sweep hands it out, once.
+//! presence.claim(UserId(2), "proxy-b", Duration::from_millis(1)).unwrap();
+//! std::thread::sleep(Duration::from_millis(5));
+//! assert_eq!(presence.lookup(&[UserId(2)]).unwrap(), vec![None]);
+//! let lapsed = presence.sweep_lapsed(100).unwrap();
+//! assert_eq!(lapsed, vec![Lapsed { user: UserId(2), owner: "proxy-b".into() }]);
+//! assert!(presence.sweep_lapsed(100).unwrap().is_empty());
 //! ```
 
 pub mod memory;
@@ -72,12 +87,33 @@ pub trait Presence: Send + Sync {
     fn release(&self, user: UserId, owner: &str) -> Result<bool, Error>;
 
     /// The proxy holding each user's live lease, `None` for users who are offline, in the
-    /// order asked.
+    /// order asked. A lapsed lease is offline here at once, whether or not it was swept.
     ///
     /// # Errors
     ///
     /// Backend failures.
     fn lookup(&self, users: &[UserId]) -> Result<Vec<Option<String>>, Error>;
+
+    /// Removes up to `limit` leases that lapsed (were neither renewed, released nor
+    /// claimed again in time) and returns them with the proxy that held them, so that the
+    /// caller tells their friends they went offline. Removal and return are one atomic
+    /// step: with many proxies sweeping the same table, each lapsed lease is returned by
+    /// exactly one call. A caller that gets `limit` entries back sweeps again; fewer means
+    /// nothing else had lapsed.
+    ///
+    /// # Errors
+    ///
+    /// Backend failures; nothing was removed then.
+    fn sweep_lapsed(&self, limit: usize) -> Result<Vec<Lapsed>, Error>;
+}
+
+/// A lease that lapsed, as [`Presence::sweep_lapsed`] hands it out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lapsed {
+    /// The user who is offline now.
+    pub user: UserId,
+    /// The proxy that held the lease and stopped renewing it.
+    pub owner: String,
 }
 
 /// A presence operation failed.

@@ -13,7 +13,10 @@
 //!
 //! Presence: a login claims the user's lease for this proxy, a thread
 //! ([`Renewal`]) renews the leases of all sessions every third of the TTL, and logout or
-//! a closed connection releases the lease. One session per user: a second login
+//! a closed connection releases the lease. The same thread sweeps the presence table
+//! every [`Config::sweep_every`] for leases that lapsed, whichever proxy held them (one
+//! that crashed never says goodbye), and tells those users' friends they went offline;
+//! the table hands each lapsed lease to exactly one sweeping proxy. One session per user: a second login
 //! replaces the first, which receives `Kicked` and is closed, on this proxy or, through
 //! `Delivery.Kick`, on the proxy that held it.
 //!
@@ -54,6 +57,9 @@ pub const PUSH_METHOD: &str = "Push";
 
 /// What a kicked session is told when its user logged in elsewhere.
 const REPLACED: &str = "logged in from another connection";
+/// How many lapsed leases one sweep call takes; a sweep calls again while they come
+/// back full.
+const SWEEP_BATCH: usize = 500;
 /// What a call on a proxy that is shutting down is told.
 const SHUTTING_DOWN: &str = "the proxy is shutting down; connect again";
 
@@ -70,6 +76,10 @@ pub struct Config {
     /// At shutdown, how long to wait for the chat service to take the offline
     /// announcements of the sessions being ended.
     pub shutdown_timeout: Duration,
+    /// How often to sweep the presence table for lapsed leases and announce their users
+    /// offline: friends of a crashed proxy's users hear of it within `lease_ttl` plus
+    /// this.
+    pub sweep_every: Duration,
 }
 
 impl Default for Config {
@@ -79,6 +89,7 @@ impl Default for Config {
             lease_ttl: Duration::from_secs(30),
             call_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
+            sweep_every: Duration::from_secs(1),
         }
     }
 }
@@ -239,8 +250,59 @@ impl Proxy {
         }
     }
 
-    /// Starts the thread that renews leases every third of the lease TTL, until the
-    /// returned [`Renewal`] is dropped.
+    /// Takes the leases that lapsed in the presence table, whichever proxy held them,
+    /// and tells each user's friends they went offline, as a logout would. The table
+    /// hands a lapsed lease to one sweeper only, so with every proxy sweeping each user
+    /// is announced once. Returns how many users it announced.
+    ///
+    /// It takes 500 leases at a time and waits for the chat service to take
+    /// a batch's announcements before taking more, so that the thousands of users of a
+    /// crashed proxy do not flood one connection to the chat service. It stops after
+    /// `Config::sweep_every` (at most a sixth of the lease TTL, so that renewal on the
+    /// same thread stays on time); what is left lapsed waits for the next sweep, here
+    /// or on another proxy.
+    pub fn sweep_lapsed_leases(&self) -> usize {
+        let config = &self.inner.config;
+        let deadline = Instant::now() + config.sweep_every.min(config.lease_ttl / 6);
+        let mut announced = 0;
+        loop {
+            let lapsed = match self.inner.presence.sweep_lapsed(SWEEP_BATCH) {
+                Ok(lapsed) => lapsed,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot sweep lapsed leases");
+                    return announced;
+                }
+            };
+            let full = lapsed.len() == SWEEP_BATCH;
+            let batch = lapsed.len();
+            let (done, finished) = mpsc::channel();
+            for lease in lapsed {
+                tracing::info!(user = %lease.user, proxy = %lease.owner, "presence lease lapsed; announcing offline");
+                let done = done.clone();
+                self.announce_then(lease.user, false, move || {
+                    let _ = done.send(());
+                });
+            }
+            announced += batch;
+            for taken in 0..batch {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if finished.recv_timeout(left).is_err() {
+                    tracing::debug!(
+                        left = batch - taken,
+                        "offline announcements still in flight; sweeping more later"
+                    );
+                    return announced;
+                }
+            }
+            if !full || Instant::now() >= deadline {
+                return announced;
+            }
+        }
+    }
+
+    /// Starts the thread that renews leases every third of the lease TTL and sweeps
+    /// lapsed leases every [`Config::sweep_every`], until the returned [`Renewal`] is
+    /// dropped.
     ///
     /// # Errors
     ///
@@ -248,14 +310,29 @@ impl Proxy {
     pub fn start_renewal(&self) -> std::io::Result<Renewal> {
         let (stop, stopped) = mpsc::channel::<()>();
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let every = self.inner.config.lease_ttl / 3;
-        let thread = std::thread::Builder::new().name("lease-renewal".into()).spawn(move || loop {
-            match stopped.recv_timeout(every) {
-                Err(RecvTimeoutError::Timeout) => match weak.upgrade() {
-                    Some(inner) => Proxy { inner }.renew_leases(),
-                    None => return,
-                },
-                _ => return,
+        let renew_every = self.inner.config.lease_ttl / 3;
+        let sweep_every = self.inner.config.sweep_every.max(Duration::from_millis(1));
+        let thread = std::thread::Builder::new().name("lease-renewal".into()).spawn(move || {
+            let mut next_renewal = Instant::now() + renew_every;
+            let mut next_sweep = Instant::now() + sweep_every;
+            loop {
+                let wait = next_renewal.min(next_sweep).saturating_duration_since(Instant::now());
+                match stopped.recv_timeout(wait) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let proxy = Proxy { inner };
+                // Renewal first: a sweep that took long must not let this proxy's own
+                // leases lapse.
+                if Instant::now() >= next_renewal {
+                    proxy.renew_leases();
+                    next_renewal = Instant::now() + renew_every;
+                }
+                if Instant::now() >= next_sweep {
+                    proxy.sweep_lapsed_leases();
+                    next_sweep = Instant::now() + sweep_every;
+                }
             }
         })?;
         Ok(Renewal { stop: Some(stop), thread: Some(thread) })
@@ -382,7 +459,8 @@ fn kick(connection: &Connection, reason: &str) {
     connection.close();
 }
 
-/// Renews the proxy's leases on a thread; dropping it stops and joins the thread.
+/// Renews the proxy's leases and sweeps lapsed ones on a thread; dropping it stops and
+/// joins the thread.
 #[derive(Debug)]
 pub struct Renewal {
     /// Dropped to stop the thread.
@@ -631,11 +709,11 @@ impl delivery_rpc::Delivery for Proxy {
 }
 
 /// A running proxy: the client listener, the internal delivery listener registered in
-/// the registry, and the lease renewal thread. Dropping it deregisters, then stops.
+/// the registry, and the lease renewal (and sweeping) thread. Dropping it deregisters, then stops.
 pub struct Running {
     /// Dropped first, so the chat service stops pushing here before the servers stop.
     registration: Registration,
-    /// Renews leases.
+    /// Renews leases and sweeps lapsed ones.
     renewal: Renewal,
     /// Where clients connect.
     client: Handle,

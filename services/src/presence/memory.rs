@@ -4,11 +4,12 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{ttl_millis, Error, Presence};
+use super::{ttl_millis, Error, Lapsed, Presence};
 use crate::ids::UserId;
 
-/// Leases in a map under a mutex; lapsed entries read as absent and are swept by
-/// [`Presence::renew_all`].
+/// Leases in a map under a mutex; lapsed entries read as absent, stay in the map until
+/// [`Presence::sweep_lapsed`] removes and returns them (under the same lock, so once),
+/// and are replaced by a new claim.
 #[derive(Debug, Default)]
 pub struct Memory {
     /// The leases, live and lapsed.
@@ -83,7 +84,6 @@ impl Presence for Memory {
         let now = Instant::now();
         let expires = deadline(now, ttl)?;
         let mut leases = self.lock();
-        leases.retain(|_, lease| lease.expires > now);
         Ok(users
             .iter()
             .copied()
@@ -107,6 +107,21 @@ impl Presence for Memory {
         Ok(users
             .iter()
             .map(|user| leases.get(user).and_then(|lease| lease.live_owner(now).map(str::to_owned)))
+            .collect())
+    }
+
+    fn sweep_lapsed(&self, limit: usize) -> Result<Vec<Lapsed>, Error> {
+        let now = Instant::now();
+        let mut leases = self.lock();
+        let due: Vec<UserId> = leases
+            .iter()
+            .filter(|(_, lease)| lease.expires <= now)
+            .map(|(&user, _)| user)
+            .take(limit)
+            .collect();
+        Ok(due
+            .into_iter()
+            .filter_map(|user| leases.remove(&user).map(|lease| Lapsed { user, owner: lease.owner }))
             .collect())
     }
 }

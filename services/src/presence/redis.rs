@@ -1,17 +1,31 @@
 //! [`Presence`] in Redis, shared by every proxy and chat service of a cluster.
 //!
 //! Each lease is one string key, `{prefix}user:{id}`, holding the proxy instance id, with
-//! a millisecond expiry (`PX`): Redis itself makes a lapsed lease disappear. Claiming,
-//! renewing and releasing are small Lua scripts, so "check the owner, then change the
-//! key" is one atomic step; [`Presence::renew_all`] sends all its renewals in one
-//! pipeline, and [`Presence::lookup`] reads all users with one `MGET`.
+//! a millisecond expiry (`PX`): Redis itself makes a lapsed lease disappear, so
+//! [`Presence::lookup`] (one `MGET`) finds it offline at once. Because the key vanishes,
+//! two more keys remember what lapsing must still announce:
+//!
+//! * `{prefix}expiries`, a sorted set of user ids scored by when their lease lapses
+//!   (milliseconds of the Redis server's clock, the clock `PX` uses), moved forward by
+//!   every claim and renewal and dropped at release;
+//! * `{prefix}owners`, a hash of user id -> the proxy that claimed the lease last.
+//!
+//! Claiming, renewing, releasing and sweeping are small Lua scripts, so "check, then
+//! change the keys" is one atomic step. The sweep takes the entries whose score has
+//! passed, keeps only those whose lease key is really gone (a renewal or a new login
+//! since would have moved the score, and a key still alive is put back at its real
+//! expiry), removes them and returns them: two proxies sweeping at once never get the
+//! same user. [`Presence::renew_all`] sends all its renewals in one pipeline.
+//!
+//! The sweep script builds lease key names from the prefix instead of receiving them in
+//! `KEYS`, so it suits one Redis server (or a primary with replicas), not Redis Cluster.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use ::redis::{Client, Connection, RedisError, Script};
 
-use super::{ttl_millis, Error, Presence};
+use super::{ttl_millis, Error, Lapsed, Presence};
 use crate::ids::UserId;
 
 /// Where Redis is and how the keys are named.
@@ -38,28 +52,77 @@ impl Default for Config {
     }
 }
 
-/// Gives the lease to ARGV[1] for ARGV[2] ms and returns the previous holder, if any.
-const CLAIM: &str = r"
-local previous = redis.call('GET', KEYS[1])
+/// The Redis server's clock in milliseconds, as a Lua expression; the same clock `PX`
+/// expiries run on. It stays under 2^53, so a Lua number holds it exactly.
+macro_rules! now_ms {
+    () => {
+        "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    };
+}
+
+/// Gives the lease KEYS[1] to ARGV[1] for ARGV[2] ms and returns the previous holder, if
+/// any; schedules user ARGV[3] in the expiries KEYS[2] and names the owner in KEYS[3].
+const CLAIM: &str = concat!(
+    now_ms!(),
+    r"local previous = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[1])
 return previous
-";
+"
+);
 
-/// Extends the lease to ARGV[2] ms if ARGV[1] holds it; returns 1 if it did, else 0.
-const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+/// Extends the lease KEYS[1] to ARGV[2] ms if ARGV[1] holds it, and moves user ARGV[3]'s
+/// entry in the expiries KEYS[2] with it; returns 1 if it did, else 0.
+const RENEW: &str = concat!(
+    r"if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
 end
-return 0
-";
+",
+    now_ms!(),
+    r"redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"
+);
 
-/// Deletes the lease if ARGV[1] holds it; returns 1 if it did, else 0.
+/// Deletes the lease KEYS[1] if ARGV[1] holds it, with user ARGV[3]'s entries in the
+/// expiries KEYS[2] and owners KEYS[3] (a released lease is announced by its releaser,
+/// not by a sweep); returns 1 if it did, else 0.
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
 end
-return 0
+redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('HDEL', KEYS[3], ARGV[3])
+return redis.call('DEL', KEYS[1])
 ";
+
+/// Takes up to ARGV[2] users whose score in the expiries KEYS[1] has passed and whose
+/// lease key (ARGV[1] .. user) is gone; removes them from KEYS[1] and the owners KEYS[2]
+/// and returns them flattened as user, owner, user, owner, ... A due user whose key still
+/// lives is rescheduled at the key's real expiry; one whose key has no expiry is not a
+/// lease of ours and is dropped from the schedule.
+const SWEEP: &str = concat!(
+    now_ms!(),
+    r"local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local lapsed = {}
+for _, user in ipairs(due) do
+  local ttl = redis.call('PTTL', ARGV[1] .. user)
+  if ttl >= 0 then
+    redis.call('ZADD', KEYS[1], now + ttl, user)
+  else
+    redis.call('ZREM', KEYS[1], user)
+    local owner = redis.call('HGET', KEYS[2], user)
+    redis.call('HDEL', KEYS[2], user)
+    if ttl == -2 then
+      table.insert(lapsed, user)
+      table.insert(lapsed, owner or '')
+    end
+  end
+end
+return lapsed
+"
+);
 
 /// Presence leases in Redis.
 pub struct Redis {
@@ -80,6 +143,8 @@ pub struct Redis {
     renew: Script,
     /// [`RELEASE`].
     release: Script,
+    /// [`SWEEP`].
+    sweep: Script,
 }
 
 impl std::fmt::Debug for Redis {
@@ -116,13 +181,40 @@ impl Redis {
             claim: Script::new(CLAIM),
             renew: Script::new(RENEW),
             release: Script::new(RELEASE),
+            sweep: Script::new(SWEEP),
         };
         presence.with_conn(|conn| ::redis::cmd("PING").query::<String>(conn))?;
         Ok(presence)
     }
 
     fn key(&self, user: UserId) -> String {
-        format!("{}user:{}", self.key_prefix, user.0)
+        format!("{}{USER}{}", self.key_prefix, user.0)
+    }
+
+    /// The sorted set of user ids by when their lease lapses.
+    fn expiries_key(&self) -> String {
+        format!("{}expiries", self.key_prefix)
+    }
+
+    /// The hash of user id -> the proxy that claimed the lease last.
+    fn owners_key(&self) -> String {
+        format!("{}owners", self.key_prefix)
+    }
+
+    /// `script` on `user`'s lease: KEYS are the lease, the expiries and the owners; ARGV
+    /// `owner`, then `ms` if given, then the user id.
+    fn invocation<'a>(
+        &self,
+        script: &'a Script,
+        user: UserId,
+        owner: &str,
+        ms: Option<u64>,
+    ) -> ::redis::ScriptInvocation<'a> {
+        let mut invocation = script.key(self.key(user));
+        invocation.key(self.expiries_key()).key(self.owners_key()).arg(owner);
+        // RELEASE has no TTL; a placeholder keeps the user id at ARGV[3] everywhere.
+        invocation.arg(ms.unwrap_or(0)).arg(user.0);
+        invocation
     }
 
     /// Runs `f` on an idle connection (or a new one), and keeps the connection for the
@@ -144,6 +236,9 @@ impl Redis {
     }
 }
 
+/// What comes between the key prefix and the user id in a lease's key.
+const USER: &str = "user:";
+
 /// Sorts connection failures into [`Error::Unavailable`].
 fn classify(e: RedisError) -> Error {
     if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
@@ -156,14 +251,14 @@ fn classify(e: RedisError) -> Error {
 impl Presence for Redis {
     fn claim(&self, user: UserId, owner: &str, ttl: Duration) -> Result<Option<String>, Error> {
         let ms = ttl_millis(ttl)?;
-        let key = self.key(user);
-        self.with_conn(|conn| self.claim.key(&key).arg(owner).arg(ms).invoke(conn))
+        let invocation = self.invocation(&self.claim, user, owner, Some(ms));
+        self.with_conn(|conn| invocation.invoke(conn))
     }
 
     fn renew(&self, user: UserId, owner: &str, ttl: Duration) -> Result<bool, Error> {
         let ms = ttl_millis(ttl)?;
-        let key = self.key(user);
-        let renewed: i64 = self.with_conn(|conn| self.renew.key(&key).arg(owner).arg(ms).invoke(conn))?;
+        let invocation = self.invocation(&self.renew, user, owner, Some(ms));
+        let renewed: i64 = self.with_conn(|conn| invocation.invoke(conn))?;
         Ok(renewed == 1)
     }
 
@@ -176,17 +271,15 @@ impl Presence for Redis {
         // Loading first makes the EVALSHAs below safe even on a server that restarted.
         pipe.load_script(&self.renew).ignore();
         for &user in users {
-            let mut invocation = self.renew.key(self.key(user));
-            invocation.arg(owner).arg(ms);
-            pipe.invoke_script(&invocation);
+            pipe.invoke_script(&self.invocation(&self.renew, user, owner, Some(ms)));
         }
         let renewed: Vec<i64> = self.with_conn(|conn| pipe.query(conn))?;
         Ok(users.iter().zip(renewed).filter(|&(_, renewed)| renewed != 1).map(|(&user, _)| user).collect())
     }
 
     fn release(&self, user: UserId, owner: &str) -> Result<bool, Error> {
-        let key = self.key(user);
-        let released: i64 = self.with_conn(|conn| self.release.key(&key).arg(owner).invoke(conn))?;
+        let invocation = self.invocation(&self.release, user, owner, None);
+        let released: i64 = self.with_conn(|conn| invocation.invoke(conn))?;
         Ok(released == 1)
     }
 
@@ -196,5 +289,22 @@ impl Presence for Redis {
         }
         let keys: Vec<String> = users.iter().map(|&user| self.key(user)).collect();
         self.with_conn(|conn| ::redis::cmd("MGET").arg(&keys).query(conn))
+    }
+
+    fn sweep_lapsed(&self, limit: usize) -> Result<Vec<Lapsed>, Error> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.sweep.key(self.expiries_key());
+        invocation.key(self.owners_key()).arg(format!("{}{USER}", self.key_prefix)).arg(limit);
+        let flat: Vec<String> = self.with_conn(|conn| invocation.invoke(conn))?;
+        let mut lapsed = Vec::with_capacity(flat.len() / 2);
+        for pair in flat.chunks_exact(2) {
+            match pair[0].parse() {
+                Ok(id) => lapsed.push(Lapsed { user: UserId(id), owner: pair[1].clone() }),
+                Err(_) => tracing::warn!(member = %pair[0], "not a user id in the lease expiries; skipped"),
+            }
+        }
+        Ok(lapsed)
     }
 }

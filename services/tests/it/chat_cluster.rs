@@ -2,7 +2,8 @@
 //! chat service and two proxies, against the MariaDB, Redis and ZooKeeper the other
 //! suites use (`CHATROOM_MYSQL_URL`, `CHATROOM_REDIS_URL`, `CHATROOM_ZK`), each run under
 //! a database, key prefix and znode root of its own: chat across proxies, a proxy killed
-//! with SIGKILL, and every process (and `chatroom standalone`) stopped with SIGTERM.
+//! with SIGKILL (whose users' friends hear they went offline once their leases lapse),
+//! and every process (and `chatroom standalone`) stopped with SIGTERM.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
@@ -18,6 +19,10 @@ use crate::support::{mysql_url, redis_url, unique_name, wait_until, with_databas
 
 /// How long a process may take to stop after SIGTERM in these tests.
 const STOP_PATIENCE: Duration = Duration::from_secs(15);
+/// The presence lease of the proxies in the SIGKILL test, in seconds.
+const SHORT_LEASE_SECS: u64 = 3;
+/// How often a proxy sweeps lapsed leases (`proxy::Config::sweep_every`'s default).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Where ZooKeeper is for the test.
 fn zk() -> String {
@@ -140,22 +145,55 @@ fn processes_chat_across_proxies_and_survive_a_killed_proxy() {
     let mut cluster = Cluster::new();
     cluster.spawn("user-service", &["user-service", "--listen", "127.0.0.1:0"]);
     cluster.spawn("chat-service", &["chat-service", "--listen", "127.0.0.1:0"]);
-    let proxy_flags = ["--listen", "127.0.0.1:0", "--lease-ttl-secs", "3"];
+    let ttl = SHORT_LEASE_SECS.to_string();
+    let proxy_flags = ["--listen", "127.0.0.1:0", "--lease-ttl-secs", &ttl];
     let a = cluster.spawn("proxy-a", &[&["proxy"][..], &proxy_flags].concat());
     let b = cluster.spawn("proxy-b", &[&["proxy"][..], &proxy_flags].concat());
 
     let (alice_client, alice) = user_at(a, "alice");
     let (bob_client, bob) = user_at(b, "bob");
+    let (_carol_client, carol) = user_at(b, "carol");
+    for friend in [&bob, &carol] {
+        let add = api::AddFriendRequest { friend: Some(api::add_friend_request::Friend::UserId(friend.id)) };
+        assert!(alice_client.gateway.add_friend(&add).unwrap().friend.unwrap().online);
+    }
     alice_client.send(direct(&alice, &bob), "a-1", "over the wire").unwrap();
     assert_eq!(bob_client.wait_messages(1)[0].body, "over the wire");
     bob_client.send(direct(&alice, &bob), "b-1", "and back").unwrap();
     assert_eq!(alice_client.wait_messages(1)[0].seq, 2);
 
-    // Bob's proxy dies; what Alice sends meanwhile is stored, and Bob gets it when he
-    // logs in again through the other proxy.
+    // Bob's and Carol's proxy dies and cannot say goodbye; what Alice sends meanwhile is
+    // stored.
+    let killed = Instant::now();
     cluster.kill("proxy-b");
     let sent = alice_client.send(direct(&alice, &bob), "a-2", "are you there?").unwrap();
     assert_eq!(sent.message.unwrap().seq, 3);
+
+    // Their leases lapse within the TTL; proxy A's sweep finds them within a sweep period
+    // and Alice is told, once per friend.
+    for friend in [&bob, &carol] {
+        alice_client.wait_push(
+            &format!("Alice hears that {} went offline", friend.name),
+            |e| matches!(e, api::push::Event::Presence(p) if p.user_id == friend.id && !p.online),
+        );
+    }
+    let heard = killed.elapsed();
+    let bound = Duration::from_secs(SHORT_LEASE_SECS) + SWEEP_EVERY + Duration::from_secs(2);
+    assert!(heard <= bound, "offline pushes after {heard:?}; the lease and a sweep take {bound:?} at most");
+    let friends = alice_client.gateway.list_friends(&api::ListFriendsRequest {}).unwrap().friends;
+    assert!(friends.iter().all(|f| !f.online), "Alice sees both offline: {friends:?}");
+    let offline_pushes = |user: u64| {
+        alice_client
+            .pushes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, api::push::Event::Presence(p) if p.user_id == user && !p.online))
+            .count()
+    };
+    assert_eq!((offline_pushes(bob.id), offline_pushes(carol.id)), (1, 1), "told once each");
+
+    // Bob logs in again through the other proxy and gets what he missed.
     let again = connect(a);
     again.login("bob");
     let cursor = api::Cursor { conversation: Some(direct(&alice, &bob)), seq: 2 };

@@ -62,16 +62,45 @@ impl Drop for RedisFixture {
 presence_suite!(fixture);
 
 #[test]
-fn leases_are_prefixed_keys_with_an_expiry() {
+fn leases_are_prefixed_keys_with_an_expiry_and_a_schedule() {
     let f = fixture();
     f.presence.claim(UserId(42), "proxy-a", Duration::from_secs(30)).unwrap();
-    assert_eq!(f.keys(), [format!("{}user:42", f.prefix)]);
+    let mut keys = f.keys();
+    keys.sort();
+    let [expiries, owners, lease] = ["expiries", "owners", "user:42"].map(|k| format!("{}{k}", f.prefix));
+    assert_eq!(keys, [expiries.clone(), owners.clone(), lease.clone()]);
     let client = redis::Client::open(f.url.as_str()).unwrap();
     let mut conn = client.get_connection().unwrap();
-    let ttl_ms: i64 = redis::cmd("PTTL").arg(format!("{}user:42", f.prefix)).query(&mut conn).unwrap();
+    let ttl_ms: i64 = redis::cmd("PTTL").arg(&lease).query(&mut conn).unwrap();
     assert!((29_000..=30_000).contains(&ttl_ms), "{ttl_ms}");
-    let owner: String = redis::cmd("GET").arg(format!("{}user:42", f.prefix)).query(&mut conn).unwrap();
+    let owner: String = redis::cmd("GET").arg(&lease).query(&mut conn).unwrap();
     assert_eq!(owner, "proxy-a");
+    // The schedule says when the lease lapses, on the server's clock.
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn).unwrap();
+    let now_ms = secs * 1000 + micros / 1000;
+    let due: f64 = redis::cmd("ZSCORE").arg(&expiries).arg("42").query(&mut conn).unwrap();
+    assert!((now_ms + 29_000..=now_ms + 30_000).contains(&(due as u64)), "{due} vs now {now_ms}");
+    let last: String = redis::cmd("HGET").arg(&owners).arg("42").query(&mut conn).unwrap();
+    assert_eq!(last, "proxy-a");
+    // A release leaves nothing behind.
+    assert!(f.presence.release(UserId(42), "proxy-a").unwrap());
+    assert_eq!(f.keys(), Vec::<String>::new());
+}
+
+#[test]
+fn a_due_entry_whose_lease_key_lives_is_rescheduled_not_swept() {
+    let f = fixture();
+    f.presence.claim(UserId(7), "proxy-a", Duration::from_secs(30)).unwrap();
+    let client = redis::Client::open(f.url.as_str()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let expiries = format!("{}expiries", f.prefix);
+    // As if the schedule and the key's expiry disagreed: the key decides.
+    redis::cmd("ZADD").arg(&expiries).arg(0).arg("7").query::<()>(&mut conn).unwrap();
+    assert_eq!(f.presence.sweep_lapsed(100).unwrap(), []);
+    let due: f64 = redis::cmd("ZSCORE").arg(&expiries).arg("7").query(&mut conn).unwrap();
+    let (secs, _micros): (u64, u64) = redis::cmd("TIME").query(&mut conn).unwrap();
+    assert!(due as u64 > secs * 1000 + 25_000, "rescheduled at the key's expiry: {due}");
+    assert_eq!(f.presence.lookup(&[UserId(7)]).unwrap(), [Some("proxy-a".to_owned())]);
 }
 
 #[test]

@@ -2,9 +2,11 @@
 //! `presence_suite!(fixture_fn)` turns every case into a `#[test]` for one
 //! implementation.
 
+use std::collections::HashSet;
+use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use services::presence::{Error, Presence};
+use services::presence::{Error, Lapsed, Presence};
 use services::UserId;
 
 use crate::support::wait_until;
@@ -26,6 +28,10 @@ macro_rules! presence_suite {
             lease_lapses_without_renewal,
             renewal_keeps_a_lease_alive,
             zero_ttl_is_refused,
+            a_lapsed_lease_is_swept_once_by_one_of_two_sweepers,
+            a_renewed_or_released_lease_is_not_swept,
+            a_lease_taken_over_by_another_proxy_is_not_swept,
+            sweeping_honours_its_limit,
         );
     };
     (@cases $fixture:path; $($case:ident),* $(,)?) => {
@@ -145,4 +151,120 @@ pub fn zero_ttl_is_refused(f: &dyn Fixture) {
     assert!(matches!(p.renew(UserId(1), "proxy-a", Duration::ZERO), Err(Error::InvalidTtl(_))));
     assert!(matches!(p.renew_all(&[UserId(1)], "proxy-a", Duration::ZERO), Err(Error::InvalidTtl(_))));
     assert_eq!(owners(p, &[1]), [None]);
+}
+
+/// Sweeps until `n` lapsed leases were handed out (failing after `limit`), and returns
+/// them. Sweeping is polled because "lapsed for a lookup" and "due for a sweep" may be a
+/// millisecond apart.
+fn sweep_until(p: &dyn Presence, n: usize, limit: Duration) -> Vec<Lapsed> {
+    let mut swept = Vec::new();
+    wait_until(limit, &format!("{n} lapsed leases are swept"), || {
+        swept.extend(p.sweep_lapsed(1000).unwrap());
+        swept.len() >= n
+    });
+    swept
+}
+
+fn lapsed(user: u64, owner: &str) -> Lapsed {
+    Lapsed { user: UserId(user), owner: owner.to_owned() }
+}
+
+pub fn a_lapsed_lease_is_swept_once_by_one_of_two_sweepers(f: &dyn Fixture) {
+    let p = f.presence();
+    let users: Vec<u64> = (1..=40).collect();
+    for &u in &users {
+        p.claim(UserId(u), if u % 2 == 0 { "proxy-a" } else { "proxy-b" }, SHORT).unwrap();
+    }
+    p.claim(UserId(99), "proxy-a", LONG).unwrap();
+    assert_eq!(p.sweep_lapsed(1000).unwrap(), [], "nothing has lapsed yet");
+    // Offline for lookups as soon as the lease lapses, before anyone swept.
+    wait_until(SHORT * 10, "the short leases lapse", || owners(p, &users).iter().all(Option::is_none));
+
+    // Two proxies sweep at once, each until everything was handed out to one of them.
+    let taken: Mutex<Vec<Vec<Lapsed>>> = Mutex::new(Vec::new());
+    let start = Barrier::new(2);
+    let total = |taken: &Mutex<Vec<Vec<Lapsed>>>| taken.lock().unwrap().iter().map(Vec::len).sum::<usize>();
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                let mut mine = Vec::new();
+                start.wait();
+                let deadline = Instant::now() + SHORT * 10;
+                while total(&taken) + mine.len() < users.len() && Instant::now() < deadline {
+                    mine.extend(p.sweep_lapsed(7).unwrap());
+                    // Publish as we go, so the other sweeper sees the total grow.
+                    taken.lock().unwrap().push(std::mem::take(&mut mine));
+                }
+            });
+        }
+    });
+    let all: Vec<Lapsed> = taken.into_inner().unwrap().into_iter().flatten().collect();
+    let distinct: HashSet<u64> = all.iter().map(|l| l.user.0).collect();
+    assert_eq!(all.len(), distinct.len(), "a lease was handed out twice: {all:?}");
+    assert_eq!(distinct, users.iter().copied().collect::<HashSet<u64>>(), "every lapsed lease, once");
+    for l in &all {
+        assert_eq!(l.owner, if l.user.0 % 2 == 0 { "proxy-a" } else { "proxy-b" }, "{l:?}");
+    }
+    assert_eq!(p.sweep_lapsed(1000).unwrap(), [], "nothing is handed out again");
+    assert_eq!(owners(p, &[99]), [some("proxy-a")], "a live lease is not swept");
+}
+
+pub fn a_renewed_or_released_lease_is_not_swept(f: &dyn Fixture) {
+    let p = f.presence();
+    for u in [1, 2, 3, 4] {
+        p.claim(UserId(u), "proxy-a", SHORT).unwrap();
+    }
+    assert!(p.renew(UserId(1), "proxy-a", LONG).unwrap());
+    assert_eq!(p.renew_all(&[UserId(2)], "proxy-a", LONG).unwrap(), []);
+    assert!(p.release(UserId(3), "proxy-a").unwrap());
+    // User 4 lapses; 1 and 2 would have at the same time without their renewal.
+    wait_until(SHORT * 10, "the unrenewed lease lapses", || owners(p, &[4]) == [None]);
+    assert_eq!(sweep_until(p, 1, SHORT * 10), [lapsed(4, "proxy-a")]);
+    assert_eq!(p.sweep_lapsed(1000).unwrap(), [], "renewed and released leases are not swept");
+    assert_eq!(owners(p, &[1, 2, 3]), [some("proxy-a"), some("proxy-a"), None]);
+
+    // Renewal at a fifth of the TTL keeps a lease out of every sweep.
+    p.claim(UserId(5), "proxy-a", SHORT).unwrap();
+    let until = Instant::now() + SHORT * 3;
+    while Instant::now() < until {
+        std::thread::sleep(SHORT / 5);
+        assert_eq!(p.renew_all(&[UserId(5)], "proxy-a", SHORT).unwrap(), [], "renewed in time");
+        assert_eq!(p.sweep_lapsed(1000).unwrap(), [], "a renewed lease is not swept");
+    }
+}
+
+pub fn a_lease_taken_over_by_another_proxy_is_not_swept(f: &dyn Fixture) {
+    let p = f.presence();
+    // Taken over while live: proxy-a's short lease is gone, proxy-b's long one lives.
+    p.claim(UserId(1), "proxy-a", SHORT).unwrap();
+    assert_eq!(p.claim(UserId(1), "proxy-b", LONG).unwrap(), some("proxy-a"));
+    // Taken again after it lapsed but before anyone swept it: a new login, not a crash.
+    p.claim(UserId(2), "proxy-a", SHORT).unwrap();
+    // The witness lapses with user 2 and shows that sweeping works meanwhile.
+    p.claim(UserId(3), "proxy-a", SHORT).unwrap();
+    wait_until(SHORT * 10, "the short leases lapse", || owners(p, &[2, 3]) == [None, None]);
+    assert_eq!(p.claim(UserId(2), "proxy-b", LONG).unwrap(), None, "nobody held it");
+    assert_eq!(sweep_until(p, 1, SHORT * 10), [lapsed(3, "proxy-a")]);
+    assert_eq!(p.sweep_lapsed(1000).unwrap(), []);
+    assert_eq!(owners(p, &[1, 2]), [some("proxy-b"), some("proxy-b")]);
+    // proxy-b's leases lapse as usual and are its to be swept.
+    p.claim(UserId(1), "proxy-b", SHORT).unwrap();
+    wait_until(SHORT * 10, "the new lease lapses", || owners(p, &[1]) == [None]);
+    assert_eq!(sweep_until(p, 1, SHORT * 10), [lapsed(1, "proxy-b")]);
+}
+
+pub fn sweeping_honours_its_limit(f: &dyn Fixture) {
+    let p = f.presence();
+    for u in 1..=5 {
+        p.claim(UserId(u), "proxy-a", SHORT).unwrap();
+    }
+    wait_until(SHORT * 10, "the leases lapse", || owners(p, &[1, 2, 3, 4, 5]).iter().all(Option::is_none));
+    let mut users = HashSet::new();
+    wait_until(SHORT * 10, "all five are swept, two at a time", || {
+        let batch = p.sweep_lapsed(2).unwrap();
+        assert!(batch.len() <= 2, "{batch:?}");
+        users.extend(batch.into_iter().map(|l| l.user.0));
+        users.len() == 5
+    });
+    assert_eq!(p.sweep_lapsed(0).unwrap(), []);
 }
