@@ -179,6 +179,7 @@ fn processes_chat_across_proxies_and_survive_a_killed_proxy() {
     }
     let heard = killed.elapsed();
     let bound = Duration::from_secs(SHORT_LEASE_SECS) + SWEEP_EVERY + Duration::from_secs(2);
+    eprintln!("offline pushes heard {heard:?} after the SIGKILL (bound {bound:?})");
     assert!(heard <= bound, "offline pushes after {heard:?}; the lease and a sweep take {bound:?} at most");
     let friends = alice_client.gateway.list_friends(&api::ListFriendsRequest {}).unwrap().friends;
     assert!(friends.iter().all(|f| !f.online), "Alice sees both offline: {friends:?}");
