@@ -265,6 +265,13 @@ impl Stop {
         Ok(Stop { serving, first })
     }
 
+    /// Marks the process as serving: from now on the first signal stops it gracefully.
+    /// Called before the process says where it serves, so that whoever reads that line
+    /// and signals the process gets the graceful stop.
+    fn serving(&self) {
+        self.serving.store(true, Ordering::SeqCst);
+    }
+
     /// Marks the process as serving, then blocks until SIGTERM or SIGINT arrives.
     fn wait(self) {
         self.serving.store(true, Ordering::SeqCst);
@@ -306,6 +313,7 @@ fn main() -> anyhow::Result<()> {
                 ..standalone::Config::default()
             };
             let system = Standalone::start(config).context("cannot start the standalone system")?;
+            stop.serving();
             println!("ChatRoom standalone is running; clients connect to {}", system.client_addr());
             if let Some(db) = system.db_path() {
                 println!("data: {}", db.display());
@@ -334,6 +342,7 @@ fn main() -> anyhow::Result<()> {
             }
             let the_proxy = proxy::Proxy::new(config, &registry, redis(&redis_args)?)?;
             let running = proxy::serve(the_proxy, &registry, listen, delivery_listen, serving.config())?;
+            stop.serving();
             println!(
                 "ChatRoom proxy {} is running; clients connect to {}",
                 running.proxy().instance_id(),
@@ -350,6 +359,7 @@ fn main() -> anyhow::Result<()> {
             let users = UserService::new(mysql(&mysql_args)?).with_hashing(hashing.config()?);
             let service = UserServiceServer(users);
             let served = serve(service, &registry, listen, serving.config())?;
+            stop.serving();
             println!("ChatRoom user service is running on {}", served.addr());
             stop.wait();
             served.shutdown();
@@ -361,6 +371,7 @@ fn main() -> anyhow::Result<()> {
             let service =
                 ChatService::new(mysql(&mysql_args)?, redis(&redis_args)?, Proxies::discover(&registry)?);
             let served = serve(ChatServiceServer(service), &registry, listen, serving.config())?;
+            stop.serving();
             println!("ChatRoom chat service is running on {}", served.addr());
             stop.wait();
             served.shutdown();
