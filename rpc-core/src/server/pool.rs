@@ -4,12 +4,20 @@
 //! loop can hand over every call of one read under one lock and wake at most
 //! one sleeping worker for the lot. A worker that takes a job and sees more
 //! waiting wakes one more sleeper, so a backlog spreads over the pool while a
-//! trickle keeps to one thread. Idle workers sleep on a condition variable at
-//! once: on a machine with few cores, spinning or yielding in wait for the
-//! next call takes the core from the loop thread that would deliver it.
+//! trickle keeps to one thread. Idle workers sleep on a condition variable,
+//! with one exception: when calls come one at a time (the loop's last batch
+//! was a single call and the worker took at most one job since it was last
+//! idle), one worker watches the queue for a few microseconds (spinning,
+//! then yielding its core, crossbeam's `Backoff` budget) before it sleeps,
+//! and nobody is woken for work while it watches. Waking a sleeping thread
+//! costs a futex call and, on a virtual machine, often an idle virtual CPU
+//! being woken, which at one call in flight is most of a round trip; under
+//! load, watching workers would only take the cores from the loop thread
+//! and the clients, so there they sleep at once.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -45,6 +53,11 @@ struct State {
     /// takes a while to run; until then it still counts as sleeping, and
     /// without this every job queued meanwhile would signal again.
     waking: usize,
+    /// Whether a worker is watching the queue before it sleeps; it takes
+    /// new work without being woken.
+    watching: bool,
+    /// Calls in the last batch a loop queued: one means calls come one at a time.
+    last_batch: usize,
     /// Live [`Jobs`] handles; at zero, workers finish the queue and exit.
     senders: usize,
 }
@@ -54,7 +67,15 @@ struct Queue {
     state: Mutex<State>,
     /// Signalled when jobs arrive or the last sender goes.
     ready: Condvar,
+    /// About `state.jobs.len()`, published after each change so that a
+    /// watching worker can look without the lock.
+    queued: AtomicUsize,
 }
+
+/// Rounds of spinning (1, 2, 4, ... 64 spin hints) and then of yielding the
+/// core before an idle worker sleeps; the same budget as crossbeam's `Backoff`.
+const SPIN_ROUNDS: u32 = 7;
+const YIELD_ROUNDS: u32 = 4;
 
 impl Queue {
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -66,7 +87,7 @@ impl State {
     /// Whether to wake a sleeping worker: one sleeps that no wake-up is
     /// already on its way to. Counts the wake-up as sent.
     fn claim_sleeper(&mut self) -> bool {
-        if self.sleeping > self.waking {
+        if self.sleeping > self.waking && !self.watching {
             self.waking += 1;
             true
         } else {
@@ -104,8 +125,9 @@ impl Jobs {
     pub(crate) fn send(&self, job: Job) {
         let mut st = self.queue.lock();
         st.jobs.push_back(job);
-        let wake = st.claim_sleeper();
+        let (queued, wake) = (st.jobs.len(), st.claim_sleeper());
         drop(st);
+        self.queue.queued.store(queued, Ordering::Relaxed);
         if wake {
             self.queue.ready.notify_one();
         }
@@ -118,6 +140,7 @@ impl Jobs {
             return;
         }
         let mut st = self.queue.lock();
+        st.last_batch = batch.len();
         if st.jobs.is_empty() {
             // The usual case when the workers keep up: trade buffers rather
             // than move every job.
@@ -125,8 +148,9 @@ impl Jobs {
         } else {
             st.jobs.append(batch);
         }
-        let wake = st.claim_sleeper();
+        let (queued, wake) = (st.jobs.len(), st.claim_sleeper());
         drop(st);
+        self.queue.queued.store(queued, Ordering::Relaxed);
         if wake {
             self.queue.ready.notify_one();
         }
@@ -135,8 +159,16 @@ impl Jobs {
 
 /// A queue with no workers yet, and its first sender.
 pub(crate) fn queue() -> Jobs {
-    let state = State { jobs: VecDeque::with_capacity(1024), sleeping: 0, waking: 0, senders: 1 };
-    Jobs { queue: Arc::new(Queue { state: Mutex::new(state), ready: Condvar::new() }) }
+    let state = State {
+        jobs: VecDeque::with_capacity(1024),
+        sleeping: 0,
+        waking: 0,
+        watching: false,
+        last_batch: 0,
+        senders: 1,
+    };
+    let queue = Queue { state: Mutex::new(state), ready: Condvar::new(), queued: AtomicUsize::new(0) };
+    Jobs { queue: Arc::new(queue) }
 }
 
 /// Starts `n` workers on the queue behind `jobs`. They exit when every
@@ -156,10 +188,13 @@ pub(crate) fn start(
 }
 
 /// The next job, sleeping until one comes; `None` once the queue is closed and empty.
-fn next(queue: &Queue) -> Option<Job> {
+fn next(queue: &Queue, taken: &mut u32) -> Option<Job> {
     let mut st = queue.lock();
+    let mut watched = false;
     loop {
         if let Some(job) = st.jobs.pop_front() {
+            *taken = taken.saturating_add(1);
+            queue.queued.store(st.jobs.len(), Ordering::Relaxed);
             // More waiting and a worker asleep: let it help. It will wake the
             // next one in turn if the backlog is still there when it looks.
             let wake = !st.jobs.is_empty() && st.claim_sleeper();
@@ -172,6 +207,18 @@ fn next(queue: &Queue) -> Option<Job> {
         if st.senders == 0 {
             return None;
         }
+        // Calls coming one at a time: watch for the next before sleeping.
+        let trickle = std::mem::take(taken) <= 1 && st.last_batch == 1;
+        if trickle && !watched && !st.watching {
+            watched = true;
+            st.watching = true;
+            drop(st);
+            watch(queue);
+            st = queue.lock();
+            st.watching = false;
+            continue;
+        }
+        watched = false;
         st.sleeping += 1;
         st = queue.ready.wait(st).unwrap_or_else(|p| p.into_inner());
         st.sleeping -= 1;
@@ -180,8 +227,25 @@ fn next(queue: &Queue) -> Option<Job> {
     }
 }
 
+/// Returns once a job may be waiting or the watching budget is spent.
+fn watch(queue: &Queue) {
+    for round in 0..SPIN_ROUNDS + YIELD_ROUNDS {
+        if queue.queued.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+        if round < SPIN_ROUNDS {
+            for _ in 0..1u32 << round {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
 fn work(queue: &Queue, on_disconnect: Option<DisconnectHook>) {
-    while let Some(job) = next(queue) {
+    let mut taken = 0;
+    while let Some(job) = next(queue, &mut taken) {
         match job {
             Job::Call { service, ctx, frame, reply } => {
                 if !ctx.connection.is_open() {
@@ -257,5 +321,32 @@ mod tests {
         let mut seen: Vec<u64> = rx.try_iter().map(|id| id.0).collect();
         seen.sort_unstable();
         assert_eq!(seen, (0..=100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn calls_one_at_a_time_are_each_picked_up_whether_a_worker_watches_or_sleeps() {
+        let jobs = queue();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let hook: DisconnectHook = Arc::new(move |id| tx.send(id).unwrap());
+        let workers = start(2, &jobs, Some(hook)).unwrap();
+        // Gaps shorter and longer than the watch, batches of one and of two.
+        for (i, gap_us) in [0u64, 1, 5, 50, 500, 5_000, 20_000].into_iter().enumerate() {
+            let i = i as u64 * 2;
+            let mut one: VecDeque<Job> = [Job::Disconnected(ConnectionId(i))].into();
+            jobs.send_all(&mut one);
+            assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap().0, i);
+            std::thread::sleep(std::time::Duration::from_micros(gap_us));
+            let mut two: VecDeque<Job> =
+                [Job::Disconnected(ConnectionId(i + 100)), Job::Disconnected(ConnectionId(i + 101))].into();
+            jobs.send_all(&mut two);
+            let mut got = [rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap().0, 0];
+            got[1] = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap().0;
+            got.sort_unstable();
+            assert_eq!(got, [i + 100, i + 101]);
+        }
+        drop(jobs);
+        for w in workers {
+            w.join().unwrap();
+        }
     }
 }
