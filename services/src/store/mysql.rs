@@ -23,6 +23,11 @@
 //! session state behind), sessions start at READ COMMITTED, a conversation's row id is
 //! remembered once looked up (rows are never deleted and their keys never change), and
 //! locking the row and taking the next number is one `UPDATE ... LAST_INSERT_ID()`.
+//! Concurrent sends are stored together (`batch.rs`): a few committer threads each take
+//! what is queued and store it in one transaction with multi-row statements, answering
+//! each sender after the commit; whatever a batch cannot decide, or a failed batch, goes
+//! through the one-message path on the caller's thread. A one-to-one pair's first
+//! message creates the pair's row inside its sending transaction.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,12 +45,15 @@ use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};
 use crate::limits;
 
+mod batch;
 mod queries;
 
+use self::batch::Commits;
+
 use self::queries::{
-    check_participant, check_sender, conversation_row, conversation_states, find_sent, group_from,
-    messages_after, messages_before, next_seq, raise_cursor, require_group, require_user, user_from,
-    GroupRow, UserRow, USER_COLUMNS,
+    check_participant, check_sender, conversation_row, conversation_states, create_pair, find_sent,
+    group_from, messages_after, messages_before, next_seq, raise_cursor, require_group, require_user,
+    user_from, GroupRow, UserRow, USER_COLUMNS,
 };
 
 /// Where and how to connect.
@@ -62,6 +70,11 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How long a call waits for a free pooled connection.
     pub checkout_timeout: Duration,
+    /// Threads that store concurrent sends together, one transaction per batch (see
+    /// `batch.rs`); each holds a pooled connection while it commits.
+    pub committers: usize,
+    /// The most sends one such transaction stores.
+    pub max_batch: usize,
 }
 
 impl Default for Config {
@@ -71,6 +84,8 @@ impl Default for Config {
             max_connections: 32,
             connect_timeout: Duration::from_secs(5),
             checkout_timeout: Duration::from_secs(10),
+            committers: 4,
+            max_batch: 64,
         }
     }
 }
@@ -87,6 +102,9 @@ pub struct MySql {
     /// Conversation row ids by conversation, shared by clones. Rows are never deleted
     /// and their keys never change, so an entry never goes stale.
     conversation_ids: Arc<Mutex<HashMap<ConversationId, u64>>>,
+    /// The queue to the committer threads that store concurrent sends in one
+    /// transaction; `None` in the committers' own copies of the store.
+    commits: Option<Arc<Commits>>,
 }
 
 /// The most conversation ids [`MySql`] remembers; past it the table starts over.
@@ -148,17 +166,21 @@ impl MySql {
         let builder = OptsBuilder::from_opts(opts)
             .tcp_connect_timeout(Some(config.connect_timeout))
             .init(vec![SESSION_INIT])
+            // Room for the batch statements (six sizes of four kinds) beside the others.
+            .stmt_cache_size(128)
             .pool_opts(pool_opts);
 
         create_database_if_missing(builder.clone(), &database)?;
         let pool = Pool::new(builder).map_err(classify)?;
-        let store = MySql {
+        let mut store = MySql {
             pool,
             database,
             checkout_timeout: config.checkout_timeout,
             conversation_ids: Arc::default(),
+            commits: None,
         };
         store.migrate()?;
+        store.commits = Some(Arc::new(batch::start(&store, config.committers, config.max_batch)));
         tracing::debug!(database = %store.database, "mysql store open");
         Ok(store)
     }
@@ -199,12 +221,109 @@ impl MySql {
             return Ok(Some(id));
         }
         let Some((id, _)) = conversation_row(conn, conversation, false)? else { return Ok(None) };
-        let mut ids = ids();
+        self.remember_conversation_id(conversation, id);
+        Ok(Some(id))
+    }
+
+    /// Remembers that `conversation` (normalised) has row `id`.
+    fn remember_conversation_id(&self, conversation: ConversationId, id: u64) {
+        let mut ids = self.conversation_ids.lock().unwrap_or_else(|p| p.into_inner());
         if ids.len() >= CONVERSATION_IDS {
             ids.clear();
         }
         ids.insert(conversation, id);
-        Ok(Some(id))
+    }
+
+    /// The remembered row id of `conversation` (normalised), without asking the
+    /// database.
+    fn known_conversation_id(&self, conversation: ConversationId) -> Option<u64> {
+        self.conversation_ids.lock().unwrap_or_else(|p| p.into_inner()).get(&conversation).copied()
+    }
+
+    /// Stores one message in its own transaction: the path for a send that is not
+    /// batched, or that its batch could not decide. `conversation` is the message's,
+    /// normalised and checked by [`check_new_message`].
+    ///
+    /// The first message of a one-to-one pair creates the pair's row in the same
+    /// transaction (`INSERT ... ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)`, which
+    /// names the row whether this transaction created it or not): one commit, not two.
+    /// When both users race, the second insert waits for the first transaction and then
+    /// finds its row.
+    fn send_one(&self, message: &NewMessage<'_>, conversation: ConversationId) -> Result<Sent, Error> {
+        let sender = message.sender;
+        let client_msg_id = message.client_msg_id;
+        let mut conn = self.conn()?;
+        let known = self.conversation_id(&mut conn, conversation)?;
+        if known.is_none() && !matches!(conversation, ConversationId::Direct { .. }) {
+            // Every group has its row; without one, the group does not exist.
+            if let Some(original) = find_sent(&mut conn, sender, client_msg_id)? {
+                return duplicate(original, conversation);
+            }
+            check_participant(&mut conn, sender, conversation)?;
+            return Err(Error::Corrupt(format!("{conversation} has no conversation row")));
+        }
+        let sent_at_ms = now_ms();
+        let mut conn = Some(conn);
+        let outcome = self.transact_on(&mut conn, &mut |tx| {
+            // A retry is answered before any other check, so that it still gets its
+            // original answer after, say, the sender left the group.
+            if let Some(original) = find_sent(tx, sender, client_msg_id)? {
+                return duplicate(original, conversation).map(|sent| (0, sent));
+            }
+            let id = match (known, conversation) {
+                (Some(id), _) => {
+                    check_sender(tx, sender, conversation)?;
+                    id
+                }
+                (None, ConversationId::Direct { low, high }) => {
+                    let peer = if low == sender { high } else { low };
+                    require_user(tx, peer)?;
+                    create_pair(tx, low, high)?
+                }
+                (None, ConversationId::Group(_)) => {
+                    return Err(Error::Corrupt(format!("{conversation} has no conversation row")));
+                }
+            };
+            // Locks the row until commit and takes the next number. A concurrent retry
+            // of this message that commits while this one waits for the lock is caught
+            // by the unique key on (sender_id, client_msg_id) below.
+            let seq = next_seq(tx, id)?;
+            tx.exec_drop(
+                "INSERT INTO messages
+                    (conversation_id, seq, sender_id, client_msg_id, body, sent_at_ms)
+                 VALUES (?, ?, ?, ?, ?, ?)",
+                (id, seq, sender.0, client_msg_id, message.body, sent_at_ms),
+            )?;
+            raise_cursor(tx, sender, id, seq)?;
+            Ok((
+                id,
+                Sent {
+                    message: Message {
+                        conversation,
+                        seq,
+                        sender,
+                        client_msg_id: client_msg_id.to_owned(),
+                        body: message.body.to_owned(),
+                        sent_at_ms,
+                    },
+                    duplicate: false,
+                },
+            ))
+        });
+        match outcome {
+            Ok((id, sent)) => {
+                if known.is_none() && !sent.duplicate {
+                    self.remember_conversation_id(conversation, id);
+                }
+                Ok(sent)
+            }
+            // The same client message id won a race (into this or another conversation).
+            Err(e) if is_duplicate(&e) => match find_sent(&mut self.conn()?, sender, client_msg_id)? {
+                Some(original) => duplicate(original, conversation),
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs `f` in a READ COMMITTED transaction and commits, retrying the whole of it on
@@ -510,76 +629,15 @@ impl Store for MySql {
 
     fn send(&self, message: &NewMessage<'_>) -> Result<Sent, Error> {
         let conversation = check_new_message(message)?;
-        let sender = message.sender;
-        let client_msg_id = message.client_msg_id;
-        let mut conn = self.conn()?;
-        let id = match self.conversation_id(&mut conn, conversation)? {
-            Some(id) => id,
-            None => {
-                // A retry is answered before any other check.
-                if let Some(original) = find_sent(&mut conn, sender, client_msg_id)? {
-                    return duplicate(original, conversation);
-                }
-                let ConversationId::Direct { low, high } = conversation else {
-                    // Every group has its row; without one, the group does not exist.
-                    check_participant(&mut conn, sender, conversation)?;
-                    return Err(Error::Corrupt(format!("{conversation} has no conversation row")));
-                };
-                let peer = if low == sender { high } else { low };
-                require_user(&mut conn, peer)?;
-                // Created in its own statement, so that the sending transaction below
-                // only ever locks an existing row.
-                conn.exec_drop(
-                    "INSERT INTO conversations (user_low, user_high, last_seq) VALUES (?, ?, 0)
-                     ON DUPLICATE KEY UPDATE id = id",
-                    (low.0, high.0),
-                )?;
-                self.conversation_id(&mut conn, conversation)?
-                    .ok_or_else(|| Error::Corrupt(format!("{conversation} has no conversation row")))?
+        // Sends to a conversation whose row id is known are queued to be stored with
+        // whatever else is being sent; the rest, and what a batch leaves, go alone.
+        if let (Some(commits), Some(id)) = (&self.commits, self.known_conversation_id(conversation)) {
+            if let Some(answer) = commits.send(message, conversation, id) {
+                return answer;
             }
-        };
-        let sent_at_ms = now_ms();
-        let mut conn = Some(conn);
-        let outcome = self.transact_on(&mut conn, &mut |tx| {
-            // A retry is answered before any other check, so that it still gets its
-            // original answer after, say, the sender left the group.
-            if let Some(original) = find_sent(tx, sender, client_msg_id)? {
-                return duplicate(original, conversation);
-            }
-            check_sender(tx, sender, conversation)?;
-            // Locks the row until commit and takes the next number. A concurrent retry
-            // of this message that commits while this one waits for the lock is caught
-            // by the unique key on (sender_id, client_msg_id) below.
-            let seq = next_seq(tx, id)?;
-            tx.exec_drop(
-                "INSERT INTO messages
-                    (conversation_id, seq, sender_id, client_msg_id, body, sent_at_ms)
-                 VALUES (?, ?, ?, ?, ?, ?)",
-                (id, seq, sender.0, client_msg_id, message.body, sent_at_ms),
-            )?;
-            raise_cursor(tx, sender, id, seq)?;
-            Ok(Sent {
-                message: Message {
-                    conversation,
-                    seq,
-                    sender,
-                    client_msg_id: client_msg_id.to_owned(),
-                    body: message.body.to_owned(),
-                    sent_at_ms,
-                },
-                duplicate: false,
-            })
-        });
-        match outcome {
-            // The same client message id won a race (into this or another conversation).
-            Err(e) if is_duplicate(&e) => match find_sent(&mut self.conn()?, sender, client_msg_id)? {
-                Some(original) => duplicate(original, conversation),
-                None => Err(e),
-            },
-            other => other,
         }
+        self.send_one(message, conversation)
     }
-
     fn history(
         &self,
         user: UserId,

@@ -112,3 +112,134 @@ fn unreachable_server_is_reported_as_unavailable() {
     .unwrap_err();
     assert!(matches!(err, store::Error::Unavailable(_)), "{err:?}");
 }
+
+/// Many concurrent sends through one committer, so they are stored in batches: a group
+/// and several pairs written at once, retries of messages in the same and in earlier
+/// batches, and a sender who is not a member. Every conversation stays numbered 1, 2, 3,
+/// ... without gaps, a retry gets its original, and the outsider is refused.
+#[test]
+fn batched_sends_keep_numbering_retries_and_rules() {
+    use std::collections::BTreeSet;
+    use std::sync::Barrier;
+
+    use services::store::{Anchor, NewMessage};
+
+    use crate::store_suite::{direct, group_of, user};
+
+    let f = fixture();
+    let url = f.url.clone();
+    let batched = MySql::with_config(&store::mysql::Config {
+        url,
+        committers: 1,
+        max_batch: 64,
+        ..store::mysql::Config::default()
+    })
+    .unwrap();
+    let store: &dyn Store = &batched;
+    let owner = user(store, "owner");
+    let outsider = user(store, "outsider");
+    let group = store.create_group(owner.id, "busy").unwrap();
+    const THREADS: usize = 12;
+    const EACH: usize = 15;
+    let senders: Vec<_> = (0..THREADS)
+        .map(|i| {
+            let u = user(store, &format!("sender{i}"));
+            store.join_group(u.id, group.id).unwrap();
+            u
+        })
+        .collect();
+    // Each pair's row exists before the run, so that its sends are batched too.
+    for pair in senders.chunks(2) {
+        crate::store_suite::send(store, &pair[0], direct(&pair[0], &pair[1]), "opening", "hi");
+    }
+    let barrier = Barrier::new(THREADS + 1);
+    let results: Vec<(usize, String, services::store::Sent)> = std::thread::scope(|s| {
+        let mut handles: Vec<_> = senders
+            .iter()
+            .enumerate()
+            .map(|(i, sender)| {
+                let (barrier, senders, group) = (&barrier, &senders, &group);
+                s.spawn(move || {
+                    barrier.wait();
+                    let mut out = Vec::new();
+                    for n in 0..EACH {
+                        // Alternately to the group and to the thread's partner; every
+                        // third message is sent twice, as a client retrying would.
+                        let conversation =
+                            if n % 2 == 0 { group_of(group) } else { direct(sender, &senders[i ^ 1]) };
+                        let id = format!("{i}-{n}");
+                        let tries = if n % 3 == 0 { 2 } else { 1 };
+                        for _ in 0..tries {
+                            let sent = store
+                                .send(&NewMessage {
+                                    sender: sender.id,
+                                    conversation,
+                                    client_msg_id: &id,
+                                    body: "batched",
+                                })
+                                .unwrap();
+                            out.push((i, id.clone(), sent));
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        let outsider = &outsider;
+        let group = &group;
+        let barrier = &barrier;
+        handles.push(s.spawn(move || {
+            barrier.wait();
+            for n in 0..EACH {
+                let refused = store.send(&NewMessage {
+                    sender: outsider.id,
+                    conversation: group_of(group),
+                    client_msg_id: &format!("out-{n}"),
+                    body: "let me in",
+                });
+                assert!(matches!(refused, Err(store::Error::PermissionDenied(_))), "{refused:?}");
+            }
+            Vec::new()
+        }));
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+
+    // A retry answers with the message its first attempt stored.
+    let mut firsts = std::collections::HashMap::new();
+    for (_, id, sent) in &results {
+        let first = firsts.entry(id.clone()).or_insert_with(|| sent.message.clone());
+        assert_eq!(*first, sent.message, "retry of {id}");
+    }
+    assert_eq!(results.iter().filter(|(_, _, s)| !s.duplicate).count(), firsts.len());
+
+    let group_page = store.history(owner.id, group_of(&group), Anchor::After(0), 500).unwrap();
+    let group_seqs: Vec<u64> = group_page.messages.iter().map(|m| m.seq).collect();
+    let expected = (THREADS * EACH.div_ceil(2)) as u64;
+    assert_eq!(group_seqs, (1..=expected).collect::<Vec<_>>());
+    for pair in senders.chunks(2) {
+        let page = store.history(pair[0].id, direct(&pair[0], &pair[1]), Anchor::After(0), 500).unwrap();
+        let got: BTreeSet<u64> = page.messages.iter().map(|m| m.seq).collect();
+        let n = 1 + 2 * (EACH / 2) as u64;
+        assert_eq!(got, (1..=n).collect(), "pair {} and {}", pair[0].name, pair[1].name);
+    }
+    // Each sender's messages are stored in the order it sent them, and its read cursor
+    // is at its newest group message.
+    for (i, sender) in senders.iter().enumerate() {
+        let ids: Vec<&str> = group_page
+            .messages
+            .iter()
+            .filter(|m| m.sender == sender.id)
+            .map(|m| m.client_msg_id.as_str())
+            .collect();
+        let expected: Vec<String> = (0..EACH).step_by(2).map(|n| format!("{i}-{n}")).collect();
+        assert_eq!(ids, expected);
+        let newest = group_page.messages.iter().filter(|m| m.sender == sender.id).map(|m| m.seq).max();
+        let state = store
+            .conversations(sender.id)
+            .unwrap()
+            .into_iter()
+            .find(|c| c.conversation == group_of(&group))
+            .unwrap();
+        assert!(Some(state.read_seq) >= newest, "{state:?} vs {newest:?}");
+    }
+}

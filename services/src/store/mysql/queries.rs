@@ -92,17 +92,43 @@ pub(super) fn check_sender(
 }
 
 /// Locks conversation row `id` until the transaction ends and raises its `last_seq` by
-/// one, returning the new value: one statement, since `LAST_INSERT_ID(expr)` hands the
-/// value back in the statement's answer.
+/// one, returning the new value.
 pub(super) fn next_seq(q: &mut impl Queryable, id: u64) -> Result<u64, Error> {
-    let result =
-        q.exec_iter("UPDATE conversations SET last_seq = LAST_INSERT_ID(last_seq + 1) WHERE id = ?", (id,))?;
+    advance_seq(q, id, 1)
+}
+
+/// Locks conversation row `id` until the transaction ends and raises its `last_seq` by
+/// `k`, returning the new value (the numbers taken are `new - k + 1 ..= new`): one
+/// statement, since `LAST_INSERT_ID(expr)` hands the value back in the statement's
+/// answer.
+pub(super) fn advance_seq(q: &mut impl Queryable, id: u64, k: u64) -> Result<u64, Error> {
+    let result = q.exec_iter(
+        "UPDATE conversations SET last_seq = LAST_INSERT_ID(last_seq + ?) WHERE id = ?",
+        (k, id),
+    )?;
     match (result.affected_rows(), result.last_insert_id()) {
-        (1, Some(seq)) if seq > 0 => Ok(seq),
+        (1, Some(seq)) if seq >= k && k > 0 => Ok(seq),
         (rows, seq) => Err(Error::Corrupt(format!(
-            "advancing conversation row {id} changed {rows} rows and gave sequence {seq:?}"
+            "advancing conversation row {id} by {k} changed {rows} rows and gave sequence {seq:?}"
         ))),
     }
+}
+
+/// The row id of the one-to-one conversation of `low` and `high`, created now when it
+/// has none; the row stays locked until the transaction ends.
+pub(super) fn create_pair(q: &mut impl Queryable, low: UserId, high: UserId) -> Result<u64, Error> {
+    let result = q.exec_iter(
+        "INSERT INTO conversations (user_low, user_high, last_seq) VALUES (?, ?, 0)
+         ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
+        (low.0, high.0),
+    )?;
+    if let Some(id) = result.last_insert_id().filter(|&id| id > 0) {
+        return Ok(id);
+    }
+    drop(result);
+    conversation_row(q, ConversationId::Direct { low, high }, true)?
+        .map(|(id, _)| id)
+        .ok_or_else(|| Error::Corrupt(format!("no row for the pair ({low}, {high}) after creating it")))
 }
 
 /// The row id and newest sequence number of a conversation, if it has a row; with
