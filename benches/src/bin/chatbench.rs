@@ -113,6 +113,7 @@ fn main() {
         Ok(run) => {
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&run).expect("a run serialises"));
+                eprintln!("chatbench: {}", run.verdict());
             } else {
                 print!("{}", run.text());
             }

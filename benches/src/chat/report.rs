@@ -36,6 +36,13 @@ impl Latency {
     }
 }
 
+/// The target: users online on two proxies, ...
+const TARGET_USERS: usize = 10_000;
+/// ... durable messages delivered per second, ...
+const TARGET_DELIVERED_PER_S: f64 = 20_000.0;
+/// ... with the 99th percentile of send to push under this.
+const TARGET_P99_MS: f64 = 50.0;
+
 /// Everything a run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
@@ -135,6 +142,37 @@ impl Run {
         )
     }
 
+    /// One line against the target: 10,000 users online on two proxies, at
+    /// least 20,000 durable messages delivered per second, p99 send-to-push under 50 ms,
+    /// nothing lost.
+    pub fn verdict(&self) -> String {
+        let mut missed = Vec::new();
+        if self.users < TARGET_USERS {
+            missed.push(format!("{} users < {TARGET_USERS}", self.users));
+        }
+        if !self.system.starts_with("cluster (2 proxies") {
+            missed.push("not a two-proxy cluster".to_owned());
+        }
+        if self.delivered_per_s < TARGET_DELIVERED_PER_S {
+            missed.push(format!("{:.0} delivered/s < {TARGET_DELIVERED_PER_S:.0}", self.delivered_per_s));
+        }
+        if self.latency_ms.p99 >= TARGET_P99_MS {
+            missed.push(format!("p99 {:.1} ms >= {TARGET_P99_MS:.0} ms", self.latency_ms.p99));
+        }
+        if self.lost > 0 || self.dup > 0 {
+            missed.push(format!("{} lost, {} duplicated", self.lost, self.dup));
+        }
+        let measured = format!(
+            "{} users, {:.0} delivered msg/s, p99 {:.1} ms, lost {}",
+            self.users, self.delivered_per_s, self.latency_ms.p99, self.lost
+        );
+        if missed.is_empty() {
+            format!("target      MET ({measured})")
+        } else {
+            format!("target      NOT MET: {} ({measured})", missed.join(", "))
+        }
+    }
+
     /// A readable summary.
     pub fn text(&self) -> String {
         let mut out = String::new();
@@ -183,6 +221,8 @@ impl Run {
         }
         let cpu: Vec<String> = self.cpu_s.iter().map(|(p, s)| format!("{p} {s:.1}")).collect();
         out.push_str(&format!("cpu s       {}\n", cpu.join(", ")));
+        out.push_str(&self.verdict());
+        out.push('\n');
         out
     }
 }

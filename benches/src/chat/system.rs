@@ -330,6 +330,15 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 /// found by name, and this generator.
 pub fn cpu_targets(system: &System) -> Vec<(String, u32)> {
     let mut targets = system.processes();
+    // nginx's master only waits; its workers carry the connections.
+    let workers: Vec<(String, u32)> = targets
+        .iter()
+        .filter(|(name, _)| name.starts_with("nginx"))
+        .flat_map(|(name, pid)| {
+            children(*pid).into_iter().map(move |child| (format!("{name} worker {child}"), child))
+        })
+        .collect();
+    targets.extend(workers);
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for entry in dir.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
@@ -342,6 +351,16 @@ pub fn cpu_targets(system: &System) -> Vec<(String, u32)> {
     }
     targets.push(("chatbench".into(), std::process::id()));
     targets
+}
+
+/// The child processes of `pid`, from `/proc/PID/task/*/children`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|c| c.parse().ok()).collect::<Vec<u32>>())
+        .collect()
 }
 
 /// CPU seconds of each target now.
