@@ -248,8 +248,13 @@ fn start_standalone(options: &Options, seed: Option<&Seed>) -> anyhow::Result<Sy
         .spawn()
         .with_context(|| format!("cannot run {}", options.chatroom.display()))?;
     let stdout = child.stdout.take().context("no stdout")?;
+    let mut stdout = std::io::BufReader::new(stdout);
     let mut first = String::new();
-    std::io::BufReader::new(stdout).read_line(&mut first)?;
+    stdout.read_line(&mut first)?;
+    // Keep reading what else it prints: closing the pipe here would make its next
+    // `println!` fail with EPIPE, and the process stops (seen as every user getting
+    // "server is shutting down" right after connecting).
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let Some(addr) = first.split_whitespace().last().and_then(|w| w.parse().ok()) else {
         let _ = child.kill();
         let _ = child.wait();
