@@ -157,6 +157,14 @@ impl chat_service_rpc::ChatService for ChatService {
         request: api::AnnouncePresenceCall,
     ) -> Result<api::AnnouncePresenceResponse, Status> {
         let user = caller(request.user_id)?;
+        // Every "offline" is announced after its lease is gone (logout, a proxy stopping, a
+        // lapsed lease swept). If the user holds a lease again, a newer login already said
+        // "online", and an "offline" overtaking it would leave friends with the wrong state.
+        if !request.online
+            && self.presence.lookup(&[user]).map_err(presence_status)?.iter().any(Option::is_some)
+        {
+            return Ok(api::AnnouncePresenceResponse { notified: 0 });
+        }
         let friends: Vec<UserId> =
             self.store.friends(user).map_err(store_status)?.into_iter().map(|f| f.id).collect();
         let grouped = by_proxy(self.presence.as_ref(), &friends).map_err(presence_status)?;
