@@ -252,8 +252,8 @@ impl Client {
         self.arrived.notify_all();
     }
 
-    /// Learns the name of a sender not seen before (someone who befriended us, or joined
-    /// one of our groups, after login): from the friend list, or the group's members.
+    /// Learns the name of a sender not seen before (someone who wrote to us first, or
+    /// joined one of our groups after login): by id, or from the group's members.
     fn learn_names(&self, conversation: ConversationId, sender: u64) {
         if self.state().names.contains_key(&sender) {
             return;
@@ -261,8 +261,8 @@ impl Client {
         let users: Vec<api::User> = match conversation {
             ConversationId::Direct { .. } => self
                 .gateway
-                .list_friends(&api::ListFriendsRequest {})
-                .map(|r| r.friends.into_iter().filter_map(|c| c.user).collect())
+                .find_user(&api::FindUserRequest { user_id: sender, ..Default::default() })
+                .map(|r| r.user.and_then(|c| c.user).into_iter().collect())
                 .unwrap_or_default(),
             ConversationId::Group(g) => self
                 .gateway
@@ -382,7 +382,7 @@ impl Client {
         }
         let response = self
             .gateway
-            .find_user(&api::FindUserRequest { name: who.into() })
+            .find_user(&api::FindUserRequest { name: who.into(), ..Default::default() })
             .map_err(|e| failure(command, &e))?;
         let user = response.user.and_then(|c| c.user).unwrap_or_default();
         self.remember(&user);
@@ -524,7 +524,7 @@ impl Client {
             ["find", name] => {
                 let response = self
                     .gateway
-                    .find_user(&api::FindUserRequest { name: (*name).into() })
+                    .find_user(&api::FindUserRequest { name: (*name).into(), ..Default::default() })
                     .map_err(|e| failure("find", &e))?;
                 let contact = response.user.unwrap_or_default();
                 let user = contact.user.clone().unwrap_or_default();

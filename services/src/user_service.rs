@@ -12,7 +12,7 @@ use rpc_core::Status;
 
 use crate::api::{self, user_service_rpc};
 use crate::convert::{caller, group, store_status, user};
-use crate::ids::GroupId;
+use crate::ids::{GroupId, UserId};
 use crate::{auth, limits, Store};
 
 /// Implements [`user_service_rpc::UserService`]; serve it with
@@ -103,7 +103,11 @@ impl user_service_rpc::UserService for UserService {
         _ctx: &Context,
         request: api::FindUserRequest,
     ) -> Result<api::ProfileResponse, Status> {
-        let found = self.store.user_by_name(&request.name).map_err(store_status)?;
+        let found = match request.user_id {
+            0 => self.store.user_by_name(&request.name),
+            id => self.store.user(UserId(id)),
+        }
+        .map_err(store_status)?;
         Ok(api::ProfileResponse { user: Some(user(found)) })
     }
 

@@ -242,7 +242,10 @@ fn sigterm_stops_each_process_gracefully_and_a_proxys_users_go_offline_at_once()
     assert!(TcpStream::connect(a).is_err(), "proxy A no longer listens");
     assert!(alice_client.gateway.list_friends(&api::ListFriendsRequest {}).is_err());
     // The cluster still works for Bob.
-    let found = bob_client.gateway.find_user(&api::FindUserRequest { name: "alice".into() }).unwrap();
+    let found = bob_client
+        .gateway
+        .find_user(&api::FindUserRequest { name: "alice".into(), ..Default::default() })
+        .unwrap();
     assert!(!found.user.unwrap().online, "Bob finds Alice offline");
     drop(bob);
 

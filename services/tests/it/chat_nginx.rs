@@ -651,7 +651,10 @@ fn a_proxy_killed_with_sigkill_loses_nothing_and_leaves_nobody_online() {
 
     // Within the lease: whoever did not come back is offline, everyone else online.
     let online = |name: &str| -> bool {
-        let found = watcher.gateway.find_user(&api::FindUserRequest { name: name.into() }).unwrap();
+        let found = watcher
+            .gateway
+            .find_user(&api::FindUserRequest { name: name.into(), ..Default::default() })
+            .unwrap();
         found.user.unwrap().online
     };
     let took = wait_until(Duration::from_secs(3 * 3), "the user who did not come back is offline", || {

@@ -219,7 +219,7 @@ pub fn calls_before_login_get_unauthenticated(system: &System) {
     let gateway = &client.gateway;
     let unauthenticated = Code::Unauthenticated;
     assert_eq!(code(gateway.logout(&api::LogoutRequest {})), unauthenticated, "logout");
-    let find = api::FindUserRequest { name: system.name("anyone") };
+    let find = api::FindUserRequest { name: system.name("anyone"), ..Default::default() };
     assert_eq!(code(gateway.find_user(&find)), unauthenticated, "find_user");
     let add = api::AddFriendRequest { friend: Some(api::add_friend_request::Friend::UserId(1)) };
     assert_eq!(code(gateway.add_friend(&add)), unauthenticated, "add_friend");
@@ -450,10 +450,17 @@ pub fn friends_groups_and_history_work_through_the_gateway(system: &System) {
     assert_eq!(bobs.iter().map(|f| f.user.as_ref().unwrap().id).collect::<Vec<_>>(), [alice.id]);
     alice_client.gateway.remove_friend(&api::RemoveFriendRequest { user_id: bob.id }).unwrap();
     assert!(bob_client.gateway.list_friends(&api::ListFriendsRequest {}).unwrap().friends.is_empty());
-    let found =
-        alice_client.gateway.find_user(&api::FindUserRequest { name: bob.name.to_uppercase() }).unwrap();
+    let found = alice_client
+        .gateway
+        .find_user(&api::FindUserRequest { name: bob.name.to_uppercase(), ..Default::default() })
+        .unwrap();
     assert_eq!(found.user.unwrap().user.unwrap().id, bob.id);
-    let nobody = api::FindUserRequest { name: system.name("nobody") };
+    let by_id = api::FindUserRequest { user_id: bob.id, ..Default::default() };
+    let found = alice_client.gateway.find_user(&by_id).unwrap().user.unwrap().user.unwrap();
+    assert_eq!((found.id, found.name.as_str()), (bob.id, bob.name.as_str()), "a user is found by id too");
+    let no_id = api::FindUserRequest { user_id: u64::MAX, ..Default::default() };
+    assert_eq!(code(alice_client.gateway.find_user(&no_id)), Code::NotFound);
+    let nobody = api::FindUserRequest { name: system.name("nobody"), ..Default::default() };
     assert_eq!(code(alice_client.gateway.find_user(&nobody)), Code::NotFound);
 
     let id = alice_client.gateway.create_group(&api::CreateGroupRequest { name: "g".into() }).unwrap();

@@ -138,6 +138,7 @@ fn two_json_clients_chat_and_get_clear_errors() {
     assert_eq!(message["body"], "hello bob");
     let alice_id = &alice_events.iter().find(|e| e["event"] == "registered").unwrap()["user"]["id"];
     assert_eq!(&message["sender_id"], alice_id);
+    assert_eq!(message["sender"], "alice", "the client names a sender who is not a friend");
     let waited = bob_events.iter().find(|e| e["event"] == "waited").unwrap();
     assert_eq!(waited["received"], 1);
 }
