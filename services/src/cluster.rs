@@ -31,6 +31,7 @@ use rpc_core::registry::{self, Registry as _, ZooKeeper};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{chat_service_rpc, delivery_rpc, user_service_rpc};
+use crate::store::mysql::redact;
 
 /// Where nginx's stream module lives on Debian and Ubuntu.
 const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
@@ -227,17 +228,6 @@ fn without_database(url: &str) -> String {
     match url[after_scheme..].find('/') {
         Some(i) => url[..after_scheme + i].to_owned(),
         None => url.to_owned(),
-    }
-}
-
-/// `url` with the password replaced by `***`.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
     }
 }
 

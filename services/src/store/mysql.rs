@@ -428,14 +428,14 @@ fn is_duplicate(e: &Error) -> bool {
     matches!(e, Error::MySql(e) if server_code(e) == Some(ER_DUP_ENTRY))
 }
 
-/// The URL with its password replaced, for error messages.
-fn redact(url: &str) -> String {
+/// `url` (MySQL, Redis, any `scheme://user:password@host` form) with its password
+/// replaced by `***`, for messages that name the URL.
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
+        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+            None => url.to_owned(),
+        },
         _ => url.to_owned(),
     }
 }

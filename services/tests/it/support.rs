@@ -20,23 +20,12 @@ pub fn redis_url() -> String {
 
 /// Fails the test because a server it needs is not there.
 pub fn unreachable(what: &str, url: &str, error: &dyn std::fmt::Display) -> ! {
-    let url = redact(url);
+    let url = services::store::mysql::redact(url);
     panic!(
         "{what} at {url} is unreachable or refused the connection: {error}\n\
          Start the test services with `bash scripts/services.sh up` \
          (or point CHATROOM_MYSQL_URL / CHATROOM_REDIS_URL at running ones)."
     )
-}
-
-/// `url` with the password (between `user:` and `@`) replaced by `***`.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
-    }
 }
 
 /// A name no other test run uses: `{base}_{random hex}`.
