@@ -14,8 +14,11 @@ use rand::Rng as _;
 use rpc_core::client::{self, Channel};
 
 use crate::api::{self, GatewayClient};
+use crate::convert;
+use crate::ids::{GroupId, UserId};
 use crate::proxy::{PUSH_METHOD, PUSH_SERVICE};
 use crate::standalone::{self, Standalone};
+use crate::ConversationId;
 
 const PASSWORD: &str = "demo-password-123";
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -44,12 +47,11 @@ fn connect(addr: SocketAddr) -> anyhow::Result<(GatewayClient, mpsc::Receiver<ap
 }
 
 fn direct(a: &api::User, b: &api::User) -> api::Conversation {
-    let pair = api::DirectPair { low_user_id: a.id.min(b.id), high_user_id: a.id.max(b.id) };
-    api::Conversation { kind: Some(api::conversation::Kind::Direct(pair)) }
+    convert::conversation(ConversationId::direct(UserId(a.id), UserId(b.id)))
 }
 
 fn group(id: u64) -> api::Conversation {
-    api::Conversation { kind: Some(api::conversation::Kind::GroupId(id)) }
+    convert::conversation(ConversationId::Group(GroupId(id)))
 }
 
 impl Bot {
@@ -113,7 +115,7 @@ impl Bot {
 ///
 /// When the system cannot be started or reached, or a step fails.
 pub fn run(server: Option<SocketAddr>) -> anyhow::Result<()> {
-    let mut _system = None;
+    let mut system = None;
     let data_dir =
         std::env::temp_dir().join(format!("chatroom-demo-{:08x}", rand::thread_rng().gen::<u32>()));
     let addr = match server {
@@ -124,15 +126,15 @@ pub fn run(server: Option<SocketAddr>) -> anyhow::Result<()> {
                 listen: "127.0.0.1:0".parse()?,
                 ..standalone::Config::default()
             };
-            let system = Standalone::start(config).context("cannot start the standalone system")?;
-            let addr = system.client_addr();
+            let started = Standalone::start(config).context("cannot start the standalone system")?;
+            let addr = started.client_addr();
             println!("started a standalone system on {addr} (data in {})", data_dir.display());
-            _system = Some(system);
+            system = Some(started);
             addr
         }
     };
     let result = script(addr);
-    drop(_system);
+    drop(system);
     let _ = std::fs::remove_dir_all(&data_dir);
     result
 }
@@ -190,8 +192,7 @@ fn script(addr: SocketAddr) -> anyhow::Result<()> {
 
     println!("\n== cat logs in and catches up with Sync");
     let login = cat.login()?;
-    let cursors: Vec<api::Cursor> = Vec::new();
-    let missed = cat.gateway.sync(&api::SyncRequest { cursors, limit: 0 }).context("sync")?;
+    let missed = cat.gateway.sync(&api::SyncRequest::default()).context("sync")?;
     for m in &missed.messages {
         println!("{:>10} | <- (missed) #{} from {}: {}", cat.name, m.seq, names(m.sender_id), m.body);
     }
