@@ -91,7 +91,7 @@ struct Conn {
     discard: usize,
     /// Reading stopped because `out` is over the cap.
     paused: bool,
-    /// Close once `out` is written.
+    /// Read nothing more; close once the calls in flight are answered and `out` is written.
     closing: bool,
     /// Whether WRITABLE interest is registered.
     want_write: bool,
@@ -322,10 +322,13 @@ impl EventLoop {
             return;
         }
         let mut eof = None;
+        // The peer shut down its sending side, as opposed to resetting the connection.
+        let mut half_closed = false;
         loop {
             match conn.stream.read(&mut self.scratch) {
                 Ok(0) => {
                     eof = Some("closed by peer");
+                    half_closed = true;
                     break;
                 }
                 Ok(n) => {
@@ -358,11 +361,17 @@ impl EventLoop {
                 }
             }
         }
+        // A peer that shut down only its sending side may still read: its calls in flight
+        // are answered, and the connection closes after the last answer is written.
+        let await_answers = half_closed && conn.in_flight > 0;
+        if await_answers {
+            conn.closing = true;
+        }
         let has_output = !conn.out.is_empty() || conn.closing;
         if has_output {
             self.mark_dirty(token);
         }
-        if let Some(reason) = eof {
+        if let Some(reason) = eof.filter(|_| !await_answers) {
             // Write what can still be written (answers already computed), then close.
             self.flush(token);
             self.close(token, reason);
@@ -473,7 +482,7 @@ impl EventLoop {
         }
         let pending = conn.out.len();
         conn.handle.shared().unwritten.store(pending, Ordering::Relaxed);
-        if pending == 0 && conn.closing {
+        if pending == 0 && conn.closing && conn.in_flight == 0 {
             self.close(token, "closed by server");
             return;
         }

@@ -201,3 +201,30 @@ fn a_channel_reconnects_after_the_server_comes_back() {
     let reply = ch.call_raw("test.Gated", "Echo", b"3", Some(PATIENCE)).unwrap();
     assert_eq!(&reply[..], b"3");
 }
+
+#[test]
+fn a_peer_that_shuts_down_its_sending_side_still_gets_every_answer() {
+    let (server, gate, _) = serve(Config { workers: 2, ..Config::default() });
+    let mut peer = TcpStream::connect(server.local_addr()).unwrap();
+    let mut calls = BytesMut::new();
+    frame::put_request(&mut calls, 1, 0, "test.Gated", "Block", b"slow");
+    frame::put_request(&mut calls, 2, 0, "test.Gated", "Echo", b"quick");
+    peer.write_all(&calls).unwrap();
+    peer.shutdown(std::net::Shutdown::Write).unwrap();
+    // The server has read the end of the stream while the first call still runs.
+    wait_until(PATIENCE, "the slow call running", || gate.waiting() == 1);
+    gate.open();
+
+    peer.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut received = Vec::new();
+    peer.read_to_end(&mut received).expect("the server closes the connection after its answers");
+    let mut buf = BytesMut::from(&received[..]);
+    let mut answers = Vec::new();
+    while let Some(f) = frame::decode(&mut buf, frame::DEFAULT_MAX_FRAME).unwrap() {
+        assert_eq!(f.kind, Kind::Response, "{f:?}");
+        answers.push((f.call_id, f.body));
+    }
+    assert!(buf.is_empty(), "a partial frame before the close");
+    answers.sort();
+    assert_eq!(answers, [(1, Bytes::from_static(b"slow")), (2, Bytes::from_static(b"quick"))]);
+}
