@@ -16,7 +16,9 @@
 //! a closed connection releases the lease. The same thread sweeps the presence table
 //! every [`Config::sweep_every`] for leases that lapsed, whichever proxy held them (one
 //! that crashed never says goodbye), and tells those users' friends they went offline;
-//! the table hands each lapsed lease to exactly one sweeping proxy. One session per user: a second login
+//! the table hands each lapsed lease to exactly one sweeping proxy. A presence
+//! announcement the chat service could not take (no instance, a lost connection, a
+//! timeout) is sent again on the same timer. One session per user: a second login
 //! replaces the first, which receives `Kicked` and is closed, on this proxy or, through
 //! `Delivery.Kick`, on the proxy that held it.
 //!
@@ -37,7 +39,7 @@ use prost::Message as _;
 use rpc_core::balance::{self, Balanced};
 use rpc_core::registry::{Instance, Registration, Registry};
 use rpc_core::server::{self, Builder, Connection, ConnectionId, Context, Handle};
-use rpc_core::Status;
+use rpc_core::{Code, Status};
 
 use crate::api::{self, chat_service_rpc, delivery_rpc, gateway_rpc, user_service_rpc};
 use crate::api::{ChatServiceClient, UserServiceClient};
@@ -60,6 +62,8 @@ const REPLACED: &str = "logged in from another connection";
 /// How many lapsed leases one sweep call takes; a sweep calls again while they come
 /// back full.
 const SWEEP_BATCH: usize = 500;
+/// How long a presence announcement the chat service could not take is sent again.
+const ANNOUNCE_RETRY_FOR: Duration = Duration::from_secs(300);
 /// What a call on a proxy that is shutting down is told.
 const SHUTTING_DOWN: &str = "the proxy is shutting down; connect again";
 
@@ -121,6 +125,18 @@ struct Inner {
     /// Set when shutdown starts: every call is refused with Unavailable from then on, so
     /// no session starts while the proxy ends them.
     closing: AtomicBool,
+    /// Announcements that failed for a reason that may pass, to send again. Shared with
+    /// the calls' completion callbacks, which must not hold the proxy itself.
+    unannounced: Arc<Mutex<Vec<Unannounced>>>,
+}
+
+/// A presence announcement that failed for a reason that may pass.
+#[derive(Debug, Clone, Copy)]
+struct Unannounced {
+    user: UserId,
+    online: bool,
+    /// When it first failed; it is given up [`ANNOUNCE_RETRY_FOR`] later.
+    first_failed: Instant,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -158,6 +174,7 @@ impl Proxy {
             presence,
             proxies,
             closing: AtomicBool::new(false),
+            unannounced: Arc::default(),
         };
         Ok(Proxy { inner: Arc::new(inner) })
     }
@@ -330,6 +347,7 @@ impl Proxy {
                     next_renewal = Instant::now() + renew_every;
                 }
                 if Instant::now() >= next_sweep {
+                    proxy.retry_announcements();
                     proxy.sweep_lapsed_leases();
                     next_sweep = Instant::now() + sweep_every;
                 }
@@ -380,15 +398,58 @@ impl Proxy {
     }
 
     /// Tells `user`'s friends about a presence change, without waiting; `then` runs when
-    /// the chat service answered or the call failed.
+    /// the chat service answered or the call failed. A failure that may pass is kept for
+    /// [`Proxy::retry_announcements`].
     fn announce_then(&self, user: UserId, online: bool, then: impl FnOnce() + Send + 'static) {
+        self.send_announcement(Unannounced { user, online, first_failed: Instant::now() }, then);
+    }
+
+    fn send_announcement(&self, announcement: Unannounced, then: impl FnOnce() + Send + 'static) {
+        let Unannounced { user, online, .. } = announcement;
         let call = api::AnnouncePresenceCall { user_id: user.0, online };
+        let unannounced = self.inner.unannounced.clone();
         self.inner.chat.announce_presence_with(&call, move |outcome| {
             if let Err(error) = outcome {
-                tracing::debug!(%user, %error, "presence announcement failed");
+                let passing = matches!(
+                    error.code(),
+                    Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted
+                );
+                tracing::debug!(%user, online, %error, retried = passing, "presence announcement failed");
+                if passing {
+                    unannounced.lock().unwrap_or_else(|p| p.into_inner()).push(announcement);
+                }
             }
             then();
         });
+    }
+
+    /// How many presence announcements wait to be sent again.
+    pub fn unannounced(&self) -> usize {
+        self.inner.unannounced.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Sends again the presence announcements that failed for a reason that may pass,
+    /// the newest per user: an "online" only while the user's session is still here,
+    /// an "offline" always (the chat service drops it if the user is online again).
+    /// One that has failed for [`ANNOUNCE_RETRY_FOR`] is given up. Returns how many it
+    /// sent.
+    pub fn retry_announcements(&self) -> usize {
+        let failed = std::mem::take(&mut *self.inner.unannounced.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut newest = std::collections::HashMap::new();
+        for announcement in failed {
+            newest.insert(announcement.user, announcement);
+        }
+        let mut sent = 0;
+        for announcement in newest.into_values() {
+            let Unannounced { user, online, first_failed } = announcement;
+            if first_failed.elapsed() > ANNOUNCE_RETRY_FOR {
+                tracing::warn!(%user, online, "presence announcement given up after {ANNOUNCE_RETRY_FOR:?}");
+            } else if !online || self.inner.sessions.connection_of(user).is_some() {
+                self.send_announcement(announcement, || {});
+                sent += 1;
+            }
+        }
+        sent
     }
 
     /// `users` with their online state.

@@ -1,7 +1,8 @@
 //! End to end with two proxies and two instances of each service in one process (the
 //! in-process registry and presence, one SQLite store): users on different proxies chat
 //! one-to-one and in a group, with one delivery call per proxy, and a login on one proxy
-//! kicks the session the user had on the other.
+//! kicks the session the user had on the other. And a presence change made while no chat
+//! service runs reaches the user's friends once one does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,9 +14,10 @@ use services::api::{self, ChatServiceServer, UserServiceServer};
 use services::chat_service::ChatService;
 use services::proxies::Proxies;
 use services::user_service::UserService;
-use services::{auth, presence, proxy, serve, store, Presence, Served, Store};
+use services::{auth, presence, proxy, serve, store, Presence, Served, Store, UserId};
 
 use crate::chat_standalone::{connect, direct, group, user_at};
+use crate::support::wait_until;
 
 /// The whole cluster, in-process. Fields drop in order: proxies first.
 struct Cluster {
@@ -99,4 +101,51 @@ fn a_login_on_one_proxy_kicks_the_session_on_the_other() {
     let (alice_client, alice) = user_at(cluster.addr(0), "alice");
     alice_client.send(direct(&alice, &bob), "a-1", "where are you?").unwrap();
     assert_eq!(second.wait_messages(1)[0].body, "where are you?");
+}
+
+#[test]
+fn a_presence_change_made_while_no_chat_service_runs_reaches_friends_once_one_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(store::Sqlite::open(dir.path().join("chat.db")).unwrap());
+    let presence: Arc<dyn Presence> = Arc::new(presence::Memory::new());
+    let registry = registry::Memory::new();
+    let cheap = auth::Config { memory_kib: 256, iterations: 1, parallelism: 1 };
+    let users = UserServiceServer(UserService::new(store.clone()).with_hashing(cheap));
+    let _users = serve(users, &registry, loopback(), server::Config::default()).unwrap();
+    let chat_service = || {
+        let chat = ChatService::new(store.clone(), presence.clone(), Proxies::discover(&registry).unwrap());
+        serve(ChatServiceServer(chat), &registry, loopback(), server::Config::default()).unwrap()
+    };
+    let chat = chat_service();
+    let config = proxy::Config {
+        instance_id: "proxy-a".into(),
+        sweep_every: Duration::from_millis(200),
+        ..proxy::Config::default()
+    };
+    let p = proxy::Proxy::new(config, &registry, presence.clone()).unwrap();
+    let running = proxy::serve(p, &registry, loopback(), loopback(), server::Config::default()).unwrap();
+    let (alice_client, _) = user_at(running.client_addr(), "alice");
+    let (bob_client, bob) = user_at(running.client_addr(), "bob");
+    let add = api::AddFriendRequest { friend: Some(api::add_friend_request::Friend::UserId(bob.id)) };
+    alice_client.gateway.add_friend(&add).unwrap();
+
+    // The only chat service stops; bob leaves meanwhile, so nobody can tell alice yet.
+    chat.shutdown();
+    drop(bob_client);
+    let proxy = running.proxy();
+    wait_until(Duration::from_secs(10), "bob's offline announcement failed and waits", || {
+        proxy.sessions().connection_of(UserId(bob.id)).is_none() && proxy.unannounced() == 1
+    });
+    assert!(
+        !alice_client.pushes.lock().unwrap().iter().any(|e| matches!(e, api::push::Event::Presence(_))),
+        "no presence push without a chat service"
+    );
+
+    // A chat service comes back: the proxy sends the announcement again.
+    let _chat = chat_service();
+    alice_client.wait_push(
+        "bob is offline",
+        |e| matches!(e, api::push::Event::Presence(p) if p.user_id == bob.id && !p.online),
+    );
+    wait_until(Duration::from_secs(10), "nothing waits to be announced", || proxy.unannounced() == 0);
 }
