@@ -157,12 +157,12 @@ impl chat_service_rpc::ChatService for ChatService {
         request: api::AnnouncePresenceCall,
     ) -> Result<api::AnnouncePresenceResponse, Status> {
         let user = caller(request.user_id)?;
-        // Every "offline" is announced after its lease is gone (logout, a proxy stopping, a
-        // lapsed lease swept). If the user holds a lease again, a newer login already said
-        // "online", and an "offline" overtaking it would leave friends with the wrong state.
-        if !request.online
-            && self.presence.lookup(&[user]).map_err(presence_status)?.iter().any(Option::is_some)
-        {
+        // Every "online" is announced after the user's lease is claimed (login), every
+        // "offline" after it is gone (logout, a proxy stopping, a lapsed lease swept). One
+        // that disagrees with the table was overtaken by a newer one (a new login, a
+        // logout) and would leave friends with the wrong state: it is dropped.
+        let holds_lease = self.presence.lookup(&[user]).map_err(presence_status)?.iter().any(Option::is_some);
+        if holds_lease != request.online {
             return Ok(api::AnnouncePresenceResponse { notified: 0 });
         }
         let friends: Vec<UserId> =

@@ -27,6 +27,7 @@
 //! friends at once, rather than after the lease), and stops its servers, which tell their
 //! clients to go away and finish the calls in flight.
 
+pub mod announcements;
 pub mod session;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +50,7 @@ use crate::proxies::Proxies;
 use crate::served::Traced;
 use crate::Presence;
 
+use self::announcements::{Announcement, Announcements};
 use self::session::Sessions;
 
 /// The service name of the push frames a proxy sends its clients.
@@ -62,8 +64,6 @@ const REPLACED: &str = "logged in from another connection";
 /// How many lapsed leases one sweep call takes; a sweep calls again while they come
 /// back full.
 const SWEEP_BATCH: usize = 500;
-/// How long a presence announcement the chat service could not take is sent again.
-const ANNOUNCE_RETRY_FOR: Duration = Duration::from_secs(300);
 /// What a call on a proxy that is shutting down is told.
 const SHUTTING_DOWN: &str = "the proxy is shutting down; connect again";
 
@@ -125,18 +125,9 @@ struct Inner {
     /// Set when shutdown starts: every call is refused with Unavailable from then on, so
     /// no session starts while the proxy ends them.
     closing: AtomicBool,
-    /// Announcements that failed for a reason that may pass, to send again. Shared with
-    /// the calls' completion callbacks, which must not hold the proxy itself.
-    unannounced: Arc<Mutex<Vec<Unannounced>>>,
-}
-
-/// A presence announcement that failed for a reason that may pass.
-#[derive(Debug, Clone, Copy)]
-struct Unannounced {
-    user: UserId,
-    online: bool,
-    /// When it first failed; it is given up [`ANNOUNCE_RETRY_FOR`] later.
-    first_failed: Instant,
+    /// Presence announcements the chat service has not taken yet. Shared with the calls'
+    /// completion callbacks, which must not hold the proxy itself.
+    announcements: Announcements,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -174,7 +165,7 @@ impl Proxy {
             presence,
             proxies,
             closing: AtomicBool::new(false),
-            unannounced: Arc::default(),
+            announcements: Announcements::default(),
         };
         Ok(Proxy { inner: Arc::new(inner) })
     }
@@ -241,6 +232,11 @@ impl Proxy {
         }
         if ended > 0 {
             tracing::info!(sessions = ended, announced, "sessions ended");
+        }
+        let failed = inner.announcements.failed();
+        if failed > 0 {
+            // Their friends learn the truth when they next log in.
+            tracing::warn!(failed, "presence announcements the chat service did not take at shutdown");
         }
         ended
     }
@@ -398,56 +394,44 @@ impl Proxy {
     }
 
     /// Tells `user`'s friends about a presence change, without waiting; `then` runs when
-    /// the chat service answered or the call failed. A failure that may pass is kept for
-    /// [`Proxy::retry_announcements`].
+    /// the chat service answered or the call failed. A failure that may pass is sent
+    /// again by [`Proxy::retry_announcements`].
     fn announce_then(&self, user: UserId, online: bool, then: impl FnOnce() + Send + 'static) {
-        self.send_announcement(Unannounced { user, online, first_failed: Instant::now() }, then);
+        let announcement = self.inner.announcements.make(user, online);
+        self.send_announcement(announcement, then);
     }
 
-    fn send_announcement(&self, announcement: Unannounced, then: impl FnOnce() + Send + 'static) {
-        let Unannounced { user, online, .. } = announcement;
+    fn send_announcement(&self, announcement: Announcement, then: impl FnOnce() + Send + 'static) {
+        let Announcement { user, online, .. } = announcement;
         let call = api::AnnouncePresenceCall { user_id: user.0, online };
-        let unannounced = self.inner.unannounced.clone();
+        let announcements = self.inner.announcements.clone();
         self.inner.chat.announce_presence_with(&call, move |outcome| {
-            if let Err(error) = outcome {
+            let retry = outcome.err().is_some_and(|error| {
                 let passing = matches!(
                     error.code(),
                     Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted
                 );
-                tracing::debug!(%user, online, %error, retried = passing, "presence announcement failed");
-                if passing {
-                    unannounced.lock().unwrap_or_else(|p| p.into_inner()).push(announcement);
-                }
-            }
+                tracing::debug!(%user, online, %error, retry = passing, "presence announcement failed");
+                passing
+            });
+            announcements.settle(announcement, retry);
             then();
         });
     }
 
-    /// How many presence announcements wait to be sent again.
+    /// How many presence announcements failed and wait to be sent again.
     pub fn unannounced(&self) -> usize {
-        self.inner.unannounced.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.inner.announcements.failed()
     }
 
-    /// Sends again the presence announcements that failed for a reason that may pass,
-    /// the newest per user: an "online" only while the user's session is still here,
-    /// an "offline" always (the chat service drops it if the user is online again).
-    /// One that has failed for [`ANNOUNCE_RETRY_FOR`] is given up. Returns how many it
-    /// sent.
+    /// Sends again up to 500 presence announcements that failed for a reason that may
+    /// pass, only the newest per user. The chat service drops one that no longer agrees
+    /// with the presence table when it arrives. Returns how many it sent.
     pub fn retry_announcements(&self) -> usize {
-        let failed = std::mem::take(&mut *self.inner.unannounced.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut newest = std::collections::HashMap::new();
-        for announcement in failed {
-            newest.insert(announcement.user, announcement);
-        }
-        let mut sent = 0;
-        for announcement in newest.into_values() {
-            let Unannounced { user, online, first_failed } = announcement;
-            if first_failed.elapsed() > ANNOUNCE_RETRY_FOR {
-                tracing::warn!(%user, online, "presence announcement given up after {ANNOUNCE_RETRY_FOR:?}");
-            } else if !online || self.inner.sessions.connection_of(user).is_some() {
-                self.send_announcement(announcement, || {});
-                sent += 1;
-            }
+        let due = self.inner.announcements.due(SWEEP_BATCH, Instant::now());
+        let sent = due.len();
+        for announcement in due {
+            self.send_announcement(announcement, || {});
         }
         sent
     }

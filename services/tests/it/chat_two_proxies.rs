@@ -1,8 +1,9 @@
 //! End to end with two proxies and two instances of each service in one process (the
 //! in-process registry and presence, one SQLite store): users on different proxies chat
 //! one-to-one and in a group, with one delivery call per proxy, and a login on one proxy
-//! kicks the session the user had on the other. And a presence change made while no chat
-//! service runs reaches the user's friends once one does.
+//! kicks the session the user had on the other. A presence change made while no chat
+//! service runs reaches the user's friends once one does, and the chat service drops an
+//! announcement the presence table contradicts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use rpc_core::registry;
 use rpc_core::server;
-use services::api::{self, ChatServiceServer, UserServiceServer};
+use services::api::{self, chat_service_rpc, ChatServiceClient, ChatServiceServer, UserServiceServer};
 use services::chat_service::ChatService;
 use services::proxies::Proxies;
 use services::user_service::UserService;
@@ -136,9 +137,11 @@ fn a_presence_change_made_while_no_chat_service_runs_reaches_friends_once_one_do
     wait_until(Duration::from_secs(10), "bob's offline announcement failed and waits", || {
         proxy.sessions().connection_of(UserId(bob.id)).is_none() && proxy.unannounced() == 1
     });
+    // (Bob's "online" from his login may reach alice: she befriends him right after it.)
+    let offline = |e: &api::push::Event| matches!(e, api::push::Event::Presence(p) if !p.online);
     assert!(
-        !alice_client.pushes.lock().unwrap().iter().any(|e| matches!(e, api::push::Event::Presence(_))),
-        "no presence push without a chat service"
+        !alice_client.pushes.lock().unwrap().iter().any(offline),
+        "no offline push without a chat service"
     );
 
     // A chat service comes back: the proxy sends the announcement again.
@@ -148,4 +151,45 @@ fn a_presence_change_made_while_no_chat_service_runs_reaches_friends_once_one_do
         |e| matches!(e, api::push::Event::Presence(p) if p.user_id == bob.id && !p.online),
     );
     wait_until(Duration::from_secs(10), "nothing waits to be announced", || proxy.unannounced() == 0);
+}
+
+#[test]
+fn the_chat_service_drops_a_presence_announcement_the_presence_table_contradicts() {
+    let cluster = start();
+    let chat = rpc_core::balance::Balanced::discover(
+        &cluster._registry,
+        chat_service_rpc::SERVICE_NAME,
+        rpc_core::balance::Config::default(),
+    )
+    .map(ChatServiceClient::new)
+    .unwrap();
+    let (alice_client, _) = user_at(cluster.addr(0), "alice");
+    let (_bob_client, bob) = user_at(cluster.addr(1), "bob");
+    let carol = connect(cluster.addr(1)).register("carol");
+    for friend in [bob.id, carol.id] {
+        let add = api::AddFriendRequest { friend: Some(api::add_friend_request::Friend::UserId(friend)) };
+        alice_client.gateway.add_friend(&add).unwrap();
+    }
+    let announce = |user: &api::User, online| {
+        let call = api::AnnouncePresenceCall { user_id: user.id, online };
+        chat.announce_presence(&call).unwrap().notified
+    };
+
+    // Bob holds a lease: an "offline" for him is stale (overtaken by his login).
+    assert_eq!(announce(&bob, false), 0);
+    // Carol holds none: an "online" for her is stale (overtaken by a logout).
+    assert_eq!(announce(&carol, true), 0);
+    // Announcements that agree with the table reach alice, the friend online.
+    assert_eq!(announce(&bob, true), 1);
+    assert_eq!(announce(&carol, false), 1);
+    alice_client.wait_push(
+        "carol's offline",
+        |e| matches!(e, api::push::Event::Presence(p) if p.user_id == carol.id && !p.online),
+    );
+    let pushes = alice_client.pushes.lock().unwrap();
+    let stale = |e: &&api::push::Event| {
+        matches!(e, api::push::Event::Presence(p)
+            if (p.user_id == bob.id && !p.online) || (p.user_id == carol.id && p.online))
+    };
+    assert_eq!(pushes.iter().filter(stale).count(), 0, "no stale presence reached alice: {pushes:?}");
 }
