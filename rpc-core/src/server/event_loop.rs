@@ -321,13 +321,11 @@ impl EventLoop {
         if conn.paused || conn.closing {
             return;
         }
-        let mut eof = None;
-        // The peer shut down its sending side, as opposed to resetting the connection.
-        let mut half_closed = false;
+        // The peer shut down its sending side (it may still read), or reset the connection.
+        let (mut half_closed, mut reset) = (false, false);
         loop {
             match conn.stream.read(&mut self.scratch) {
                 Ok(0) => {
-                    eof = Some("closed by peer");
                     half_closed = true;
                     break;
                 }
@@ -356,25 +354,22 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
-                    eof = Some("connection reset");
+                    reset = true;
                     break;
                 }
             }
         }
-        // A peer that shut down only its sending side may still read: its calls in flight
-        // are answered, and the connection closes after the last answer is written.
-        let await_answers = half_closed && conn.in_flight > 0;
-        if await_answers {
+        if half_closed {
+            // The peer shut down only its sending side and may still read: its calls in
+            // flight are answered, and the connection closes once the last answer is
+            // written (in `flush`, or by the idle sweep if the peer stops reading).
             conn.closing = true;
         }
-        let has_output = !conn.out.is_empty() || conn.closing;
-        if has_output {
+        if !conn.out.is_empty() || conn.closing {
             self.mark_dirty(token);
         }
-        if let Some(reason) = eof.filter(|_| !await_answers) {
-            // Write what can still be written (answers already computed), then close.
-            self.flush(token);
-            self.close(token, reason);
+        if reset {
+            self.close(token, "connection reset");
         }
     }
 
