@@ -149,6 +149,9 @@ struct Endpoint {
     channel: Mutex<Channel>,
     /// Calls from this balancer running on it.
     in_flight: AtomicUsize,
+    /// Gone from the instance set: no call starts on it any more, and its channel is
+    /// closed once `in_flight` is 0.
+    retired: AtomicBool,
     /// Out of rotation since a connection failure.
     down: AtomicBool,
     /// When to probe it next, and how many probes failed.
@@ -316,6 +319,7 @@ impl Endpoint {
             instance,
             channel: Mutex::new(channel),
             in_flight: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
             down: AtomicBool::new(false),
             health: Mutex::new(Health::default()),
         }
@@ -329,10 +333,37 @@ impl Endpoint {
         lock(&self.channel).clone()
     }
 
-    /// Counts a call as running until the guard drops.
-    fn start(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self)
+    /// Counts a call as running; false (counting nothing) if the endpoint was retired.
+    /// With [`Endpoint::retire`] this is a handshake in sequentially consistent order:
+    /// either the call sees the endpoint retired and goes elsewhere, or the retirer sees
+    /// the call and leaves the channel open until it ends.
+    fn enter(&self) -> bool {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.retired.load(Ordering::SeqCst) {
+            self.leave();
+            return false;
+        }
+        true
+    }
+
+    fn leave(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Counts a call as running until the guard drops; `None` if the endpoint was retired.
+    fn start(&self) -> Option<InFlight<'_>> {
+        self.enter().then_some(InFlight(self))
+    }
+
+    /// Takes the endpoint out of use; returns whether no call runs on it, so that its
+    /// channel may be closed now.
+    fn retire(&self) -> bool {
+        self.retired.store(true, Ordering::SeqCst);
+        self.is_idle()
+    }
+
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) == 0
     }
 
     /// A call got through: back in rotation if it was out.
@@ -349,7 +380,7 @@ struct InFlight<'a>(&'a Endpoint);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.leave();
     }
 }
 
@@ -394,7 +425,12 @@ impl Shared {
         let endpoints: Vec<Arc<Endpoint>> = set
             .iter()
             .map(|instance| match old.remove(&instance.addr) {
-                Some(e) if e.instance == *instance => e,
+                Some(e) if e.instance == *instance => {
+                    // Back in the set before its retirement completed (its channel is
+                    // closed only under the `retired` lock, held here).
+                    e.retired.store(false, Ordering::SeqCst);
+                    e
+                }
                 Some(e) => Arc::new(Endpoint::new(instance.clone(), e.channel())),
                 None => Arc::new(Endpoint::new(
                     instance.clone(),
@@ -404,7 +440,7 @@ impl Shared {
             .collect();
         let mut to_close = Vec::new();
         for (_, endpoint) in old {
-            if endpoint.in_flight.load(Ordering::Acquire) == 0 {
+            if endpoint.retire() {
                 to_close.push(endpoint.channel());
             } else {
                 retired.push(endpoint);
@@ -462,7 +498,7 @@ impl Shared {
         timeout: Option<Duration>,
         mut attempt: impl FnMut(&Channel, Option<Duration>) -> Result<Bytes, Error>,
     ) -> Result<Bytes, Error> {
-        let table = self.table();
+        let mut table = self.table();
         let deadline = timeout.or(self.config.channel.default_timeout).map(|t| Instant::now() + t);
         let mut tried = Vec::new();
         let mut last_error = None;
@@ -472,12 +508,16 @@ impl Shared {
                 Some(d) => Some(d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))),
                 None => None,
             };
-            tried.push(i);
-            let endpoint = &table.endpoints[i];
-            let result = {
-                let _running = endpoint.start();
-                attempt(&endpoint.channel(), left)
+            let endpoint = table.endpoints[i].clone();
+            let Some(running) = endpoint.start() else {
+                // The instance set changed since `table` was read: pick from the new one.
+                table = self.table();
+                tried.clear();
+                continue;
             };
+            tried.push(i);
+            let result = attempt(&endpoint.channel(), left);
+            drop(running);
             match result {
                 Ok(reply) => {
                     endpoint.succeeded();
@@ -485,7 +525,7 @@ impl Shared {
                 }
                 Err(e) => {
                     if unreachable(&e) {
-                        self.leave_rotation(endpoint, &e);
+                        self.leave_rotation(&endpoint, &e);
                     }
                     if !e.is_retryable_elsewhere() {
                         return Err(e);
@@ -543,7 +583,7 @@ impl Shared {
         {
             let mut retired = lock(&self.retired);
             retired.retain(|e| {
-                let busy = e.in_flight.load(Ordering::Acquire) > 0;
+                let busy = !e.is_idle();
                 if !busy {
                     e.channel().close();
                 }
@@ -681,9 +721,14 @@ impl AsyncCall {
             Some(d) => Some(d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))),
             None => None,
         };
-        self.tried.push(i);
         let endpoint = self.table.endpoints[i].clone();
-        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        if !endpoint.enter() {
+            // The instance set changed since `table` was read: pick from the new one.
+            self.table = self.shared.table();
+            self.tried.clear();
+            return self.next();
+        }
+        self.tried.push(i);
         let channel = endpoint.channel();
         let (service, method, body) = (self.service.clone(), self.method.clone(), self.body.clone());
         channel.call_raw_with(
@@ -692,7 +737,7 @@ impl AsyncCall {
             &body,
             left,
             Box::new(move |result| {
-                endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+                endpoint.leave();
                 match result {
                     Ok(reply) => {
                         endpoint.succeeded();

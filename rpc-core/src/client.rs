@@ -36,7 +36,7 @@ use crate::Error;
 
 mod connection;
 
-use connection::{CallName, Conn, Pending, Waiter};
+use connection::{lock, CallName, Conn, Pending, Waiter};
 
 /// Runs when a push frame arrives: `(service, method, body)`. Called on the
 /// connection's reader thread, so it should hand work off rather than block.
@@ -401,6 +401,9 @@ impl Channel {
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<Bytes, Error> {
         self.check(service, method, body_len)?;
+        if Conn::on_reader_thread() {
+            return Err(Error::BlockingOnReader);
+        }
         let start = Instant::now();
         let deadline = self.deadline(start, timeout);
         let conn = self.pick(deadline)?;
@@ -469,11 +472,19 @@ impl Channel {
                     encode(&mut body);
                     let this = self.clone();
                     let (service, method) = (service.to_owned(), method.to_owned());
+                    // Kept here too, so that it is still called if the thread cannot start.
+                    let callback = Arc::new(Mutex::new(Some(callback)));
+                    let in_thread = callback.clone();
                     let spawned = std::thread::Builder::new().name("rpc-call".to_owned()).spawn(move || {
-                        this.call_raw_with(&service, &method, &body, timeout, callback);
+                        if let Some(callback) = lock(&in_thread).take() {
+                            this.call_raw_with(&service, &method, &body, timeout, callback);
+                        }
                     });
                     if let Err(e) = spawned {
                         tracing::error!(error = %e, "cannot start a thread for a call");
+                        if let Some(callback) = lock(&callback).take() {
+                            callback(Err(Error::Io(e)));
+                        }
                     }
                     return;
                 }

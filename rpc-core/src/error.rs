@@ -90,6 +90,10 @@ pub enum Error {
     /// Binding or configuring a socket failed.
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
+    /// A blocking call made from a callback or push handler, which run on a
+    /// connection's reader thread: it would wait for that thread, so it fails at once.
+    #[error("a blocking call from a callback or push handler would wait on itself; use the callback form")]
+    BlockingOnReader,
 }
 
 impl Error {
@@ -106,6 +110,7 @@ impl Error {
             | Error::Registry(_) => Code::Unavailable,
             Error::FrameTooLarge { .. } | Error::Backpressure(_) => Code::ResourceExhausted,
             Error::InvalidName { .. } => Code::InvalidArgument,
+            Error::BlockingOnReader => Code::FailedPrecondition,
             Error::Protocol(_) | Error::Decode(_) | Error::Io(_) => Code::Internal,
         }
     }

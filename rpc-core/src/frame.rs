@@ -30,8 +30,11 @@ pub const LENGTH_LEN: usize = 4;
 pub const HEADER_LEN: usize = 18;
 /// Default largest frame accepted, counted after the length prefix.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
-/// The go-away reason of a graceful shutdown that answered every call it read.
+/// The go-away reason that starts a graceful shutdown: send no new calls here.
 pub const SHUTDOWN_REASON: &str = "server is shutting down";
+/// The go-away reason that ends a graceful shutdown, the last frame before the close:
+/// every call the server read was answered, so a call still unanswered never ran.
+pub const DRAINED_REASON: &str = "server stopped after answering every call it read";
 /// Longest service or method name (it is sent with a one-byte length).
 pub const MAX_NAME: usize = 255;
 

@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::{Callback, Config};
 use crate::fast_hash::FastMap;
-use crate::frame::{self, FrameError, Kind, SHUTDOWN_REASON};
+use crate::frame::{self, FrameError, Kind, DRAINED_REASON};
 use crate::Error;
 
 const OPEN: u8 = 0;
@@ -94,7 +94,7 @@ impl Pending {
     fn complete(self, result: Result<Bytes, Error>) {
         match self {
             Pending::Waiter(w) => w.complete(result),
-            Pending::Callback { callback, .. } => callback(result),
+            Pending::Callback { callback, .. } => guarded("a call's callback", || callback(result)),
         }
     }
 }
@@ -129,8 +129,17 @@ pub(crate) struct Conn {
     reason: Mutex<Option<String>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs the application's code (a call's callback, the push or disconnect handler) on
+/// the reader thread: a panic in it is logged, and the connection and its other calls
+/// carry on.
+fn guarded(what: &str, code: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(code)).is_err() {
+        tracing::error!("{what} panicked; the connection carries on");
+    }
 }
 
 impl Conn {
@@ -365,12 +374,14 @@ impl Conn {
         }
     }
 
-    /// The error for calls still pending when the connection ended. After a
-    /// graceful shutdown the server had answered everything it read, so those
-    /// calls never ran and may be sent elsewhere: they fail as `NotRun`.
+    /// The error for calls still pending when the connection ended. When the
+    /// server's last word was that it answered every call it read, those calls
+    /// never ran and may be sent elsewhere: they fail as `NotRun`. Any other end
+    /// (a server killed while draining, a keepalive expiry, a local close) leaves
+    /// it unknown, and they fail as `ConnectionLost`.
     fn pending_error(&self) -> Error {
         let reason = lock(&self.reason).clone();
-        if reason.as_deref() == Some(SHUTDOWN_REASON) {
+        if reason.as_deref() == Some(DRAINED_REASON) {
             Error::NotRun { addr: self.addr, reason: "it shut down before reading the call".to_owned() }
         } else {
             self.lost()
@@ -405,7 +416,7 @@ impl Conn {
             p.complete(Err(self.pending_error()));
         }
         if let Some(hook) = &config.on_disconnect {
-            hook(&error);
+            guarded("the disconnect handler", || hook(&error));
         }
     }
 
@@ -528,7 +539,7 @@ impl Conn {
                 }
                 Kind::Push => {
                     if let Some(handler) = &config.on_push {
-                        handler(f.service(), f.method(), f.body.clone());
+                        guarded("the push handler", || handler(f.service(), f.method(), f.body.clone()));
                     }
                 }
                 Kind::Ping => {
@@ -571,12 +582,13 @@ impl Conn {
             ids.into_iter().filter_map(|id| pending.remove(&id)).collect()
         };
         for p in expired {
-            if let Pending::Callback { callback, started, name, .. } = p {
-                callback(Err(Error::Timeout {
+            if let Pending::Callback { started, name, .. } = &p {
+                let timeout = Error::Timeout {
                     service: name.service.to_string(),
                     method: name.method.to_string(),
                     elapsed_ms: started.elapsed().as_millis() as u64,
-                }));
+                };
+                p.complete(Err(timeout));
             }
         }
     }

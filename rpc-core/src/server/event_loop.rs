@@ -242,10 +242,14 @@ impl EventLoop {
         for token in tokens {
             if let Some(conn) = self.conns.get_mut(&token) {
                 if conn.in_flight > 0 {
-                    // Distinct from the shutdown notice: these calls may have run.
+                    // These calls may have run: the peer must not send them elsewhere.
                     frame::put_goaway(&mut conn.out, "server stopped with calls still running");
-                    self.flush(token);
+                } else if self.draining_until.is_some() {
+                    // Only this last word lets the peer send unanswered calls elsewhere; a
+                    // server killed while draining closes without it.
+                    frame::put_goaway(&mut conn.out, frame::DRAINED_REASON);
                 }
+                self.flush(token);
             }
             self.close(token, "server stopped");
         }

@@ -3,6 +3,7 @@
 //! (default 127.0.0.1:2181) and private ones started by `scripts/services.sh`.
 
 mod balance;
+mod client_faults;
 mod registry;
 mod server_limits;
 mod support;
