@@ -41,9 +41,26 @@ pub enum Error {
     /// SQLite failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    /// MySQL or MariaDB failed.
+    /// MySQL or MariaDB failed. (A lost or refused connection is [`Error::Unavailable`].)
     #[error("mysql: {0}")]
-    MySql(#[from] mysql::Error),
+    MySql(mysql::Error),
+}
+
+impl From<mysql::Error> for Error {
+    /// A connection that cannot be made, or breaks during a query or transaction (the
+    /// server restarting), is `Unavailable`, which a caller may retry; anything else
+    /// is the database failing.
+    fn from(e: mysql::Error) -> Self {
+        match e {
+            mysql::Error::IoError(_)
+            | mysql::Error::DriverError(
+                mysql::DriverError::ConnectTimeout
+                | mysql::DriverError::CouldNotConnect(_)
+                | mysql::DriverError::Timeout,
+            ) => Error::Unavailable(e.to_string()),
+            other => Error::MySql(other),
+        }
+    }
 }
 
 impl From<crate::limits::Error> for Error {

@@ -171,7 +171,7 @@ impl MySql {
             .pool_opts(pool_opts);
 
         create_database_if_missing(builder.clone(), &database)?;
-        let pool = Pool::new(builder).map_err(classify)?;
+        let pool = Pool::new(builder).map_err(Error::from)?;
         let mut store = MySql {
             pool,
             database,
@@ -191,7 +191,7 @@ impl MySql {
     }
 
     fn conn(&self) -> Result<PooledConn, Error> {
-        self.pool.try_get_conn(self.checkout_timeout).map_err(classify)
+        self.pool.try_get_conn(self.checkout_timeout).map_err(Error::from)
     }
 
     fn migrate(&self) -> Result<(), Error> {
@@ -370,9 +370,9 @@ fn create_database_if_missing(builder: OptsBuilder, database: &str) -> Result<()
     match mysql::Conn::new(builder.clone()) {
         Ok(_) => return Ok(()),
         Err(mysql::Error::MySqlError(e)) if e.code == ER_BAD_DB_ERROR => {}
-        Err(e) => return Err(classify(e)),
+        Err(e) => return Err(e.into()),
     }
-    let mut conn = mysql::Conn::new(builder.db_name(None::<String>)).map_err(classify)?;
+    let mut conn = mysql::Conn::new(builder.db_name(None::<String>)).map_err(Error::from)?;
     // Identifiers cannot be bound; the name was checked to be [A-Za-z0-9_]+ above.
     conn.query_drop(format!(
         "CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
@@ -401,18 +401,6 @@ fn migrate_locked(conn: &mut PooledConn) -> Result<(), Error> {
 }
 
 /// Sorts connection failures into [`Error::Unavailable`].
-fn classify(e: mysql::Error) -> Error {
-    match e {
-        mysql::Error::IoError(_)
-        | mysql::Error::DriverError(
-            mysql::DriverError::ConnectTimeout
-            | mysql::DriverError::CouldNotConnect(_)
-            | mysql::DriverError::Timeout,
-        ) => Error::Unavailable(e.to_string()),
-        other => Error::MySql(other),
-    }
-}
-
 fn server_code(e: &mysql::Error) -> Option<u16> {
     match e {
         mysql::Error::MySqlError(e) => Some(e.code),
@@ -465,6 +453,11 @@ impl Store for MySql {
     }
 
     fn credentials(&self, name: &str) -> Result<Credentials, Error> {
+        if crate::limits::check_name(name).is_err() {
+            // No such name was ever registered, and `name_key` is ASCII: MariaDB would
+            // refuse to compare it with another character set.
+            return Err(Error::NotFound(format!("no user named {name:?}")));
+        }
         let row: Option<(u64, String, i64, String)> = self.conn()?.exec_first(
             format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE name_key = ?"),
             (name_key(name),),

@@ -17,6 +17,9 @@
 //!   answered by [`MySql::send_one`], the one-message path, on its caller's thread, so a
 //!   failure is reported only to the send that caused it.
 //!
+//! With no committer running (none could start, or the last one died) sends are not
+//! queued: each goes alone, and sends already queued are handed back.
+//!
 //! A send that the batch cannot decide cheaply (its conversation row id is not known
 //! yet, the sender is not a member of the group, or the same client message id appears
 //! twice in one batch) is also handed back to its caller's thread for `send_one`.
@@ -63,10 +66,40 @@ enum Verdict {
 /// The queue between callers and committers.
 #[derive(Default)]
 struct Queue {
-    /// Sends not yet taken, and whether the store is gone.
-    state: Mutex<(VecDeque<Pending>, bool)>,
+    state: Mutex<State>,
     /// Signalled when a send arrives or the store is dropped.
     ready: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// Sends not yet taken.
+    waiting: VecDeque<Pending>,
+    /// The store is gone: the committers finish what is queued and exit.
+    closed: bool,
+    /// Committer threads running. With none (none could start, or the last one died)
+    /// nothing would take a queued send, so sends go alone.
+    committers: usize,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Counts a committer out when its thread ends, however it ends.
+struct Running<'a>(&'a Queue);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.committers -= 1;
+        if state.committers == 0 {
+            // Dropping their reply senders sends the callers alone.
+            state.waiting.clear();
+        }
+    }
 }
 
 /// The callers' end of the queue, shared by the clones of one [`MySql`]; when the last
@@ -84,7 +117,7 @@ impl std::fmt::Debug for Commits {
 
 impl Drop for Commits {
     fn drop(&mut self) {
-        self.queue.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.queue.lock().closed = true;
         self.queue.ready.notify_all();
     }
 }
@@ -94,13 +127,16 @@ impl Drop for Commits {
 pub(super) fn start(store: &MySql, committers: usize, max_batch: usize) -> Commits {
     let queue = Arc::new(Queue::default());
     for n in 0..committers.max(1) {
-        let queue = Arc::clone(&queue);
+        queue.lock().committers += 1;
+        let running = Arc::clone(&queue);
         let store = store.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("mysql-commit-{n}"))
-            .spawn(move || commit_loop(&store, &queue, max_batch.max(1)));
+        let spawned = std::thread::Builder::new().name(format!("mysql-commit-{n}")).spawn(move || {
+            let _running = Running(&running);
+            commit_loop(&store, &running, max_batch.max(1));
+        });
         if let Err(error) = spawned {
-            tracing::warn!(%error, "cannot start a mysql committer thread");
+            queue.lock().committers -= 1;
+            tracing::warn!(%error, "cannot start a mysql committer thread; sends go alone without one");
         }
     }
     Commits { queue }
@@ -124,7 +160,13 @@ impl Commits {
             body: message.body.to_owned(),
             reply,
         };
-        self.queue.state.lock().unwrap_or_else(|p| p.into_inner()).0.push_back(pending);
+        {
+            let mut state = self.queue.lock();
+            if state.committers == 0 {
+                return None;
+            }
+            state.waiting.push_back(pending);
+        }
         self.queue.ready.notify_one();
         match answer.recv() {
             Ok(Verdict::Done(result)) => Some(result),
@@ -138,15 +180,15 @@ impl Commits {
 fn commit_loop(store: &MySql, queue: &Queue, max_batch: usize) {
     loop {
         let batch: Vec<Pending> = {
-            let mut state = queue.state.lock().unwrap_or_else(|p| p.into_inner());
-            while state.0.is_empty() && !state.1 {
+            let mut state = queue.lock();
+            while state.waiting.is_empty() && !state.closed {
                 state = queue.ready.wait(state).unwrap_or_else(|p| p.into_inner());
             }
-            if state.0.is_empty() {
+            if state.waiting.is_empty() {
                 return;
             }
-            let n = state.0.len().min(max_batch);
-            state.0.drain(..n).collect()
+            let n = state.waiting.len().min(max_batch);
+            state.waiting.drain(..n).collect()
         };
         if batch.len() == 1 {
             // Nothing to merge: the caller's own path costs the same and keeps this

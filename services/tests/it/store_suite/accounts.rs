@@ -21,6 +21,11 @@ pub fn users_are_registered_and_found(f: &dyn Fixture) {
     assert_not_found(store.user_by_name("carol"));
     assert_not_found(store.credentials("carol"));
     assert_not_found(store.user(UserId(999_999)));
+    // Names no one could have registered are simply not found, whatever their characters.
+    for impossible in ["bób", "x😀", "ALİCE", "al ice", "", &"a".repeat(300)] {
+        assert_not_found(store.user_by_name(impossible));
+        assert_not_found(store.credentials(impossible));
+    }
 }
 
 pub fn names_are_unique_ignoring_case(f: &dyn Fixture) {
