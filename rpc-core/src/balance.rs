@@ -426,8 +426,8 @@ impl Shared {
             .iter()
             .map(|instance| match old.remove(&instance.addr) {
                 Some(e) if e.instance == *instance => {
-                    // Back in the set before its retirement completed (its channel is
-                    // closed only under the `retired` lock, held here).
+                    // Back in the set before its retirement completed: still open, since
+                    // a channel is closed only after leaving `retired` (locked here).
                     e.retired.store(false, Ordering::SeqCst);
                     e
                 }
@@ -580,18 +580,24 @@ impl Shared {
     fn probe_due(self: &Arc<Shared>) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut soonest = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        let mut idle = Vec::new();
         {
             let mut retired = lock(&self.retired);
             retired.retain(|e| {
                 let busy = !e.is_idle();
                 if !busy {
-                    e.channel().close();
+                    idle.push(e.channel());
                 }
                 busy
             });
             if !retired.is_empty() {
                 soonest(Instant::now() + Duration::from_millis(100));
             }
+        }
+        // Closing waits for a connect in progress: never while `retired` is locked, which
+        // a refresh takes with the table locked.
+        for channel in idle {
+            channel.close();
         }
         let table = self.table();
         for endpoint in table.endpoints.iter().filter(|e| e.is_down()) {
