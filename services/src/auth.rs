@@ -14,7 +14,7 @@
 //! assert!(!auth::verify_password("wrong horse", &stored).unwrap());
 //! ```
 
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -95,16 +95,28 @@ pub fn verify_password(password: &str, stored: &str) -> Result<bool, Error> {
     }
 }
 
-/// Spends as long as verifying a password against a real hash, and returns nothing.
+/// Spends as long as verifying a password against a real hash made at cost `config`
+/// (the cost new passwords are hashed at), and returns nothing.
 ///
 /// A login for an unknown name calls this, so that it takes as long as a login with a
 /// wrong password and the response time does not reveal which names exist.
-pub fn verify_against_dummy(password: &str) {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    let dummy = DUMMY
-        .get_or_init(|| hash_password("not a real password").expect("default argon2 parameters are valid"));
+pub fn verify_against_dummy(password: &str, config: &Config) {
     // The outcome is meaningless by construction; only the time spent matters.
-    let _ = verify_password(password, dummy);
+    if let Some(dummy) = dummy_hash(config) {
+        let _ = verify_password(password, &dummy);
+    }
+}
+
+/// A hash of a password no one has, at cost `config`, made once per cost.
+fn dummy_hash(config: &Config) -> Option<String> {
+    static DUMMIES: Mutex<Vec<(Config, String)>> = Mutex::new(Vec::new());
+    let mut dummies = DUMMIES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, hash)) = dummies.iter().find(|(c, _)| c == config) {
+        return Some(hash.clone());
+    }
+    let hash = hash_password_with("not a real password", config).ok()?;
+    dummies.push((config.clone(), hash.clone()));
+    Some(hash)
 }
 
 #[cfg(test)]
@@ -115,6 +127,15 @@ mod tests {
     /// depend on the cost.
     fn cheap() -> Config {
         Config { memory_kib: 256, iterations: 1, parallelism: 1 }
+    }
+
+    #[test]
+    fn the_dummy_hash_has_the_cost_of_real_ones() {
+        let dummy = dummy_hash(&cheap()).unwrap();
+        assert!(dummy.starts_with("$argon2id$v=19$m=256,t=1,p=1$"), "{dummy}");
+        assert_eq!(dummy_hash(&cheap()).unwrap(), dummy, "made once per cost");
+        let other = Config { memory_kib: 512, ..cheap() };
+        assert!(dummy_hash(&other).unwrap().starts_with("$argon2id$v=19$m=512,t=1,p=1$"));
     }
 
     #[test]

@@ -376,8 +376,13 @@ impl Proxy {
     /// Logs out whoever is logged in on `connection`: releases the lease and tells their
     /// friends.
     fn end_session(&self, connection: ConnectionId) {
-        let inner = &self.inner;
         let _leases = self.lease_lock();
+        self.end_session_locked(connection);
+    }
+
+    /// [`Proxy::end_session`], with the lease lock already held.
+    fn end_session_locked(&self, connection: ConnectionId) {
+        let inner = &self.inner;
         let Some(user) = inner.sessions.unbind_connection(connection) else { return };
         match inner.presence.release(user, &inner.config.instance_id) {
             Ok(true) => self.announce(user, false),
@@ -544,6 +549,9 @@ impl gateway_rpc::Gateway for Proxy {
             user.ok_or_else(|| Status::internal("the user service answered a login without a user"))?;
         let id = UserId(user.id);
         let leases = self.lease_lock();
+        // Another login on this connection may have finished meanwhile: end its session
+        // properly (lease, friends) rather than let `bind` drop it.
+        self.end_session_locked(connection.id());
         let previous = inner
             .presence
             .claim(id, &inner.config.instance_id, inner.config.lease_ttl)
@@ -552,6 +560,19 @@ impl gateway_rpc::Gateway for Proxy {
         if let Some(old) = inner.sessions.bind(id, connection.clone()) {
             kick(&old, REPLACED);
             replaced = true;
+        }
+        if !connection.is_open() {
+            // The connection broke (a reset) while the password was checked: its
+            // disconnect found no session to end, and no other will come. End this one
+            // here, under the lock `end_session` takes, so one of the two always does.
+            inner.sessions.unbind_connection(connection.id());
+            let released = inner.presence.release(id, &inner.config.instance_id);
+            drop(leases);
+            let was_online = replaced || previous.is_some_and(|p| p != inner.config.instance_id);
+            if was_online && matches!(released, Ok(true)) {
+                self.announce(id, false);
+            }
+            return Err(Status::unavailable("the connection closed during the login"));
         }
         drop(leases);
         if let Some(other) = previous.filter(|p| *p != inner.config.instance_id) {
@@ -743,8 +764,19 @@ impl delivery_rpc::Delivery for Proxy {
         if request.new_proxy_id == self.inner.config.instance_id {
             return Ok(api::KickResponse { kicked: false });
         }
-        // The lease is the new proxy's now: end the session without releasing it.
-        let Some(connection) = self.inner.sessions.unbind_user(UserId(request.user_id)) else {
+        let user = UserId(request.user_id);
+        let connection = {
+            let _leases = self.lease_lock();
+            // A kick that arrives after the user logged in here again (and this proxy
+            // took the lease back) is about an older session: the newest one stays.
+            let holder = self.inner.presence.lookup(&[user]).map_err(presence_status)?.pop().flatten();
+            if holder.as_deref() == Some(self.inner.config.instance_id.as_str()) {
+                return Ok(api::KickResponse { kicked: false });
+            }
+            // The lease is the new proxy's now: end the session without releasing it.
+            self.inner.sessions.unbind_user(user)
+        };
+        let Some(connection) = connection else {
             return Ok(api::KickResponse { kicked: false });
         };
         tracing::info!(user = request.user_id, by = %request.new_proxy_id, "session replaced elsewhere");

@@ -78,7 +78,7 @@ impl user_service_rpc::UserService for UserService {
         let credentials = match self.store.credentials(&request.name) {
             Ok(credentials) => credentials,
             Err(crate::store::Error::NotFound(_)) => {
-                auth::verify_against_dummy(&request.password);
+                auth::verify_against_dummy(&request.password, &self.hashing);
                 return Err(wrong_credentials());
             }
             Err(e) => return Err(store_status(e)),

@@ -3,21 +3,29 @@
 //! one-to-one and in a group, with one delivery call per proxy, and a login on one proxy
 //! kicks the session the user had on the other. A presence change made while no chat
 //! service runs reaches the user's friends once one does, and the chat service drops an
-//! announcement the presence table contradicts.
+//! announcement the presence table contradicts. A connection reset while its login runs
+//! leaves no session and no lease behind.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use prost::Message;
+use rpc_core::server::Service;
 
 use rpc_core::registry;
 use rpc_core::server;
-use services::api::{self, chat_service_rpc, ChatServiceClient, ChatServiceServer, UserServiceServer};
+use services::api::{
+    self, chat_service_rpc, gateway_rpc, ChatServiceClient, ChatServiceServer, UserServiceServer,
+};
 use services::chat_service::ChatService;
 use services::proxies::Proxies;
 use services::user_service::UserService;
 use services::{auth, presence, proxy, serve, store, Presence, Served, Store, UserId};
 
-use crate::chat_standalone::{connect, direct, group, user_at};
+use crate::chat_standalone::{connect, direct, group, user_at, PASSWORD};
 use crate::support::wait_until;
 
 /// The whole cluster, in-process. Fields drop in order: proxies first.
@@ -192,4 +200,106 @@ fn the_chat_service_drops_a_presence_announcement_the_presence_table_contradicts
             if (p.user_id == bob.id && !p.online) || (p.user_id == carol.id && p.online))
     };
     assert_eq!(pushes.iter().filter(stale).count(), 0, "no stale presence reached alice: {pushes:?}");
+}
+
+/// (open, calls that reached it, calls that ended) and its signal.
+type Gate = Arc<(Mutex<(bool, usize, usize)>, Condvar)>;
+
+/// A service whose calls of one method wait at a gate until the test opens it, and are
+/// counted when they end.
+struct Held<S> {
+    inner: S,
+    method: &'static str,
+    gate: Gate,
+}
+
+impl<S: Service> Held<S> {
+    fn new(inner: S, method: &'static str) -> (Self, Gate) {
+        let gate = Arc::new((Mutex::new((false, 0, 0)), Condvar::new()));
+        (Held { inner, method, gate: gate.clone() }, gate)
+    }
+}
+
+impl<S: Service> Service for Held<S> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn call(&self, ctx: &server::Context, method: &str, body: Bytes) -> Result<Bytes, rpc_core::Status> {
+        if method != self.method {
+            return self.inner.call(ctx, method, body);
+        }
+        let (state, changed) = &*self.gate;
+        {
+            let mut st = state.lock().unwrap();
+            st.1 += 1;
+            while !st.0 {
+                st = changed.wait(st).unwrap();
+            }
+        }
+        let result = self.inner.call(ctx, method, body);
+        state.lock().unwrap().2 += 1;
+        result
+    }
+}
+
+#[test]
+fn a_connection_reset_while_its_login_runs_leaves_nobody_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(store::Sqlite::open(dir.path().join("chat.db")).unwrap());
+    let presence: Arc<dyn Presence> = Arc::new(presence::Memory::new());
+    let registry = registry::Memory::new();
+    let cheap = auth::Config { memory_kib: 256, iterations: 1, parallelism: 1 };
+    let users = UserServiceServer(UserService::new(store.clone()).with_hashing(cheap));
+    let (users, checking) = Held::new(users, "VerifyLogin");
+    let _users = serve(users, &registry, loopback(), server::Config::default()).unwrap();
+    let chat = ChatService::new(store.clone(), presence.clone(), Proxies::discover(&registry).unwrap());
+    let _chat = serve(ChatServiceServer(chat), &registry, loopback(), server::Config::default()).unwrap();
+    // The proxy's client listener as `proxy::serve` builds it, with its disconnects
+    // reported and its logins counted when they end.
+    let config = proxy::Config { instance_id: "proxy-a".into(), ..proxy::Config::default() };
+    let proxy = proxy::Proxy::new(config, &registry, presence.clone()).unwrap();
+    let (gateway, logins) = Held::new(api::GatewayServer(proxy.clone()), "Login");
+    logins.0.lock().unwrap().0 = true;
+    let (disconnected, disconnects) = std::sync::mpsc::channel();
+    let hook = proxy.clone();
+    let client = server::Builder::new(server::Config::default())
+        .service(gateway)
+        .on_disconnect(move |connection| {
+            hook.disconnected(connection);
+            let _ = disconnected.send(connection);
+        })
+        .bind(loopback())
+        .unwrap();
+    let alice = connect(client.local_addr()).register("alice");
+
+    // A raw client asks to log in and, while the password is checked, resets the
+    // connection (SO_LINGER 0). The proxy ends the connection at once (a reset, unlike a
+    // half-close, does not wait for its calls), before the login has bound a session.
+    let mut raw = TcpStream::connect(client.local_addr()).unwrap();
+    let login = api::LoginRequest { name: "alice".into(), password: PASSWORD.into() };
+    let mut frame = BytesMut::new();
+    rpc_core::frame::put_request(
+        &mut frame,
+        1,
+        0,
+        gateway_rpc::SERVICE_NAME,
+        "Login",
+        &login.encode_to_vec(),
+    );
+    raw.write_all(&frame).unwrap();
+    wait_until(Duration::from_secs(10), "the password is being checked", || {
+        checking.0.lock().unwrap().1 == 1
+    });
+    socket2::SockRef::from(&raw).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(raw);
+    disconnects.recv_timeout(Duration::from_secs(10)).expect("the proxy sees the reset");
+    assert!(proxy.sessions().is_empty());
+
+    // Now the login goes on, on a connection that is gone.
+    checking.0.lock().unwrap().0 = true;
+    checking.1.notify_all();
+    wait_until(Duration::from_secs(10), "the login ended", || logins.0.lock().unwrap().2 == 1);
+    assert!(proxy.sessions().is_empty(), "no session on a closed connection");
+    assert_eq!(presence.lookup(&[UserId(alice.id)]).unwrap(), [None], "no lease for alice");
 }
