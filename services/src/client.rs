@@ -2,13 +2,15 @@
 //!
 //! Commands are read one per line (see [`HELP`]). Replies, incoming messages, presence
 //! changes and kicks are printed one event per line, as text or (with `json`) as JSON
-//! lines. The client keeps the last sequence seen per conversation: at login it Syncs
-//! what it missed, when a pushed message's sequence jumps past last + 1 it Syncs the gap,
-//! and when the connection is lost it logs in again and Syncs. A send carries a client
-//! message id (a per-process random prefix and a counter), reused when the send is
-//! retried, so a retry is never stored twice.
+//! lines. The client keeps, per conversation, the sequence up to which it has seen
+//! everything, and the sequences above it seen already (its own sends, pushes that
+//! overtook an earlier message): every message is printed once, and nothing is skipped.
+//! At login it Syncs what it missed; when a pushed message leaves a gap no earlier push
+//! or send explains, it Syncs the gap; when the connection is lost it logs in again and
+//! Syncs. A send carries a client message id (a per-process random prefix and a
+//! counter), reused when the send is retried, so a retry is never stored twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +52,9 @@ commands:
   wait N [TIMEOUT_MS]           wait for N incoming messages (default 10000 ms)
   help                          this text
   quit                          leave";
+
+/// How long a send that could not get through is retried (with the same client message id).
+const SEND_RETRY_FOR: Duration = Duration::from_secs(20);
 
 /// How the client prints and behaves.
 #[derive(Debug, Clone)]
@@ -94,12 +99,58 @@ struct State {
     /// Name and password of the current session, to log in again after a reconnect.
     credentials: Option<(String, String)>,
     me: Option<api::User>,
-    /// The last sequence seen per conversation.
-    last_seq: BTreeMap<ConversationId, u64>,
+    /// What has been seen of each conversation, by the user `seen_by`.
+    seen: BTreeMap<ConversationId, Seen>,
+    /// Whose conversations `seen` holds (the name in lower case, as names are unique
+    /// ignoring case): kept across a logout, dropped when a login as someone else starts
+    /// (not when it is answered: pushes for the new session may already be shown).
+    seen_by: Option<String>,
     /// Names of users seen so far, for printing.
     names: HashMap<u64, String>,
     /// Incoming messages printed so far (for `wait`).
     received: u64,
+}
+
+/// What the client has seen of one conversation.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Seen {
+    /// Every sequence up to this one has been seen (printed, or sent by this client).
+    upto: u64,
+    /// Sequences above `upto` seen already: this client's sends, and pushes that
+    /// overtook an earlier message.
+    above: BTreeSet<u64>,
+}
+
+impl Seen {
+    /// Starts after `upto`.
+    fn after(upto: u64) -> Seen {
+        Seen { upto, above: BTreeSet::new() }
+    }
+
+    /// Records `seq` as seen; false if it was already.
+    fn see(&mut self, seq: u64) -> bool {
+        if seq <= self.upto || !self.above.insert(seq) {
+            return false;
+        }
+        while self.above.remove(&(self.upto + 1)) {
+            self.upto += 1;
+        }
+        true
+    }
+
+    /// Whether `seq` was seen.
+    fn has(&self, seq: u64) -> bool {
+        seq <= self.upto || self.above.contains(&seq)
+    }
+
+    /// Whether some sequence before `seq` has not been seen.
+    fn gap_before(&self, seq: u64) -> bool {
+        if seq <= self.upto + 1 {
+            return false;
+        }
+        let seen_between = self.above.range(self.upto + 1..seq).count() as u64;
+        seq > self.upto + 1 + seen_between
+    }
 }
 
 /// The client: a connection, its state and its printer.
@@ -209,33 +260,45 @@ impl Client {
         }
     }
 
-    /// A pushed message: printed if new, after Syncing any gap before it.
+    /// A pushed message: printed if new, after Syncing any gap before it. A gap that the
+    /// Sync could not fill (it failed) stays open: the next Sync fetches it.
     fn incoming_message(&self, message: api::Message) {
         let Ok(id) = convert::conversation_id(message.conversation) else { return };
-        let last = self.state().last_seq.get(&id).copied().unwrap_or(0);
-        if message.seq <= last {
-            return;
-        }
-        if message.seq > last + 1 {
-            if let Err((c, code, m)) = self.sync() {
-                self.out.error(&c, &code, &m);
+        let tracked =
+            self.state().seen.get(&id).map(|seen| seen.has(message.seq) || !seen.gap_before(message.seq));
+        match tracked {
+            // Seen already (`show` drops it), or the next one.
+            Some(true) => {}
+            Some(false) => {
+                if let Err((c, code, m)) = self.sync() {
+                    self.out.error(&c, &code, &m);
+                }
+            }
+            None => {
+                // A conversation new since login (a first message, a group joined): the
+                // server knows where its unread part starts.
+                if let Err((c, code, m)) = self.sync() {
+                    self.out.error(&c, &code, &m);
+                }
+                self.state().seen.entry(id).or_insert_with(|| Seen::after(message.seq.saturating_sub(1)));
             }
         }
         self.show(message);
     }
 
-    /// Prints a message unless already seen, and moves the conversation's last sequence.
+    /// Prints a message unless already seen, and records it as seen. A message this
+    /// process sent (a Sync may return it before its send is answered) is not printed:
+    /// its `sent` line says it.
     fn show(&self, message: api::Message) {
         let Ok(id) = convert::conversation_id(message.conversation) else { return };
         {
             let mut state = self.state();
-            let last = state.last_seq.entry(id).or_insert(0);
-            if message.seq <= *last {
+            let mine = state.me.as_ref().map(|u| u.id) == Some(message.sender_id);
+            if !state.seen.entry(id).or_default().see(message.seq) || (mine && self.sent_here(&message)) {
                 return;
             }
-            *last = message.seq;
             // Only messages from others count as incoming (a Sync may return our own).
-            if state.me.as_ref().map(|u| u.id) != Some(message.sender_id) {
+            if !mine {
                 state.received += 1;
             }
         }
@@ -309,6 +372,14 @@ impl Client {
     }
 
     fn login(&self, name: &str, password: &str, again: bool) -> Result<(), Failed> {
+        {
+            let mut state = self.state();
+            let whose = name.to_ascii_lowercase();
+            if state.seen_by.as_ref() != Some(&whose) {
+                state.seen.clear();
+                state.seen_by = Some(whose);
+            }
+        }
         let request = api::LoginRequest { name: name.into(), password: password.into() };
         let response = self.gateway.login(&request).map_err(|e| failure("login", &e))?;
         let user = response.user.clone().unwrap_or_default();
@@ -316,6 +387,12 @@ impl Client {
             let mut state = self.state();
             state.credentials = Some((name.to_owned(), password.to_owned()));
             state.me = Some(user.clone());
+            // A conversation not followed yet starts after what the user acknowledged.
+            for conversation in &response.conversations {
+                if let Ok(id) = convert::conversation_id(conversation.conversation) {
+                    state.seen.entry(id).or_insert_with(|| Seen::after(conversation.read_seq));
+                }
+            }
             state.names.insert(user.id, user.name.clone());
             for friend in response.friends.iter().filter_map(|c| c.user.as_ref()) {
                 state.names.insert(friend.id, friend.name.clone());
@@ -352,21 +429,33 @@ impl Client {
         self.sync()
     }
 
-    /// Fetches every missed message, page by page, and prints them.
+    /// Fetches every missed message, page by page, and prints them. For a conversation
+    /// it does not follow yet, the server starts after the user's acknowledged sequence,
+    /// which becomes where the client starts.
     fn sync(&self) -> Result<(), Failed> {
         loop {
-            let cursors = self
+            let (cursors, followed): (Vec<api::Cursor>, HashSet<ConversationId>) = self
                 .state()
-                .last_seq
+                .seen
                 .iter()
-                .map(|(id, seq)| api::Cursor { conversation: Some(convert::conversation(*id)), seq: *seq })
-                .collect();
+                .map(|(id, seen)| {
+                    (api::Cursor { conversation: Some(convert::conversation(*id)), seq: seen.upto }, *id)
+                })
+                .unzip();
             let response = self
                 .gateway
                 .sync(&api::SyncRequest { cursors, limit: 0 })
                 .map_err(|e| failure("sync", &e))?;
             let fetched = response.messages.len();
             for message in response.messages {
+                if let Ok(id) = convert::conversation_id(message.conversation) {
+                    if !followed.contains(&id) {
+                        self.state()
+                            .seen
+                            .entry(id)
+                            .or_insert_with(|| Seen::after(message.seq.saturating_sub(1)));
+                    }
+                }
                 self.show(message);
             }
             if !response.has_more || fetched == 0 {
@@ -406,6 +495,11 @@ impl Client {
         }
     }
 
+    /// Whether this process sent `message` (its client message id has our prefix).
+    fn sent_here(&self, message: &api::Message) -> bool {
+        message.client_msg_id.strip_prefix(self.msg_prefix.as_str()).is_some_and(|rest| rest.starts_with('-'))
+    }
+
     fn next_msg_id(&self) -> String {
         let n = self.msg_counter.fetch_add(1, Ordering::Relaxed) + 1;
         format!("{}-{n}", self.msg_prefix)
@@ -417,14 +511,23 @@ impl Client {
             client_msg_id: self.next_msg_id(),
             body: body.into(),
         };
-        let mut attempts = 0;
+        // Lost on the way, or the system is restarting: the same client message id makes
+        // a retry safe, so keep trying for a while rather than fail a message the user
+        // would type again under a new id.
+        let give_up = Instant::now() + SEND_RETRY_FOR;
+        let mut pause = Duration::from_millis(200);
         let response = loop {
             match self.gateway.send_message(&request) {
                 Ok(response) => break response,
-                // Lost on the way: the same client message id makes the retry safe.
-                Err(e) if attempts < 3 && e.code() == rpc_core::Code::Unavailable => {
-                    attempts += 1;
-                    std::thread::sleep(Duration::from_millis(200 * attempts));
+                Err(e)
+                    if Instant::now() < give_up
+                        && matches!(
+                            e.code(),
+                            rpc_core::Code::Unavailable | rpc_core::Code::DeadlineExceeded
+                        ) =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(2));
                     let credentials = self.state().credentials.clone();
                     if let Some((name, password)) = credentials {
                         let _ = self.login(&name, &password, true);
@@ -435,11 +538,13 @@ impl Client {
         };
         let message = response.message.unwrap_or_default();
         let (conv_json, conv_text) = self.describe(id);
-        {
-            let mut state = self.state();
-            let last = state.last_seq.entry(id).or_insert(0);
-            *last = (*last).max(message.seq);
-        }
+        // Seen, not printed as a message: its `sent` line says it. In a conversation not
+        // followed yet (a group just joined), the server moved the read cursor to it.
+        self.state()
+            .seen
+            .entry(id)
+            .or_insert_with(|| Seen::after(message.seq.saturating_sub(1)))
+            .see(message.seq);
         self.out.emit(
             json!({"event": "sent", "conversation": conv_json, "seq": message.seq,
                    "client_msg_id": message.client_msg_id, "duplicate": response.duplicate}),
@@ -517,7 +622,6 @@ impl Client {
                 let mut state = self.state();
                 state.credentials = None;
                 state.me = None;
-                state.last_seq.clear();
                 drop(state);
                 ok(json!({"event": "logged_out"}), "logged out".to_owned());
             }
@@ -756,16 +860,43 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         println!("connected to {}; type help for the commands", options.server);
     }
     let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
+    let mut lines = stdin.lock().split(b'\n');
     loop {
         if options.interactive {
             print!("> ");
             let _ = std::io::stdout().flush();
         }
         let Some(Ok(line)) = lines.next() else { break };
-        if !client.run_line(&line) {
-            break;
+        match String::from_utf8(line) {
+            Ok(line) => {
+                if !client.run_line(line.trim_end_matches('\r')) {
+                    break;
+                }
+            }
+            Err(_) => client.out.error("input", "InvalidArgument", "the line is not UTF-8; it was skipped"),
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Seen;
+
+    #[test]
+    fn seen_sequences_absorb_into_the_contiguous_prefix() {
+        let mut seen = Seen::after(3);
+        assert!(!seen.see(2) && !seen.see(3), "at or below the start");
+        assert!(!seen.gap_before(4));
+        // Our own send (6) overtakes the pushes of 4 and 5.
+        assert!(seen.see(6));
+        assert!(seen.gap_before(7), "4 and 5 are missing");
+        assert!(seen.see(5));
+        assert!(seen.gap_before(7), "4 is still missing");
+        assert!(seen.see(4));
+        assert_eq!(seen, Seen::after(6), "4, 5 and 6 absorbed");
+        assert!(!seen.gap_before(7));
+        assert!(!seen.see(5) && !seen.see(6), "each once");
+        assert!(seen.has(6) && !seen.has(7));
+    }
 }

@@ -88,23 +88,30 @@ fn finish(mut client: Killed, rx: mpsc::Receiver<String>, mut seen: Vec<String>)
     events(&seen)
 }
 
-#[test]
-fn two_json_clients_chat_and_get_clear_errors() {
-    let dir = tempfile::tempdir().unwrap();
+/// `chatroom standalone` on a free port with its data in `dir`; returns it and the
+/// address clients connect to.
+fn standalone(dir: &std::path::Path) -> (Killed, String) {
     let mut server = Command::new(BIN)
         .args(["standalone", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
+        .arg(dir.join("data"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
         .expect("standalone starts");
     let server_lines = lines(server.stdout.take().unwrap());
-    let _server = Killed(server);
+    let server = Killed(server);
     let mut seen = Vec::new();
     read_until(&server_lines, &mut seen, "standalone says where clients connect", |l| {
         l.contains("connect to ")
     });
     let addr = seen.last().unwrap().rsplit(' ').next().unwrap().trim().to_owned();
+    (server, addr)
+}
+
+#[test]
+fn two_json_clients_chat_and_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = standalone(dir.path());
 
     let (bob, bob_rx) = client(
         &addr,
@@ -150,4 +157,80 @@ fn the_demo_runs_its_script_on_a_system_of_its_own() {
     assert!(output.status.success(), "the demo succeeds: {text}");
     assert!(text.contains("(missed) #1"), "the offline bot catches up: {text}");
     assert!(text.contains("done: one-to-one, group and offline delivery all worked"), "{text}");
+}
+
+#[test]
+fn clients_sending_to_one_group_at_once_see_every_message_once_and_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = standalone(dir.path());
+    let setup = "register alice correct-horse-battery\nregister bob correct-horse-battery\n\
+                 login alice correct-horse-battery\ngroup create room\n";
+    let (setup, setup_rx) = client(&addr, setup);
+    let created = finish(setup, setup_rx, Vec::new());
+    let group =
+        created.iter().find(|e| e["event"] == "group_created").unwrap_or_else(|| panic!("{created:#?}"));
+    let group = group["group"]["id"].as_u64().unwrap();
+    let (join, join_rx) = client(&addr, &format!("login bob correct-horse-battery\ngroup join {group}\n"));
+    finish(join, join_rx, Vec::new());
+
+    // Both send at once, so each one's acknowledgements overtake pushes of the other's
+    // messages; then each syncs once more and leaves.
+    const EACH: usize = 150;
+    let script = |who: &str| {
+        let mut script = format!("login {who} correct-horse-battery\n");
+        for n in 0..EACH {
+            script.push_str(&format!("send group {group} {who}-{n}\n"));
+        }
+        script.push_str("sync\n");
+        script
+    };
+    let (alice, alice_rx) = client(&addr, &script("alice"));
+    let (bob, bob_rx) = client(&addr, &script("bob"));
+    for (who, events) in
+        [("alice", finish(alice, alice_rx, Vec::new())), ("bob", finish(bob, bob_rx, Vec::new()))]
+    {
+        let mut seqs: Vec<u64> = Vec::new();
+        for e in &events {
+            match e["event"].as_str() {
+                Some("sent") => seqs.push(e["seq"].as_u64().unwrap()),
+                Some("message") => {
+                    assert_ne!(e["sender"], who, "{who}'s own message printed as incoming: {e}");
+                    seqs.push(e["seq"].as_u64().unwrap());
+                }
+                Some("error") => panic!("{who}: {e}"),
+                _ => {}
+            }
+        }
+        seqs.sort_unstable();
+        if let Some(twice) = seqs.windows(2).find(|w| w[0] == w[1]) {
+            let lines: Vec<&Value> = events.iter().filter(|e| e["seq"] == twice[0]).collect();
+            panic!("{who} saw #{} twice: {lines:#?}", twice[0]);
+        }
+        // Everything up to the last sequence it saw, with no hole: a skipped message
+        // would be one.
+        let last = *seqs.last().unwrap();
+        assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "{who} missed messages");
+        assert!(last as usize >= EACH, "{who} saw at least its own sends");
+    }
+}
+
+#[test]
+fn a_client_logging_in_as_someone_else_shows_that_users_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = standalone(dir.path());
+    let script = "register alice correct-horse-battery\nregister bob correct-horse-battery\n\
+                  login alice correct-horse-battery\nsend user bob for bob\n\
+                  logout\nlogin alice correct-horse-battery\nlogin bob correct-horse-battery\n";
+    let (c, rx) = client(&addr, script);
+    let events = finish(c, rx, Vec::new());
+    let messages: Vec<&Value> = events.iter().filter(|e| e["event"] == "message").collect();
+    // Alice's own send is not shown again when she logs back in; bob gets it.
+    assert_eq!(messages.len(), 1, "{events:#?}");
+    assert_eq!(
+        (&messages[0]["sender"], &messages[0]["body"]),
+        (&Value::from("alice"), &Value::from("for bob"))
+    );
+    let bob_login = events.iter().rposition(|e| e["event"] == "logged_in").unwrap();
+    let shown = events.iter().position(|e| e["event"] == "message").unwrap();
+    assert!(shown > bob_login, "shown after bob logged in: {events:#?}");
 }
