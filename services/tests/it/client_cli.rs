@@ -53,7 +53,7 @@ fn read_until(rx: &mpsc::Receiver<String>, seen: &mut Vec<String>, what: &str, d
     }
 }
 
-fn client(addr: &str, script: &str) -> (Killed, mpsc::Receiver<String>) {
+fn client(addr: &str, script: impl AsRef<[u8]>) -> (Killed, mpsc::Receiver<String>) {
     let mut child = Command::new(BIN)
         .args(["client", "--json", "--server", addr])
         .env("RUST_LOG", "warn")
@@ -61,7 +61,7 @@ fn client(addr: &str, script: &str) -> (Killed, mpsc::Receiver<String>) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("the client starts");
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    child.stdin.take().unwrap().write_all(script.as_ref()).unwrap();
     let rx = lines(child.stdout.take().unwrap());
     (Killed(child), rx)
 }
@@ -233,4 +233,15 @@ fn a_client_logging_in_as_someone_else_shows_that_users_messages() {
     let bob_login = events.iter().rposition(|e| e["event"] == "logged_in").unwrap();
     let shown = events.iter().position(|e| e["event"] == "message").unwrap();
     assert!(shown > bob_login, "shown after bob logged in: {events:#?}");
+}
+
+#[test]
+fn a_line_that_is_not_utf8_is_answered_and_the_script_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = standalone(dir.path());
+    let (c, rx) = client(&addr, b"find \xff\xfe\nregister carol correct-horse-battery\n".as_slice());
+    let events = finish(c, rx, Vec::new());
+    assert_eq!(events[0]["event"], "error", "{events:#?}");
+    assert_eq!(events[0]["code"], "InvalidArgument");
+    assert_eq!(events[1]["event"], "registered", "the next line still runs: {events:#?}");
 }
