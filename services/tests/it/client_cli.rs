@@ -170,7 +170,7 @@ fn clients_sending_to_one_group_at_once_see_every_message_once_and_in_full() {
     let group =
         created.iter().find(|e| e["event"] == "group_created").unwrap_or_else(|| panic!("{created:#?}"));
     let group = group["group"]["id"].as_u64().unwrap();
-    let (join, join_rx) = client(&addr, &format!("login bob correct-horse-battery\ngroup join {group}\n"));
+    let (join, join_rx) = client(&addr, format!("login bob correct-horse-battery\ngroup join {group}\n"));
     finish(join, join_rx, Vec::new());
 
     // Both send at once, so each one's acknowledgements overtake pushes of the other's
@@ -184,8 +184,8 @@ fn clients_sending_to_one_group_at_once_see_every_message_once_and_in_full() {
         script.push_str("sync\n");
         script
     };
-    let (alice, alice_rx) = client(&addr, &script("alice"));
-    let (bob, bob_rx) = client(&addr, &script("bob"));
+    let (alice, alice_rx) = client(&addr, script("alice"));
+    let (bob, bob_rx) = client(&addr, script("bob"));
     for (who, events) in
         [("alice", finish(alice, alice_rx, Vec::new())), ("bob", finish(bob, bob_rx, Vec::new()))]
     {
