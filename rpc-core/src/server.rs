@@ -28,6 +28,10 @@ mod pool;
 
 use event_loop::{Command, LoopShared};
 
+/// After the loops stop, how long shutdown waits for the workers to finish the jobs left
+/// (disconnect hooks; handlers that outran the grace) before leaving them to it.
+const WORKER_EXIT_WAIT: Duration = Duration::from_secs(2);
+
 /// Settings of a server. Start from `Config::default()` and change what you need.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -209,12 +213,15 @@ impl Connection {
         if !self.is_open() {
             return Err(Error::Closed(format!("{} ({}) is closed", inner.id, inner.peer)));
         }
-        let queued = inner.unwritten.load(Ordering::Relaxed);
-        if queued > inner.owner.max_pending_write_bytes {
-            return Err(Error::Backpressure(format!("{} has {queued} bytes unread by the client", inner.id)));
-        }
         let mut buf = BytesMut::new();
         frame::put_push(&mut buf, service, method, body);
+        // Counted now, not when the loop writes it: pushes queued faster than the loop
+        // drains them are refused too. The loop stores the true figure after each write.
+        let queued = inner.unwritten.fetch_add(buf.len(), Ordering::Relaxed);
+        if queued > inner.owner.max_pending_write_bytes {
+            inner.unwritten.fetch_sub(buf.len(), Ordering::Relaxed);
+            return Err(Error::Backpressure(format!("{} has {queued} bytes unread by the client", inner.id)));
+        }
         inner.owner.send(Command::Push { id: inner.id, frame: buf.freeze() });
         Ok(())
     }
@@ -263,7 +270,11 @@ impl Builder {
         self
     }
 
-    /// Runs `hook` (on a worker thread) with the id of every connection that closes.
+    /// Runs `hook` (on a worker thread) once with the id of every connection that closes.
+    ///
+    /// A connection that was reset closes at once, so the hook may run while calls from
+    /// that connection are still running: a handler that records something against its
+    /// connection should check [`Connection::is_open`] after recording it.
     pub fn on_disconnect(mut self, hook: impl Fn(ConnectionId) + Send + Sync + 'static) -> Builder {
         self.on_disconnect = Some(Arc::new(hook));
         self
@@ -362,9 +373,19 @@ impl Handle {
         for t in self.loop_threads.drain(..) {
             let _ = t.join();
         }
-        // The loops held the last job senders; workers drain and exit.
+        // The loops held the last job senders; workers finish their calls and exit. A
+        // handler still running after the loops gave up on it is not waited for: its
+        // thread is left to end by itself.
+        let deadline = Instant::now() + WORKER_EXIT_WAIT;
         for t in self.workers.drain(..) {
-            let _ = t.join();
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::warn!(thread = ?t.thread().name(), "a handler is still running; not waiting for it");
+            }
         }
         tracing::info!(local_addr = %self.local_addr, "rpc server stopped");
     }

@@ -229,6 +229,9 @@ impl EventLoop {
             let now = self.now;
             if now >= next_tick {
                 self.close_idle(now);
+                // An accept that failed (out of file descriptors) left connections in
+                // the backlog that raise no new event: try again once a second.
+                self.accept();
                 next_tick = now + Duration::from_secs(1);
             }
             if let Some(until) = self.draining_until {
@@ -382,7 +385,11 @@ impl EventLoop {
         // Pairs with the fence in `LoopShared::send`: either this drain sees the
         // command, or the sender sees `woken` false and wakes the poll.
         std::sync::atomic::fence(Ordering::SeqCst);
-        while let Ok(cmd) = self.rx.try_recv() {
+        // Only what is queued now: a thread pushing without pause must not keep the loop
+        // from writing (and so from refusing its pushes) or from serving the others. What
+        // arrives meanwhile has woken the poll again.
+        for _ in 0..self.rx.len() {
+            let Ok(cmd) = self.rx.try_recv() else { break };
             match cmd {
                 Command::Reply { id, call_id, result } => {
                     let token = Token(id.0 as usize);
@@ -545,6 +552,21 @@ impl EventLoop {
     }
 }
 
+/// `service.runs_inline(method)`, with a panic in it (application code) taken as "no":
+/// the call goes to a worker, which answers a panicking handler with Internal.
+fn runs_inline(service: &dyn Service, method: &str) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| service.runs_inline(method))).unwrap_or_else(
+        |_| {
+            tracing::error!(
+                service = service.name(),
+                method,
+                "runs_inline panicked; the call goes to a worker"
+            );
+            false
+        },
+    )
+}
+
 /// What frame handling needs from the loop, borrowed apart from the connection map.
 struct Dispatch<'a> {
     services: &'a Services,
@@ -635,7 +657,7 @@ impl Dispatch<'_> {
         }
         let deadline = (f.timeout_ms > 0).then(|| self.now + Duration::from_millis(f.timeout_ms.into()));
         let ctx = Context { connection: conn.handle.clone(), call_id: f.call_id, deadline };
-        if service.runs_inline(f.method()) {
+        if runs_inline(service.as_ref(), f.method()) {
             let result = pool::run(service.as_ref(), &ctx, &f);
             if reply {
                 frame::put_response(&mut conn.out, f.call_id, &result);

@@ -45,7 +45,7 @@ impl Gate {
 }
 
 /// `Block` waits at the gate; `Grab` hands out the caller's connection; anything else
-/// echoes, `Inline` on the event loop.
+/// echoes, `Inline` on the event loop (and `InlinePanics` panics in `runs_inline`).
 struct Gated {
     gate: Arc<Gate>,
     conns: crossbeam_channel::Sender<Connection>,
@@ -57,6 +57,7 @@ impl Service for Gated {
     }
 
     fn runs_inline(&self, method: &str) -> bool {
+        assert_ne!(method, "InlinePanics", "a broken runs_inline");
         method == "Inline"
     }
 
@@ -256,4 +257,50 @@ fn a_peer_that_shuts_down_its_sending_side_still_gets_every_answer() {
     let expected: Vec<(u64, Bytes)> = (1..=20).map(|id| (id, body.clone())).collect();
     assert!(answers == expected, "{} of 20 answers", answers.len());
     assert_eq!(partial, 0, "a partial frame before the close");
+}
+
+#[test]
+fn pushes_faster_than_the_loop_writes_are_refused_and_others_are_still_served() {
+    let (server, _, conns) = serve(Config { max_pending_write_bytes: 1024 * 1024, ..Config::default() });
+    let mut silent = TcpStream::connect(server.local_addr()).unwrap();
+    let mut buf = BytesMut::new();
+    frame::put_request(&mut buf, 1, 0, "test.Gated", "Grab", b"");
+    silent.write_all(&buf).unwrap();
+    let handle = conns.recv_timeout(PATIENCE).unwrap();
+
+    // Pushing without pause to a client that reads nothing: the socket buffers fill, then
+    // the cap is reached and pushes are refused, long before 2,000 of 64 KiB (128 MiB).
+    let body = vec![3u8; 64 * 1024];
+    let refused =
+        (0..2000).position(|_| matches!(handle.push("test.Note", "Big", &body), Err(Error::Backpressure(_))));
+    assert!(refused.is_some(), "2,000 pushes of 64 KiB accepted for a client that reads nothing");
+    let ch = Channel::connect(server.local_addr(), ClientConfig::default()).unwrap();
+    assert_eq!(&ch.call_raw("test.Gated", "Echo", b"still served", None).unwrap()[..], b"still served");
+}
+
+#[test]
+fn a_panicking_runs_inline_sends_the_call_to_a_worker_and_the_loop_lives_on() {
+    let (server, _, _) = serve(Config::default());
+    let ch = Channel::connect(server.local_addr(), ClientConfig::default()).unwrap();
+    assert_eq!(&ch.call_raw("test.Gated", "InlinePanics", b"x", None).unwrap()[..], b"x");
+    let again = Channel::connect(server.local_addr(), ClientConfig::default()).unwrap();
+    assert_eq!(&again.call_raw("test.Gated", "Echo", b"y", None).unwrap()[..], b"y");
+}
+
+#[test]
+fn shutdown_does_not_wait_for_a_handler_that_outlives_the_grace() {
+    let (server, gate, _) = serve(Config { shutdown_grace: Duration::from_millis(100), ..Config::default() });
+    let ch = Channel::connect(server.local_addr(), ClientConfig::default()).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    ch.call_raw_with("test.Gated", "Block", b"b", None, Box::new(move |r| tx.send(r).unwrap()));
+    wait_until(PATIENCE, "the call running", || gate.waiting() == 1);
+    let (done, stopped) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        server.shutdown();
+        done.send(()).unwrap();
+    });
+    stopped.recv_timeout(PATIENCE).expect("shutdown returns while the handler still runs");
+    let err = rx.recv_timeout(PATIENCE).unwrap().unwrap_err();
+    assert!(!err.is_retryable_elsewhere(), "the call may have run: {err}");
+    gate.open();
 }
