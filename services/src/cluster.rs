@@ -23,11 +23,14 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 use rpc_core::registry::{self, Registry as _, ZooKeeper};
+use rustix::process::{Pid, Signal};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{chat_service_rpc, delivery_rpc, user_service_rpc};
@@ -193,14 +196,47 @@ fn answers(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
 }
 
-fn signal(process: &Process, sig: &str) {
-    if alive(process) {
-        let _ = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(process.pid.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+/// Sends `sig` to `process` if it is still the process `up` started. SIGKILL goes to its
+/// whole process group (each child leads its own), so nginx's workers go with their master.
+fn signal(process: &Process, sig: Signal) {
+    if !alive(process) {
+        return;
+    }
+    let Some(pid) = i32::try_from(process.pid).ok().and_then(Pid::from_raw) else { return };
+    let sent = if sig == Signal::KILL {
+        rustix::process::kill_process_group(pid, sig)
+    } else {
+        rustix::process::kill_process(pid, sig)
+    };
+    if let Err(e) = sent {
+        eprintln!("cannot signal {} (pid {}): {e}", process.name, process.pid);
+    }
+}
+
+/// Set when `up` is asked to stop (SIGINT, SIGTERM) while it starts the cluster: it then
+/// stops what it started instead of leaving it running.
+static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+fn interrupted() -> anyhow::Result<()> {
+    if INTERRUPTED.get().is_some_and(|flag| flag.load(Ordering::SeqCst)) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Holds the state directory's lock file, so that two `up` or `down` never run on one
+/// directory at once; released when dropped.
+fn lock_state_dir(dir: &Path) -> anyhow::Result<fs::File> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("lock");
+    let file = fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => bail!(
+            "another `chatroom cluster` command is working on {}; try again when it is done",
+            dir.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
     }
 }
 
@@ -302,6 +338,7 @@ fn spawn(command: &mut Command, role: &str, name: &str, logs: &Path) -> anyhow::
 fn wait_addr(starting: &mut Starting) -> anyhow::Result<SocketAddr> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
+        interrupted()?;
         let text = fs::read_to_string(&starting.out).unwrap_or_default();
         if let Some(line) = text.lines().next().filter(|_| text.contains('\n')) {
             let word = line.split_whitespace().last().unwrap_or_default();
@@ -334,6 +371,12 @@ fn tail(path: &Path) -> String {
 
 fn up(args: &UpArgs) -> anyhow::Result<()> {
     let dir = &args.state.state_dir;
+    let _lock = lock_state_dir(dir)?;
+    let flag = INTERRUPTED.get_or_init(Arc::default);
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // The handler only sets the flag, which the waits below check.
+        signal_hook::flag::register(sig, flag.clone()).context("cannot handle SIGINT and SIGTERM")?;
+    }
     if let Ok(state) = read_state(dir) {
         if state.processes.iter().any(alive) {
             bail!("a cluster is already running from {}; `chatroom cluster down` stops it", dir.display());
@@ -349,6 +392,7 @@ fn up(args: &UpArgs) -> anyhow::Result<()> {
     let id = format!("{:08x}", rand::random::<u32>());
     let zk_root = format!("/chatroom-cluster-{id}");
     check_backends(args, &zk_root)?;
+    interrupted()?;
 
     fs::create_dir_all(dir.join("logs")).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = fs::canonicalize(dir)?;
@@ -440,6 +484,7 @@ fn start_all(args: &UpArgs, dir: &Path, logs: &Path, state: &mut State) -> anyho
     write_state(dir, state)?;
     let deadline = Instant::now() + START_TIMEOUT;
     while !answers(state.client_addr) {
+        interrupted()?;
         if let Some(status) = s.child.try_wait()? {
             bail!("nginx exited during startup ({status}):\n{}", tail(&dir.join("nginx-error.log")));
         }
@@ -469,7 +514,7 @@ fn stop(dir: &Path, state: &State) -> anyhow::Result<()> {
     for stage in 0..=2 {
         let group: Vec<&Process> = order.iter().copied().filter(|p| stop_stage(&p.role) == stage).collect();
         for p in &group {
-            signal(p, "TERM");
+            signal(p, Signal::TERM);
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
         while group.iter().any(|p| alive(p)) && Instant::now() < deadline {
@@ -477,7 +522,7 @@ fn stop(dir: &Path, state: &State) -> anyhow::Result<()> {
         }
         for p in group.iter().filter(|p| alive(p)) {
             eprintln!("{} (pid {}) did not exit after SIGTERM; sending SIGKILL", p.name, p.pid);
-            signal(p, "KILL");
+            signal(p, Signal::KILL);
         }
     }
     let deadline = Instant::now() + STOP_TIMEOUT;
@@ -500,6 +545,7 @@ fn stop(dir: &Path, state: &State) -> anyhow::Result<()> {
 }
 
 fn down(dir: &Path) -> anyhow::Result<()> {
+    let _lock = lock_state_dir(dir)?;
     let state = read_state(dir)?;
     stop(dir, &state)?;
     println!("ChatRoom cluster in {} is down ({} processes stopped)", dir.display(), state.processes.len());

@@ -153,3 +153,57 @@ fn cluster_up_without_a_backend_names_the_setup_script_and_starts_nothing() {
     assert!(stderr.contains("Redis") && stderr.contains("bash scripts/services.sh up"), "{stderr}");
     assert!(cluster::read_state(dir.path()).is_err(), "no state is written");
 }
+
+#[test]
+fn an_interrupted_up_stops_what_it_started_and_holds_the_state_dir_meanwhile() {
+    let guard = Guard { dir: tempfile::tempdir().unwrap(), database: unique_name("chatroom_test") };
+    let dir = guard.dir.path();
+    let port = free_port().to_string();
+    let mysql = with_database(&mysql_url(), &guard.database);
+    let (zk, redis) = (zk(), redis_url());
+    let mut up = Command::new(env!("CARGO_BIN_EXE_chatroom"))
+        .args(["cluster", "up", "--proxies", "2", "--user-services", "2", "--chat-services", "2"])
+        .args(["--port", &port, "--zk", &zk, "--mysql", &mysql, "--redis", &redis, "--state-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the chatroom binary runs");
+    // Once it has started something, interrupt it.
+    wait_until(Duration::from_secs(30), "up starts its first process", || {
+        cluster::read_state(dir).is_ok_and(|s| !s.processes.is_empty())
+    });
+    let zk_root = cluster::read_state(dir).unwrap().zk_root;
+    let busy = chatroom(dir, &["down"]);
+    assert!(!busy.status.success(), "down waits its turn while up works on the directory");
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("another `chatroom cluster` command"));
+
+    let pid = rustix::process::Pid::from_raw(up.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = up.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut up.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "an interrupted up fails: {stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+
+    // Nothing it started is left: the state file is gone with them.
+    assert!(cluster::read_state(dir).is_err(), "the state file is removed: {stderr}");
+    // Its services name the cluster's ZooKeeper root on their command lines, nginx the
+    // state directory.
+    let left = command_lines_containing(&[&zk_root, &dir.display().to_string()]);
+    assert!(left.is_empty(), "processes left: {left:#?}");
+    assert!(refuses(SocketAddr::from(([127, 0, 0, 1], port.parse().unwrap()))));
+}
+
+/// The command lines of the running processes that contain any of `needles`.
+fn command_lines_containing(needles: &[&str]) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .filter(|line| needles.iter().any(|n| line.contains(n)))
+        .collect()
+}
