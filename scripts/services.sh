@@ -162,6 +162,8 @@ ensure_packages() {
     command -v redis-cli >/dev/null || need+=(redis-tools)
     command -v nginx >/dev/null || need+=(nginx)
     [[ -f $NGINX_STREAM_MODULE ]] || nginx_has_static_stream || need+=(libnginx-mod-stream)
+    # The `kill` program, which the fault tests run to SIGKILL a service.
+    [[ -x /bin/kill || -x /usr/bin/kill ]] || need+=(procps)
     ((${#need[@]} == 0)) && return 0
 
     [[ $EUID -eq 0 ]] || die "missing packages: ${need[*]}; run as root or install them with apt-get"
