@@ -59,9 +59,9 @@ impl ServiceNames {
         if let Err(message) = check_unary(&full_name, &service.methods) {
             panic!("{message}");
         }
-        // The service module imports `rpc_core::codegen::*`; a trait of the
-        // same name as one of those would shadow it.
-        const IMPORTED: [&str; 11] = [
+        // The service module imports `rpc_core::codegen::*` and uses these
+        // prelude names; a trait of the same name would shadow one of them.
+        const USED: [&str; 23] = [
             "Bytes",
             "Callback",
             "Channel",
@@ -73,11 +73,23 @@ impl ServiceNames {
             "Service",
             "Status",
             "Transport",
+            "Box",
+            "Clone",
+            "Copy",
+            "Debug",
+            "Default",
+            "FnOnce",
+            "Option",
+            "Result",
+            "Send",
+            "String",
+            "Sync",
+            "Vec",
         ];
-        if IMPORTED.contains(&service.name.as_str()) {
+        if USED.contains(&service.name.as_str()) {
             panic!(
                 "rpc-codegen: service {full_name} would be the Rust trait `{}`, which hides \
-                 rpc_core::codegen::{} in the generated module; rename the service",
+                 the `{}` the generated module uses; rename the service",
                 service.name, service.name
             );
         }
@@ -100,7 +112,13 @@ impl ServiceNames {
 
 impl RpcNames {
     fn new(method: &Method) -> RpcNames {
+        // prost writes `self_`, `super_`, `crate_` and `Self_` for keywords that cannot be
+        // raw identifiers; the other names built from them need no trailing `_`.
         let base = method.name.trim_start_matches("r#");
+        let base = match base {
+            "self_" | "super_" | "crate_" | "Self_" => base.trim_end_matches('_'),
+            other => other,
+        };
         RpcNames {
             proto_name: method.proto_name.clone(),
             method: ident(&method.name),
@@ -184,10 +202,16 @@ pub(crate) fn unraw(ident: &Ident) -> String {
 }
 
 /// A message type as seen from inside the service module, one level below the
-/// package: relative paths get a `super::`, absolute ones (extern types such
-/// as `::prost_types::Timestamp`) and `()` for `google.protobuf.Empty` stay.
+/// package: relative paths get a `super::`; absolute ones (extern types such
+/// as `::prost_types::Timestamp`), `()` for `google.protobuf.Empty` and the
+/// primitives of the wrapper types (`google.protobuf.Int64Value` is `i64`) stay.
 fn type_path(rust_type: &str) -> TokenStream {
-    let path = if rust_type == "()" || rust_type.starts_with("::") || rust_type.starts_with("crate::") {
+    const PRIMITIVES: [&str; 7] = ["bool", "i32", "i64", "u32", "u64", "f32", "f64"];
+    let path = if rust_type == "()"
+        || PRIMITIVES.contains(&rust_type)
+        || rust_type.starts_with("::")
+        || rust_type.starts_with("crate::")
+    {
         rust_type.to_owned()
     } else {
         format!("super::{rust_type}")
@@ -297,5 +321,7 @@ mod tests {
         assert_eq!(type_path("super::common::Id").to_string(), "super :: super :: common :: Id");
         assert_eq!(type_path("::prost_types::Timestamp").to_string(), ":: prost_types :: Timestamp");
         assert_eq!(type_path("()").to_string(), "()");
+        assert_eq!(type_path("i64").to_string(), "i64");
+        assert_eq!(type_path("bool").to_string(), "bool");
     }
 }

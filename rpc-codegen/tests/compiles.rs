@@ -1,7 +1,7 @@
 //! The golden files compile, pass clippy as part of this crate's tests, and
 //! work: a store served through the generated adapter answers the generated
-//! client, with `()` for `google.protobuf.Empty`, a type from another package
-//! and a method named after a Rust keyword.
+//! client, with `()` for `google.protobuf.Empty`, a type from another package,
+//! methods named after Rust keywords and a wrapper type that is a primitive.
 
 use std::sync::Mutex;
 
@@ -83,8 +83,32 @@ fn generated_names_match_the_proto() {
     assert_eq!(kv_store_rpc::methods::TYPE, "Type");
     assert_eq!(store_rpc::SERVICE_NAME, "fixtures.store.Store");
     assert_eq!(empty_rpc::SERVICE_NAME, "fixtures.store.Empty");
+    assert_eq!(fixtures::store::counter_rpc::methods::SELF, "Self");
     assert_eq!(echo::echo_rpc::methods::SAY, "Say");
     // The message keeps the package-level name; the stub lives in its module.
     let _message = fixtures::store::StoreClient { name: String::new() };
     let _stub: fn(Channel) -> store_rpc::StoreClient = store_rpc::StoreClient::new;
+}
+
+/// Answers `Counter.Self` with a fixed count.
+struct Seven;
+
+impl fixtures::store::Counter for Seven {
+    fn self_(&self, _ctx: &Context, _request: ()) -> Result<i64, Status> {
+        Ok(7)
+    }
+}
+
+#[test]
+fn a_keyword_rpc_answering_a_wrapper_type_works() {
+    let server = Builder::new(Config::default())
+        .service(fixtures::store::CounterServer(Seven))
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let channel = Channel::connect(server.local_addr(), ClientConfig::default()).unwrap();
+    let client = fixtures::store::CounterClient::new(channel);
+    assert_eq!(client.self_(&()).unwrap(), 7);
+    let (tx, rx) = std::sync::mpsc::channel();
+    client.self_with(&(), move |result| tx.send(result).unwrap());
+    assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap().unwrap(), 7);
 }

@@ -179,4 +179,9 @@ fn a_service_named_like_an_imported_item_fails_the_build() {
     let panic = std::panic::catch_unwind(|| compile_one("meta.proto", source)).unwrap_err();
     let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(message.contains("service meta.Status would be the Rust trait `Status`"), "{message}");
+    // A prelude name the generated module uses is refused the same way.
+    let source = source.replace("Status", "Result");
+    let panic = std::panic::catch_unwind(|| compile_one("meta.proto", &source)).unwrap_err();
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("service meta.Result would be the Rust trait `Result`"), "{message}");
 }

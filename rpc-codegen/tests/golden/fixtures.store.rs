@@ -495,6 +495,129 @@ pub mod empty_rpc {
         }
     }
 }
+/// The `fixtures.store.Counter` service: the [`Counter`] trait to implement, the
+/// [`CounterServer`] adapter that serves it and the [`CounterClient`] stub that calls it.
+pub mod counter_rpc {
+    use rpc_core::codegen::*;
+    /// The service's fully-qualified name, as sent in request frames.
+    pub const SERVICE_NAME: &str = "fixtures.store.Counter";
+    /// The rpc names, as sent in request frames and passed to `runs_inline`.
+    pub mod methods {
+        /// `fixtures.store.Counter/Self`.
+        pub const SELF: &str = "Self";
+    }
+    /// An rpc named after a keyword that cannot be a raw identifier, answering a
+    /// wrapper type that prost maps to a Rust primitive.
+    ///
+    /// The server side of `fixtures.store.Counter`: implement it and serve it with [`CounterServer`].
+    ///
+    /// Methods run on the server's worker threads, many at once, so they may block on
+    /// I/O; a returned [`Status`] travels to the caller as it is.
+    pub trait Counter: Send + Sync + 'static {
+        /// Answers the `Self` rpc.
+        fn self_(&self, ctx: &Context, request: ()) -> Result<i64, Status>;
+        /// Whether `method` (one of the [`methods`] constants) is cheap and never
+        /// blocks, so the server's event loop may run it itself instead of handing
+        /// it to a worker. The default, `false`, suits almost every method: a slow
+        /// inline method stalls every connection on its loop.
+        fn runs_inline(&self, _method: &str) -> bool {
+            false
+        }
+    }
+    /// Serves any implementation of [`Counter`] as the `fixtures.store.Counter` service.
+    ///
+    /// Hand it to `rpc_core::server::Builder::service`. It decodes each request,
+    /// answering `InvalidArgument` when the body is not the expected message, calls
+    /// the trait method the frame names and encodes the reply; an unknown method is
+    /// answered with `Unimplemented`.
+    #[derive(Debug, Clone, Default)]
+    pub struct CounterServer<T>(pub T);
+    impl<T: Counter> Service for CounterServer<T> {
+        fn name(&self) -> &str {
+            SERVICE_NAME
+        }
+        fn call(
+            &self,
+            ctx: &Context,
+            method: &str,
+            body: Bytes,
+        ) -> Result<Bytes, Status> {
+            match method {
+                methods::SELF => {
+                    decode_request::<()>(method, body)?;
+                    self.0.self_(ctx, ()).map(|reply| encode_reply(&reply))
+                }
+                _ => Err(unimplemented(SERVICE_NAME, method)),
+            }
+        }
+        fn runs_inline(&self, method: &str) -> bool {
+            self.0.runs_inline(method)
+        }
+    }
+    /// Calls the `fixtures.store.Counter` service through a [`Transport`].
+    ///
+    /// The transport is a [`Channel`] to one server or a load-balanced set of them;
+    /// calls from many threads share its connections. Cheap to clone when the
+    /// transport is.
+    #[derive(Debug, Clone)]
+    pub struct CounterClient<T: Transport = Channel> {
+        /// Carries the calls.
+        transport: T,
+        /// Deadline of each call; `None` leaves it to the transport's default.
+        timeout: Option<Duration>,
+    }
+    impl<T: Transport> CounterClient<T> {
+        /// A client calling through `transport`, with the transport's default timeout.
+        pub fn new(transport: T) -> Self {
+            Self { transport, timeout: None }
+        }
+        /// Gives every call made through this client a deadline of `timeout`.
+        pub fn with_timeout(mut self, timeout: Duration) -> Self {
+            self.timeout = Some(timeout);
+            self
+        }
+        /// The deadline of each call, if this client sets one.
+        pub fn timeout(&self) -> Option<Duration> {
+            self.timeout
+        }
+        /// The transport the calls go through.
+        pub fn transport(&self) -> &T {
+            &self.transport
+        }
+        /// Calls `Self` and waits for the reply, up to the client's timeout.
+        ///
+        /// # Errors
+        ///
+        /// [`Error::Status`] with the server's status if the call failed there, or what
+        /// went wrong on the way: [`Error::Timeout`], [`Error::Connect`], ...
+        pub fn self_(&self, request: &()) -> Result<i64, Error> {
+            let body = self
+                .transport
+                .call(SERVICE_NAME, methods::SELF, request, self.timeout)?;
+            decode_response(body)
+        }
+        /// Starts a `Self` call and returns at once; `callback` gets the outcome.
+        ///
+        /// Like [`Self::self_`], but many calls can be in flight from one thread. The
+        /// callback runs on the transport's reader thread (or on this one if the call
+        /// could not be sent), so it should hand work off rather than block.
+        pub fn self_with(
+            &self,
+            request: &(),
+            callback: impl FnOnce(Result<i64, Error>) + Send + 'static,
+        ) {
+            self.transport
+                .call_with(
+                    SERVICE_NAME,
+                    methods::SELF,
+                    request,
+                    self.timeout,
+                    Box::new(move |body| callback(body.and_then(decode_response))),
+                );
+        }
+    }
+}
 pub use self::kv_store_rpc::{KvStore, KvStoreServer, KvStoreClient};
 pub use self::store_rpc::{Store, StoreServer};
 pub use self::empty_rpc::{Empty, EmptyServer, EmptyClient};
+pub use self::counter_rpc::{Counter, CounterServer, CounterClient};
