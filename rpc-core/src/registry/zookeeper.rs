@@ -19,6 +19,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -306,8 +307,8 @@ struct Supervisor {
 
 /// One `zookeeper::ZooKeeper` and its generation.
 struct Client {
-    /// The crate's client: one session.
-    zk: zookeeper::ZooKeeper,
+    /// The crate's client: one session. Shared with the liveness probe's thread.
+    zk: Arc<zookeeper::ZooKeeper>,
     /// Tells its events apart from older clients'.
     generation: u64,
     /// Whether it said it is connected. The crate queues requests while it
@@ -368,6 +369,20 @@ impl Watched {
 }
 
 /// The client, if it is connected: see `Client::connected`.
+/// Asks `zk` whether `root` exists, on a thread of its own; `None` if no answer came
+/// within `timeout` (the thread is left to finish by itself).
+fn probe(zk: &Arc<zookeeper::ZooKeeper>, root: &str, timeout: Duration) -> Option<bool> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (zk, root) = (zk.clone(), root.to_owned());
+    let spawned = std::thread::Builder::new().name("zk-probe".to_owned()).spawn(move || {
+        let _ = tx.send(zk.exists(&root, false).is_ok());
+    });
+    if spawned.is_err() {
+        return Some(false);
+    }
+    rx.recv_timeout(timeout).ok()
+}
+
 fn client(client: &Option<Client>) -> ZkResult<&Client> {
     client.as_ref().filter(|c| c.connected).ok_or(ZkError::ConnectionLoss)
 }
@@ -588,11 +603,21 @@ impl Supervisor {
             self.resync();
         } else if now.duration_since(self.probed_at) >= self.config.session_timeout / 3 {
             // The crate pings by itself; this notices a client whose I/O
-            // thread died without saying so.
+            // thread died without saying so, or whose connection stopped
+            // answering without closing (the crate then waits forever: the
+            // probe runs on a thread of its own, and is given up on in time).
             self.probed_at = now;
             if let Ok(client) = client(&self.client) {
-                if client.zk.exists(&self.config.root, false).is_ok() {
-                    self.healthy_at = Instant::now();
+                match probe(&client.zk, &self.config.root, self.config.operation_timeout) {
+                    Some(true) => self.healthy_at = Instant::now(),
+                    Some(false) => {}
+                    None => {
+                        tracing::warn!(
+                            timeout_ms = self.config.operation_timeout.as_millis() as u64,
+                            "zookeeper did not answer a probe in time; replacing the client"
+                        );
+                        self.rebuild_at = Some(Instant::now());
+                    }
                 }
             }
         }
@@ -649,8 +674,13 @@ impl Supervisor {
         zk.add_listener(move |state| {
             let _ = events.send(Event::State(generation, state));
         });
-        self.client =
-            Some(Client { zk, generation, connected: false, ever_connected: false, created: Instant::now() });
+        self.client = Some(Client {
+            zk: Arc::new(zk),
+            generation,
+            connected: false,
+            ever_connected: false,
+            created: Instant::now(),
+        });
         Ok(())
     }
 

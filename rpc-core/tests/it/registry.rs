@@ -1,7 +1,10 @@
 //! The ZooKeeper registry against a real ZooKeeper: the znode layout,
-//! ephemeral cleanup, watches, session expiry and restarts.
+//! ephemeral cleanup, watches, session expiry, restarts and a connection that
+//! freezes without closing.
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -208,4 +211,106 @@ fn after_session_expiry_registrations_and_watches_come_back() {
     drop(_b);
     assert!(discovery.wait_until(PROPAGATION, |set| ids(set) == ["a"]), "{:?}", discovery.instances());
     assert_eq!(consumer.instances("svc").unwrap().len(), 1);
+}
+
+/// A TCP forwarder to ZooKeeper whose connections can be frozen: they stop moving
+/// bytes either way without closing, as behind a firewall that drops packets.
+/// Connections made after a freeze pass.
+struct Freezer {
+    addr: SocketAddr,
+    /// One flag per connection made so far.
+    flags: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+}
+
+impl Freezer {
+    fn start(target: SocketAddr) -> Freezer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let flags: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let list = flags.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(target) else { continue };
+                let frozen = Arc::new(AtomicBool::new(false));
+                list.lock().unwrap().push(frozen.clone());
+                let pairs = [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)];
+                for (mut from, mut to) in pairs {
+                    let frozen = frozen.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 8192];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            // Frozen: the bytes are held, and the sockets stay open.
+                            while frozen.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        while frozen.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Freezer { addr, flags }
+    }
+
+    /// Freezes every connection made so far.
+    fn freeze(&self) {
+        for flag in self.flags.lock().unwrap().iter() {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Lets every frozen connection go on (to its close, usually) when dropped, so that
+    /// no client is left waiting on one when the test ends, however it ends.
+    fn thaw_on_drop(&self) -> Thaw {
+        Thaw(self.flags.clone())
+    }
+}
+
+struct Thaw(Arc<Mutex<Vec<Arc<AtomicBool>>>>);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        for flag in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            flag.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+#[test]
+fn a_provider_whose_connection_freezes_registers_again_in_a_new_session() {
+    let zk = shared_zk();
+    let root = unique_root("freeze");
+    let _cleanup = Cleanup { zk: zk.clone(), root: root.clone() };
+    let target = zk.to_socket_addrs().unwrap().next().unwrap();
+    let freezer = Freezer::start(target);
+    let config = registry::Config {
+        root: root.clone(),
+        session_timeout: Duration::from_secs(4),
+        operation_timeout: Duration::from_secs(2),
+    };
+    let provider = registry::ZooKeeper::connect(&freezer.addr.to_string(), config).unwrap();
+    let _a = provider.register("svc", &Instance::new("a", addr(7201))).unwrap();
+    let _thaw = freezer.thaw_on_drop();
+    let raw = Raw::connect(&zk);
+    let before = znodes(&raw, &root, "svc");
+    assert_eq!(before.len(), 1);
+
+    // The connection stops answering without closing. ZooKeeper expires the session;
+    // the provider, whose probe gets no answer, replaces its client and registers again.
+    freezer.freeze();
+    wait_until(Duration::from_secs(30), "re-registration in a new session", || {
+        let now = znodes(&raw, &root, "svc");
+        now.len() == 1 && now[0].1 != before[0].1
+    });
 }
