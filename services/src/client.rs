@@ -127,6 +127,11 @@ impl Seen {
         Seen { upto, above: BTreeSet::new() }
     }
 
+    /// Starts just before `seq`: where the server says the unseen part begins.
+    fn before(seq: u64) -> Seen {
+        Seen::after(seq.saturating_sub(1))
+    }
+
     /// Records `seq` as seen; false if it was already.
     fn see(&mut self, seq: u64) -> bool {
         if seq <= self.upto || !self.above.insert(seq) {
@@ -280,7 +285,7 @@ impl Client {
                 if let Err((c, code, m)) = self.sync() {
                     self.out.error(&c, &code, &m);
                 }
-                self.state().seen.entry(id).or_insert_with(|| Seen::after(message.seq.saturating_sub(1)));
+                self.state().seen.entry(id).or_insert_with(|| Seen::before(message.seq));
             }
         }
         self.show(message);
@@ -450,10 +455,7 @@ impl Client {
             for message in response.messages {
                 if let Ok(id) = convert::conversation_id(message.conversation) {
                     if !followed.contains(&id) {
-                        self.state()
-                            .seen
-                            .entry(id)
-                            .or_insert_with(|| Seen::after(message.seq.saturating_sub(1)));
+                        self.state().seen.entry(id).or_insert_with(|| Seen::before(message.seq));
                     }
                 }
                 self.show(message);
@@ -540,11 +542,7 @@ impl Client {
         let (conv_json, conv_text) = self.describe(id);
         // Seen, not printed as a message: its `sent` line says it. In a conversation not
         // followed yet (a group just joined), the server moved the read cursor to it.
-        self.state()
-            .seen
-            .entry(id)
-            .or_insert_with(|| Seen::after(message.seq.saturating_sub(1)))
-            .see(message.seq);
+        self.state().seen.entry(id).or_insert_with(|| Seen::before(message.seq)).see(message.seq);
         self.out.emit(
             json!({"event": "sent", "conversation": conv_json, "seq": message.seq,
                    "client_msg_id": message.client_msg_id, "duplicate": response.duplicate}),

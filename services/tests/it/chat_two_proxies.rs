@@ -40,19 +40,51 @@ fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
+/// What the services of one in-process cluster share: a SQLite store, in-process
+/// presence and registry.
+struct Backends {
+    dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    presence: Arc<dyn Presence>,
+    registry: registry::Memory,
+}
+
+impl Backends {
+    fn new() -> Backends {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(store::Sqlite::open(dir.path().join("chat.db")).unwrap());
+        Backends {
+            dir,
+            store,
+            presence: Arc::new(presence::Memory::new()),
+            registry: registry::Memory::new(),
+        }
+    }
+
+    /// A user service with cheap password hashing, not yet served.
+    fn user_service(&self) -> UserServiceServer<UserService> {
+        let cheap = auth::Config { memory_kib: 256, iterations: 1, parallelism: 1 };
+        UserServiceServer(UserService::new(self.store.clone()).with_hashing(cheap))
+    }
+
+    /// Serves `service` on loopback, registered in the registry.
+    fn serve(&self, service: impl Service) -> Served {
+        serve(service, &self.registry, loopback(), server::Config::default()).unwrap()
+    }
+
+    /// Serves a chat service.
+    fn chat_service(&self) -> Served {
+        let proxies = Proxies::discover(&self.registry).unwrap();
+        self.serve(ChatServiceServer(ChatService::new(self.store.clone(), self.presence.clone(), proxies)))
+    }
+}
+
 fn start() -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(store::Sqlite::open(dir.path().join("chat.db")).unwrap());
-    let presence: Arc<dyn Presence> = Arc::new(presence::Memory::new());
-    let registry = registry::Memory::new();
-    let cheap = auth::Config { memory_kib: 256, iterations: 1, parallelism: 1 };
+    let backends = Backends::new();
     let mut services = Vec::new();
     for _ in 0..2 {
-        let users = UserServiceServer(UserService::new(store.clone()).with_hashing(cheap.clone()));
-        services.push(serve(users, &registry, loopback(), server::Config::default()).unwrap());
-        let chat = ChatService::new(store.clone(), presence.clone(), Proxies::discover(&registry).unwrap());
-        services
-            .push(serve(ChatServiceServer(chat), &registry, loopback(), server::Config::default()).unwrap());
+        services.push(backends.serve(backends.user_service()));
+        services.push(backends.chat_service());
     }
     let proxies = ["proxy-a", "proxy-b"]
         .into_iter()
@@ -62,11 +94,11 @@ fn start() -> Cluster {
                 lease_ttl: Duration::from_secs(5),
                 ..proxy::Config::default()
             };
-            let p = proxy::Proxy::new(config, &registry, presence.clone()).unwrap();
-            proxy::serve(p, &registry, loopback(), loopback(), server::Config::default()).unwrap()
+            let p = proxy::Proxy::new(config, &backends.registry, backends.presence.clone()).unwrap();
+            proxy::serve(p, &backends.registry, loopback(), loopback(), server::Config::default()).unwrap()
         })
         .collect();
-    Cluster { proxies, _services: services, _registry: registry, _dir: dir }
+    Cluster { proxies, _services: services, _registry: backends.registry, _dir: backends.dir }
 }
 
 impl Cluster {
@@ -114,25 +146,17 @@ fn a_login_on_one_proxy_kicks_the_session_on_the_other() {
 
 #[test]
 fn a_presence_change_made_while_no_chat_service_runs_reaches_friends_once_one_does() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(store::Sqlite::open(dir.path().join("chat.db")).unwrap());
-    let presence: Arc<dyn Presence> = Arc::new(presence::Memory::new());
-    let registry = registry::Memory::new();
-    let cheap = auth::Config { memory_kib: 256, iterations: 1, parallelism: 1 };
-    let users = UserServiceServer(UserService::new(store.clone()).with_hashing(cheap));
-    let _users = serve(users, &registry, loopback(), server::Config::default()).unwrap();
-    let chat_service = || {
-        let chat = ChatService::new(store.clone(), presence.clone(), Proxies::discover(&registry).unwrap());
-        serve(ChatServiceServer(chat), &registry, loopback(), server::Config::default()).unwrap()
-    };
-    let chat = chat_service();
+    let backends = Backends::new();
+    let (presence, registry) = (&backends.presence, &backends.registry);
+    let _users = backends.serve(backends.user_service());
+    let chat = backends.chat_service();
     let config = proxy::Config {
         instance_id: "proxy-a".into(),
         sweep_every: Duration::from_millis(200),
         ..proxy::Config::default()
     };
-    let p = proxy::Proxy::new(config, &registry, presence.clone()).unwrap();
-    let running = proxy::serve(p, &registry, loopback(), loopback(), server::Config::default()).unwrap();
+    let p = proxy::Proxy::new(config, registry, presence.clone()).unwrap();
+    let running = proxy::serve(p, registry, loopback(), loopback(), server::Config::default()).unwrap();
     let (alice_client, _) = user_at(running.client_addr(), "alice");
     let (bob_client, bob) = user_at(running.client_addr(), "bob");
     let add = api::AddFriendRequest { friend: Some(api::add_friend_request::Friend::UserId(bob.id)) };
@@ -153,7 +177,7 @@ fn a_presence_change_made_while_no_chat_service_runs_reaches_friends_once_one_do
     );
 
     // A chat service comes back: the proxy sends the announcement again.
-    let _chat = chat_service();
+    let _chat = backends.chat_service();
     alice_client.wait_push(
         "bob is offline",
         |e| matches!(e, api::push::Event::Presence(p) if p.user_id == bob.id && !p.online),
@@ -245,20 +269,15 @@ impl<S: Service> Service for Held<S> {
 
 #[test]
 fn a_connection_reset_while_its_login_runs_leaves_nobody_online() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(store::Sqlite::open(dir.path().join("chat.db")).unwrap());
-    let presence: Arc<dyn Presence> = Arc::new(presence::Memory::new());
-    let registry = registry::Memory::new();
-    let cheap = auth::Config { memory_kib: 256, iterations: 1, parallelism: 1 };
-    let users = UserServiceServer(UserService::new(store.clone()).with_hashing(cheap));
-    let (users, checking) = Held::new(users, "VerifyLogin");
-    let _users = serve(users, &registry, loopback(), server::Config::default()).unwrap();
-    let chat = ChatService::new(store.clone(), presence.clone(), Proxies::discover(&registry).unwrap());
-    let _chat = serve(ChatServiceServer(chat), &registry, loopback(), server::Config::default()).unwrap();
+    let backends = Backends::new();
+    let (presence, registry) = (&backends.presence, &backends.registry);
+    let (users, checking) = Held::new(backends.user_service(), "VerifyLogin");
+    let _users = backends.serve(users);
+    let _chat = backends.chat_service();
     // The proxy's client listener as `proxy::serve` builds it, with its disconnects
     // reported and its logins counted when they end.
     let config = proxy::Config { instance_id: "proxy-a".into(), ..proxy::Config::default() };
-    let proxy = proxy::Proxy::new(config, &registry, presence.clone()).unwrap();
+    let proxy = proxy::Proxy::new(config, registry, presence.clone()).unwrap();
     let (gateway, logins) = Held::new(api::GatewayServer(proxy.clone()), "Login");
     logins.0.lock().unwrap().0 = true;
     let (disconnected, disconnects) = std::sync::mpsc::channel();
