@@ -327,9 +327,14 @@ impl Channel {
         })
     }
 
-    /// The deadline of a call starting at `now`.
+    /// The deadline of a call starting at `now`: its own, but never later than that of
+    /// the call this thread is serving, if it runs a handler (the deadline travels on).
     fn deadline(&self, now: Instant, timeout: Option<Duration>) -> Option<Instant> {
-        timeout.or(self.inner.config.default_timeout).map(|t| now + t)
+        let own = timeout.or(self.inner.config.default_timeout).map(|t| now + t);
+        match (own, crate::server::current_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn pick(&self, deadline: Option<Instant>) -> Result<Arc<Conn>, Error> {

@@ -27,29 +27,78 @@ mod event_loop;
 mod pool;
 
 use event_loop::{Command, LoopShared};
+pub use pool::current_deadline;
 
 /// After the loops stop, how long shutdown waits for the workers to finish the jobs left
 /// (disconnect hooks; handlers that outran the grace) before leaving them to it.
 const WORKER_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// Settings of a server. Start from `Config::default()` and change what you need.
+///
+/// The limits bound what one peer can make the server hold or do, so that no
+/// connection can hurt another (`docs/PROTOCOL.md`, "Limits and errors"):
+///
+/// | field | default |
+/// |---|---|
+/// | `workers` | one per core, at least 2 |
+/// | `max_running_per_connection` | `None`: three quarters of `workers`, at least 1 |
+/// | `heavy_workers` | one per core |
+/// | `max_heavy_queued` | 256 |
+/// | `event_loops` | 1 |
+/// | `max_frame_size` | 16 MiB |
+/// | `max_in_flight_per_connection` | 1024 |
+/// | `connection_budget` | 1 MiB |
+/// | `connection_hard_limit` | 8 MiB |
+/// | `stalled_reader_timeout` | 10 s |
+/// | `server_budget` | 512 MiB |
+/// | `frame_timeout` | 30 s |
+/// | `idle_timeout` | 90 s |
+/// | `shutdown_grace` | 10 s |
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Threads that run handlers.
     pub workers: usize,
+    /// Calls of one connection that may run on `workers` at once; its other
+    /// calls wait in its own queue, and the workers serve the connections with
+    /// calls waiting in turn. `None` means three quarters of `workers` (at
+    /// least one), so a connection with a burst of slow calls always leaves
+    /// workers for the others.
+    pub max_running_per_connection: Option<usize>,
+    /// Threads that run the methods a service declares heavy
+    /// ([`Service::is_heavy`]), such as password hashing, apart from `workers`.
+    pub heavy_workers: usize,
+    /// Heavy calls that may wait for `heavy_workers`, over all connections.
+    /// More are refused at once with `ResourceExhausted`, marked not run.
+    pub max_heavy_queued: usize,
     /// Event-loop threads that own the sockets. One is plenty for most loads;
     /// more help only with many cores.
     pub event_loops: usize,
     /// Largest frame accepted, in bytes after the length prefix. A larger
     /// request is answered with `ResourceExhausted` and skipped.
     pub max_frame_size: usize,
-    /// Calls one connection may have running at once; more are answered with
-    /// `ResourceExhausted` right away.
+    /// Calls one connection may have waiting or running at once; more are
+    /// answered with `ResourceExhausted` right away, marked not run.
     pub max_in_flight_per_connection: usize,
-    /// Bytes of replies and pushes that may wait for a connection that is not
-    /// reading. Past it the server stops reading that connection's requests and
-    /// refuses pushes to it with [`Error::Backpressure`].
-    pub max_pending_write_bytes: usize,
+    /// Bytes the server may hold for one connection: requests read and not yet
+    /// answered, replies and pushes not yet written. Past it the server reads
+    /// no more of that connection's requests, and refuses pushes to it with
+    /// [`Error::Backpressure`], until it is back under half the budget.
+    pub connection_budget: usize,
+    /// Unwritten replies and pushes at which a connection is closed at once,
+    /// with a go-away naming the limit: the answers of calls admitted before
+    /// the budget was reached can overshoot it, but never past this.
+    pub connection_hard_limit: usize,
+    /// A connection over its budget whose peer reads nothing for this long is
+    /// closed with a go-away, as one over the hard limit is.
+    pub stalled_reader_timeout: Duration,
+    /// Bytes the server may hold for all connections together. Past it, a
+    /// connection holding more than its fair share (`server_budget` divided by
+    /// the connections open) is closed with a go-away, and reads nothing more
+    /// while it waits to be.
+    pub server_budget: usize,
+    /// A frame must arrive whole within this time of its first byte; a peer
+    /// that trickles it slower is closed with a go-away.
+    pub frame_timeout: Duration,
     /// A connection that sends nothing (not even a ping) for this long is
     /// closed. `Duration::ZERO` keeps idle connections forever.
     pub idle_timeout: Duration,
@@ -59,15 +108,30 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Config {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Config {
-            workers: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
+            workers: cores.max(2),
+            max_running_per_connection: None,
+            heavy_workers: cores,
+            max_heavy_queued: 256,
             event_loops: 1,
             max_frame_size: frame::DEFAULT_MAX_FRAME,
             max_in_flight_per_connection: 1024,
-            max_pending_write_bytes: 8 * 1024 * 1024,
+            connection_budget: 1024 * 1024,
+            connection_hard_limit: 8 * 1024 * 1024,
+            stalled_reader_timeout: Duration::from_secs(10),
+            server_budget: 512 * 1024 * 1024,
+            frame_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             shutdown_grace: Duration::from_secs(10),
         }
+    }
+}
+
+impl Config {
+    /// `max_running_per_connection`, with `None` resolved.
+    pub fn running_per_connection(&self) -> usize {
+        self.max_running_per_connection.unwrap_or(self.workers * 3 / 4).clamp(1, self.workers.max(1))
     }
 }
 
@@ -91,6 +155,14 @@ pub trait Service: Send + Sync + 'static {
     /// itself instead of handing it to a worker. Saves two thread hops per
     /// call; a slow inline method stalls every connection on its loop.
     fn runs_inline(&self, _method: &str) -> bool {
+        false
+    }
+
+    /// Whether `method` is expensive (a password hash, a large scan), so that it
+    /// runs on the server's small lane of `Config::heavy_workers` instead of the
+    /// workers: a burst of heavy calls then waits there, bounded by
+    /// `Config::max_heavy_queued`, and never delays cheap calls.
+    fn is_heavy(&self, _method: &str) -> bool {
         false
     }
 }
@@ -204,7 +276,7 @@ impl Connection {
     /// # Errors
     ///
     /// [`Error::Closed`] if the connection has closed; [`Error::Backpressure`]
-    /// if more than `max_pending_write_bytes` already wait for the client;
+    /// if more than `connection_budget` already wait for the client;
     /// [`Error::InvalidName`] for a name over 255 bytes.
     pub fn push(&self, service: &str, method: &str, body: &[u8]) -> Result<(), Error> {
         frame::check_name(service)?;
@@ -218,7 +290,7 @@ impl Connection {
         // Counted now, not when the loop writes it: pushes queued faster than the loop
         // drains them are refused too. The loop stores the true figure after each write.
         let queued = inner.unwritten.fetch_add(buf.len(), Ordering::Relaxed);
-        if queued > inner.owner.max_pending_write_bytes {
+        if queued > inner.owner.connection_budget {
             inner.unwritten.fetch_sub(buf.len(), Ordering::Relaxed);
             return Err(Error::Backpressure(format!("{} has {queued} bytes unread by the client", inner.id)));
         }

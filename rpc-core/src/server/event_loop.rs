@@ -51,7 +51,7 @@ pub(crate) struct LoopShared {
     /// True while a wake is pending, so a burst of replies costs one wake syscall.
     woken: AtomicBool,
     /// Copied from the config for `Connection::push`.
-    pub(crate) max_pending_write_bytes: usize,
+    pub(crate) connection_budget: usize,
 }
 
 impl LoopShared {
@@ -150,7 +150,7 @@ impl EventLoop {
             tx,
             waker,
             woken: AtomicBool::new(false),
-            max_pending_write_bytes: config.max_pending_write_bytes,
+            connection_budget: config.connection_budget,
         });
         Ok(EventLoop {
             index,
@@ -351,7 +351,7 @@ impl EventLoop {
                     if conn.closing {
                         break;
                     }
-                    if conn.out.len() > self.config.max_pending_write_bytes {
+                    if conn.out.len() > self.config.connection_budget {
                         // Stop here: flush pauses the connection if the output
                         // does not drain, and reads on once it has.
                         conn.more_to_read = true;
@@ -493,7 +493,7 @@ impl EventLoop {
             return;
         }
         let want_write = pending > 0;
-        let max = self.config.max_pending_write_bytes;
+        let max = self.config.connection_budget;
         let was_paused = conn.paused;
         conn.paused = pending > max || (was_paused && pending > max / 2);
         let interest = match (conn.paused, want_write) {

@@ -26,6 +26,21 @@ use super::{ConnectionId, Context, DisconnectHook, Service};
 use crate::frame::Frame;
 use crate::Status;
 
+thread_local! {
+    /// The deadline of the call this thread's handler is running, if it has one.
+    static CURRENT_DEADLINE: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// The deadline of the call the current thread is serving, when called from a
+/// handler whose caller set one; `None` elsewhere.
+///
+/// Calls a handler makes through [`crate::client::Channel`] (or a balancer over
+/// channels) never wait past it, so a deadline travels down a chain of services
+/// and no server starts work its first caller has given up on.
+pub fn current_deadline() -> Option<Instant> {
+    CURRENT_DEADLINE.get()
+}
+
 /// Work for the pool.
 pub(crate) enum Job {
     /// Run one request or client push.
@@ -288,7 +303,10 @@ pub(crate) fn run(service: &dyn Service, ctx: &Context, frame: &Frame) -> Result
         tracing::Span::none()
     };
     let _enter = span.enter();
-    match catch_unwind(AssertUnwindSafe(|| service.call(ctx, method, frame.body.clone()))) {
+    let outer = CURRENT_DEADLINE.replace(ctx.deadline);
+    let outcome = catch_unwind(AssertUnwindSafe(|| service.call(ctx, method, frame.body.clone())));
+    CURRENT_DEADLINE.set(outer);
+    match outcome {
         Ok(result) => result,
         Err(panic) => {
             let what = panic

@@ -104,7 +104,7 @@ fn calls_over_the_in_flight_limit_are_resource_exhausted_at_once() {
 #[test]
 fn a_peer_that_never_reads_is_paused_and_refused_pushes_while_others_are_served() {
     let max = 64 * 1024;
-    let (server, _, conns) = serve(Config { max_pending_write_bytes: max, ..Config::default() });
+    let (server, _, conns) = serve(Config { connection_budget: max, ..Config::default() });
     let addr = server.local_addr();
 
     // A raw client grabs its connection handle, then floods requests and never reads.
@@ -261,7 +261,7 @@ fn a_peer_that_shuts_down_its_sending_side_still_gets_every_answer() {
 
 #[test]
 fn pushes_faster_than_the_loop_writes_are_refused_and_others_are_still_served() {
-    let (server, _, conns) = serve(Config { max_pending_write_bytes: 1024 * 1024, ..Config::default() });
+    let (server, _, conns) = serve(Config { connection_budget: 1024 * 1024, ..Config::default() });
     let mut silent = TcpStream::connect(server.local_addr()).unwrap();
     let mut buf = BytesMut::new();
     frame::put_request(&mut buf, 1, 0, "test.Gated", "Grab", b"");
