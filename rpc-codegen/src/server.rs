@@ -6,7 +6,7 @@ use quote::quote;
 
 use crate::names::{RpcNames, ServiceNames};
 
-/// `pub trait Echo`: one method per rpc, plus `runs_inline`.
+/// `pub trait Echo`: one method per rpc, plus `runs_inline` and `is_heavy`.
 pub(crate) fn service_trait(s: &ServiceNames) -> TokenStream {
     let ServiceNames { full_name, trait_name, server, .. } = s;
     let docs = join_docs(
@@ -15,7 +15,8 @@ pub(crate) fn service_trait(s: &ServiceNames) -> TokenStream {
             format!(" The server side of `{full_name}`: implement it and serve it with [`{server}`]."),
             String::new(),
             " Methods run on the server's worker threads, many at once, so they may block on".to_owned(),
-            " I/O; a returned [`Status`] travels to the caller as it is.".to_owned(),
+            " I/O (or on the event loop, for those `runs_inline` names; on the heavy lane, for".to_owned(),
+            " those `is_heavy` names); a returned [`Status`] travels to the caller as it is.".to_owned(),
         ],
     );
     let methods = s.rpcs.iter().map(trait_method);
@@ -29,6 +30,14 @@ pub(crate) fn service_trait(s: &ServiceNames) -> TokenStream {
             /// it to a worker. The default, `false`, suits almost every method: a slow
             /// inline method stalls every connection on its loop.
             fn runs_inline(&self, _method: &str) -> bool {
+                false
+            }
+
+            /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
+            /// password hash, so that it runs on the server's small heavy lane, where a
+            /// burst of it waits (bounded, refused past the bound) without delaying the
+            /// other methods. The default, `false`, runs it on the workers.
+            fn is_heavy(&self, _method: &str) -> bool {
                 false
             }
         }
@@ -102,6 +111,10 @@ pub(crate) fn adapter(s: &ServiceNames) -> TokenStream {
 
             fn runs_inline(&self, method: &str) -> bool {
                 self.0.runs_inline(method)
+            }
+
+            fn is_heavy(&self, method: &str) -> bool {
+                self.0.is_heavy(method)
             }
         }
     }

@@ -564,6 +564,7 @@ fn request_header<'a>(
     frame::Header {
         kind: frame::Kind::Request,
         code: crate::Code::Ok,
+        flags: 0,
         call_id: id,
         timeout_ms,
         service,

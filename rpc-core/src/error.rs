@@ -4,16 +4,18 @@ use std::io;
 use std::net::SocketAddr;
 
 use crate::frame::FrameError;
-use crate::status::{Code, Status};
+use crate::status::{Code, Outcome, Status};
 
 /// Everything that can go wrong in a call or while serving, with its cause kept.
 ///
 /// A failure the server reported arrives as [`Error::Status`]; every other
-/// variant happened locally or on the way.
+/// variant happened locally or on the way. [`Error::outcome`] says whether the
+/// call ran, which decides whether it may be sent again.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The server answered with a non-OK status.
+    /// The server answered with a non-OK status; [`Status::outcome`] says
+    /// whether the call ran.
     #[error("server returned {0}")]
     Status(Status),
     /// Opening a connection failed (refused, unreachable, timed out).
@@ -26,6 +28,7 @@ pub enum Error {
         source: io::Error,
     },
     /// An established connection broke (reset, closed, read or write error).
+    /// A call that was in flight may have run: the outcome is unknown.
     #[error("connection to {addr} lost: {reason}")]
     ConnectionLost {
         /// The peer.
@@ -42,8 +45,11 @@ pub enum Error {
         /// Why it did not.
         reason: String,
     },
-    /// The call's deadline passed before its response arrived.
-    #[error("call {service}/{method} timed out after {elapsed_ms} ms")]
+    /// The call's deadline passed before its response arrived. The outcome is
+    /// unknown: the server may still run it (a deadline travels with the call,
+    /// but a server that was stopped or slow to read only learns of it late).
+    /// Retry only with an idempotency key.
+    #[error("call {service}/{method} timed out after {elapsed_ms} ms (outcome unknown)")]
     Timeout {
         /// The service called.
         service: String,
@@ -116,17 +122,50 @@ impl Error {
     }
 
     /// Whether the call certainly never ran on a server, so sending it again
-    /// elsewhere cannot run it twice. A status from the server, even
-    /// `Unavailable`, never qualifies: the handler may have done part of its work.
+    /// elsewhere cannot run it twice: its [`Error::outcome`] is
+    /// [`Outcome::NotRun`]. A status from a handler, even `Unavailable`, does
+    /// not qualify unless it says so: the handler may have done part of its work.
+    /// Errors in the call itself (too large, a bad name, a blocking call on a
+    /// reader) never ran either, but would fail the same way anywhere.
     pub fn is_retryable_elsewhere(&self) -> bool {
-        matches!(self, Error::Connect { .. } | Error::NoInstances { .. } | Error::NotRun { .. })
+        let same_anywhere =
+            matches!(self, Error::FrameTooLarge { .. } | Error::InvalidName { .. } | Error::BlockingOnReader);
+        self.outcome() == Outcome::NotRun && !same_anywhere
     }
 
-    /// Converts the error into a status to answer a caller with.
+    /// Whether the call ran, as far as this side can know.
+    ///
+    /// [`Outcome::NotRun`] only when it is proved: the server said so, the
+    /// call was never sent (no connection, no instance, refused locally), or
+    /// the server's last go-away said it answered every call it read.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Error::Status(s) => s.outcome(),
+            Error::Connect { .. }
+            | Error::NotRun { .. }
+            | Error::NoInstances { .. }
+            | Error::Registry(_)
+            | Error::FrameTooLarge { .. }
+            | Error::InvalidName { .. }
+            | Error::Backpressure(_)
+            | Error::BlockingOnReader => Outcome::NotRun,
+            Error::Decode(_) => Outcome::Ran,
+            Error::ConnectionLost { .. }
+            | Error::Timeout { .. }
+            | Error::Closed(_)
+            | Error::Protocol(_)
+            | Error::Io(_) => Outcome::Unknown,
+        }
+    }
+
+    /// Converts the error into a status to answer a caller with, keeping
+    /// whether the call ran: a handler that passes on a timeout answers
+    /// "outcome unknown", one that passes on a refusal answers "not run".
     pub fn into_status(self) -> Status {
+        let outcome = self.outcome();
         match self {
             Error::Status(s) => s,
-            other => Status::new(other.code(), other.to_string()),
+            other => Status::new(other.code(), other.to_string()).with_outcome(outcome),
         }
     }
 }

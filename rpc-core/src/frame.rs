@@ -6,7 +6,7 @@
 //! 4       1     version (1)
 //! 5       1     kind (see `Kind`)
 //! 6       1     status code (responses; 0 otherwise)
-//! 7       1     flags (reserved, 0)
+//! 7       1     flags (responses: the outcome of a failed call; 0 otherwise)
 //! 8       8     call id (u64, big-endian)
 //! 16      4     timeout in milliseconds (requests; 0 = none)
 //! 20      1     service name length S
@@ -20,7 +20,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::status::{Code, Status};
+use crate::status::{Code, Outcome, Status};
 
 /// The protocol version this crate speaks.
 pub const VERSION: u8 = 1;
@@ -37,6 +37,10 @@ pub const SHUTDOWN_REASON: &str = "server is shutting down";
 pub const DRAINED_REASON: &str = "server stopped after answering every call it read";
 /// Longest service or method name (it is sent with a one-byte length).
 pub const MAX_NAME: usize = 255;
+/// Response flag: the handler never ran (see [`Outcome::NotRun`]).
+pub const FLAG_NOT_RUN: u8 = 0x01;
+/// Response flag: whether the call ran is unknown (see [`Outcome::Unknown`]).
+pub const FLAG_OUTCOME_UNKNOWN: u8 = 0x02;
 
 /// What a frame is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +108,9 @@ pub struct Frame {
     pub kind: Kind,
     /// The status code of a response; `Ok` on other kinds.
     pub code: Code,
+    /// The flags byte: on a failed response, its outcome ([`FLAG_NOT_RUN`],
+    /// [`FLAG_OUTCOME_UNKNOWN`]).
+    pub flags: u8,
     /// Matches a response to its request, and a pong to its ping.
     pub call_id: u64,
     /// The caller's remaining time budget in milliseconds; 0 means none.
@@ -133,12 +140,24 @@ impl Frame {
         &self.names[..self.service_len]
     }
 
+    /// Bytes the frame took on the wire, length prefix included.
+    pub fn wire_len(&self) -> usize {
+        LENGTH_LEN + HEADER_LEN + self.names.len() + self.body.len()
+    }
+
     /// A response frame's outcome: the body on `Ok`, else the status it carries.
     pub fn into_result(self) -> Result<Bytes, Status> {
         if self.code == Code::Ok {
             Ok(self.body)
         } else {
-            Err(Status::new(self.code, String::from_utf8_lossy(&self.body)))
+            let outcome = if self.flags & FLAG_NOT_RUN != 0 {
+                Outcome::NotRun
+            } else if self.flags & FLAG_OUTCOME_UNKNOWN != 0 {
+                Outcome::Unknown
+            } else {
+                Outcome::Ran
+            };
+            Err(Status::new(self.code, String::from_utf8_lossy(&self.body)).with_outcome(outcome))
         }
     }
 }
@@ -181,6 +200,7 @@ pub fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, Fra
     }
     let kind = Kind::from_u8(h[1]).ok_or(FrameError::Invalid("unknown frame kind"))?;
     let code = Code::from_u8(h[2]);
+    let flags = h[3];
     let call_id = u64::from_be_bytes(h[4..12].try_into().expect("8 bytes"));
     let timeout_ms = u32::from_be_bytes(h[12..16].try_into().expect("4 bytes"));
     let service_len = h[16] as usize;
@@ -198,7 +218,7 @@ pub fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, Fra
     buf.advance(LENGTH_LEN + HEADER_LEN);
     let mut rest = buf.split_to(len - HEADER_LEN).freeze();
     let names = rest.split_to(service_len + method_len);
-    Ok(Some(Frame { kind, code, call_id, timeout_ms, names, service_len, body: rest }))
+    Ok(Some(Frame { kind, code, flags, call_id, timeout_ms, names, service_len, body: rest }))
 }
 
 /// The fields of a frame header, for encoding.
@@ -208,6 +228,8 @@ pub struct Header<'a> {
     pub kind: Kind,
     /// Status of a response; `Ok` on other kinds.
     pub code: Code,
+    /// Flags: a failed response's outcome; 0 on other kinds.
+    pub flags: u8,
     /// The call id (0 where the kind has none).
     pub call_id: u64,
     /// Milliseconds the caller will wait; 0 for none.
@@ -221,7 +243,7 @@ pub struct Header<'a> {
 impl<'a> Header<'a> {
     /// A header of `kind` with no names, no status and no deadline.
     pub fn new(kind: Kind, call_id: u64) -> Header<'a> {
-        Header { kind, code: Code::Ok, call_id, timeout_ms: 0, service: "", method: "" }
+        Header { kind, code: Code::Ok, flags: 0, call_id, timeout_ms: 0, service: "", method: "" }
     }
 
     /// Appends the length prefix and this header for a body of `body_len` bytes.
@@ -238,7 +260,7 @@ impl<'a> Header<'a> {
         fixed[4] = VERSION;
         fixed[5] = self.kind as u8;
         fixed[6] = self.code as u8;
-        // fixed[7]: flags, reserved.
+        fixed[7] = self.flags;
         fixed[8..16].copy_from_slice(&self.call_id.to_be_bytes());
         fixed[16..20].copy_from_slice(&self.timeout_ms.to_be_bytes());
         fixed[20] = self.service.len() as u8;
@@ -258,7 +280,8 @@ pub fn put_request(
     method: &str,
     body: &[u8],
 ) {
-    let header = Header { kind: Kind::Request, code: Code::Ok, call_id, timeout_ms, service, method };
+    let header =
+        Header { kind: Kind::Request, code: Code::Ok, flags: 0, call_id, timeout_ms, service, method };
     header.put(dst, body.len());
     dst.put_slice(body);
 }
@@ -272,8 +295,13 @@ pub fn put_response(dst: &mut BytesMut, call_id: u64, result: &Result<Bytes, Sta
         }
         Err(status) => {
             let code = if status.code == Code::Ok { Code::Unknown } else { status.code };
+            let flags = match status.outcome() {
+                Outcome::NotRun => FLAG_NOT_RUN,
+                Outcome::Unknown => FLAG_OUTCOME_UNKNOWN,
+                _ => 0,
+            };
             let msg = status.message.as_bytes();
-            Header { code, ..Header::new(Kind::Response, call_id) }.put(dst, msg.len());
+            Header { code, flags, ..Header::new(Kind::Response, call_id) }.put(dst, msg.len());
             dst.put_slice(msg);
         }
     }

@@ -23,4 +23,4 @@ pub mod server;
 mod status;
 
 pub use error::Error;
-pub use status::{Code, Status};
+pub use status::{Code, Outcome, Status};

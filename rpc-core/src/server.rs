@@ -263,9 +263,10 @@ impl Connection {
         self.inner.open.load(Ordering::Acquire)
     }
 
-    /// Hands a finished call back to the loop; `None` for a one-way push.
-    pub(crate) fn reply(&self, call_id: u64, result: Option<Result<Bytes, Status>>) {
-        self.inner.owner.send(Command::Reply { id: self.inner.id, call_id, result });
+    /// Hands a finished call, which held `cost` bytes of the connection's budget,
+    /// back to the loop.
+    pub(crate) fn reply(&self, call_id: u64, result: Result<Bytes, Status>, cost: usize) {
+        self.inner.owner.send(Command::Reply { id: self.inner.id, call_id, result, cost });
     }
 
     /// Sends a one-way frame naming `service.method` to the client.
@@ -369,14 +370,18 @@ impl Builder {
         };
         let listener = mio::net::TcpListener::bind(addr)?;
         let local_addr = listener.local_addr()?;
-        let jobs = pool::queue();
+        let jobs = pool::queue(config.running_per_connection());
+        let heavy_workers = config.heavy_workers.max(1);
+        let heavy = pool::queue(heavy_workers.div_ceil(2));
+        let memory = Arc::new(event_loop::Memory::default());
         let services: event_loop::Services =
             self.services.into_iter().map(|(name, s)| (name.into_bytes().into_boxed_slice(), s)).collect();
         let services = Arc::new(services);
 
         let mut loops = Vec::with_capacity(config.event_loops);
         for index in 0..config.event_loops {
-            loops.push(event_loop::EventLoop::new(index, &config, services.clone(), jobs.clone())?);
+            let queues = (jobs.clone(), heavy.clone());
+            loops.push(event_loop::EventLoop::new(index, &config, services.clone(), queues, memory.clone())?);
         }
         let shared: Vec<Arc<LoopShared>> = loops.iter().map(|l| l.shared()).collect();
         let mut loop_threads = Vec::with_capacity(loops.len());
@@ -388,8 +393,9 @@ impl Builder {
             let name = format!("rpc-loop-{}", l.index());
             loop_threads.push(std::thread::Builder::new().name(name).spawn(move || l.run())?);
         }
-        let workers = pool::start(config.workers, &jobs, self.on_disconnect)?;
-        drop(jobs);
+        let mut workers = pool::start("rpc-worker", config.workers, &jobs, self.on_disconnect)?;
+        workers.extend(pool::start("rpc-heavy", heavy_workers, &heavy, None)?);
+        drop((jobs, heavy));
         tracing::info!(%local_addr, loops = config.event_loops, workers = config.workers, "rpc server listening");
         Ok(Handle { local_addr, loops: shared, loop_threads, workers, shut: false })
     }

@@ -5,19 +5,25 @@ use std::fmt;
 /// Outcome class of a call, numbered as in gRPC so the codes are familiar.
 ///
 /// The set is closed: a code number this version does not know decodes as
-/// [`Code::Unknown`].
+/// [`Code::Unknown`]. Whether a failed call ran is not the code's to say but
+/// the [`Outcome`] carried with it; a status a handler returns means
+/// [`Outcome::Ran`] unless it says otherwise, and the docs below name what
+/// rpc-core itself sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Code {
     /// The call succeeded.
     Ok = 0,
-    /// The caller gave up on the call.
+    /// The caller gave up on the call. Outcome unknown.
     Cancelled = 1,
     /// An error with no better code, or a code number this version does not know.
     Unknown = 2,
     /// The request was malformed or failed validation.
     InvalidArgument = 3,
-    /// The call's deadline passed before it completed.
+    /// The call's deadline passed before it completed. From rpc-core's
+    /// server queue, the call never ran ([`Outcome::NotRun`]); from a handler
+    /// whose own calls timed out, or a caller that stopped waiting, the
+    /// outcome is unknown.
     DeadlineExceeded = 4,
     /// A named entity does not exist.
     NotFound = 5,
@@ -25,7 +31,9 @@ pub enum Code {
     AlreadyExists = 6,
     /// The caller is known but not allowed to do this.
     PermissionDenied = 7,
-    /// A limit was hit: calls in flight, bytes queued, sizes or rates.
+    /// A limit was hit: calls in flight, bytes queued, sizes or rates. rpc-core's
+    /// server sends it, marked not run, for a call refused at admission (too
+    /// many in flight, heavy lane full, frame too large).
     ResourceExhausted = 8,
     /// The system is not in a state where the call can run.
     FailedPrecondition = 9,
@@ -33,11 +41,14 @@ pub enum Code {
     Aborted = 10,
     /// The call asked for something past a valid range.
     OutOfRange = 11,
-    /// No such service or method on this server.
+    /// No such service or method on this server. Unknown services are refused
+    /// before anything runs (not run).
     Unimplemented = 12,
     /// The server broke an invariant, for example a handler panicked.
     Internal = 13,
-    /// The service cannot be reached right now; retrying may help.
+    /// The service cannot be reached right now; retrying may help. Marked not
+    /// run when a shutting-down server refuses the call; a handler passing on a
+    /// lost connection says unknown.
     Unavailable = 14,
     /// Data was lost or corrupted.
     DataLoss = 15,
@@ -101,13 +112,56 @@ impl fmt::Display for Code {
     }
 }
 
-/// A failed call's code and a human-readable message, as sent by the server.
+/// What the caller of a failed call can know about whether it ran.
+///
+/// A code alone does not say it: a `ResourceExhausted` may be the server
+/// refusing a call at the door (it never ran) or a handler that ran out of
+/// something halfway. So every failed response carries its outcome too
+/// (`docs/PROTOCOL.md`, "Outcomes"), and [`crate::Error::outcome`] gives it
+/// for local failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The handler never started: sending the call again, here or elsewhere,
+    /// cannot run it twice. Given only when it is proved: refused at
+    /// admission, dropped from a queue past its deadline, refused while the
+    /// server shuts down, or never read by a server that said so.
+    NotRun,
+    /// The handler ran and answered with this status; whatever it did is done.
+    Ran,
+    /// Nobody can say: the caller stopped waiting (a timeout), the connection
+    /// broke with the call in flight, or a service further down could not
+    /// tell. Retry only with an idempotency key (the chat's client message id).
+    Unknown,
+}
+
+impl Outcome {
+    /// The name used in logs, e.g. `"not run"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::NotRun => "not run",
+            Outcome::Ran => "ran",
+            Outcome::Unknown => "outcome unknown",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed call's code and a human-readable message, as sent by the server,
+/// and whether the call ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     /// What class of failure this is.
     pub code: Code,
     /// What went wrong, in words meant for the person reading the error.
     pub message: String,
+    /// Whether the call ran; [`Outcome::Ran`] unless the status says otherwise.
+    outcome: Outcome,
 }
 
 macro_rules! constructors {
@@ -122,9 +176,22 @@ macro_rules! constructors {
 }
 
 impl Status {
-    /// A status with `code` and `message`.
+    /// A status with `code` and `message`, from a handler that ran.
     pub fn new(code: Code, message: impl Into<String>) -> Status {
-        Status { code, message: message.into() }
+        Status { code, message: message.into(), outcome: Outcome::Ran }
+    }
+
+    /// The same status with `outcome`: [`Outcome::NotRun`] for a call refused
+    /// before anything was done, [`Outcome::Unknown`] when passing on a failure
+    /// that leaves it open.
+    pub fn with_outcome(mut self, outcome: Outcome) -> Status {
+        self.outcome = outcome;
+        self
+    }
+
+    /// Whether the call ran.
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
     }
 
     constructors! {
@@ -157,7 +224,11 @@ impl Status {
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
+        write!(f, "{}: {}", self.code, self.message)?;
+        match self.outcome {
+            Outcome::Ran => Ok(()),
+            other => write!(f, " ({other})"),
+        }
     }
 }
 
@@ -175,6 +246,14 @@ mod tests {
         }
         assert_eq!(Code::from_u8(17), Code::Unknown);
         assert_eq!(Code::from_u8(255), Code::Unknown);
+    }
+
+    #[test]
+    fn a_status_ran_unless_it_says_otherwise() {
+        assert_eq!(Status::internal("x").outcome(), Outcome::Ran);
+        let refused = Status::resource_exhausted("full").with_outcome(Outcome::NotRun);
+        assert_eq!(refused.outcome(), Outcome::NotRun);
+        assert_eq!(refused.to_string(), "ResourceExhausted: full (not run)");
     }
 
     #[test]

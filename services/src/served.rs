@@ -111,4 +111,8 @@ impl<S: Service> Service for Traced<S> {
     fn runs_inline(&self, method: &str) -> bool {
         self.inner.runs_inline(method)
     }
+
+    fn is_heavy(&self, method: &str) -> bool {
+        self.inner.is_heavy(method)
+    }
 }

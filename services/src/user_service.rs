@@ -199,6 +199,13 @@ impl user_service_rpc::UserService for UserService {
         Ok(api::GroupsWithMembersResponse { groups: out })
     }
 
+    /// Register and VerifyLogin compute an argon2 hash (19 MiB and tens of
+    /// milliseconds at full cost): they run on the server's heavy lane, so that a
+    /// burst of logins waits there, bounded, and never delays the cheap calls.
+    fn is_heavy(&self, method: &str) -> bool {
+        matches!(method, user_service_rpc::methods::REGISTER | user_service_rpc::methods::VERIFY_LOGIN)
+    }
+
     fn group_members(
         &self,
         _ctx: &Context,

@@ -47,7 +47,8 @@ pub mod echo_rpc {
     /// The server side of `echo.Echo`: implement it and serve it with [`EchoServer`].
     ///
     /// Methods run on the server's worker threads, many at once, so they may block on
-    /// I/O; a returned [`Status`] travels to the caller as it is.
+    /// I/O (or on the event loop, for those `runs_inline` names; on the heavy lane, for
+    /// those `is_heavy` names); a returned [`Status`] travels to the caller as it is.
     pub trait Echo: Send + Sync + 'static {
         /// Returns the request's payload and text unchanged.
         fn say(
@@ -67,6 +68,13 @@ pub mod echo_rpc {
         /// it to a worker. The default, `false`, suits almost every method: a slow
         /// inline method stalls every connection on its loop.
         fn runs_inline(&self, _method: &str) -> bool {
+            false
+        }
+        /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
+        /// password hash, so that it runs on the server's small heavy lane, where a
+        /// burst of it waits (bounded, refused past the bound) without delaying the
+        /// other methods. The default, `false`, runs it on the workers.
+        fn is_heavy(&self, _method: &str) -> bool {
             false
         }
     }
@@ -102,6 +110,9 @@ pub mod echo_rpc {
         }
         fn runs_inline(&self, method: &str) -> bool {
             self.0.runs_inline(method)
+        }
+        fn is_heavy(&self, method: &str) -> bool {
+            self.0.is_heavy(method)
         }
     }
     /// Calls the `echo.Echo` service through a [`Transport`].

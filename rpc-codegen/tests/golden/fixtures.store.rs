@@ -55,7 +55,8 @@ pub mod kv_store_rpc {
     /// The server side of `fixtures.store.KVStore`: implement it and serve it with [`KvStoreServer`].
     ///
     /// Methods run on the server's worker threads, many at once, so they may block on
-    /// I/O; a returned [`Status`] travels to the caller as it is.
+    /// I/O (or on the event loop, for those `runs_inline` names; on the heavy lane, for
+    /// those `is_heavy` names); a returned [`Status`] travels to the caller as it is.
     pub trait KvStore: Send + Sync + 'static {
         /// Reads one value. `values[key]` must exist.
         fn get(
@@ -82,6 +83,13 @@ pub mod kv_store_rpc {
         /// it to a worker. The default, `false`, suits almost every method: a slow
         /// inline method stalls every connection on its loop.
         fn runs_inline(&self, _method: &str) -> bool {
+            false
+        }
+        /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
+        /// password hash, so that it runs on the server's small heavy lane, where a
+        /// burst of it waits (bounded, refused past the bound) without delaying the
+        /// other methods. The default, `false`, runs it on the workers.
+        fn is_heavy(&self, _method: &str) -> bool {
             false
         }
     }
@@ -125,6 +133,9 @@ pub mod kv_store_rpc {
         }
         fn runs_inline(&self, method: &str) -> bool {
             self.0.runs_inline(method)
+        }
+        fn is_heavy(&self, method: &str) -> bool {
+            self.0.is_heavy(method)
         }
     }
     /// Calls the `fixtures.store.KVStore` service through a [`Transport`].
@@ -311,7 +322,8 @@ pub mod store_rpc {
     /// The server side of `fixtures.store.Store`: implement it and serve it with [`StoreServer`].
     ///
     /// Methods run on the server's worker threads, many at once, so they may block on
-    /// I/O; a returned [`Status`] travels to the caller as it is.
+    /// I/O (or on the event loop, for those `runs_inline` names; on the heavy lane, for
+    /// those `is_heavy` names); a returned [`Status`] travels to the caller as it is.
     pub trait Store: Send + Sync + 'static {
         /// Answers the `Ping` rpc.
         fn ping(&self, ctx: &Context, request: ()) -> Result<super::StoreClient, Status>;
@@ -320,6 +332,13 @@ pub mod store_rpc {
         /// it to a worker. The default, `false`, suits almost every method: a slow
         /// inline method stalls every connection on its loop.
         fn runs_inline(&self, _method: &str) -> bool {
+            false
+        }
+        /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
+        /// password hash, so that it runs on the server's small heavy lane, where a
+        /// burst of it waits (bounded, refused past the bound) without delaying the
+        /// other methods. The default, `false`, runs it on the workers.
+        fn is_heavy(&self, _method: &str) -> bool {
             false
         }
     }
@@ -351,6 +370,9 @@ pub mod store_rpc {
         }
         fn runs_inline(&self, method: &str) -> bool {
             self.0.runs_inline(method)
+        }
+        fn is_heavy(&self, method: &str) -> bool {
+            self.0.is_heavy(method)
         }
     }
     /// Calls the `fixtures.store.Store` service through a [`Transport`].
@@ -429,13 +451,21 @@ pub mod empty_rpc {
     /// The server side of `fixtures.store.Empty`: implement it and serve it with [`EmptyServer`].
     ///
     /// Methods run on the server's worker threads, many at once, so they may block on
-    /// I/O; a returned [`Status`] travels to the caller as it is.
+    /// I/O (or on the event loop, for those `runs_inline` names; on the heavy lane, for
+    /// those `is_heavy` names); a returned [`Status`] travels to the caller as it is.
     pub trait Empty: Send + Sync + 'static {
         /// Whether `method` (one of the [`methods`] constants) is cheap and never
         /// blocks, so the server's event loop may run it itself instead of handing
         /// it to a worker. The default, `false`, suits almost every method: a slow
         /// inline method stalls every connection on its loop.
         fn runs_inline(&self, _method: &str) -> bool {
+            false
+        }
+        /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
+        /// password hash, so that it runs on the server's small heavy lane, where a
+        /// burst of it waits (bounded, refused past the bound) without delaying the
+        /// other methods. The default, `false`, runs it on the workers.
+        fn is_heavy(&self, _method: &str) -> bool {
             false
         }
     }
@@ -461,6 +491,9 @@ pub mod empty_rpc {
         }
         fn runs_inline(&self, method: &str) -> bool {
             self.0.runs_inline(method)
+        }
+        fn is_heavy(&self, method: &str) -> bool {
+            self.0.is_heavy(method)
         }
     }
     /// Calls the `fixtures.store.Empty` service through a [`Transport`].
@@ -512,7 +545,8 @@ pub mod counter_rpc {
     /// The server side of `fixtures.store.Counter`: implement it and serve it with [`CounterServer`].
     ///
     /// Methods run on the server's worker threads, many at once, so they may block on
-    /// I/O; a returned [`Status`] travels to the caller as it is.
+    /// I/O (or on the event loop, for those `runs_inline` names; on the heavy lane, for
+    /// those `is_heavy` names); a returned [`Status`] travels to the caller as it is.
     pub trait Counter: Send + Sync + 'static {
         /// Answers the `Self` rpc.
         fn self_(&self, ctx: &Context, request: ()) -> Result<i64, Status>;
@@ -521,6 +555,13 @@ pub mod counter_rpc {
         /// it to a worker. The default, `false`, suits almost every method: a slow
         /// inline method stalls every connection on its loop.
         fn runs_inline(&self, _method: &str) -> bool {
+            false
+        }
+        /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
+        /// password hash, so that it runs on the server's small heavy lane, where a
+        /// burst of it waits (bounded, refused past the bound) without delaying the
+        /// other methods. The default, `false`, runs it on the workers.
+        fn is_heavy(&self, _method: &str) -> bool {
             false
         }
     }
@@ -552,6 +593,9 @@ pub mod counter_rpc {
         }
         fn runs_inline(&self, method: &str) -> bool {
             self.0.runs_inline(method)
+        }
+        fn is_heavy(&self, method: &str) -> bool {
+            self.0.is_heavy(method)
         }
     }
     /// Calls the `fixtures.store.Counter` service through a [`Transport`].

@@ -12,11 +12,11 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::pool::{self, Job, Jobs};
+use super::pool::{self, Call, Jobs};
 use super::{Config, ConnShared, Connection, ConnectionId, Context, Service};
 use crate::fast_hash::FastMap;
 use crate::frame::{self, FrameError, Kind};
-use crate::Status;
+use crate::{Outcome, Status};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -24,14 +24,38 @@ const WAKER: Token = Token(1);
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(2);
 /// Bytes read from a socket per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
+/// A connection's empty buffers bigger than this are given back, so that an idle
+/// connection does not keep the memory of its largest frame.
+const KEEP_CAPACITY: usize = 256 * 1024;
+
+/// The bytes held for every connection of a server, shared by its loops, for
+/// `Config::server_budget`.
+#[derive(Default)]
+pub(crate) struct Memory {
+    /// Bytes held over every connection, as last accounted by their loops.
+    held: AtomicUsize,
+    /// Connections open.
+    conns: AtomicUsize,
+}
+
+impl Memory {
+    /// When the server is over `budget`, the share each connection may hold;
+    /// `None` while it is under.
+    fn fair_share(&self, budget: usize) -> Option<usize> {
+        if self.held.load(Ordering::Relaxed) <= budget {
+            return None;
+        }
+        Some(budget / self.conns.load(Ordering::Relaxed).max(1))
+    }
+}
 
 /// Services by name (as bytes, so a lookup needs no UTF-8 check).
 pub(crate) type Services = FastMap<Box<[u8]>, Arc<dyn Service>>;
 
 /// Messages to a loop from other threads.
 pub(crate) enum Command {
-    /// A worker finished a call; `None` for a one-way push that sends nothing back.
-    Reply { id: ConnectionId, call_id: u64, result: Option<Result<Bytes, Status>> },
+    /// A worker finished a call that held `cost` bytes of the connection's budget.
+    Reply { id: ConnectionId, call_id: u64, result: Result<Bytes, Status>, cost: usize },
     /// An encoded push frame to append to a connection's output.
     Push { id: ConnectionId, frame: Bytes },
     /// Close a connection once its output is written.
@@ -75,28 +99,74 @@ struct Conn {
     stream: TcpStream,
     /// The handle given to handlers and pushers.
     handle: Connection,
-    /// Bytes read but not yet decoded.
+    /// Bytes read but not yet decoded: at most one partial frame and a read's worth.
     inbuf: BytesMut,
-    /// Bytes encoded but not yet written.
+    /// Bytes encoded but not yet written; it starts on a frame boundary, or
+    /// `head_left` bytes before one.
     out: BytesMut,
+    /// Bytes of the frame at the front of `out` still to write, once its first
+    /// bytes are written (0: `out` starts with a whole frame).
+    head_left: usize,
     /// Calls handed to workers and not yet answered.
     in_flight: usize,
+    /// Bytes of the requests handed to workers and not yet answered.
+    requests: usize,
+    /// What this connection last added to `Memory::held`.
+    accounted: usize,
     /// When bytes last moved either way, for the idle timeout. Write progress
     /// counts, so a slow reader that is draining is not idle.
     last_active: Instant,
-    /// Reading stopped before `WouldBlock` (output over the cap): read again
-    /// once unpaused, since edge-triggered polling will not say so.
+    /// When output last drained: a write made progress, or output arrived to an
+    /// empty buffer. For `Config::stalled_reader_timeout`.
+    last_drain: Instant,
+    /// Since when a frame has been partly read, for `Config::frame_timeout`.
+    partial_since: Option<Instant>,
+    /// Reading stopped before `WouldBlock` (over budget): read again once
+    /// unpaused, since edge-triggered polling will not say so.
     more_to_read: bool,
     /// Bytes of an oversized frame still to skip.
     discard: usize,
-    /// Reading stopped because `out` is over the cap.
+    /// Reading stopped because the connection holds more than its budget.
     paused: bool,
     /// Read nothing more; close once the calls in flight are answered and `out` is written.
     closing: bool,
+    /// Closed for breaking a limit: its replies are dropped, its input is read and
+    /// discarded, and it closes once its go-away is written, or at this time.
+    evicted: Option<Instant>,
     /// Whether WRITABLE interest is registered.
     want_write: bool,
     /// Whether the connection is already in the loop's dirty list.
     dirty: bool,
+}
+
+impl Conn {
+    /// Bytes held for the connection, for the server's budget.
+    fn held(&self) -> usize {
+        self.inbuf.len() + self.requests + self.out.len()
+    }
+
+    /// Bytes of work the peer has made us hold (calls running, answers
+    /// unwritten), for the connection's budget. A frame being read is not
+    /// counted there, so a request larger than the budget can still arrive
+    /// (`max_frame_size` bounds it).
+    fn backlog(&self) -> usize {
+        self.requests + self.out.len()
+    }
+
+    /// Drops the first `n` bytes of `out`, which were written, keeping track
+    /// of where the next frame starts.
+    fn advance_out(&mut self, mut n: usize) {
+        while n > 0 {
+            if self.head_left == 0 {
+                let len = u32::from_be_bytes([self.out[0], self.out[1], self.out[2], self.out[3]]);
+                self.head_left = frame::LENGTH_LEN + len as usize;
+            }
+            let step = n.min(self.head_left);
+            self.out.advance(step);
+            self.head_left -= step;
+            n -= step;
+        }
+    }
 }
 
 /// A loop thread's state.
@@ -121,8 +191,14 @@ pub(crate) struct EventLoop {
     services: Arc<Services>,
     /// The worker pool's queue.
     jobs: Jobs,
+    /// The heavy lane's queue.
+    heavy: Jobs,
     /// Calls decoded from the current read, queued for the pool together.
-    batch: VecDeque<Job>,
+    batch: VecDeque<Call>,
+    /// The same for the heavy lane.
+    heavy_batch: VecDeque<Call>,
+    /// Bytes held over the whole server.
+    memory: Arc<Memory>,
     /// When the last poll returned: the time of everything done before the
     /// next one (activity stamps, request deadlines), read once per turn.
     now: Instant,
@@ -141,7 +217,8 @@ impl EventLoop {
         index: usize,
         config: &Config,
         services: Arc<Services>,
-        jobs: Jobs,
+        (jobs, heavy): (Jobs, Jobs),
+        memory: Arc<Memory>,
     ) -> io::Result<EventLoop> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
@@ -163,7 +240,10 @@ impl EventLoop {
             conns: FastMap::default(),
             services,
             jobs,
+            heavy,
             batch: VecDeque::new(),
+            heavy_batch: VecDeque::new(),
+            memory,
             now: Instant::now(),
             config: config.clone(),
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
@@ -229,13 +309,17 @@ impl EventLoop {
             let now = self.now;
             if now >= next_tick {
                 self.close_idle(now);
+                self.enforce_limits(now);
                 // An accept that failed (out of file descriptors) left connections in
                 // the backlog that raise no new event: try again once a second.
                 self.accept();
                 next_tick = now + Duration::from_secs(1);
             }
             if let Some(until) = self.draining_until {
-                let idle = self.conns.values().all(|c| c.in_flight == 0 && c.out.is_empty());
+                let idle = self
+                    .conns
+                    .values()
+                    .all(|c| (c.in_flight == 0 || c.evicted.is_some()) && c.out.is_empty());
                 if idle || now >= until {
                     break;
                 }
@@ -244,7 +328,9 @@ impl EventLoop {
         let tokens: Vec<Token> = self.conns.keys().copied().collect();
         for token in tokens {
             if let Some(conn) = self.conns.get_mut(&token) {
-                if conn.in_flight > 0 {
+                if conn.evicted.is_some() {
+                    // Its go-away is already queued.
+                } else if conn.in_flight > 0 {
                     // These calls may have run: the peer must not send them elsewhere.
                     frame::put_goaway(&mut conn.out, "server stopped with calls still running");
                 } else if self.draining_until.is_some() {
@@ -295,6 +381,7 @@ impl EventLoop {
             tracing::warn!(error = %e, %peer, "cannot register connection");
             return;
         }
+        self.memory.conns.fetch_add(1, Ordering::Relaxed);
         let handle = Connection::new(ConnShared {
             id,
             peer,
@@ -310,12 +397,18 @@ impl EventLoop {
                 handle,
                 inbuf: BytesMut::new(),
                 out: BytesMut::new(),
+                head_left: 0,
                 in_flight: 0,
+                requests: 0,
+                accounted: 0,
                 last_active: self.now,
+                last_drain: self.now,
+                partial_since: None,
                 more_to_read: false,
                 discard: 0,
                 paused: false,
                 closing: false,
+                evicted: None,
                 want_write: false,
                 dirty: false,
             },
@@ -324,10 +417,14 @@ impl EventLoop {
 
     /// Reads everything the socket has (edge-triggered) and handles each frame.
     fn read(&mut self, token: Token) {
+        if self.conns.get(&token).is_some_and(|c| c.evicted.is_some()) {
+            return self.discard_input(token);
+        }
         let Some(conn) = self.conns.get_mut(&token) else { return };
         if conn.paused || conn.closing {
             return;
         }
+        let id = conn.handle.id();
         // The peer shut down its sending side (it may still read), or reset the connection.
         let (mut half_closed, mut reset) = (false, false);
         loop {
@@ -345,15 +442,18 @@ impl EventLoop {
                         draining: self.draining_until.is_some(),
                         now: self.now,
                         batch: &mut self.batch,
+                        heavy_batch: &mut self.heavy_batch,
+                        heavy_waiting: self.heavy.waiting(),
                     };
                     ctx.frames(conn);
-                    self.jobs.send_all(&mut self.batch);
+                    self.jobs.send_all(id, &mut self.batch);
+                    self.heavy.send_all(id, &mut self.heavy_batch);
                     if conn.closing {
                         break;
                     }
-                    if conn.out.len() > self.config.connection_budget {
-                        // Stop here: flush pauses the connection if the output
-                        // does not drain, and reads on once it has.
+                    if conn.backlog() > self.config.connection_budget {
+                        // Stop here: flush pauses the connection if it stays over
+                        // its budget, and reads on once it is back under.
                         conn.more_to_read = true;
                         break;
                     }
@@ -366,18 +466,65 @@ impl EventLoop {
                 }
             }
         }
+        if conn.inbuf.is_empty() && conn.discard == 0 {
+            conn.partial_since = None;
+            if conn.inbuf.capacity() > KEEP_CAPACITY {
+                conn.inbuf = BytesMut::new();
+            }
+        } else if conn.partial_since.is_none() {
+            conn.partial_since = Some(self.now);
+        }
         if half_closed {
             // The peer shut down only its sending side and may still read: its calls in
             // flight are answered, and the connection closes once the last answer is
             // written (in `flush`, or by the idle sweep if the peer stops reading).
             conn.closing = true;
         }
-        if !conn.out.is_empty() || conn.closing {
+        let flush = !conn.out.is_empty() || conn.closing || conn.more_to_read;
+        self.account(token);
+        if flush {
             self.mark_dirty(token);
         }
         if reset {
             self.close(token, "connection reset");
         }
+    }
+
+    /// Reads and drops what an evicted peer still sends, so that its unread bytes do
+    /// not turn our close into a reset that could destroy the go-away on its way.
+    fn discard_input(&mut self, token: Token) {
+        let Some(conn) = self.conns.get_mut(&token) else { return };
+        let mut ended = false;
+        for _ in 0..16 {
+            match conn.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    ended = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if ended && conn.out.is_empty() {
+            self.close(token, "evicted");
+        }
+    }
+
+    /// Brings `Memory::held` up to date with what `token` holds now.
+    fn account(&mut self, token: Token) {
+        let Some(conn) = self.conns.get_mut(&token) else { return };
+        let held = conn.held();
+        if held > conn.accounted {
+            self.memory.held.fetch_add(held - conn.accounted, Ordering::Relaxed);
+        } else if held < conn.accounted {
+            self.memory.held.fetch_sub(conn.accounted - held, Ordering::Relaxed);
+        }
+        conn.accounted = held;
     }
 
     fn drain_commands(&mut self) {
@@ -391,26 +538,31 @@ impl EventLoop {
         for _ in 0..self.rx.len() {
             let Ok(cmd) = self.rx.try_recv() else { break };
             match cmd {
-                Command::Reply { id, call_id, result } => {
+                Command::Reply { id, call_id, result, cost } => {
                     let token = Token(id.0 as usize);
                     let Some(conn) = self.conns.get_mut(&token) else { continue };
                     conn.in_flight = conn.in_flight.saturating_sub(1);
-                    if let Some(result) = result {
+                    conn.requests = conn.requests.saturating_sub(cost);
+                    if conn.evicted.is_none() {
+                        if conn.out.is_empty() {
+                            conn.last_drain = self.now;
+                        }
                         frame::put_response(&mut conn.out, call_id, &result);
+                        self.check_hard_limit(token);
                     }
-                    if !conn.dirty {
-                        conn.dirty = true;
-                        self.dirty.push(token);
-                    }
+                    self.mark_dirty(token);
                 }
                 Command::Push { id, frame } => {
                     let token = Token(id.0 as usize);
                     let Some(conn) = self.conns.get_mut(&token) else { continue };
-                    conn.out.extend_from_slice(&frame);
-                    if !conn.dirty {
-                        conn.dirty = true;
-                        self.dirty.push(token);
+                    if conn.evicted.is_none() {
+                        if conn.out.is_empty() {
+                            conn.last_drain = self.now;
+                        }
+                        conn.out.extend_from_slice(&frame);
+                        self.check_hard_limit(token);
                     }
+                    self.mark_dirty(token);
                 }
                 Command::Close { id } => {
                     let token = Token(id.0 as usize);
@@ -423,6 +575,59 @@ impl EventLoop {
                 Command::Shutdown => self.begin_shutdown(),
             }
         }
+    }
+
+    /// Evicts `token` if its unwritten output passed `Config::connection_hard_limit`,
+    /// or if the server is over its budget and the connection over its share of it.
+    fn check_hard_limit(&mut self, token: Token) {
+        let Some(conn) = self.conns.get(&token) else { return };
+        let limit = self.config.connection_hard_limit;
+        let reason = if conn.out.len() > limit {
+            format!("output buffer over its hard limit of {limit} bytes: the peer is not reading its answers")
+        } else if let Some(share) =
+            self.memory.fair_share(self.config.server_budget).filter(|&share| conn.held() > share)
+        {
+            over_share(&self.config, conn.held(), share)
+        } else {
+            return;
+        };
+        self.evict(token, &reason);
+    }
+
+    /// Closes a connection that broke a limit, with a go-away naming it. What is
+    /// queued past the frame being written is dropped and its later answers are
+    /// too, so it holds almost nothing from now on; calls of it still waiting for
+    /// a worker are skipped. It closes once the go-away is written, or after
+    /// `Config::stalled_reader_timeout` if the peer never reads it.
+    fn evict(&mut self, token: Token, reason: &str) {
+        let Some(conn) = self.conns.get_mut(&token) else { return };
+        if conn.evicted.is_some() {
+            return;
+        }
+        tracing::warn!(id = %conn.handle.id(), peer = %conn.handle.peer_addr(), reason, "connection evicted");
+        conn.out.truncate(conn.head_left);
+        if conn.out.capacity() > KEEP_CAPACITY {
+            conn.out = BytesMut::from(&conn.out[..]);
+        }
+        frame::put_goaway(&mut conn.out, reason);
+        conn.inbuf = BytesMut::new();
+        conn.discard = 0;
+        conn.partial_since = None;
+        conn.closing = true;
+        conn.evicted = Some(self.now + self.config.stalled_reader_timeout.max(Duration::from_secs(1)));
+        conn.handle.shared().open.store(false, Ordering::Release);
+        if conn.paused {
+            // Read again, to discard: the peer's unread bytes would turn the close into a reset.
+            conn.paused = false;
+            let _ = self.poll.registry().reregister(
+                &mut conn.stream,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            );
+            conn.want_write = true;
+        }
+        self.account(token);
+        self.mark_dirty(token);
     }
 
     fn begin_shutdown(&mut self) {
@@ -471,8 +676,9 @@ impl EventLoop {
                     break;
                 }
                 Ok(n) => {
-                    conn.out.advance(n);
+                    conn.advance_out(n);
                     conn.last_active = self.now;
+                    conn.last_drain = self.now;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -487,15 +693,34 @@ impl EventLoop {
             return;
         }
         let pending = conn.out.len();
+        if pending == 0 && conn.out.capacity() > KEEP_CAPACITY {
+            conn.out = BytesMut::new();
+        }
         conn.handle.shared().unwritten.store(pending, Ordering::Relaxed);
+        if conn.evicted.is_some() {
+            if pending == 0 {
+                // The go-away is out: end our side cleanly (the peer reads it, then EOF).
+                self.close(token, "evicted");
+            } else if !conn.want_write {
+                conn.want_write = true;
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                if self.poll.registry().reregister(&mut conn.stream, token, interest).is_err() {
+                    self.close(token, "cannot reregister");
+                }
+            }
+            return;
+        }
         if pending == 0 && conn.closing && conn.in_flight == 0 {
             self.close(token, "closed by server");
             return;
         }
         let want_write = pending > 0;
-        let max = self.config.connection_budget;
+        let budget = self.config.connection_budget;
         let was_paused = conn.paused;
-        conn.paused = pending > max || (was_paused && pending > max / 2);
+        let backlog = conn.backlog();
+        let over_share =
+            self.memory.fair_share(self.config.server_budget).is_some_and(|share| conn.held() > share);
+        conn.paused = backlog > budget || over_share || (was_paused && backlog > budget / 2);
         let interest = match (conn.paused, want_write) {
             (true, _) => Interest::WRITABLE,
             (false, true) => Interest::READABLE | Interest::WRITABLE,
@@ -508,9 +733,17 @@ impl EventLoop {
                 return;
             }
         }
-        if (was_paused || conn.more_to_read) && !conn.paused {
-            // Edge-triggered: bytes that arrived while paused raise no new event.
+        if was_paused && !conn.paused && conn.partial_since.is_some() {
+            // The frame waited on us, not on the peer.
+            conn.partial_since = Some(self.now);
+        }
+        let read_on = (was_paused || conn.more_to_read) && !conn.paused;
+        if read_on {
             conn.more_to_read = false;
+        }
+        self.account(token);
+        if read_on {
+            // Edge-triggered: bytes that arrived while paused raise no new event.
             self.read(token);
         }
     }
@@ -523,7 +756,9 @@ impl EventLoop {
         let idle: Vec<Token> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.in_flight == 0 && now.duration_since(c.last_active) > limit)
+            .filter(|(_, c)| {
+                c.in_flight == 0 && c.evicted.is_none() && now.duration_since(c.last_active) > limit
+            })
             .map(|(t, _)| *t)
             .collect();
         for token in idle {
@@ -542,29 +777,71 @@ impl EventLoop {
         }
     }
 
+    /// Once a second: evicts connections that trickle a frame, that stopped reading
+    /// with more than their budget waiting, or that hold more than their share of an
+    /// exhausted server budget; closes evicted ones that never read their go-away.
+    fn enforce_limits(&mut self, now: Instant) {
+        let config = &self.config;
+        let share = self.memory.fair_share(config.server_budget);
+        let mut evict = Vec::new();
+        let mut close = Vec::new();
+        for (token, c) in &self.conns {
+            if let Some(by) = c.evicted {
+                if now >= by {
+                    close.push(*token);
+                }
+                continue;
+            }
+            let why = if c.out.len() > config.connection_budget
+                && now.duration_since(c.last_drain) > config.stalled_reader_timeout
+            {
+                format!(
+                    "the peer read nothing for {} s with {} bytes of answers waiting (budget {})",
+                    config.stalled_reader_timeout.as_secs(),
+                    c.out.len(),
+                    config.connection_budget
+                )
+            } else if let Some(share) = share.filter(|&share| c.held() > share) {
+                over_share(config, c.held(), share)
+            } else if !c.paused
+                && !config.frame_timeout.is_zero()
+                && c.partial_since.is_some_and(|t| now.duration_since(t) > config.frame_timeout)
+            {
+                format!("a frame took more than {} s to arrive", config.frame_timeout.as_secs())
+            } else {
+                continue;
+            };
+            evict.push((*token, why));
+        }
+        for (token, why) in evict {
+            self.evict(token, &why);
+            self.flush(token);
+        }
+        for token in close {
+            self.close(token, "evicted peer did not read its go-away");
+        }
+    }
+
     fn close(&mut self, token: Token, reason: &str) {
         let Some(mut conn) = self.conns.remove(&token) else { return };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let _ = conn.stream.shutdown(std::net::Shutdown::Both);
         conn.handle.shared().open.store(false, Ordering::Release);
+        self.memory.held.fetch_sub(conn.accounted, Ordering::Relaxed);
+        self.memory.conns.fetch_sub(1, Ordering::Relaxed);
         tracing::debug!(id = %conn.handle.id(), peer = %conn.handle.peer_addr(), reason, "connection closed");
-        self.jobs.send(Job::Disconnected(conn.handle.id()));
+        self.jobs.disconnected(conn.handle.id());
     }
 }
 
-/// `service.runs_inline(method)`, with a panic in it (application code) taken as "no":
-/// the call goes to a worker, which answers a panicking handler with Internal.
-fn runs_inline(service: &dyn Service, method: &str) -> bool {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| service.runs_inline(method))).unwrap_or_else(
-        |_| {
-            tracing::error!(
-                service = service.name(),
-                method,
-                "runs_inline panicked; the call goes to a worker"
-            );
-            false
-        },
-    )
+/// `ask(service)` (application code: `runs_inline`, `is_heavy`), with a panic in
+/// it taken as "no": the call goes to a worker, which answers a panicking handler
+/// with Internal.
+fn ask(service: &dyn Service, method: &str, what: &str, ask: impl FnOnce() -> bool) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(ask)).unwrap_or_else(|_| {
+        tracing::error!(service = service.name(), method, what, "panicked; the call goes to a worker");
+        false
+    })
 }
 
 /// What frame handling needs from the loop, borrowed apart from the connection map.
@@ -575,7 +852,11 @@ struct Dispatch<'a> {
     /// The loop's clock for this turn, the base of request deadlines.
     now: Instant,
     /// Calls for the pool; the loop queues them once the read is handled.
-    batch: &'a mut VecDeque<Job>,
+    batch: &'a mut VecDeque<Call>,
+    /// Calls for the heavy lane, likewise.
+    heavy_batch: &'a mut VecDeque<Call>,
+    /// Heavy calls waiting when the read began.
+    heavy_waiting: usize,
 }
 
 impl Dispatch<'_> {
@@ -602,44 +883,30 @@ impl Dispatch<'_> {
                     if kind == Some(Kind::Request) {
                         let status = Status::resource_exhausted(format!(
                             "request of {size} bytes exceeds the server's maximum frame size of {max}"
-                        ));
+                        ))
+                        .with_outcome(Outcome::NotRun);
                         frame::put_response(&mut conn.out, call_id, &Err(status));
                     }
                     conn.discard = frame::LENGTH_LEN + size;
                 }
-                Err(FrameError::Invalid(why)) => {
-                    tracing::debug!(peer = %conn.handle.peer_addr(), why, "protocol violation");
-                    frame::put_goaway(&mut conn.out, &format!("protocol violation: {why}"));
-                    conn.closing = true;
-                    return;
-                }
+                Err(FrameError::Invalid(why)) => return violation(conn, why),
             }
         }
     }
 
     fn frame(&mut self, conn: &mut Conn, f: frame::Frame) {
         match f.kind {
-            Kind::Request | Kind::Push => self.call(conn, f),
+            Kind::Request => self.call(conn, f),
             Kind::Ping => frame::put_control(&mut conn.out, Kind::Pong, f.call_id),
             Kind::Pong => {}
-            Kind::Response | Kind::GoAway => {
-                frame::put_goaway(
-                    &mut conn.out,
-                    "protocol violation: clients may not send responses or go-away",
-                );
-                conn.closing = true;
-            }
+            Kind::Push => violation(conn, "clients may not send push frames"),
+            Kind::Response | Kind::GoAway => violation(conn, "clients may not send responses or go-away"),
         }
     }
 
     fn call(&mut self, conn: &mut Conn, f: frame::Frame) {
-        let reply = f.kind == Kind::Request;
         let refuse = |conn: &mut Conn, status: Status| {
-            if reply {
-                frame::put_response(&mut conn.out, f.call_id, &Err(status));
-            } else {
-                tracing::debug!(peer = %conn.handle.peer_addr(), %status, "one-way push dropped");
-            }
+            frame::put_response(&mut conn.out, f.call_id, &Err(status.with_outcome(Outcome::NotRun)));
         };
         if self.draining {
             return refuse(conn, Status::unavailable("server is shutting down"));
@@ -657,14 +924,45 @@ impl Dispatch<'_> {
         }
         let deadline = (f.timeout_ms > 0).then(|| self.now + Duration::from_millis(f.timeout_ms.into()));
         let ctx = Context { connection: conn.handle.clone(), call_id: f.call_id, deadline };
-        if runs_inline(service.as_ref(), f.method()) {
-            let result = pool::run(service.as_ref(), &ctx, &f);
-            if reply {
-                frame::put_response(&mut conn.out, f.call_id, &result);
-            }
+        let (service_ref, method) = (service.as_ref(), f.method());
+        if ask(service_ref, method, "runs_inline", || service_ref.runs_inline(method)) {
+            let result = pool::run(service_ref, &ctx, &f);
+            frame::put_response(&mut conn.out, f.call_id, &result);
             return;
         }
+        let heavy = ask(service_ref, method, "is_heavy", || service_ref.is_heavy(method));
+        if heavy && self.heavy_waiting + self.heavy_batch.len() >= self.config.max_heavy_queued {
+            let status = Status::resource_exhausted(format!(
+                "{}/{method} is busy: {} heavy calls already wait",
+                f.service(),
+                self.config.max_heavy_queued
+            ));
+            return refuse(conn, status);
+        }
+        let cost = f.wire_len();
         conn.in_flight += 1;
-        self.batch.push_back(Job::Call { service: service.clone(), ctx, frame: f, reply });
+        conn.requests += cost;
+        let call = Call { service: service.clone(), ctx, frame: f, cost };
+        if heavy {
+            self.heavy_batch.push_back(call);
+        } else {
+            self.batch.push_back(call);
+        }
     }
+}
+
+/// The go-away reason for a connection over its share of an exhausted server budget.
+fn over_share(config: &Config, held: usize, share: usize) -> String {
+    format!(
+        "server memory budget of {} bytes exhausted and this connection holds {held} bytes, over its share of {share}",
+        config.server_budget
+    )
+}
+
+/// Ends a connection whose peer broke the protocol: a go-away names the
+/// violation, and calls already running are still answered.
+fn violation(conn: &mut Conn, why: &str) {
+    tracing::debug!(peer = %conn.handle.peer_addr(), why, "protocol violation");
+    frame::put_goaway(&mut conn.out, &format!("protocol violation: {why}"));
+    conn.closing = true;
 }

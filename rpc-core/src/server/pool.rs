@@ -1,12 +1,20 @@
-//! The worker pool: threads that take jobs from one shared queue and run handlers.
+//! A worker pool: threads that take calls from per-connection queues, served in turn.
 //!
-//! The queue is a mutex-guarded `VecDeque` rather than a channel so that a
-//! loop can hand over every call of one read under one lock and wake at most
-//! one sleeping worker for the lot. A worker that takes a job and sees more
+//! Each connection's calls wait in a queue of their own, and the connections
+//! with calls waiting form a ring the workers serve in turn, one call each: a
+//! connection with a thousand calls waiting gets the next free worker no more
+//! often than one with a single call. A connection may also have only
+//! `max_running` calls running at once, so a burst of slow calls always leaves
+//! workers for the others. The server runs two pools on this code: the
+//! workers, and the small lane for heavy methods.
+//!
+//! The queues sit under one mutex rather than in channels so that a loop can
+//! hand over every call of one read under one lock and wake at most one
+//! sleeping worker for the lot. A worker that takes a call and sees more
 //! waiting wakes one more sleeper, so a backlog spreads over the pool while a
 //! trickle keeps to one thread. Idle workers sleep on a condition variable,
 //! with one exception: when calls come one at a time (the loop's last batch
-//! was a single call and the worker took at most one job since it was last
+//! was a single call and the worker took at most one call since it was last
 //! idle), one worker watches the queue for a few microseconds (spinning,
 //! then yielding its core, crossbeam's `Backoff` budget) before it sleeps,
 //! and nobody is woken for work while it watches. Waking a sleeping thread
@@ -23,8 +31,9 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::{ConnectionId, Context, DisconnectHook, Service};
+use crate::fast_hash::FastMap;
 use crate::frame::Frame;
-use crate::Status;
+use crate::{Outcome, Status};
 
 thread_local! {
     /// The deadline of the call this thread's handler is running, if it has one.
@@ -41,27 +50,48 @@ pub fn current_deadline() -> Option<Instant> {
     CURRENT_DEADLINE.get()
 }
 
-/// Work for the pool.
-pub(crate) enum Job {
-    /// Run one request or client push.
-    Call {
-        /// The service the frame names.
-        service: Arc<dyn Service>,
-        /// The handler's view of the call.
-        ctx: Context,
-        /// The decoded request frame.
-        frame: Frame,
-        /// False for a one-way push: nothing goes back but the in-flight release.
-        reply: bool,
-    },
+/// One request for a worker.
+pub(crate) struct Call {
+    /// The service the frame names.
+    pub(crate) service: Arc<dyn Service>,
+    /// The handler's view of the call.
+    pub(crate) ctx: Context,
+    /// The decoded request frame.
+    pub(crate) frame: Frame,
+    /// Bytes the call holds against its connection's budget, handed back with the reply.
+    pub(crate) cost: usize,
+}
+
+/// What a worker takes off the queue.
+enum Job {
+    /// Run one request.
+    Call(Call),
     /// A connection closed; tell the disconnect hook.
     Disconnected(ConnectionId),
 }
 
-/// The jobs waiting for a worker, and who waits for a job.
+/// One connection's calls waiting for a worker.
+#[derive(Default)]
+struct Lane {
+    /// Calls in arrival order.
+    calls: VecDeque<Call>,
+    /// Calls of this connection running on a worker now.
+    running: usize,
+    /// Whether the connection is in the ring of those to serve.
+    in_ring: bool,
+}
+
+/// The calls waiting for a worker, and who waits for a call.
 struct State {
-    /// Jobs in arrival order.
-    jobs: VecDeque<Job>,
+    /// Each connection with calls waiting or running.
+    lanes: FastMap<ConnectionId, Lane>,
+    /// Connections with a call waiting and under their running cap, in the
+    /// order the workers serve them.
+    ring: VecDeque<ConnectionId>,
+    /// Closed connections whose disconnect hook has yet to run; served first.
+    notices: VecDeque<ConnectionId>,
+    /// Calls waiting, over every lane.
+    waiting: usize,
     /// Workers blocked in `Condvar::wait`.
     sleeping: usize,
     /// Wake-ups signalled and not yet taken by a sleeper. A woken thread
@@ -82,8 +112,11 @@ struct Queue {
     state: Mutex<State>,
     /// Signalled when jobs arrive or the last sender goes.
     ready: Condvar,
-    /// About `state.jobs.len()`, published after each change so that a
-    /// watching worker can look without the lock.
+    /// Calls a connection may have running at once.
+    max_running: usize,
+    /// Whether work may be ready (calls in the ring, or notices), published
+    /// after each change so that a watching worker can look without the lock;
+    /// also the count of calls waiting, for admission limits.
     queued: AtomicUsize,
 }
 
@@ -99,6 +132,63 @@ impl Queue {
 }
 
 impl State {
+    /// Whether a worker could take something now.
+    fn has_work(&self) -> bool {
+        !self.ring.is_empty() || !self.notices.is_empty()
+    }
+
+    /// Takes the next job: a notice, else the first call of the next connection in
+    /// the ring, which goes to the back of the ring if it has more and may run more.
+    fn take(&mut self, max_running: usize) -> Option<Job> {
+        if let Some(id) = self.notices.pop_front() {
+            // Calls still waiting for a closed connection would only be skipped.
+            if let Some(lane) = self.lanes.get_mut(&id) {
+                self.waiting -= lane.calls.len();
+                lane.calls.clear();
+                if lane.running == 0 {
+                    self.lanes.remove(&id);
+                }
+            }
+            return Some(Job::Disconnected(id));
+        }
+        while let Some(id) = self.ring.pop_front() {
+            let Some(lane) = self.lanes.get_mut(&id) else { continue };
+            lane.in_ring = false;
+            let Some(call) = lane.calls.pop_front() else { continue };
+            self.waiting -= 1;
+            lane.running += 1;
+            if !lane.calls.is_empty() && lane.running < max_running {
+                lane.in_ring = true;
+                self.ring.push_back(id);
+            }
+            return Some(Job::Call(call));
+        }
+        None
+    }
+
+    /// A call of connection `id` finished: it may run another.
+    fn finish(&mut self, id: ConnectionId, max_running: usize) {
+        let Some(lane) = self.lanes.get_mut(&id) else { return };
+        lane.running -= 1;
+        if lane.calls.is_empty() {
+            if lane.running == 0 {
+                self.lanes.remove(&id);
+            }
+        } else if !lane.in_ring && lane.running < max_running {
+            lane.in_ring = true;
+            self.ring.push_back(id);
+        }
+    }
+
+    /// The figure published in `Queue::queued`: zero exactly when no work is ready.
+    fn published(&self) -> usize {
+        if self.has_work() {
+            self.waiting.max(1)
+        } else {
+            0
+        }
+    }
+
     /// Whether to wake a sleeping worker: one sleeps that no wake-up is
     /// already on its way to. Counts the wake-up as sent.
     fn claim_sleeper(&mut self) -> bool {
@@ -136,34 +226,47 @@ impl Drop for Jobs {
 }
 
 impl Jobs {
-    /// Queues one job.
-    pub(crate) fn send(&self, job: Job) {
+    /// Queues the notice that connection `id` closed.
+    pub(crate) fn disconnected(&self, id: ConnectionId) {
         let mut st = self.queue.lock();
-        st.jobs.push_back(job);
-        let (queued, wake) = (st.jobs.len(), st.claim_sleeper());
-        drop(st);
-        self.queue.queued.store(queued, Ordering::Relaxed);
-        if wake {
-            self.queue.ready.notify_one();
-        }
+        st.notices.push_back(id);
+        self.queued_and_wake(st);
     }
 
-    /// Queues every job in `batch` (leaving it empty) under one lock, and
-    /// wakes one sleeping worker; it wakes others if the work outlasts it.
-    pub(crate) fn send_all(&self, batch: &mut VecDeque<Job>) {
+    /// Queues every call in `batch` (leaving it empty), all from connection
+    /// `id`, under one lock, and wakes one sleeping worker; it wakes others if
+    /// the work outlasts it.
+    pub(crate) fn send_all(&self, id: ConnectionId, batch: &mut VecDeque<Call>) {
         if batch.is_empty() {
             return;
         }
+        let max_running = self.queue.max_running;
         let mut st = self.queue.lock();
         st.last_batch = batch.len();
-        if st.jobs.is_empty() {
+        st.waiting += batch.len();
+        let lane = st.lanes.entry(id).or_default();
+        if lane.calls.is_empty() {
             // The usual case when the workers keep up: trade buffers rather
-            // than move every job.
-            std::mem::swap(&mut st.jobs, batch);
+            // than move every call.
+            std::mem::swap(&mut lane.calls, batch);
         } else {
-            st.jobs.append(batch);
+            lane.calls.append(batch);
         }
-        let (queued, wake) = (st.jobs.len(), st.claim_sleeper());
+        let join = !lane.in_ring && lane.running < max_running;
+        if join {
+            lane.in_ring = true;
+            st.ring.push_back(id);
+        }
+        self.queued_and_wake(st);
+    }
+
+    /// Calls waiting over every connection (for the heavy lane's bound).
+    pub(crate) fn waiting(&self) -> usize {
+        self.queue.queued.load(Ordering::Relaxed)
+    }
+
+    fn queued_and_wake(&self, mut st: MutexGuard<'_, State>) {
+        let (queued, wake) = (st.published(), st.has_work() && st.claim_sleeper());
         drop(st);
         self.queue.queued.store(queued, Ordering::Relaxed);
         if wake {
@@ -172,23 +275,33 @@ impl Jobs {
     }
 }
 
-/// A queue with no workers yet, and its first sender.
-pub(crate) fn queue() -> Jobs {
+/// A queue with no workers yet, and its first sender. A connection may have
+/// `max_running` calls running at once (at least one).
+pub(crate) fn queue(max_running: usize) -> Jobs {
     let state = State {
-        jobs: VecDeque::with_capacity(1024),
+        lanes: FastMap::default(),
+        ring: VecDeque::new(),
+        notices: VecDeque::new(),
+        waiting: 0,
         sleeping: 0,
         waking: 0,
         watching: false,
         last_batch: 0,
         senders: 1,
     };
-    let queue = Queue { state: Mutex::new(state), ready: Condvar::new(), queued: AtomicUsize::new(0) };
+    let queue = Queue {
+        state: Mutex::new(state),
+        ready: Condvar::new(),
+        max_running: max_running.max(1),
+        queued: AtomicUsize::new(0),
+    };
     Jobs { queue: Arc::new(queue) }
 }
 
-/// Starts `n` workers on the queue behind `jobs`. They exit when every
-/// sender is dropped and the queue is empty.
+/// Starts `n` workers named `{name}-{i}` on the queue behind `jobs`. They exit
+/// when every sender is dropped and the queue is empty.
 pub(crate) fn start(
+    name: &str,
     n: usize,
     jobs: &Jobs,
     on_disconnect: Option<DisconnectHook>,
@@ -197,28 +310,34 @@ pub(crate) fn start(
         .map(|i| {
             let queue = jobs.queue.clone();
             let hook = on_disconnect.clone();
-            std::thread::Builder::new().name(format!("rpc-worker-{i}")).spawn(move || work(&queue, hook))
+            std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || work(&queue, hook))
         })
         .collect()
 }
 
-/// The next job, sleeping until one comes; `None` once the queue is closed and empty.
-fn next(queue: &Queue, taken: &mut u32) -> Option<Job> {
+/// The next job, sleeping until one comes; `None` once the queue is closed and
+/// empty. `finished` is the connection whose call this worker just ran.
+fn next(queue: &Queue, taken: &mut u32, finished: Option<ConnectionId>) -> Option<Job> {
     let mut st = queue.lock();
+    if let Some(id) = finished {
+        st.finish(id, queue.max_running);
+    }
     let mut watched = false;
     loop {
-        if let Some(job) = st.jobs.pop_front() {
+        if let Some(job) = st.take(queue.max_running) {
             *taken = taken.saturating_add(1);
-            queue.queued.store(st.jobs.len(), Ordering::Relaxed);
+            queue.queued.store(st.published(), Ordering::Relaxed);
             // More waiting and a worker asleep: let it help. It will wake the
             // next one in turn if the backlog is still there when it looks.
-            let wake = !st.jobs.is_empty() && st.claim_sleeper();
+            let wake = st.has_work() && st.claim_sleeper();
             drop(st);
             if wake {
                 queue.ready.notify_one();
             }
             return Some(job);
         }
+        // A lane at its running cap still has a worker on it, which takes the
+        // lane's next call itself when it finishes.
         if st.senders == 0 {
             return None;
         }
@@ -260,25 +379,28 @@ fn watch(queue: &Queue) {
 
 fn work(queue: &Queue, on_disconnect: Option<DisconnectHook>) {
     let mut taken = 0;
-    while let Some(job) = next(queue, &mut taken) {
+    let mut finished = None;
+    while let Some(job) = next(queue, &mut taken, finished.take()) {
         match job {
-            Job::Call { service, ctx, frame, reply } => {
+            Job::Call(call) => {
+                let Call { service, ctx, frame, cost } = call;
+                finished = Some(ctx.connection.id());
                 if !ctx.connection.is_open() {
                     // Nobody is left to answer; do not run work for a gone caller.
                     continue;
                 }
-                let call_id = ctx.call_id;
                 let expired = ctx.deadline.is_some_and(|d| Instant::now() >= d);
                 let result = if expired {
                     Err(Status::deadline_exceeded(format!(
                         "{}/{} waited past its deadline in the server's queue",
                         frame.service(),
                         frame.method()
-                    )))
+                    ))
+                    .with_outcome(Outcome::NotRun))
                 } else {
                     run(service.as_ref(), &ctx, &frame)
                 };
-                ctx.connection.reply(call_id, reply.then_some(result));
+                ctx.connection.reply(ctx.call_id, result, cost);
             }
             Job::Disconnected(id) => {
                 if let Some(hook) = &on_disconnect {
@@ -325,19 +447,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn workers_drain_the_queue_and_exit_when_the_last_sender_goes() {
-        let jobs = queue();
+    fn workers_drain_the_notices_and_exit_when_the_last_sender_goes() {
+        let jobs = queue(1);
         let (tx, rx) = crossbeam_channel::unbounded();
         let hook: DisconnectHook = Arc::new(move |id| tx.send(id).unwrap());
-        let workers = start(3, &jobs, Some(hook)).unwrap();
+        let workers = start("test-worker", 3, &jobs, Some(hook)).unwrap();
         let other = jobs.clone();
-        for round in 0..2 {
-            let mut batch: VecDeque<Job> =
-                (0..50).map(|i| Job::Disconnected(ConnectionId(round * 50 + i))).collect();
-            other.send_all(&mut batch);
-            assert!(batch.is_empty());
+        for i in 0..100 {
+            other.disconnected(ConnectionId(i));
         }
-        jobs.send(Job::Disconnected(ConnectionId(100)));
+        jobs.disconnected(ConnectionId(100));
         drop(jobs);
         drop(other);
         for w in workers {
@@ -349,25 +468,16 @@ mod tests {
     }
 
     #[test]
-    fn calls_one_at_a_time_are_each_picked_up_whether_a_worker_watches_or_sleeps() {
-        let jobs = queue();
+    fn notices_one_at_a_time_are_each_picked_up_whether_a_worker_watches_or_sleeps() {
+        let jobs = queue(1);
         let (tx, rx) = crossbeam_channel::unbounded();
         let hook: DisconnectHook = Arc::new(move |id| tx.send(id).unwrap());
-        let workers = start(2, &jobs, Some(hook)).unwrap();
-        // Gaps shorter and longer than the watch, batches of one and of two.
+        let workers = start("test-worker", 2, &jobs, Some(hook)).unwrap();
+        // Gaps shorter and longer than the watch.
         for (i, gap_us) in [0u64, 1, 5, 50, 500, 5_000, 20_000].into_iter().enumerate() {
-            let i = i as u64 * 2;
-            let mut one: VecDeque<Job> = [Job::Disconnected(ConnectionId(i))].into();
-            jobs.send_all(&mut one);
-            assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap().0, i);
+            jobs.disconnected(ConnectionId(i as u64));
+            assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap().0, i as u64);
             std::thread::sleep(std::time::Duration::from_micros(gap_us));
-            let mut two: VecDeque<Job> =
-                [Job::Disconnected(ConnectionId(i + 100)), Job::Disconnected(ConnectionId(i + 101))].into();
-            jobs.send_all(&mut two);
-            let mut got = [rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap().0, 0];
-            got[1] = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap().0;
-            got.sort_unstable();
-            assert_eq!(got, [i + 100, i + 101]);
         }
         drop(jobs);
         for w in workers {

@@ -4,6 +4,7 @@
 
 mod balance;
 mod client_faults;
+mod isolation;
 mod registry;
 mod server_limits;
 mod support;
