@@ -9,7 +9,19 @@
 //! [`Service::runs_inline`]); the worker sends the reply back over
 //! the loop's channel and wakes it with its `mio::Waker`, and the loop writes
 //! every reply that is ready before it polls again, so many replies share a
-//! syscall.
+//! syscall. Methods a service declares heavy ([`Service::is_heavy`]) go to a
+//! second, small pool of `Config::heavy_workers` threads instead.
+//!
+//! No connection can hurt another. The pools keep each connection's calls in a
+//! queue of its own and serve the connections in turn, with a cap on the calls
+//! of one connection running at once. The loop counts what it holds for each
+//! connection (requests running, answers unwritten) against
+//! `Config::connection_budget` and stops reading a connection past it; it
+//! evicts, with a go-away naming the limit, a connection whose unread answers
+//! pass `Config::connection_hard_limit`, that stays over its budget without
+//! reading, that trickles a frame, or that holds more than its share of an
+//! exhausted `Config::server_budget`. Refusals say the call did not run
+//! ([`crate::Outcome`]).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
