@@ -77,6 +77,7 @@ impl Drop for Process {
 
 /// An `echo_server` child process.
 struct Server {
+    /// The child, killed when dropped.
     process: Process,
     /// A channel straight to it, for its counters.
     direct: EchoClient,
@@ -132,9 +133,13 @@ impl Server {
 /// Calls `Say` through the balancer from a few threads until dropped; keeps
 /// the answers and the failures, each failure with when its call started.
 struct Load {
+    /// Tells the threads to end.
     stop: Arc<AtomicBool>,
+    /// The calling threads, joined when dropped.
     threads: Vec<JoinHandle<()>>,
+    /// Calls answered.
     answered: Arc<AtomicUsize>,
+    /// Failed calls, with when each started.
     failures: Arc<Mutex<Vec<(Instant, rpc_core::Error)>>>,
 }
 

@@ -145,7 +145,9 @@ impl Service for Named {
 /// longer than 30 s, so a failed test cannot hang a server's shutdown.
 #[derive(Default)]
 pub struct Gate {
+    /// Whether calls wait.
     closed: Mutex<bool>,
+    /// Told when it opens.
     changed: Condvar,
 }
 
@@ -169,9 +171,11 @@ impl Gate {
 /// server whose workers are all stuck while its event loop still reads,
 /// answering pings.
 pub struct Gated {
+    /// What `Who` answers.
     pub name: String,
     /// Calls that reached the handler (counted before the gate).
     pub calls: Arc<AtomicUsize>,
+    /// Where every call waits while it is closed.
     pub gate: Arc<Gate>,
 }
 
@@ -188,8 +192,11 @@ impl Service for Gated {
 
 /// An in-process server for balancer tests: a [`Gated`] service on 127.0.0.1:0.
 pub struct Local {
+    /// The server.
     pub server: server::Handle,
+    /// Calls that reached its handler.
     pub calls: Arc<AtomicUsize>,
+    /// Holds its calls while closed; opened when dropped.
     pub gate: Arc<Gate>,
 }
 
@@ -226,7 +233,9 @@ impl Drop for Local {
 /// old connections or new ones, until it resumes. Resumes when dropped, so no
 /// client is left waiting on it however the test ends.
 pub struct Pausable {
+    /// Where it listens.
     pub addr: SocketAddr,
+    /// Whether bytes are held, read by every relay thread.
     paused: Arc<AtomicBool>,
 }
 
