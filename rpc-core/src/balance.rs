@@ -2,27 +2,56 @@
 //!
 //! [`Balanced`] is a [`Transport`]: generated stubs call through it as through
 //! a [`Channel`]. It keeps one channel per instance address, reused when the
-//! set changes, and picks an instance per call: in turn
-//! ([`Strategy::RoundRobin`], the default), the one with the fewest calls
+//! set changes, and picks an instance per call among those *in rotation*: in
+//! turn ([`Strategy::RoundRobin`], the default), the one with the fewest calls
 //! running ([`Strategy::LeastInFlight`]), or by consistent hash of a key the
 //! caller gives ([`Balanced::with_key`]), so one user's calls keep going to one
 //! instance while the set holds still.
 //!
-//! An instance leaves rotation when its registration goes or when a call to it
-//! fails to connect or loses its connection. One exception: when the set
-//! empties, the last instances stay. An empty set is far more often a
-//! registry hiccup (sessions expiring across a ZooKeeper restart before the
-//! providers re-register) than every instance leaving at once; if they are
-//! really gone, their connection failures take them out of rotation, and
-//! calls fail with the connection error. A prober thread (started the
-//! first time an instance fails) then tries to connect to it, waiting
-//! `probe_initial`, doubling up to `probe_max` between attempts, and puts it
-//! back once it accepts. A call that fails in a way that proves it never
-//! reached a server ([`Error::is_retryable_elsewhere`]) is tried again on
-//! another instance, each instance at most once, within the call's deadline;
-//! a call that may have run is never sent twice.
+//! An instance leaves rotation when its registration goes, and when the calls
+//! sent to it show that it does not serve them (outlier ejection, as in Envoy
+//! or Finagle): a call fails to connect or loses its connection;
+//! [`Config::eject_after_timeouts`] calls in a row time out; or it *stalls*:
+//! calls from this balancer run on it and none has completed for longer than
+//! [`Config::stall_floor`] or eight times the median latency of its peers,
+//! whichever is longer. A stopped process (SIGSTOP, a frozen VM) is the case
+//! in point: its kernel still completes TCP handshakes, so only the missing
+//! answers give it away. Stalls are checked with a few atomic loads whenever
+//! a call picks an instance, when a call times out, and by the prober. They
+//! are judged against the peers: an instance never leaves rotation for latency
+//! while no other instance in rotation answers, so a slowdown of the whole
+//! service stays a slowdown instead of becoming an outage. Timeouts in a row
+//! eject regardless: no answer at all is not a matter of comparison. An
+//! instance already running [`Config::max_in_flight_per_instance`] calls from
+//! this balancer is skipped until one ends.
 //!
-//! Parts: `balance/ring.rs` holds the consistent-hash ring and its stable hash.
+//! A prober thread, started with the first call, watches running calls for
+//! stalls and pings each instance out of rotation over a fresh connection with
+//! the protocol's Ping frame; only a Pong within [`Config::probe_timeout`] puts it back. A
+//! TCP connect would not do: the stopped process above accepts it. The wait
+//! before a probe starts at `probe_initial` and doubles per failed probe up to
+//! `probe_max`; the first wait also doubles with each ejection in a row, so an
+//! instance that answers pings but not calls (every worker stuck) does not
+//! flap in and out at full speed.
+//!
+//! With no instance in rotation a call fails at once with
+//! [`Error::NoInstances`], and with every instance in rotation at its cap with
+//! [`Error::Backpressure`]; neither call was sent anywhere. Waiting out the
+//! deadline on an instance known to be down helps no one. One exception
+//! keeps instances known: when the registry's set empties, the last instances
+//! stay. An empty set is far more often a registry hiccup (sessions expiring
+//! across a ZooKeeper restart before the providers re-register) than every
+//! instance leaving at once; if they are really gone, their failures take them
+//! out of rotation. A call that fails in a way that proves it never reached a
+//! server ([`Error::is_retryable_elsewhere`]) is tried again on another
+//! instance, each instance at most once, within the call's deadline; a call
+//! that may have run is never sent twice.
+//!
+//! Parts: `balance/endpoint.rs` holds an instance's channel and health,
+//! `balance/outlier.rs` the reasons to eject and the stall decision,
+//! `balance/call.rs` picks instances and runs the blocking and callback calls,
+//! `balance/probe.rs` is the prober thread, and `balance/ring.rs` the
+//! consistent-hash ring and its stable hash.
 //!
 //! ```no_run
 //! use rpc_core::balance::{Balanced, Config};
@@ -40,20 +69,26 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::Sender;
 use prost::Message;
 
 use crate::client::{self, Callback, Channel, Transport};
 use crate::registry::{Discovery, Instance, Registry};
 use crate::Error;
 
+mod call;
+mod endpoint;
+mod outlier;
+mod probe;
 mod ring;
 
+use call::AsyncCall;
+use endpoint::Endpoint;
 use ring::Ring;
 
 /// How a call without a key picks an instance. Calls with a key use the
@@ -79,10 +114,29 @@ pub struct Config {
     /// Points per instance on the consistent-hash ring; more spread keys more
     /// evenly.
     pub virtual_nodes: usize,
-    /// Wait before the first probe of an instance that left rotation.
+    /// Wait before the first probe of an instance that left rotation (doubled
+    /// for each time it left rotation again without a call succeeding on it
+    /// in between).
     pub probe_initial: Duration,
     /// Longest wait between probes; the wait doubles per failed probe.
     pub probe_max: Duration,
+    /// Longest a probe waits for the connection and the Pong of an instance
+    /// out of rotation; one that does not answer in time stays out.
+    pub probe_timeout: Duration,
+    /// Calls to one instance that time out in a row before it leaves
+    /// rotation, even if it is the last one; an answer in between starts the
+    /// count again. 0 turns this off.
+    pub eject_after_timeouts: u32,
+    /// The shortest an instance with calls running may go without completing
+    /// one before it counts as stalled and leaves rotation; the threshold is
+    /// eight times its peers' median latency when that is longer.
+    /// `Duration::MAX` turns stall ejection off, for services whose calls may
+    /// rightly run long (long polls, streams of work).
+    pub stall_floor: Duration,
+    /// Most calls from this balancer that may run on one instance at once. An
+    /// instance at its cap is skipped; when every instance in rotation is,
+    /// calls fail at once with [`Error::Backpressure`] without being sent.
+    pub max_in_flight_per_instance: usize,
 }
 
 impl Default for Config {
@@ -92,7 +146,11 @@ impl Default for Config {
             channel: client::Config::default(),
             virtual_nodes: 160,
             probe_initial: Duration::from_millis(100),
-            probe_max: Duration::from_secs(5),
+            probe_max: Duration::from_secs(2),
+            probe_timeout: Duration::from_secs(1),
+            eject_after_timeouts: 2,
+            stall_floor: Duration::from_millis(250),
+            max_in_flight_per_instance: 512,
         }
     }
 }
@@ -115,6 +173,7 @@ pub struct Keyed {
     hash: u64,
 }
 
+/// What every clone of a balancer, its calls and its prober share.
 struct Shared {
     /// The instance set.
     discovery: Discovery,
@@ -128,6 +187,10 @@ struct Shared {
     retired: Mutex<Vec<Arc<Endpoint>>>,
     /// Wakes the prober thread, once started.
     prober: OnceLock<Sender<()>>,
+    /// Set while the prober sleeps with nothing to wait for: the next call
+    /// to start wakes it (starting it the first time), so that a stall is
+    /// noticed even if every caller is stuck in it and no pick comes.
+    prober_asleep: AtomicBool,
 }
 
 /// The endpoints of one version of the instance set.
@@ -138,32 +201,6 @@ struct Table {
     endpoints: Vec<Arc<Endpoint>>,
     /// The consistent-hash ring over `endpoints`.
     ring: Ring,
-}
-
-/// One instance and the channel to it.
-struct Endpoint {
-    /// The instance as registered.
-    instance: Instance,
-    /// The channel; the prober swaps in a freshly connected one when the
-    /// instance comes back, so no stale backoff delays the first calls.
-    channel: Mutex<Channel>,
-    /// Calls from this balancer running on it.
-    in_flight: AtomicUsize,
-    /// Gone from the instance set: no call starts on it any more, and its channel is
-    /// closed once `in_flight` is 0.
-    retired: AtomicBool,
-    /// Out of rotation since a connection failure.
-    down: AtomicBool,
-    /// When to probe it next, and how many probes failed.
-    health: Mutex<Health>,
-}
-
-#[derive(Default)]
-struct Health {
-    /// Probes failed in a row.
-    failures: u32,
-    /// No probe before this.
-    next_probe: Option<Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -181,6 +218,7 @@ impl Balanced {
             next: AtomicUsize::new(0),
             retired: Mutex::new(Vec::new()),
             prober: OnceLock::new(),
+            prober_asleep: AtomicBool::new(true),
         };
         Balanced { shared: Arc::new(shared) }
     }
@@ -218,8 +256,10 @@ impl Balanced {
     ///
     /// # Errors
     ///
-    /// As [`Transport::call`], and [`Error::NoInstances`] when the service has
-    /// no instance.
+    /// As [`Transport::call`]; and, without sending the call anywhere,
+    /// [`Error::NoInstances`] when no instance of the service is in rotation
+    /// and [`Error::Backpressure`] when every one in rotation already runs
+    /// [`Config::max_in_flight_per_instance`] calls from this balancer.
     pub fn call_raw(
         &self,
         service: &str,
@@ -313,82 +353,6 @@ impl std::fmt::Debug for Keyed {
     }
 }
 
-impl Endpoint {
-    fn new(instance: Instance, channel: Channel) -> Endpoint {
-        Endpoint {
-            instance,
-            channel: Mutex::new(channel),
-            in_flight: AtomicUsize::new(0),
-            retired: AtomicBool::new(false),
-            down: AtomicBool::new(false),
-            health: Mutex::new(Health::default()),
-        }
-    }
-
-    fn is_down(&self) -> bool {
-        self.down.load(Ordering::Acquire)
-    }
-
-    fn channel(&self) -> Channel {
-        lock(&self.channel).clone()
-    }
-
-    /// Counts a call as running; false (counting nothing) if the endpoint was retired.
-    /// With [`Endpoint::retire`] this is a handshake in sequentially consistent order:
-    /// either the call sees the endpoint retired and goes elsewhere, or the retirer sees
-    /// the call and leaves the channel open until it ends.
-    fn enter(&self) -> bool {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        if self.retired.load(Ordering::SeqCst) {
-            self.leave();
-            return false;
-        }
-        true
-    }
-
-    fn leave(&self) {
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// Counts a call as running until the guard drops; `None` if the endpoint was retired.
-    fn start(&self) -> Option<InFlight<'_>> {
-        self.enter().then_some(InFlight(self))
-    }
-
-    /// Takes the endpoint out of use; returns whether no call runs on it, so that its
-    /// channel may be closed now.
-    fn retire(&self) -> bool {
-        self.retired.store(true, Ordering::SeqCst);
-        self.is_idle()
-    }
-
-    fn is_idle(&self) -> bool {
-        self.in_flight.load(Ordering::SeqCst) == 0
-    }
-
-    /// A call got through: back in rotation if it was out.
-    fn succeeded(&self) {
-        if self.down.swap(false, Ordering::AcqRel) {
-            *lock(&self.health) = Health::default();
-            tracing::info!(addr = %self.instance.addr, id = %self.instance.id, "instance back in rotation");
-        }
-    }
-}
-
-/// Decrements an endpoint's in-flight count when dropped.
-struct InFlight<'a>(&'a Endpoint);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.leave();
-    }
-}
-
-/// Whether an error says the instance cannot be reached.
-fn unreachable(e: &Error) -> bool {
-    matches!(e, Error::Connect { .. } | Error::ConnectionLost { .. })
-}
-
 impl Shared {
     /// The current table, rebuilt first if the set changed.
     fn table(self: &Arc<Shared>) -> Arc<Table> {
@@ -400,7 +364,7 @@ impl Shared {
     }
 
     /// Rebuilds the table from the discovered set, keeping the endpoint (and
-    /// so the channel) of every address still in it.
+    /// so the channel and health) of every address still in it.
     fn refresh(self: &Arc<Shared>) -> Arc<Table> {
         let mut current = self.table.write().unwrap_or_else(|p| p.into_inner());
         let (version, set) = self.discovery.snapshot();
@@ -410,7 +374,7 @@ impl Shared {
         let set: Vec<Instance> = if set.is_empty() && !current.endpoints.is_empty() {
             tracing::warn!(
                 service = %self.discovery.service(),
-                "the registry lists no instance; calls keep going to the last ones it listed"
+                "the registry lists no instance; calls keep going to the last ones it listed while they are in rotation"
             );
             current.endpoints.iter().map(|e| e.instance.clone()).collect()
         } else {
@@ -428,7 +392,7 @@ impl Shared {
                 Some(e) if e.instance == *instance => {
                     // Back in the set before its retirement completed: still open, since
                     // a channel is closed only after leaving `retired` (locked here).
-                    e.retired.store(false, Ordering::SeqCst);
+                    e.unretire();
                     e
                 }
                 Some(e) => Arc::new(Endpoint::new(instance.clone(), e.channel())),
@@ -462,307 +426,6 @@ impl Shared {
             self.wake_prober();
         }
         table
-    }
-
-    /// Picks an endpoint not in `tried`: one in rotation if any, else one out
-    /// of rotation (it may be back before its probe says so).
-    fn pick(&self, table: &Table, key: Option<u64>, tried: &[usize]) -> Option<usize> {
-        let n = table.endpoints.len();
-        if n == 0 {
-            return None;
-        }
-        let start = if key.is_some() { 0 } else { self.next.fetch_add(1, Ordering::Relaxed) % n };
-        for in_rotation_only in [true, false] {
-            let eligible =
-                |i: usize| !tried.contains(&i) && (!in_rotation_only || !table.endpoints[i].is_down());
-            let found = match (key, self.config.strategy) {
-                (Some(hash), _) => table.ring.walk(hash).find(|&i| eligible(i)),
-                (None, Strategy::RoundRobin) => (0..n).map(|k| (start + k) % n).find(|&i| eligible(i)),
-                (None, Strategy::LeastInFlight) => (0..n)
-                    .map(|k| (start + k) % n)
-                    .filter(|&i| eligible(i))
-                    .min_by_key(|&i| table.endpoints[i].in_flight.load(Ordering::Relaxed)),
-            };
-            if found.is_some() {
-                return found;
-            }
-        }
-        None
-    }
-
-    /// Runs `attempt` on picked endpoints until one answers, the error says
-    /// the call may have run, or every endpoint was tried.
-    fn call(
-        self: &Arc<Shared>,
-        key: Option<u64>,
-        timeout: Option<Duration>,
-        mut attempt: impl FnMut(&Channel, Option<Duration>) -> Result<Bytes, Error>,
-    ) -> Result<Bytes, Error> {
-        let mut table = self.table();
-        let deadline = timeout.or(self.config.channel.default_timeout).map(|t| Instant::now() + t);
-        let mut tried = Vec::new();
-        let mut last_error = None;
-        while let Some(i) = self.pick(&table, key, &tried) {
-            let left = match deadline {
-                Some(d) if Instant::now() >= d && last_error.is_some() => break,
-                Some(d) => Some(d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))),
-                None => None,
-            };
-            let endpoint = table.endpoints[i].clone();
-            let Some(running) = endpoint.start() else {
-                // The instance set changed since `table` was read: pick from the new one.
-                table = self.table();
-                tried.clear();
-                continue;
-            };
-            tried.push(i);
-            let result = attempt(&endpoint.channel(), left);
-            drop(running);
-            match result {
-                Ok(reply) => {
-                    endpoint.succeeded();
-                    return Ok(reply);
-                }
-                Err(e) => {
-                    if unreachable(&e) {
-                        self.leave_rotation(&endpoint, &e);
-                    }
-                    if !e.is_retryable_elsewhere() {
-                        return Err(e);
-                    }
-                    tracing::debug!(addr = %endpoint.instance.addr, error = %e, "trying another instance");
-                    last_error = Some(e);
-                }
-            }
-        }
-        Err(last_error.unwrap_or_else(|| self.no_instances()))
-    }
-
-    fn no_instances(&self) -> Error {
-        Error::NoInstances { service: self.discovery.service().to_owned() }
-    }
-
-    /// Takes an endpoint out of rotation and has the prober watch it.
-    fn leave_rotation(self: &Arc<Shared>, endpoint: &Endpoint, error: &Error) {
-        if endpoint.down.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        *lock(&endpoint.health) =
-            Health { failures: 0, next_probe: Some(Instant::now() + self.config.probe_initial) };
-        tracing::info!(
-            service = %self.discovery.service(),
-            addr = %endpoint.instance.addr,
-            id = %endpoint.instance.id,
-            %error,
-            "instance leaves rotation"
-        );
-        self.wake_prober();
-    }
-
-    /// Wakes the prober thread, starting it the first time.
-    fn wake_prober(self: &Arc<Shared>) {
-        let wake = self.prober.get_or_init(|| {
-            let (tx, rx) = crossbeam_channel::unbounded();
-            let shared = Arc::downgrade(self);
-            let spawned = std::thread::Builder::new()
-                .name(format!("balance-{}", self.discovery.service()))
-                .spawn(move || probe_loop(shared, rx));
-            if let Err(error) = spawned {
-                tracing::error!(%error, "cannot start the prober; failed instances return only through calls");
-            }
-            tx
-        });
-        let _ = wake.send(());
-    }
-
-    /// Probes what is due and closes idle retired channels; returns when to
-    /// come back, `None` if nothing is pending.
-    fn probe_due(self: &Arc<Shared>) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        let mut soonest = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
-        let mut idle = Vec::new();
-        {
-            let mut retired = lock(&self.retired);
-            retired.retain(|e| {
-                let busy = !e.is_idle();
-                if !busy {
-                    idle.push(e.channel());
-                }
-                busy
-            });
-            if !retired.is_empty() {
-                soonest(Instant::now() + Duration::from_millis(100));
-            }
-        }
-        // Closing waits for a connect in progress: never while `retired` is locked, which
-        // a refresh takes with the table locked.
-        for channel in idle {
-            channel.close();
-        }
-        let table = self.table();
-        for endpoint in table.endpoints.iter().filter(|e| e.is_down()) {
-            let due = lock(&endpoint.health).next_probe;
-            match due {
-                Some(t) if t > Instant::now() => soonest(t),
-                _ => {
-                    if let Some(t) = self.probe(endpoint) {
-                        soonest(t);
-                    }
-                }
-            }
-        }
-        next
-    }
-
-    /// Tries to connect to a down endpoint; returns when to try again if it
-    /// is still down.
-    fn probe(&self, endpoint: &Endpoint) -> Option<Instant> {
-        let addr = endpoint.instance.addr;
-        match Channel::connect(addr, self.config.channel.clone()) {
-            Ok(fresh) => {
-                let old = std::mem::replace(&mut *lock(&endpoint.channel), fresh);
-                if endpoint.in_flight.load(Ordering::Acquire) == 0 {
-                    old.close();
-                }
-                endpoint.succeeded();
-                None
-            }
-            Err(error) => {
-                let mut health = lock(&endpoint.health);
-                health.failures = health.failures.saturating_add(1);
-                let wait = self
-                    .config
-                    .probe_initial
-                    .saturating_mul(1 << health.failures.min(16))
-                    .min(self.config.probe_max);
-                let at = Instant::now() + wait;
-                health.next_probe = Some(at);
-                tracing::debug!(%addr, %error, retry_in_ms = wait.as_millis() as u64, "probe failed");
-                Some(at)
-            }
-        }
-    }
-}
-
-/// The prober thread: sleeps until something is due or it is woken, and
-/// exits when the balancer is dropped.
-fn probe_loop(shared: Weak<Shared>, wake: Receiver<()>) {
-    loop {
-        let next = match shared.upgrade() {
-            Some(shared) => shared.probe_due(),
-            None => return,
-        };
-        let woke = match next {
-            Some(at) => wake.recv_timeout(at.saturating_duration_since(Instant::now())),
-            None => wake.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        if let Err(RecvTimeoutError::Disconnected) = woke {
-            return;
-        }
-    }
-}
-
-/// A call started with a callback, retried from the callback of the failed
-/// attempt.
-struct AsyncCall {
-    /// The balancer.
-    shared: Arc<Shared>,
-    /// The table the call started with.
-    table: Arc<Table>,
-    /// The key's hash, for keyed calls.
-    key: Option<u64>,
-    /// The service called.
-    service: Arc<str>,
-    /// The method called.
-    method: Arc<str>,
-    /// The encoded request, kept for retries.
-    body: Bytes,
-    /// When the caller stops waiting.
-    deadline: Option<Instant>,
-    /// Endpoints tried, by index in `table`.
-    tried: Vec<usize>,
-    /// The last retryable failure.
-    last_error: Option<Error>,
-    /// Gets the outcome.
-    callback: Callback,
-}
-
-impl AsyncCall {
-    fn start(
-        shared: &Arc<Shared>,
-        key: Option<u64>,
-        service: &str,
-        method: &str,
-        body: Bytes,
-        timeout: Option<Duration>,
-        callback: Callback,
-    ) {
-        let deadline = timeout.or(shared.config.channel.default_timeout).map(|t| Instant::now() + t);
-        AsyncCall {
-            table: shared.table(),
-            shared: shared.clone(),
-            key,
-            service: service.into(),
-            method: method.into(),
-            body,
-            deadline,
-            tried: Vec::new(),
-            last_error: None,
-            callback,
-        }
-        .next();
-    }
-
-    /// Sends the call to the next endpoint, or reports the outcome.
-    fn next(mut self) {
-        let Some(i) = self.shared.pick(&self.table, self.key, &self.tried) else {
-            let error = self.last_error.take().unwrap_or_else(|| self.shared.no_instances());
-            return (self.callback)(Err(error));
-        };
-        let left = match self.deadline {
-            Some(d) if Instant::now() >= d && self.last_error.is_some() => {
-                let error = self.last_error.take().expect("checked");
-                return (self.callback)(Err(error));
-            }
-            Some(d) => Some(d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))),
-            None => None,
-        };
-        let endpoint = self.table.endpoints[i].clone();
-        if !endpoint.enter() {
-            // The instance set changed since `table` was read: pick from the new one.
-            self.table = self.shared.table();
-            self.tried.clear();
-            return self.next();
-        }
-        self.tried.push(i);
-        let channel = endpoint.channel();
-        let (service, method, body) = (self.service.clone(), self.method.clone(), self.body.clone());
-        channel.call_raw_with(
-            &service,
-            &method,
-            &body,
-            left,
-            Box::new(move |result| {
-                endpoint.leave();
-                match result {
-                    Ok(reply) => {
-                        endpoint.succeeded();
-                        (self.callback)(Ok(reply))
-                    }
-                    Err(e) => {
-                        if unreachable(&e) {
-                            self.shared.leave_rotation(&endpoint, &e);
-                        }
-                        if e.is_retryable_elsewhere() {
-                            self.last_error = Some(e);
-                            self.next()
-                        } else {
-                            (self.callback)(Err(e))
-                        }
-                    }
-                }
-            }),
-        );
     }
 }
 

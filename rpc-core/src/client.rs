@@ -279,6 +279,35 @@ impl Channel {
         self.call_async(service, method, timeout, body.len(), |b| b.extend_from_slice(body), callback)
     }
 
+    /// Sends a Ping frame with a call id of its own and waits for the Pong
+    /// with that id; returns the round trip, connecting first if needed. The
+    /// server's event loop answers it, not a worker: a Pong proves the process
+    /// runs and reads its sockets, where a TCP connect proves only that its
+    /// kernel accepts (a stopped process's listener still completes handshakes).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] (naming the server's address as the service and
+    /// `Ping` as the method) when no Pong came within `timeout`;
+    /// [`Error::Connect`] or [`Error::ConnectionLost`] as for a call;
+    /// [`Error::BlockingOnReader`] on a reader thread.
+    pub fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
+        if Conn::on_reader_thread() {
+            return Err(Error::BlockingOnReader);
+        }
+        let start = Instant::now();
+        let deadline = self.deadline(start, Some(timeout));
+        let conn = self.pick(deadline)?;
+        let id = self.inner.next_call.fetch_add(1, Ordering::Relaxed);
+        let put = |buf: &mut BytesMut| frame::put_control(buf, frame::Kind::Ping, id);
+        self.round_trip(&conn, id, deadline, put, || Error::Timeout {
+            service: self.inner.addr.to_string(),
+            method: "Ping".to_owned(),
+            elapsed_ms: start.elapsed().as_millis() as u64,
+        })?;
+        Ok(start.elapsed())
+    }
+
     /// Sends a one-way frame to the server; no reply comes back.
     ///
     /// # Errors
@@ -415,12 +444,33 @@ impl Channel {
         let id = self.inner.next_call.fetch_add(1, Ordering::Relaxed);
         // Connecting may have taken time: the timeout sent is what is left.
         let sent_at = if conn.opened_after(start) { Instant::now() } else { start };
+        let put = |buf: &mut BytesMut| {
+            request_header(id, sent_at, deadline, service, method).put(buf, body_len);
+            encode(buf);
+        };
+        self.round_trip(&conn, id, deadline, put, || Error::Timeout {
+            service: service.to_owned(),
+            method: method.to_owned(),
+            elapsed_ms: start.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Registers call `id` on `conn`, writes the frame `put` encodes and waits
+    /// until `deadline` for the answer with that id; `timed_out` makes the
+    /// error when the deadline passes first.
+    fn round_trip(
+        &self,
+        conn: &Arc<Conn>,
+        id: u64,
+        deadline: Option<Instant>,
+        put: impl FnOnce(&mut BytesMut),
+        timed_out: impl FnOnce() -> Error,
+    ) -> Result<Bytes, Error> {
         WAITER.with(|waiter| {
             waiter.reset();
             conn.register(id, Pending::Waiter(waiter.clone()));
             let sent = with_encode_buf(|buf| {
-                request_header(id, sent_at, deadline, service, method).put(buf, body_len);
-                encode(buf);
+                put(buf);
                 conn.write(buf)
             });
             if let Err(e) = sent {
@@ -437,11 +487,7 @@ impl Channel {
                     // Timed out; unless the reader took the entry meanwhile, in
                     // which case its result is moments away.
                     if conn.unregister(id) {
-                        Err(Error::Timeout {
-                            service: service.to_owned(),
-                            method: method.to_owned(),
-                            elapsed_ms: start.elapsed().as_millis() as u64,
-                        })
+                        Err(timed_out())
                     } else {
                         waiter.wait(None).expect("result arrives without a deadline")
                     }

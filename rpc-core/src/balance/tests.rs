@@ -1,8 +1,10 @@
 //! Unit tests of the balancer over the in-process registry: picking without
 //! a network, and retries and probes against loopback servers.
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
+use super::call::Unpicked;
 use super::*;
 use crate::registry::{Memory, Registration};
 use crate::server::{self, Context, Service};
@@ -61,17 +63,44 @@ fn round_robin_takes_turns_and_skips_instances_out_of_rotation() {
     first.sort();
     assert_eq!(first, ["a", "b", "c"]);
 
-    endpoint(&b, "b").down.store(true, Ordering::Release);
+    endpoint(&b, "b").set_down(true);
     assert!(picks(&b, None, 10).iter().all(|id| id != "b"));
     assert_eq!(b.in_rotation().len(), 2);
 
-    // With every instance out of rotation, calls still go somewhere: an
-    // instance may be back before its probe says so.
+    // With every instance out of rotation, nothing is picked: only a probe
+    // brings one back, and calls fail at once rather than wait on a dead one.
     for id in ["a", "c"] {
-        endpoint(&b, id).down.store(true, Ordering::Release);
+        endpoint(&b, id).set_down(true);
     }
-    assert_eq!(picks(&b, None, 3).len(), 3);
+    let table = b.shared.table();
+    assert_eq!(b.shared.pick(&table, None, &[]), Err(Unpicked { known: 3, down: 3, full: 0 }));
     assert!(b.in_rotation().is_empty());
+    let err = b.call_raw("s", "M", b"", None).unwrap_err();
+    assert!(matches!(&err, Error::NoInstances { service } if service == "s"), "{err}");
+}
+
+#[test]
+fn instances_at_their_cap_are_skipped_and_all_full_fails_at_once_unsent() {
+    let registry = Memory::new();
+    let _r = ["a", "b"].map(|id| register(&registry, id, addr(1000 + id.as_bytes()[0] as u16)));
+    let config = Config { max_in_flight_per_instance: 2, ..Config::default() };
+    let b = Balanced::discover(&registry, "s", config).unwrap();
+    endpoint(&b, "a").in_flight.store(2, Ordering::SeqCst);
+    assert_eq!(picks(&b, None, 4), ["b"; 4]);
+    // Keyed calls move on around the ring too.
+    assert!((0..20u64).all(|k| owner(&b, k) == "b"));
+    endpoint(&b, "b").in_flight.store(2, Ordering::SeqCst);
+    let table = b.shared.table();
+    assert_eq!(b.shared.pick(&table, None, &[]), Err(Unpicked { known: 2, down: 0, full: 2 }));
+    let err = b.call_raw("s", "M", b"", None).unwrap_err();
+    assert!(matches!(&err, Error::Backpressure(why) if why.contains("not sent")), "{err}");
+    assert!(!err.is_retryable_elsewhere());
+    // One slot frees: calls go there.
+    endpoint(&b, "a").in_flight.store(1, Ordering::SeqCst);
+    assert_eq!(picks(&b, None, 2), ["a"; 2]);
+    for id in ["a", "b"] {
+        endpoint(&b, id).in_flight.store(0, Ordering::SeqCst);
+    }
 }
 
 #[test]
@@ -83,7 +112,7 @@ fn least_in_flight_picks_the_idlest_instance() {
     endpoint(&b, "b").in_flight.store(1, Ordering::Relaxed);
     endpoint(&b, "c").in_flight.store(2, Ordering::Relaxed);
     assert_eq!(picks(&b, None, 5), ["b"; 5]);
-    endpoint(&b, "b").down.store(true, Ordering::Release);
+    endpoint(&b, "b").set_down(true);
     assert_eq!(picks(&b, None, 5), ["c"; 5]);
     // Ties go in turn.
     endpoint(&b, "a").in_flight.store(2, Ordering::Relaxed);
@@ -109,12 +138,12 @@ fn consistent_hash_keeps_keys_in_place_and_moves_only_a_leavers_keys() {
 
     // Out of rotation: its keys go to the next instance around the ring,
     // and come back with it.
-    endpoint(&b, "c").down.store(true, Ordering::Release);
+    endpoint(&b, "c").set_down(true);
     let during: Vec<String> = keys.clone().map(|k| owner(&b, k)).collect();
     for (was, now) in before.iter().zip(&during) {
         assert!(if was == "c" { now != "c" } else { was == now });
     }
-    endpoint(&b, "c").down.store(false, Ordering::Release);
+    endpoint(&b, "c").set_down(false);
     assert_eq!(before, keys.clone().map(|k| owner(&b, k)).collect::<Vec<_>>());
 
     // Leaving the set moves the same keys, and only those.
@@ -282,17 +311,19 @@ fn an_instance_that_failed_is_probed_back_into_rotation() {
     let b = Balanced::discover(&registry, "s", config).unwrap();
     assert_eq!(who(&b).unwrap(), "back");
     first.shutdown();
-    // Its only instance is gone: the call fails, not retryable once every
-    // instance was tried, and the instance leaves rotation.
-    let err = loop {
-        match who(&b) {
-            Err(e) if matches!(e, Error::Connect { .. }) => break e,
-            // The connection may first be lost, or refused with Unavailable.
-            _ => continue,
-        }
-    };
+    // Its only instance is gone: a call fails to connect or loses its
+    // connection, and the instance leaves rotation; from then on calls fail
+    // at once with NoInstances, which may be retried elsewhere.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.in_rotation().is_empty() {
+        assert!(Instant::now() < deadline, "the instance did not leave rotation");
+        let _ = who(&b);
+    }
+    let started = Instant::now();
+    let err = who(&b).unwrap_err();
+    assert!(matches!(err, Error::NoInstances { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(1), "failed at once, not at the deadline");
     assert!(err.is_retryable_elsewhere());
-    assert!(b.in_rotation().is_empty());
 
     let (_again, _) = serve_at("back", false, at);
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -547,6 +547,13 @@ impl Conn {
                     frame::put_control(&mut pong, Kind::Pong, f.call_id);
                     let _ = self.write(&pong);
                 }
+                // Keepalive pings carry id 0, which no call has; a Pong with
+                // another id answers `Channel::ping`.
+                Kind::Pong if f.call_id != 0 => {
+                    if let Some(p) = self.take(f.call_id) {
+                        p.complete(Ok(Bytes::new()));
+                    }
+                }
                 Kind::Pong => {}
                 Kind::GoAway => {
                     let reason = String::from_utf8_lossy(&f.body).into_owned();

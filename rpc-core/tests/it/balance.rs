@@ -1,16 +1,22 @@
-//! Balancing over instances discovered in a real ZooKeeper, with real
-//! servers: spreading, providers leaving (gracefully or not), consistent
-//! hashing, and a ZooKeeper restart under running consumers and providers.
+//! Balancing over real servers: over instances discovered in a real
+//! ZooKeeper, spreading, providers leaving (gracefully or not), consistent
+//! hashing and a ZooKeeper restart under running consumers and providers;
+//! over instances in the in-process registry, instances that stall (workers
+//! stuck, or the whole process stopped, modelled by a paused forwarder) leave
+//! rotation and come back only when they answer a ping, calls fail at once
+//! when no instance is left, and the per-instance cap.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rpc_core::balance::{Balanced, Config};
-use rpc_core::registry::Registry;
+use rpc_core::client::Transport;
+use rpc_core::registry::{Instance, Memory, Registration, Registry};
 use rpc_core::Error;
 
 use crate::support::{
-    ids, registry, shared_zk, unique_root, wait_until, Cleanup, Load, PrivateZk, Provider, Raw, SESSION,
+    ids, registry, shared_zk, unique_root, wait_until, Cleanup, Load, Local, Pausable, PrivateZk, Provider,
+    Raw, SESSION,
 };
 
 const SERVICE: &str = "test.Named";
@@ -186,4 +192,187 @@ fn zookeeper_restarted_under_a_running_consumer_and_provider() {
     load.wait_for_more(50, "calls after the restart");
     let (_, failures) = load.stop();
     assert!(failures.is_empty(), "no call failed: {failures:?}");
+}
+
+/// How long a stalled instance may take to leave rotation: the stall floor
+/// (250 ms) and a prober tick, with slack for a loaded two-core machine.
+const EJECTION: Duration = Duration::from_millis(1500);
+
+fn register(registry: &Memory, id: &str, addr: std::net::SocketAddr) -> Registration {
+    registry.register(SERVICE, &Instance::new(id, addr)).unwrap()
+}
+
+fn call(b: &Balanced, timeout: Duration) -> Result<String, Error> {
+    b.call_raw(SERVICE, "Who", b"", Some(timeout)).map(|r| String::from_utf8(r.to_vec()).unwrap())
+}
+
+fn in_rotation(b: &Balanced, id: &str) -> bool {
+    b.in_rotation().iter().any(|i| i.id == id)
+}
+
+#[test]
+fn an_instance_whose_workers_are_stuck_leaves_rotation_and_returns_once_they_answer() {
+    crate::support::init_logging();
+    let (a, b) = (Local::start("a"), Local::start("b"));
+    let registry = Memory::new();
+    let _regs = [register(&registry, "a", a.addr()), register(&registry, "b", b.addr())];
+    // A long first probe keeps the instance out long enough to be seen out:
+    // its event loop answers pings even while every worker is stuck.
+    let config = Config { probe_initial: Duration::from_secs(2), ..Config::default() };
+    let balanced = Balanced::discover(&registry, SERVICE, config).unwrap();
+    let load = Load::start(&balanced, 4);
+    load.wait_for_more(100, "calls to both");
+    assert!(a.calls() > 0 && b.calls() > 0);
+
+    // Within moments every calling thread is held at a; only the prober,
+    // which watches running calls, can tell.
+    a.gate.close();
+    let frozen = Instant::now();
+    wait_until(EJECTION * 2, "a leaving rotation", || !in_rotation(&balanced, "a"));
+    let took = frozen.elapsed();
+    assert!(took < EJECTION, "a left rotation {took:?} after its workers stuck");
+    for _ in 0..20 {
+        assert_eq!(call(&balanced, Duration::from_secs(1)).unwrap(), "b", "b takes the calls while a is out");
+    }
+
+    // Unstuck: the calls held there are answered, and a, which answers
+    // pings, comes back and takes calls again.
+    a.gate.open();
+    wait_until(Duration::from_secs(10), "a back in rotation", || in_rotation(&balanced, "a"));
+    let a_back = a.calls();
+    wait_until(Duration::from_secs(10), "calls reaching a again", || a.calls() >= a_back + 20);
+    let (_, failures) = load.stop();
+    assert!(failures.is_empty(), "the calls held at a were answered in time: {failures:?}");
+}
+
+#[test]
+fn a_stopped_instance_stays_out_until_it_answers_a_ping_though_it_accepts_connections() {
+    crate::support::init_logging();
+    let (a, b) = (Local::start("a"), Local::start("b"));
+    let front = Pausable::start(a.addr());
+    let registry = Memory::new();
+    let _regs = [register(&registry, "a", front.addr), register(&registry, "b", b.addr())];
+    let balanced = Balanced::discover(&registry, SERVICE, Config::default()).unwrap();
+    let load = Load::with_timeout(&balanced, 4, Duration::from_millis(500));
+    load.wait_for_more(100, "calls to both");
+    assert!(a.calls() > 0 && b.calls() > 0);
+
+    front.pause();
+    let stopped = Instant::now();
+    wait_until(EJECTION * 2, "a leaving rotation", || !in_rotation(&balanced, "a"));
+    let out = Instant::now();
+    let took = out - stopped;
+    assert!(took < EJECTION, "a left rotation {took:?} after it stopped");
+
+    // Stopped, it still accepts connections, so a connect probe would bring
+    // it back at once; the prober's pings get no Pong, and it stays out
+    // through several probes (100, 200 and 400 ms apart, a second each).
+    assert!(std::net::TcpStream::connect(front.addr).is_ok(), "the stopped instance accepts");
+    while out.elapsed() < Duration::from_secs(3) {
+        assert!(!in_rotation(&balanced, "a"), "a came back though it cannot answer");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    load.wait_for_more(100, "calls while a is out");
+    assert_eq!(
+        load.failures_since(out),
+        Vec::<String>::new(),
+        "every call after a left was answered in time"
+    );
+
+    // Resumed, it answers the next ping (at most `probe_max` plus a ping
+    // away) and takes calls again.
+    front.resume();
+    let resumed = Instant::now();
+    wait_until(Duration::from_secs(10), "a back in rotation", || in_rotation(&balanced, "a"));
+    eprintln!("a back in rotation {:?} after it resumed", resumed.elapsed());
+    let a_back = a.calls();
+    wait_until(Duration::from_secs(10), "calls reaching a again", || a.calls() >= a_back + 20);
+    assert_eq!(load.failures_since(out), Vec::<String>::new(), "nor after a came back");
+    let (_, failures) = load.stop();
+    assert!(failures.len() <= 4, "at most one call per thread was held at a: {failures:?}");
+    for e in &failures {
+        assert!(matches!(e, Error::Timeout { .. }), "calls held at a time out: {e}");
+    }
+}
+
+#[test]
+fn with_every_instance_out_of_rotation_calls_fail_at_once_with_no_instances() {
+    crate::support::init_logging();
+    let a = Local::start("a");
+    let front = Pausable::start(a.addr());
+    let registry = Memory::new();
+    let _reg = register(&registry, "a", front.addr);
+    let balanced = Balanced::discover(&registry, SERVICE, Config::default()).unwrap();
+    assert_eq!(call(&balanced, Duration::from_secs(5)).unwrap(), "a");
+
+    // The last instance is never taken out for a stall alone (there is no
+    // peer to compare with), but two timeouts in a row take it out.
+    front.pause();
+    for n in 1..=2 {
+        let err = call(&balanced, Duration::from_millis(500)).unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "call {n}: {err}");
+    }
+    assert!(balanced.in_rotation().is_empty(), "two timeouts in a row eject even the last instance");
+
+    let timeout = Duration::from_secs(2);
+    let started = Instant::now();
+    let err = call(&balanced, timeout).unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(&err, Error::NoInstances { service } if service == SERVICE), "{err}");
+    assert!(took < timeout / 4, "NoInstances after {took:?}, not at once");
+
+    // The callback path fails at once too.
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let started = Instant::now();
+    balanced.call_with(SERVICE, "Who", &(), Some(timeout), Box::new(move |r| tx.send(r).unwrap()));
+    let err = rx.recv_timeout(timeout * 2).expect("the callback is called").unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, Error::NoInstances { .. }), "{err}");
+    assert!(took < timeout / 4, "NoInstances after {took:?}, not at once");
+
+    front.resume();
+    wait_until(Duration::from_secs(10), "a back in rotation", || in_rotation(&balanced, "a"));
+    assert_eq!(call(&balanced, Duration::from_secs(5)).unwrap(), "a");
+}
+
+#[test]
+fn calls_past_the_per_instance_cap_fail_at_once_unsent() {
+    crate::support::init_logging();
+    let a = Local::start("a");
+    let registry = Memory::new();
+    let _reg = register(&registry, "a", a.addr());
+    let config = Config { max_in_flight_per_instance: 2, ..Config::default() };
+    let balanced = Balanced::discover(&registry, SERVICE, config).unwrap();
+    assert_eq!(call(&balanced, Duration::from_secs(5)).unwrap(), "a");
+
+    a.gate.close();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for _ in 0..2 {
+        let tx = tx.clone();
+        balanced.call_with(
+            SERVICE,
+            "Who",
+            &(),
+            Some(Duration::from_secs(20)),
+            Box::new(move |r| tx.send(r).unwrap()),
+        );
+    }
+    wait_until(Duration::from_secs(10), "both calls held at a", || a.calls() == 3);
+
+    let started = Instant::now();
+    let err = call(&balanced, Duration::from_secs(20)).unwrap_err();
+    assert!(matches!(&err, Error::Backpressure(why) if why.contains("not sent")), "{err}");
+    let late = tx.clone();
+    balanced.call_with(SERVICE, "Who", &(), None, Box::new(move |r| late.send(r).unwrap()));
+    let err = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap_err();
+    assert!(matches!(err, Error::Backpressure(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "refused at once: {:?}", started.elapsed());
+    assert_eq!(a.calls(), 3, "the refused calls were not sent");
+    assert_eq!(ids(&balanced.in_rotation()), ["a"], "a full instance stays in rotation");
+
+    a.gate.open();
+    for _ in 0..2 {
+        assert_eq!(&rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap()[..], b"a");
+    }
+    assert_eq!(call(&balanced, Duration::from_secs(5)).unwrap(), "a");
 }

@@ -1,5 +1,6 @@
 //! The client when things go wrong around a call: a server that stops while it holds
-//! calls, and application code misbehaving on a connection's reader thread.
+//! calls, application code misbehaving on a connection's reader thread, and pings to
+//! a server that cannot answer them.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -145,4 +146,27 @@ fn a_blocking_call_from_a_callback_fails_at_once_instead_of_waiting_on_itself() 
     let err = rx.recv_timeout(PATIENCE).expect("the nested call returns").unwrap_err();
     assert!(matches!(err, Error::BlockingOnReader), "{err}");
     assert_eq!(err.code(), Code::FailedPrecondition);
+}
+
+#[test]
+fn a_ping_completes_on_its_pong_and_times_out_where_only_the_kernel_accepts() {
+    let server = Builder::new(Config::default()).service(Echo).bind("127.0.0.1:0").unwrap();
+    let ch = Channel::lazy(server.local_addr(), ClientConfig::default());
+    let rtt = ch.ping(PATIENCE).expect("a Pong");
+    assert!(rtt < PATIENCE);
+    assert!(ch.is_connected(), "the ping connected");
+    assert_eq!(&ch.call_raw("test.Echo", "Echo", b"after", None).unwrap()[..], b"after");
+    for _ in 0..3 {
+        ch.ping(PATIENCE).expect("a Pong for each ping");
+    }
+
+    // A listener nobody accepts on: the kernel completes the handshake, as it
+    // does for a stopped process, but no Pong ever comes.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let ch = Channel::lazy(silent.local_addr().unwrap(), ClientConfig::default());
+    let started = std::time::Instant::now();
+    let err = ch.ping(Duration::from_millis(300)).unwrap_err();
+    assert!(matches!(&err, Error::Timeout { method, .. } if method == "Ping"), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+    assert!(started.elapsed() < PATIENCE, "{:?}", started.elapsed());
 }

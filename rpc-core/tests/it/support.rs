@@ -1,11 +1,14 @@
 //! Helpers shared by the integration tests: ZooKeeper (shared and private),
-//! isolated registry roots, tiny servers, and waiting with deadlines.
+//! isolated registry roots, tiny servers (one whose handler can be held at a
+//! gate), a forwarder that can be paused like a stopped process, and waiting
+//! with deadlines.
 
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -138,6 +141,161 @@ impl Service for Named {
     }
 }
 
+/// Holds calls while closed; open at first. A closed gate lets no call wait
+/// longer than 30 s, so a failed test cannot hang a server's shutdown.
+#[derive(Default)]
+pub struct Gate {
+    /// Whether calls wait.
+    closed: Mutex<bool>,
+    /// Told when it opens.
+    changed: Condvar,
+}
+
+impl Gate {
+    pub fn close(&self) {
+        *self.closed.lock().unwrap() = true;
+    }
+
+    pub fn open(&self) {
+        *self.closed.lock().unwrap() = false;
+        self.changed.notify_all();
+    }
+
+    fn pass(&self) {
+        let closed = self.closed.lock().unwrap();
+        let _ = self.changed.wait_timeout_while(closed, Duration::from_secs(30), |closed| *closed).unwrap();
+    }
+}
+
+/// Like [`Named`], but every call first passes `gate`: closed, it models a
+/// server whose workers are all stuck while its event loop still reads,
+/// answering pings.
+pub struct Gated {
+    /// What `Who` answers.
+    pub name: String,
+    /// Calls that reached the handler (counted before the gate).
+    pub calls: Arc<AtomicUsize>,
+    /// Where every call waits while it is closed.
+    pub gate: Arc<Gate>,
+}
+
+impl Service for Gated {
+    fn name(&self) -> &str {
+        "test.Named"
+    }
+    fn call(&self, _ctx: &Context, _method: &str, _body: Bytes) -> Result<Bytes, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.gate.pass();
+        Ok(Bytes::from(self.name.clone().into_bytes()))
+    }
+}
+
+/// An in-process server for balancer tests: a [`Gated`] service on 127.0.0.1:0.
+pub struct Local {
+    /// The server.
+    pub server: server::Handle,
+    /// Calls that reached its handler.
+    pub calls: Arc<AtomicUsize>,
+    /// Holds its calls while closed; opened when dropped.
+    pub gate: Arc<Gate>,
+}
+
+impl Local {
+    pub fn start(name: &str) -> Local {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Gate::default());
+        let service = Gated { name: name.to_owned(), calls: calls.clone(), gate: gate.clone() };
+        let server = server::Builder::new(server::Config { workers: 2, ..server::Config::default() })
+            .service(service)
+            .bind("127.0.0.1:0")
+            .unwrap();
+        Local { server, calls, gate }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        self.gate.open();
+    }
+}
+
+/// A TCP forwarder to `target` that can be paused as a whole, as a process
+/// stopped with SIGSTOP is: connections still open (its kernel completes the
+/// handshake; here the forwarder accepts), but no byte moves either way, on
+/// old connections or new ones, until it resumes. Resumes when dropped, so no
+/// client is left waiting on it however the test ends.
+pub struct Pausable {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Whether bytes are held, read by every relay thread.
+    paused: Arc<AtomicBool>,
+}
+
+impl Pausable {
+    pub fn start(target: SocketAddr) -> Pausable {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let paused = Arc::new(AtomicBool::new(false));
+        let flag = paused.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(target) else { continue };
+                let pairs = [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)];
+                for (from, to) in pairs {
+                    let paused = flag.clone();
+                    std::thread::spawn(move || relay(from, to, &paused));
+                }
+            }
+        });
+        Pausable { addr, paused }
+    }
+
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Pausable {
+    fn drop(&mut self) {
+        self.resume();
+    }
+}
+
+/// Copies `from` to `to`, holding the bytes while `paused`.
+fn relay(mut from: TcpStream, mut to: TcpStream, paused: &AtomicBool) {
+    let hold = || {
+        while paused.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        hold();
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    hold();
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
 /// A server on 127.0.0.1:0 and its registration: a provider, as a separate
 /// process would be, with its own ZooKeeper session.
 pub struct Provider {
@@ -169,18 +327,23 @@ impl Provider {
     }
 }
 
-/// Calls `Who` through a balancer from a few threads until stopped.
+/// Calls `Who` through a balancer from a few threads until stopped, each call
+/// with the same timeout.
 pub struct Load {
     stop: Arc<std::sync::atomic::AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     /// Answers by server name, in order.
     pub answers: Arc<Mutex<Vec<String>>>,
-    /// Every failed call.
-    pub failures: Arc<Mutex<Vec<Error>>>,
+    /// Every failed call, with when it started.
+    failures: Arc<Mutex<Vec<(Instant, Error)>>>,
 }
 
 impl Load {
     pub fn start(balanced: &Balanced, threads: usize) -> Load {
+        Load::with_timeout(balanced, threads, Duration::from_secs(5))
+    }
+
+    pub fn with_timeout(balanced: &Balanced, threads: usize, timeout: Duration) -> Load {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let answers = Arc::new(Mutex::new(Vec::new()));
         let failures = Arc::new(Mutex::new(Vec::new()));
@@ -190,11 +353,12 @@ impl Load {
                     (balanced.clone(), stop.clone(), answers.clone(), failures.clone());
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        match b.call_raw("test.Named", "Who", b"", Some(Duration::from_secs(5))) {
+                        let started = Instant::now();
+                        match b.call_raw("test.Named", "Who", b"", Some(timeout)) {
                             Ok(reply) => {
                                 answers.lock().unwrap().push(String::from_utf8_lossy(&reply).into_owned())
                             }
-                            Err(e) => failures.lock().unwrap().push(e),
+                            Err(e) => failures.lock().unwrap().push((started, e)),
                         }
                         std::thread::sleep(Duration::from_millis(1));
                     }
@@ -202,6 +366,12 @@ impl Load {
             })
             .collect();
         Load { stop, threads, answers, failures }
+    }
+
+    /// The failures of calls that started after `t`.
+    pub fn failures_since(&self, t: Instant) -> Vec<String> {
+        let failures = self.failures.lock().unwrap();
+        failures.iter().filter(|(started, _)| *started > t).map(|(_, e)| e.to_string()).collect()
     }
 
     /// Answers so far.
@@ -223,7 +393,7 @@ impl Load {
         }
         let answers = std::mem::take(&mut *self.answers.lock().unwrap());
         let failures = std::mem::take(&mut *self.failures.lock().unwrap());
-        (answers, failures)
+        (answers, failures.into_iter().map(|(_, e)| e).collect())
     }
 }
 
