@@ -149,7 +149,7 @@ impl Default for Config {
             probe_max: Duration::from_secs(2),
             probe_timeout: Duration::from_secs(1),
             eject_after_timeouts: 2,
-            stall_floor: Duration::from_millis(250),
+            stall_floor: Duration::from_millis(500),
             max_in_flight_per_instance: 512,
         }
     }

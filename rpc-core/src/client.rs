@@ -308,21 +308,6 @@ impl Channel {
         Ok(start.elapsed())
     }
 
-    /// Sends a one-way frame to the server; no reply comes back.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Connect`] or [`Error::ConnectionLost`] if it could not be written.
-    pub fn push(&self, service: &str, method: &str, body: &[u8]) -> Result<(), Error> {
-        self.check(service, method, body.len())?;
-        let deadline = self.deadline(Instant::now(), None);
-        let conn = self.pick(deadline)?;
-        with_encode_buf(|buf| {
-            frame::put_push(buf, service, method, body);
-            conn.write(buf)
-        })
-    }
-
     /// Closes every connection; pending calls fail with [`Error::ConnectionLost`].
     /// The next call reconnects.
     pub fn close(&self) {

@@ -52,8 +52,8 @@ const WORKER_EXIT_WAIT: Duration = Duration::from_secs(2);
 ///
 /// | field | default |
 /// |---|---|
-/// | `workers` | one per core, at least 2 |
-/// | `max_running_per_connection` | `None`: three quarters of `workers`, at least 1 |
+/// | `workers` | one per core, at least 4 |
+/// | `max_running_per_connection` | `None`: all but a quarter of `workers` |
 /// | `heavy_workers` | one per core |
 /// | `max_heavy_queued` | 256 |
 /// | `event_loops` | 1 |
@@ -72,9 +72,9 @@ pub struct Config {
     pub workers: usize,
     /// Calls of one connection that may run on `workers` at once; its other
     /// calls wait in its own queue, and the workers serve the connections with
-    /// calls waiting in turn. `None` means three quarters of `workers` (at
-    /// least one), so a connection with a burst of slow calls always leaves
-    /// workers for the others.
+    /// calls waiting in turn. `None` means all but a quarter of `workers`
+    /// (rounded down), so that with four workers or more a connection with a
+    /// burst of slow calls always leaves workers for the others.
     pub max_running_per_connection: Option<usize>,
     /// Threads that run the methods a service declares heavy
     /// ([`Service::is_heavy`]), such as password hashing, apart from `workers`.
@@ -122,7 +122,9 @@ impl Default for Config {
     fn default() -> Config {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Config {
-            workers: cores.max(2),
+            // At least four: handlers may block, and with fewer no worker could be
+            // kept from a connection bursting slow calls.
+            workers: cores.max(4),
             max_running_per_connection: None,
             heavy_workers: cores,
             max_heavy_queued: 256,
@@ -143,7 +145,8 @@ impl Default for Config {
 impl Config {
     /// `max_running_per_connection`, with `None` resolved.
     pub fn running_per_connection(&self) -> usize {
-        self.max_running_per_connection.unwrap_or(self.workers * 3 / 4).clamp(1, self.workers.max(1))
+        let workers = self.workers.max(1);
+        self.max_running_per_connection.unwrap_or(workers - workers / 4).clamp(1, workers)
     }
 }
 

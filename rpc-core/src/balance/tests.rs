@@ -94,7 +94,7 @@ fn instances_at_their_cap_are_skipped_and_all_full_fails_at_once_unsent() {
     assert_eq!(b.shared.pick(&table, None, &[]), Err(Unpicked { known: 2, down: 0, full: 2 }));
     let err = b.call_raw("s", "M", b"", None).unwrap_err();
     assert!(matches!(&err, Error::Backpressure(why) if why.contains("not sent")), "{err}");
-    assert!(!err.is_retryable_elsewhere());
+    assert_eq!(err.outcome(), crate::Outcome::NotRun, "{err}");
     // One slot frees: calls go there.
     endpoint(&b, "a").in_flight.store(1, Ordering::SeqCst);
     assert_eq!(picks(&b, None, 2), ["a"; 2]);
