@@ -273,7 +273,8 @@ impl Connection {
         self.inner.peer
     }
 
-    /// Whether the connection is still open.
+    /// Whether the connection is still open (false once closed, or evicted for
+    /// breaking a limit).
     pub fn is_open(&self) -> bool {
         self.inner.open.load(Ordering::Acquire)
     }
@@ -292,7 +293,7 @@ impl Connection {
     /// # Errors
     ///
     /// [`Error::Closed`] if the connection has closed; [`Error::Backpressure`]
-    /// if more than `connection_budget` already wait for the client;
+    /// if more than `connection_budget` bytes already wait for the client;
     /// [`Error::InvalidName`] for a name over 255 bytes.
     pub fn push(&self, service: &str, method: &str, body: &[u8]) -> Result<(), Error> {
         frame::check_name(service)?;
