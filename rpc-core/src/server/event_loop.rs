@@ -39,6 +39,11 @@ pub(crate) struct Memory {
 }
 
 impl Memory {
+    /// Whether the server holds more than its budget.
+    fn over(&self, config: &Config) -> bool {
+        self.held.load(Ordering::Relaxed) > config.server_budget
+    }
+
     /// When the server is over `budget`, the share each connection may hold;
     /// `None` while it is under.
     fn fair_share(&self, budget: usize) -> Option<usize> {
@@ -155,17 +160,20 @@ impl Conn {
 
     /// Drops the first `n` bytes of `out`, which were written, keeping track
     /// of where the next frame starts.
-    fn advance_out(&mut self, mut n: usize) {
-        while n > 0 {
-            if self.head_left == 0 {
-                let len = u32::from_be_bytes([self.out[0], self.out[1], self.out[2], self.out[3]]);
-                self.head_left = frame::LENGTH_LEN + len as usize;
+    fn advance_out(&mut self, n: usize) {
+        // Walk the length prefixes over the written bytes, then advance once.
+        let (mut pos, mut head_left) = (0, self.head_left);
+        while pos < n {
+            if head_left == 0 {
+                let len = &self.out[pos..pos + frame::LENGTH_LEN];
+                head_left = frame::LENGTH_LEN + u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
             }
-            let step = n.min(self.head_left);
-            self.out.advance(step);
-            self.head_left -= step;
-            n -= step;
+            let step = (n - pos).min(head_left);
+            pos += step;
+            head_left -= step;
         }
+        self.out.advance(n);
+        self.head_left = head_left;
     }
 }
 
@@ -548,7 +556,11 @@ impl EventLoop {
                             conn.last_drain = self.now;
                         }
                         frame::put_response(&mut conn.out, call_id, &result);
-                        self.check_hard_limit(token);
+                        if conn.out.len() > self.config.connection_hard_limit
+                            || self.memory.over(&self.config)
+                        {
+                            self.check_hard_limit(token);
+                        }
                     }
                     self.mark_dirty(token);
                 }
@@ -560,7 +572,11 @@ impl EventLoop {
                             conn.last_drain = self.now;
                         }
                         conn.out.extend_from_slice(&frame);
-                        self.check_hard_limit(token);
+                        if conn.out.len() > self.config.connection_hard_limit
+                            || self.memory.over(&self.config)
+                        {
+                            self.check_hard_limit(token);
+                        }
                     }
                     self.mark_dirty(token);
                 }

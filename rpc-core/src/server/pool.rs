@@ -92,6 +92,9 @@ struct State {
     notices: VecDeque<ConnectionId>,
     /// Calls waiting, over every lane.
     waiting: usize,
+    /// Empty queues of lanes that went idle, kept to serve new lanes, so that a
+    /// connection whose calls come and go does not allocate a queue per batch.
+    spare: Vec<VecDeque<Call>>,
     /// Workers blocked in `Condvar::wait`.
     sleeping: usize,
     /// Wake-ups signalled and not yet taken by a sleeper. A woken thread
@@ -120,6 +123,10 @@ struct Queue {
     queued: AtomicUsize,
 }
 
+/// Idle lane queues kept for reuse, and the largest capacity kept.
+const SPARE_QUEUES: usize = 64;
+const SPARE_CAPACITY: usize = 256;
+
 /// Rounds of spinning (1, 2, 4, ... 64 spin hints) and then of yielding the
 /// core before an idle worker sleeps; the same budget as crossbeam's `Backoff`.
 const SPIN_ROUNDS: u32 = 7;
@@ -146,7 +153,7 @@ impl State {
                 self.waiting -= lane.calls.len();
                 lane.calls.clear();
                 if lane.running == 0 {
-                    self.lanes.remove(&id);
+                    self.retire(id);
                 }
             }
             return Some(Job::Disconnected(id));
@@ -172,11 +179,20 @@ impl State {
         lane.running -= 1;
         if lane.calls.is_empty() {
             if lane.running == 0 {
-                self.lanes.remove(&id);
+                self.retire(id);
             }
         } else if !lane.in_ring && lane.running < max_running {
             lane.in_ring = true;
             self.ring.push_back(id);
+        }
+    }
+
+    /// Forgets the idle lane of connection `id`, keeping its queue for a new lane.
+    fn retire(&mut self, id: ConnectionId) {
+        let Some(lane) = self.lanes.remove(&id) else { return };
+        // A queue grown by a burst is not kept: its memory goes back.
+        if self.spare.len() < SPARE_QUEUES && lane.calls.capacity() <= SPARE_CAPACITY {
+            self.spare.push(lane.calls);
         }
     }
 
@@ -244,7 +260,12 @@ impl Jobs {
         let mut st = self.queue.lock();
         st.last_batch = batch.len();
         st.waiting += batch.len();
-        let lane = st.lanes.entry(id).or_default();
+        let state = &mut *st;
+        let lane = state.lanes.entry(id).or_insert_with(|| Lane {
+            calls: state.spare.pop().unwrap_or_default(),
+            running: 0,
+            in_ring: false,
+        });
         if lane.calls.is_empty() {
             // The usual case when the workers keep up: trade buffers rather
             // than move every call.
@@ -255,7 +276,7 @@ impl Jobs {
         let join = !lane.in_ring && lane.running < max_running;
         if join {
             lane.in_ring = true;
-            st.ring.push_back(id);
+            state.ring.push_back(id);
         }
         self.queued_and_wake(st);
     }
@@ -280,6 +301,7 @@ impl Jobs {
 pub(crate) fn queue(max_running: usize) -> Jobs {
     let state = State {
         lanes: FastMap::default(),
+        spare: Vec::new(),
         ring: VecDeque::new(),
         notices: VecDeque::new(),
         waiting: 0,
