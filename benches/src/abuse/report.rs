@@ -123,7 +123,7 @@ impl Meta {
 pub fn markdown(meta: &Meta, plan: &Plan, rows: &[Row]) -> String {
     let mut s = String::new();
     let server = &plan.server;
-    let workers = server.config().workers;
+    let config = server.config();
     let _ = writeln!(s, "- Command: `{}`", meta.command);
     let _ = writeln!(
         s,
@@ -134,15 +134,18 @@ pub fn markdown(meta: &Meta, plan: &Plan, rows: &[Row]) -> String {
         writeln!(s, "- Load average (1, 5, 15 min) before: {}; after: {}", meta.load_before, meta.load_after);
     let _ = writeln!(
         s,
-        "- Server: `rpcbench abuse-server`, `server::Config::default()` with {workers} workers, a fresh \
-         process per scenario; `Burn` declared heavy: {}.",
+        "- Server: `rpcbench abuse-server`, `server::Config::default()` with {} workers and {} heavy \
+         workers, a fresh process per scenario; `Burn` declared heavy: {}.",
+        config.workers,
+        config.heavy_workers,
         if server.burn_heavy { "yes" } else { "no" }
     );
     let _ = writeln!(
         s,
         "- Victim: {} `Echo` calls/s over one `Channel`, {:.1} s warm-up then {:.1} s counted, {:.1} s \
          deadline. Latency from when each call was due to its answer or failure, failures included \
-         (ms).",
+         (ms). Late start: the longest a call started after it was due, because the victim's own \
+         thread was held up; it is part of the latency.",
         plan.rate,
         plan.warmup.as_secs_f64(),
         plan.measure.as_secs_f64(),
@@ -161,19 +164,20 @@ pub fn markdown(meta: &Meta, plan: &Plan, rows: &[Row]) -> String {
         MAX_EXTRA_RSS_KIB / 1024
     );
     s.push_str(
-        "\n| scenario | p50 ms | p99 ms | max ms | calls ok / expected | errors | RSS before | peak | end \
-         | attacker | verdict |\n|---|---:|---:|---:|---:|---|---:|---:|---:|---|---|\n",
+        "\n| scenario | p50 ms | p99 ms | max ms | late start ms | calls ok / expected | errors | RSS before \
+         | peak | end | attacker | verdict |\n|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---|\n",
     );
     let base = baseline(rows);
     for row in rows {
         let v = &row.victim;
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} |",
             label(row.scenario, plan),
             ms(v.latency_ms(0.5)),
             ms(v.latency_ms(0.99)),
             ms(v.max_ms()),
+            ms(v.max_start_lag.as_secs_f64() * 1000.0),
             v.completed,
             v.expected,
             v.errors_summary(),
@@ -208,15 +212,15 @@ fn label(scenario: Scenario, plan: &Plan) -> String {
 /// One line per scenario, for spreadsheets.
 pub fn csv(rows: &[Row]) -> String {
     let mut s = String::from(
-        "scenario,p50_ms,p99_ms,max_ms,completed,expected,errors,rss_before_kib,rss_peak_kib,rss_end_kib,\
-         verdict,attacker\n",
+        "scenario,p50_ms,p99_ms,max_ms,completed,expected,errors,max_start_lag_ms,rss_before_kib,rss_peak_kib,\
+         rss_end_kib,verdict,attacker\n",
     );
     let base = baseline(rows);
     for row in rows {
         let v = &row.victim;
         let _ = writeln!(
             s,
-            "{},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{}",
+            "{},{:.3},{:.3},{:.3},{},{},{},{:.3},{},{},{},{},{}",
             row.scenario,
             v.latency_ms(0.5),
             v.latency_ms(0.99),
@@ -224,6 +228,7 @@ pub fn csv(rows: &[Row]) -> String {
             v.completed,
             v.expected,
             v.error_count(),
+            v.max_start_lag.as_secs_f64() * 1000.0,
             row.rss_before_kib,
             row.rss_peak_kib,
             row.rss_end_kib,
@@ -263,8 +268,14 @@ mod tests {
     fn row(scenario: Scenario, p99_ms: u64, completed: u64, peak_mib: u64) -> Row {
         let mut latency = Histogram::new_with_bounds(1, 60_000_000, 3).unwrap();
         latency.record(p99_ms * 1000).unwrap();
-        let victim =
-            Outcome { expected: 100, completed, errors: Default::default(), first_error: None, latency };
+        let victim = Outcome {
+            expected: 100,
+            completed,
+            errors: Default::default(),
+            first_error: None,
+            latency,
+            max_start_lag: std::time::Duration::ZERO,
+        };
         Row {
             scenario,
             victim,
@@ -293,7 +304,9 @@ mod tests {
         let rows = [row(Scenario::Baseline, 2, 100, 20), row(Scenario::Drip, 2, 100, 20)];
         let meta = Meta::now("rpcbench abuse");
         let table = markdown(&meta, &Plan::default(), &rows);
-        assert!(table.contains("| baseline | 2.00 | 2.00 | 2.00 | 100 / 100 | 0 | 10.0 | 20.0 | 12.0 |"));
+        assert!(
+            table.contains("| baseline | 2.00 | 2.00 | 2.00 | 0.00 | 100 / 100 | 0 | 10.0 | 20.0 | 12.0 |")
+        );
         assert!(table.contains("| drip |") && table.contains("1 open / at the end"), "{table}");
         let csv = csv(&rows);
         assert_eq!(csv.lines().count(), 3);

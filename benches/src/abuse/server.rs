@@ -34,6 +34,8 @@ pub struct Options {
     pub burn_heavy: bool,
     /// Handler threads; `None` keeps the default.
     pub workers: Option<usize>,
+    /// Threads of the heavy lane; `None` keeps the default.
+    pub heavy_workers: Option<usize>,
 }
 
 impl Options {
@@ -46,13 +48,20 @@ impl Options {
         if let Some(n) = self.workers {
             args.extend(["--workers".to_owned(), n.to_string()]);
         }
+        if let Some(n) = self.heavy_workers {
+            args.extend(["--heavy-workers".to_owned(), n.to_string()]);
+        }
         args
     }
 
     /// The server's configuration.
     pub fn config(&self) -> Config {
         let default = Config::default();
-        Config { workers: self.workers.unwrap_or(default.workers), ..default }
+        Config {
+            workers: self.workers.unwrap_or(default.workers),
+            heavy_workers: self.heavy_workers.unwrap_or(default.heavy_workers),
+            ..default
+        }
     }
 }
 
@@ -150,7 +159,7 @@ mod tests {
     fn every_method_answers_as_documented() {
         let (tx, rx) = crossbeam_channel::bounded(1);
         std::thread::spawn(move || {
-            let options = Options { burn_heavy: true, workers: Some(2) };
+            let options = Options { burn_heavy: true, workers: Some(2), heavy_workers: Some(1) };
             serve(&options, "127.0.0.1:0".parse().unwrap(), |a| tx.send(a).unwrap()).unwrap();
         });
         let addr = rx.recv().unwrap();
@@ -167,7 +176,7 @@ mod tests {
     #[test]
     fn options_round_trip_through_the_flags() {
         assert!(Options::default().to_args().is_empty());
-        let args = Options { burn_heavy: true, workers: Some(3) }.to_args();
-        assert_eq!(args, ["--burn-heavy", "--workers", "3"]);
+        let args = Options { burn_heavy: true, workers: Some(3), heavy_workers: Some(1) }.to_args();
+        assert_eq!(args, ["--burn-heavy", "--workers", "3", "--heavy-workers", "1"]);
     }
 }

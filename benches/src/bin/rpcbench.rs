@@ -118,11 +118,18 @@ struct ServerArgs {
     /// Handler threads [default: that of `server::Config::default()`].
     #[arg(long)]
     workers: Option<usize>,
+    /// Threads of the heavy lane [default: that of `server::Config::default()`].
+    #[arg(long)]
+    heavy_workers: Option<usize>,
 }
 
 impl ServerArgs {
     fn options(&self) -> abuse::server::Options {
-        abuse::server::Options { burn_heavy: self.burn_heavy, workers: self.workers }
+        abuse::server::Options {
+            burn_heavy: self.burn_heavy,
+            workers: self.workers,
+            heavy_workers: self.heavy_workers,
+        }
     }
 }
 
@@ -266,7 +273,7 @@ fn main() -> anyhow::Result<()> {
             let rows = abuse::run(&plan, &std::env::current_exe()?, |row| {
                 let v = &row.victim;
                 eprintln!(
-                    "{:<8}  p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.1} ms  {}/{} ok  errors {}  peak RSS {} MiB  attacker: {}",
+                    "{:<8}  p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.1} ms  {}/{} ok  errors {}  late start ≤ {:.1} ms  peak RSS {} MiB  attacker: {}",
                     row.scenario.name(),
                     v.latency_ms(0.5),
                     v.latency_ms(0.99),
@@ -274,6 +281,7 @@ fn main() -> anyhow::Result<()> {
                     v.completed,
                     v.expected,
                     v.errors_summary(),
+                    v.max_start_lag.as_secs_f64() * 1000.0,
                     row.rss_peak_kib / 1024,
                     row.attacker
                 );
