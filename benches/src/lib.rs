@@ -12,7 +12,10 @@
 //! - [`run`]: the plan (which cells, how long, how many rounds), the server
 //!   processes and the interleaved schedule.
 //! - [`report`]: medians across rounds, ratios and the Markdown tables.
+//! - [`abuse`]: `rpcbench abuse`, a well-behaved client's latency while
+//!   another client abuses an rpc-core server, and the server's memory.
 
+pub mod abuse;
 pub mod load;
 pub mod proto;
 pub mod report;

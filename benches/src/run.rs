@@ -122,28 +122,62 @@ impl ServerProcess {
     ///
     /// When the process cannot start or does not report an address.
     pub fn spawn(exe: &Path, system: System) -> anyhow::Result<ServerProcess> {
-        let mut child = Command::new(exe)
-            .args(["serve", system.name(), "127.0.0.1:0", "--until-stdin-closes"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("cannot start {} serve {system}", exe.display()))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut line = String::new();
-        let read = BufReader::new(stdout).read_line(&mut line);
-        let addr = read.ok().and_then(|_| line.trim().strip_prefix("listening ")?.parse().ok());
-        let server = ServerProcess { system, addr: addr.unwrap_or(([0, 0, 0, 0], 0).into()), child };
-        if addr.is_none() {
-            anyhow::bail!("{system} server did not report its address (said {line:?})");
-        }
-        Ok(server)
+        let (child, addr) =
+            spawn_listening(exe, &["serve", system.name(), "127.0.0.1:0", "--until-stdin-closes"])?;
+        Ok(ServerProcess { system, addr, child })
     }
 
     /// The server process's id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// Starts `exe ARGS...` with stdin and stdout piped and waits for the line
+/// `listening ADDR` on its stdout. The child is killed if it says anything else.
+///
+/// # Errors
+///
+/// When the process cannot start or does not report an address.
+pub fn spawn_listening(exe: &Path, args: &[&str]) -> anyhow::Result<(Child, SocketAddr)> {
+    let what = format!("{} {}", exe.display(), args.join(" "));
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot start {what}"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut line = String::new();
+    let read = BufReader::new(stdout).read_line(&mut line);
+    match read.ok().and_then(|_| line.trim().strip_prefix("listening ")?.parse().ok()) {
+        Some(addr) => Ok((child, addr)),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("{what} did not report its address (said {line:?})")
+        }
+    }
+}
+
+/// Ends this process when its stdin closes, so that a server started by a
+/// parent that dies without killing it does not outlive it.
+pub fn exit_when_stdin_closes() {
+    std::thread::spawn(|| {
+        let mut sink = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        std::process::exit(0);
+    });
+}
+
+/// Prints the line `listening ADDR` that [`spawn_listening`] waits for.
+pub fn say_listening(addr: SocketAddr) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening {addr}");
+    let _ = out.flush();
 }
 
 impl Drop for ServerProcess {
@@ -216,19 +250,9 @@ pub fn run(
 /// When the server cannot start.
 pub fn serve_child(system: System, addr: SocketAddr, until_stdin_closes: bool) -> anyhow::Result<()> {
     if until_stdin_closes {
-        std::thread::spawn(|| {
-            let mut sink = [0u8; 64];
-            let mut stdin = std::io::stdin();
-            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-            std::process::exit(0);
-        });
+        exit_when_stdin_closes();
     }
-    crate::servers::serve(system, addr, |addr| {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "listening {addr}");
-        let _ = out.flush();
-    })
+    crate::servers::serve(system, addr, say_listening)
 }
 
 #[cfg(test)]
@@ -295,7 +319,7 @@ pub fn run_and_report(
 }
 
 /// The first three fields of `/proc/loadavg`, or "unknown".
-fn load_average() -> String {
+pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -303,7 +327,7 @@ fn load_average() -> String {
 }
 
 /// Today's UTC date as YYYY-MM-DD.
-fn today() -> String {
+pub fn today() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     format!("{y:04}-{m:02}-{d:02}")

@@ -1,0 +1,3 @@
+//! benches' integration tests: the bench binaries, run for real.
+
+mod abuse;
