@@ -237,6 +237,10 @@ pub(crate) struct ConnShared {
     pub(crate) open: AtomicBool,
     /// Bytes waiting in the connection's write buffer, as of the loop's last write.
     pub(crate) unwritten: AtomicUsize,
+    /// Bytes of answers made by workers and not yet taken by the loop: a worker
+    /// that finds them, with `unwritten`, past the hard limit runs no more calls
+    /// of the connection, which the loop is about to evict.
+    pub(crate) in_transit: AtomicUsize,
 }
 
 /// A handle to one client connection, usable from any thread.
@@ -282,7 +286,16 @@ impl Connection {
     /// Hands a finished call, which held `cost` bytes of the connection's budget,
     /// back to the loop.
     pub(crate) fn reply(&self, call_id: u64, result: Result<Bytes, Status>, cost: usize) {
+        self.inner.in_transit.fetch_add(answer_len(&result), Ordering::Relaxed);
         self.inner.owner.send(Command::Reply { id: self.inner.id, call_id, result, cost });
+    }
+
+    /// Whether the answers waiting for this connection, written or on their way to
+    /// the loop, are past the hard limit: it is about to be evicted.
+    pub(crate) fn over_hard_limit(&self) -> bool {
+        let inner = &self.inner;
+        let waiting = inner.unwritten.load(Ordering::Relaxed) + inner.in_transit.load(Ordering::Relaxed);
+        waiting > inner.owner.connection_hard_limit
     }
 
     /// Sends a one-way frame naming `service.method` to the client.
@@ -318,6 +331,14 @@ impl Connection {
     /// Closes the connection after what is already queued to it is written.
     pub fn close(&self) {
         self.inner.owner.send(Command::Close { id: self.inner.id });
+    }
+}
+
+/// The bytes an answer holds on its way to the loop.
+pub(crate) fn answer_len(result: &Result<Bytes, Status>) -> usize {
+    match result {
+        Ok(body) => body.len(),
+        Err(status) => status.message.len(),
     }
 }
 

@@ -66,16 +66,24 @@ fn a_peer_pipelining_large_answers_it_never_reads_is_evicted_and_memory_stays_bo
         frame::put_request(&mut burst, id, 0, "test.Big", "Big", &(256 * 1024u32).to_be_bytes());
     }
     greedy.write_all(&burst).unwrap();
+    // The server makes answers until those waiting pass the hard limit (8 MiB, some
+    // 32 answers past what the kernel's buffers took), then stops.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while made.load(Ordering::SeqCst) < 40 && Instant::now() < deadline {
+    let (mut last, mut still_since) = (0, Instant::now());
+    while Instant::now() < deadline {
+        let now_made = made.load(Ordering::SeqCst);
+        if now_made != last {
+            (last, still_since) = (now_made, Instant::now());
+        } else if now_made >= 20 && still_since.elapsed() > Duration::from_secs(1) {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(made.load(Ordering::SeqCst) >= 40, "the server made no answers");
+    assert!(made.load(Ordering::SeqCst) >= 20, "the server made too few answers");
     // Meanwhile another client is served as usual.
     for _ in 0..20 {
         assert_eq!(&victim.call_raw("test.Big", "Echo", b"ok", None).unwrap()[..], b"ok");
     }
-    std::thread::sleep(Duration::from_millis(500));
     let (during, peak) = rss_kib();
 
     // The greedy peer reads at last: what the kernel held, then the go-away, then the end.
@@ -106,7 +114,7 @@ fn a_peer_pipelining_large_answers_it_never_reads_is_evicted_and_memory_stays_bo
     );
     assert!(answers < 1500, "every answer was kept ({answers})");
     let made = made.load(Ordering::SeqCst);
-    assert!(made < 1024, "the server kept making answers for an evicted peer ({made})");
+    assert!(made < 200, "the server kept making answers for a peer that does not read ({made})");
     eprintln!(
         "resident memory grew by {} MiB at its peak; {made} answers made, {answers} read",
         peak.saturating_sub(before) / 1024

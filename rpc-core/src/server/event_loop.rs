@@ -81,6 +81,8 @@ pub(crate) struct LoopShared {
     woken: AtomicBool,
     /// Copied from the config for `Connection::push`.
     pub(crate) connection_budget: usize,
+    /// Copied from the config for workers, see `Connection::over_hard_limit`.
+    pub(crate) connection_hard_limit: usize,
 }
 
 impl LoopShared {
@@ -236,6 +238,7 @@ impl EventLoop {
             waker,
             woken: AtomicBool::new(false),
             connection_budget: config.connection_budget,
+            connection_hard_limit: config.connection_hard_limit,
         });
         Ok(EventLoop {
             index,
@@ -396,6 +399,7 @@ impl EventLoop {
             owner: self.shared.clone(),
             open: AtomicBool::new(true),
             unwritten: AtomicUsize::new(0),
+            in_transit: AtomicUsize::new(0),
         });
         tracing::debug!(%id, %peer, "connection accepted");
         self.conns.insert(
@@ -549,6 +553,7 @@ impl EventLoop {
                 Command::Reply { id, call_id, result, cost } => {
                     let token = Token(id.0 as usize);
                     let Some(conn) = self.conns.get_mut(&token) else { continue };
+                    conn.handle.shared().in_transit.fetch_sub(super::answer_len(&result), Ordering::Relaxed);
                     conn.in_flight = conn.in_flight.saturating_sub(1);
                     conn.requests = conn.requests.saturating_sub(cost);
                     if conn.evicted.is_none() {

@@ -411,6 +411,14 @@ fn work(queue: &Queue, on_disconnect: Option<DisconnectHook>) {
                     // Nobody is left to answer; do not run work for a gone caller.
                     continue;
                 }
+                if ctx.connection.over_hard_limit() {
+                    // The peer is not reading, and the loop evicts it as soon as it
+                    // takes the answers already made: making more would only hold memory.
+                    let status = Status::resource_exhausted("the connection is not reading its answers")
+                        .with_outcome(Outcome::NotRun);
+                    ctx.connection.reply(ctx.call_id, Err(status), cost);
+                    continue;
+                }
                 let expired = ctx.deadline.is_some_and(|d| Instant::now() >= d);
                 let result = if expired {
                     Err(Status::deadline_exceeded(format!(
