@@ -290,6 +290,12 @@ impl Connection {
         self.inner.owner.send(Command::Reply { id: self.inner.id, call_id, result, cost });
     }
 
+    /// Tells the loop that a call of this connection, which held `cost` bytes of its
+    /// budget, was not run because the connection is past its hard limit.
+    pub(crate) fn overflowed(&self, cost: usize) {
+        self.inner.owner.send(Command::Overflowed { id: self.inner.id, cost });
+    }
+
     /// Whether the answers waiting for this connection, written or on their way to
     /// the loop, are past the hard limit: it is about to be evicted.
     pub(crate) fn over_hard_limit(&self) -> bool {

@@ -49,6 +49,7 @@ fn rss_kib() -> (u64, u64) {
 
 #[test]
 fn a_peer_pipelining_large_answers_it_never_reads_is_evicted_and_memory_stays_bounded() {
+    let _ = tracing_subscriber::fmt().with_env_filter("rpc_core=debug").with_test_writer().try_init();
     let made = Arc::new(AtomicUsize::new(0));
     let server = Builder::new(Config { workers: 4, ..Config::default() })
         .service(Big(made.clone()))
@@ -107,7 +108,9 @@ fn a_peer_pipelining_large_answers_it_never_reads_is_evicted_and_memory_stays_bo
             }
         }
     }
-    let reason = reason.expect("a go-away before the close");
+    let reason = reason.unwrap_or_else(|| {
+        panic!("no go-away before the close; {answers} answers read, {} made", made.load(Ordering::SeqCst))
+    });
     assert_eq!(
         reason,
         "output buffer over its hard limit of 8388608 bytes: the peer is not reading its answers"

@@ -61,6 +61,9 @@ pub(crate) type Services = FastMap<Box<[u8]>, Arc<dyn Service>>;
 pub(crate) enum Command {
     /// A worker finished a call that held `cost` bytes of the connection's budget.
     Reply { id: ConnectionId, call_id: u64, result: Result<Bytes, Status>, cost: usize },
+    /// A worker did not run a call, which held `cost` bytes, because the connection's
+    /// answers are past its hard limit: evict it.
+    Overflowed { id: ConnectionId, cost: usize },
     /// An encoded push frame to append to a connection's output.
     Push { id: ConnectionId, frame: Bytes },
     /// Close a connection once its output is written.
@@ -569,6 +572,14 @@ impl EventLoop {
                     }
                     self.mark_dirty(token);
                 }
+                Command::Overflowed { id, cost } => {
+                    let token = Token(id.0 as usize);
+                    let Some(conn) = self.conns.get_mut(&token) else { continue };
+                    conn.in_flight = conn.in_flight.saturating_sub(1);
+                    conn.requests = conn.requests.saturating_sub(cost);
+                    let reason = hard_limit_reason(self.config.connection_hard_limit);
+                    self.evict(token, &reason);
+                }
                 Command::Push { id, frame } => {
                     let token = Token(id.0 as usize);
                     let Some(conn) = self.conns.get_mut(&token) else { continue };
@@ -604,7 +615,7 @@ impl EventLoop {
         let Some(conn) = self.conns.get(&token) else { return };
         let limit = self.config.connection_hard_limit;
         let reason = if conn.out.len() > limit {
-            format!("output buffer over its hard limit of {limit} bytes: the peer is not reading its answers")
+            hard_limit_reason(limit)
         } else if let Some(share) =
             self.memory.fair_share(self.config.server_budget).filter(|&share| conn.held() > share)
         {
@@ -970,6 +981,11 @@ impl Dispatch<'_> {
             self.batch.push_back(call);
         }
     }
+}
+
+/// The go-away reason for a connection whose answers passed the hard limit.
+fn hard_limit_reason(limit: usize) -> String {
+    format!("output buffer over its hard limit of {limit} bytes: the peer is not reading its answers")
 }
 
 /// The go-away reason for a connection over its share of an exhausted server budget.

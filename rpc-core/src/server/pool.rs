@@ -412,11 +412,9 @@ fn work(queue: &Queue, on_disconnect: Option<DisconnectHook>) {
                     continue;
                 }
                 if ctx.connection.over_hard_limit() {
-                    // The peer is not reading, and the loop evicts it as soon as it
-                    // takes the answers already made: making more would only hold memory.
-                    let status = Status::resource_exhausted("the connection is not reading its answers")
-                        .with_outcome(Outcome::NotRun);
-                    ctx.connection.reply(ctx.call_id, Err(status), cost);
+                    // The peer is not reading: making more answers would only hold memory.
+                    // The loop evicts the connection instead of answering.
+                    ctx.connection.overflowed(cost);
                     continue;
                 }
                 let expired = ctx.deadline.is_some_and(|d| Instant::now() >= d);
