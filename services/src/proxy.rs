@@ -1,26 +1,28 @@
 //! The proxy (gateway): the rpc-core server clients connect to.
 //!
-//! It owns the session table ([`session::Sessions`]: connection <-> user) and is the
-//! only place where a connection becomes a user: every `Gateway` call but `Register` and
-//! `Login` looks the caller up by its connection and fails with Unauthenticated when
-//! there is no session, and every call it forwards to the user and chat services (through
-//! load-balanced stubs over the instances found in the registry) carries the session's
-//! user id, never one the client sent.
+//! It is the only place where a connection becomes a user: every `Gateway` call but
+//! `Register` and `Login` looks the caller up by its connection and fails with
+//! Unauthenticated when there is no session, and every call it forwards to the user and
+//! chat services (through load-balanced stubs over the instances found in the registry)
+//! carries the session's user id, never one the client sent.
 //!
 //! It also serves `Delivery` to the chat service, on a second, internal listener
 //! registered under the proxy's instance id, and pushes what it is given to its clients
 //! as [`api::Push`] frames named [`PUSH_SERVICE`]/[`PUSH_METHOD`].
 //!
-//! Presence: a login claims the user's lease for this proxy, a thread
-//! ([`Renewal`]) renews the leases of all sessions every third of the TTL, and logout or
-//! a closed connection releases the lease. The same thread sweeps the presence table
-//! every [`Config::sweep_every`] for leases that lapsed, whichever proxy held them (one
-//! that crashed never says goodbye), and tells those users' friends they went offline;
-//! the table hands each lapsed lease to exactly one sweeping proxy. A presence
-//! announcement the chat service could not take (no instance, a lost connection, a
-//! timeout) is sent again on the same timer. One session per user: a second login
-//! replaces the first, which receives `Kicked` and is closed, on this proxy or, through
-//! `Delivery.Kick`, on the proxy that held it.
+//! Presence: [`Sessions`] owns the session table (connection <-> user), the presence
+//! leases the sessions stand on and the presence announcements for the chat service, and
+//! says in its module head how it orders them without holding a lock across a presence
+//! round trip. A login claims the user's lease for this proxy; a thread ([`Renewal`])
+//! renews the leases of all sessions every third of the TTL; logout or a closed
+//! connection releases the lease. The same thread sweeps the presence table every
+//! [`Config::sweep_every`] for leases that lapsed, whichever proxy held them (one that
+//! crashed never says goodbye), and tells those users' friends they went offline; the
+//! table hands each lapsed lease to exactly one sweeping proxy. A presence announcement
+//! the chat service could not take (no instance, a lost connection, a timeout) is sent
+//! again on the same timer. One session per user: a second login replaces the first,
+//! which receives `Kicked` and is closed, on this proxy or, through `Delivery.Kick`, on
+//! the proxy that held it.
 //!
 //! Shutdown ([`Running::shutdown`]) is graceful: the proxy leaves the registry first, then
 //! refuses new work, ends every session (releasing its lease and telling the user's
@@ -28,11 +30,11 @@
 //! clients to go away and finish the calls in flight.
 
 pub mod announcements;
-pub mod session;
+pub mod sessions;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -50,8 +52,10 @@ use crate::proxies::Proxies;
 use crate::served::Traced;
 use crate::Presence;
 
-use self::announcements::{Announcement, Announcements};
-use self::session::Sessions;
+use self::announcements::{Announcement, Announcer, Settle};
+use self::sessions::{LoginError, REPLACED};
+
+pub use self::sessions::Sessions;
 
 /// The service name of the push frames a proxy sends its clients.
 pub const PUSH_SERVICE: &str = gateway_rpc::SERVICE_NAME;
@@ -59,10 +63,8 @@ pub const PUSH_SERVICE: &str = gateway_rpc::SERVICE_NAME;
 /// [`api::Push`].
 pub const PUSH_METHOD: &str = "Push";
 
-/// What a kicked session is told when its user logged in elsewhere.
-const REPLACED: &str = "logged in from another connection";
-/// How many lapsed leases one sweep call takes; a sweep calls again while they come
-/// back full.
+/// How many lapsed leases one sweep call takes, and how many failed announcements one
+/// retry sends; a sweep calls again while they come back full.
 const SWEEP_BATCH: usize = 500;
 /// What a call on a proxy that is shutting down is told.
 const SHUTTING_DOWN: &str = "the proxy is shutting down; connect again";
@@ -108,26 +110,19 @@ pub struct Proxy {
 struct Inner {
     /// Settings.
     config: Config,
-    /// Connection <-> user.
+    /// Sessions, their leases and the presence announcements.
     sessions: Sessions,
-    /// Held while a session and its lease change together (login, logout, renewal), so
-    /// that a closing connection cannot release the lease a new login on this proxy
-    /// has just claimed, and renewal never sees a session whose lease is not claimed yet.
-    leases: Mutex<()>,
     /// The user service instances.
     users: UserServiceClient<Balanced>,
     /// The chat service instances.
     chat: ChatServiceClient<Balanced>,
-    /// The lease table.
+    /// The lease table, read for the contacts' online state.
     presence: Arc<dyn Presence>,
     /// The other proxies, to kick a session one of them holds.
     proxies: Proxies,
     /// Set when shutdown starts: every call is refused with Unavailable from then on, so
     /// no session starts while the proxy ends them.
     closing: AtomicBool,
-    /// Presence announcements the chat service has not taken yet. Shared with the calls'
-    /// completion callbacks, which must not hold the proxy itself.
-    announcements: Announcements,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -156,17 +151,10 @@ impl Proxy {
         let chat = ChatServiceClient::new(balanced(chat_service_rpc::SERVICE_NAME)?)
             .with_timeout(config.call_timeout);
         let proxies = Proxies::discover(registry)?;
-        let inner = Inner {
-            config,
-            sessions: Sessions::default(),
-            leases: Mutex::new(()),
-            users,
-            chat,
-            presence,
-            proxies,
-            closing: AtomicBool::new(false),
-            announcements: Announcements::default(),
-        };
+        let leases = sessions::Config { owner: config.instance_id.clone(), lease_ttl: config.lease_ttl };
+        let sessions = Sessions::new(leases, presence.clone(), Box::new(ToChatService(chat.clone())));
+        let inner =
+            Inner { config, sessions, users, chat, presence, proxies, closing: AtomicBool::new(false) };
         Ok(Proxy { inner: Arc::new(inner) })
     }
 
@@ -175,14 +163,14 @@ impl Proxy {
         &self.inner.config.instance_id
     }
 
-    /// The session table.
+    /// The sessions.
     pub fn sessions(&self) -> &Sessions {
         &self.inner.sessions
     }
 
     /// Ends the session on a connection that closed, as a logout would.
     pub fn disconnected(&self, connection: ConnectionId) {
-        self.end_session(connection);
+        self.inner.sessions.end(connection);
     }
 
     /// Starts shutting down: from now on every client call is refused with Unavailable.
@@ -201,39 +189,8 @@ impl Proxy {
     /// `Config::shutdown_timeout`). Returns how many sessions it ended.
     pub fn end_all_sessions(&self) -> usize {
         let inner = &self.inner;
-        let (done, finished) = mpsc::channel();
-        let mut announced = 0;
-        let ended = {
-            let _leases = self.lease_lock();
-            let ended = inner.sessions.unbind_all();
-            for (user, _connection) in &ended {
-                match inner.presence.release(*user, &inner.config.instance_id) {
-                    Ok(true) => {
-                        let done = done.clone();
-                        self.announce_then(*user, false, move || {
-                            let _ = done.send(());
-                        });
-                        announced += 1;
-                    }
-                    // The lease went to a newer login elsewhere: the user is still online.
-                    Ok(false) => {}
-                    Err(error) => tracing::warn!(%user, %error, "cannot release the lease; it will lapse"),
-                }
-            }
-            ended.len()
-        };
-        let deadline = Instant::now() + inner.config.shutdown_timeout;
-        for taken in 0..announced {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if finished.recv_timeout(left).is_err() {
-                tracing::warn!(left = announced - taken, "offline announcements unconfirmed at shutdown");
-                break;
-            }
-        }
-        if ended > 0 {
-            tracing::info!(sessions = ended, announced, "sessions ended");
-        }
-        let failed = inner.announcements.failed();
+        let ended = inner.sessions.end_all(inner.config.shutdown_timeout);
+        let failed = inner.sessions.unannounced();
         if failed > 0 {
             // Their friends learn the truth when they next log in.
             tracing::warn!(failed, "presence announcements the chat service did not take at shutdown");
@@ -244,116 +201,28 @@ impl Proxy {
     /// Renews the leases of every session once, and ends the sessions whose lease this
     /// proxy no longer holds.
     pub fn renew_leases(&self) {
-        let inner = &self.inner;
-        let _leases = self.lease_lock();
-        let users = inner.sessions.users();
-        if users.is_empty() {
-            return;
-        }
-        match inner.presence.renew_all(&users, &inner.config.instance_id, inner.config.lease_ttl) {
-            Ok(lost) => {
-                for user in lost {
-                    if let Some(connection) = inner.sessions.unbind_user(user) {
-                        tracing::info!(%user, "presence lease lost; closing the session");
-                        kick(&connection, "the session's presence lease was lost");
-                    }
-                }
-            }
-            Err(error) => tracing::warn!(%error, "lease renewal failed"),
-        }
+        self.inner.sessions.renew();
     }
 
-    /// Takes the leases that lapsed in the presence table, whichever proxy held them,
-    /// and tells each user's friends they went offline, as a logout would. The table
-    /// hands a lapsed lease to one sweeper only, so with every proxy sweeping each user
-    /// is announced once. Returns how many users it announced.
-    ///
-    /// It takes 500 leases at a time and waits for the chat service to take
-    /// a batch's announcements before taking more, so that the thousands of users of a
-    /// crashed proxy do not flood one connection to the chat service. It stops after
-    /// `Config::sweep_every` (at most a sixth of the lease TTL, so that renewal on the
-    /// same thread stays on time); what is left lapsed waits for the next sweep, here
-    /// or on another proxy.
+    /// Takes the leases that lapsed in the presence table and announces their users
+    /// offline ([`Sessions::sweep`]), 500 at a time, for at most `Config::sweep_every`
+    /// (and at most a sixth of the lease TTL, so that renewal on the same thread stays on
+    /// time). Returns how many users it announced.
     pub fn sweep_lapsed_leases(&self) -> usize {
         let config = &self.inner.config;
-        let deadline = Instant::now() + config.sweep_every.min(config.lease_ttl / 6);
-        let mut announced = 0;
-        loop {
-            let lapsed = match self.inner.presence.sweep_lapsed(SWEEP_BATCH) {
-                Ok(lapsed) => lapsed,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot sweep lapsed leases");
-                    return announced;
-                }
-            };
-            let full = lapsed.len() == SWEEP_BATCH;
-            let batch = lapsed.len();
-            let (done, finished) = mpsc::channel();
-            for lease in lapsed {
-                tracing::info!(user = %lease.user, proxy = %lease.owner, "presence lease lapsed; announcing offline");
-                let done = done.clone();
-                self.announce_then(lease.user, false, move || {
-                    let _ = done.send(());
-                });
-            }
-            announced += batch;
-            for taken in 0..batch {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if finished.recv_timeout(left).is_err() {
-                    tracing::debug!(
-                        left = batch - taken,
-                        "offline announcements still in flight; sweeping more later"
-                    );
-                    return announced;
-                }
-            }
-            if !full || Instant::now() >= deadline {
-                return announced;
-            }
-        }
+        let until = Instant::now() + config.sweep_every.min(config.lease_ttl / 6);
+        self.inner.sessions.sweep(SWEEP_BATCH, until)
     }
 
-    /// Starts the thread that renews leases every third of the lease TTL and sweeps
-    /// lapsed leases every [`Config::sweep_every`], until the returned [`Renewal`] is
-    /// dropped.
-    ///
-    /// # Errors
-    ///
-    /// When the thread cannot be spawned.
-    pub fn start_renewal(&self) -> std::io::Result<Renewal> {
-        let (stop, stopped) = mpsc::channel::<()>();
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let renew_every = self.inner.config.lease_ttl / 3;
-        let sweep_every = self.inner.config.sweep_every.max(Duration::from_millis(1));
-        let thread = std::thread::Builder::new().name("lease-renewal".into()).spawn(move || {
-            let mut next_renewal = Instant::now() + renew_every;
-            let mut next_sweep = Instant::now() + sweep_every;
-            loop {
-                let wait = next_renewal.min(next_sweep).saturating_duration_since(Instant::now());
-                match stopped.recv_timeout(wait) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    _ => return,
-                }
-                let Some(inner) = weak.upgrade() else { return };
-                let proxy = Proxy { inner };
-                // Renewal first: a sweep that took long must not let this proxy's own
-                // leases lapse.
-                if Instant::now() >= next_renewal {
-                    proxy.renew_leases();
-                    next_renewal = Instant::now() + renew_every;
-                }
-                if Instant::now() >= next_sweep {
-                    proxy.retry_announcements();
-                    proxy.sweep_lapsed_leases();
-                    next_sweep = Instant::now() + sweep_every;
-                }
-            }
-        })?;
-        Ok(Renewal { stop: Some(stop), thread: Some(thread) })
+    /// How many presence announcements failed and wait to be sent again.
+    pub fn unannounced(&self) -> usize {
+        self.inner.sessions.unannounced()
     }
 
-    fn lease_lock(&self) -> MutexGuard<'_, ()> {
-        self.inner.leases.lock().unwrap_or_else(|p| p.into_inner())
+    /// Sends again up to 500 presence announcements that failed for a reason that may
+    /// pass, only the newest per user. Returns how many it sent.
+    pub fn retry_announcements(&self) -> usize {
+        self.inner.sessions.retry(SWEEP_BATCH)
     }
 
     /// The session's user; Unauthenticated without one, Unavailable while shutting down.
@@ -372,45 +241,16 @@ impl Proxy {
         }
         Ok(())
     }
+}
 
-    /// Logs out whoever is logged in on `connection`: releases the lease and tells their
-    /// friends.
-    fn end_session(&self, connection: ConnectionId) {
-        let _leases = self.lease_lock();
-        self.end_session_locked(connection);
-    }
+/// Sends presence announcements to the chat service, which tells the user's friends.
+struct ToChatService(ChatServiceClient<Balanced>);
 
-    /// [`Proxy::end_session`], with the lease lock already held.
-    fn end_session_locked(&self, connection: ConnectionId) {
-        let inner = &self.inner;
-        let Some(user) = inner.sessions.unbind_connection(connection) else { return };
-        match inner.presence.release(user, &inner.config.instance_id) {
-            Ok(true) => self.announce(user, false),
-            // The lease went to a newer login elsewhere: the user is still online.
-            Ok(false) => {}
-            Err(error) => tracing::warn!(%user, %error, "cannot release the lease; it will lapse"),
-        }
-        tracing::info!(%user, %connection, "session ended");
-    }
-
-    /// Tells `user`'s friends about a presence change, without waiting.
-    fn announce(&self, user: UserId, online: bool) {
-        self.announce_then(user, online, || {});
-    }
-
-    /// Tells `user`'s friends about a presence change, without waiting; `then` runs when
-    /// the chat service answered or the call failed. A failure that may pass is sent
-    /// again by [`Proxy::retry_announcements`].
-    fn announce_then(&self, user: UserId, online: bool, then: impl FnOnce() + Send + 'static) {
-        let announcement = self.inner.announcements.make(user, online);
-        self.send_announcement(announcement, then);
-    }
-
-    fn send_announcement(&self, announcement: Announcement, then: impl FnOnce() + Send + 'static) {
+impl Announcer for ToChatService {
+    fn announce(&self, announcement: Announcement, settle: Settle) {
         let Announcement { user, online, .. } = announcement;
         let call = api::AnnouncePresenceCall { user_id: user.0, online };
-        let announcements = self.inner.announcements.clone();
-        self.inner.chat.announce_presence_with(&call, move |outcome| {
+        self.0.announce_presence_with(&call, move |outcome| {
             let retry = outcome.err().is_some_and(|error| {
                 let passing = matches!(
                     error.code(),
@@ -419,28 +259,12 @@ impl Proxy {
                 tracing::debug!(%user, online, %error, retry = passing, "presence announcement failed");
                 passing
             });
-            announcements.settle(announcement, retry);
-            then();
+            settle.done(retry);
         });
     }
+}
 
-    /// How many presence announcements failed and wait to be sent again.
-    pub fn unannounced(&self) -> usize {
-        self.inner.announcements.failed()
-    }
-
-    /// Sends again up to 500 presence announcements that failed for a reason that may
-    /// pass, only the newest per user. The chat service drops one that no longer agrees
-    /// with the presence table when it arrives. Returns how many it sent.
-    pub fn retry_announcements(&self) -> usize {
-        let due = self.inner.announcements.due(SWEEP_BATCH, Instant::now());
-        let sent = due.len();
-        for announcement in due {
-            self.send_announcement(announcement, || {});
-        }
-        sent
-    }
-
+impl Proxy {
     /// `users` with their online state.
     fn contacts(&self, users: Vec<api::User>) -> Result<Vec<api::Contact>, Status> {
         let ids: Vec<UserId> = users.iter().map(|u| UserId(u.id)).collect();
@@ -473,58 +297,23 @@ impl Proxy {
         Ok(api::LoginResponse { user: Some(user), friends, groups, conversations, replaced_session })
     }
 
-    /// Pushes `event` to each of `users` that has a session here, encoding it once; returns
-    /// those who have none or whose push failed.
-    fn push_to_all(&self, users: Vec<u64>, event: api::push::Event) -> Vec<u64> {
-        let body = api::Push { event: Some(event) }.encode_to_vec();
-        users
-            .into_iter()
-            .filter(|&user| match self.inner.sessions.connection_of(UserId(user)) {
-                Some(connection) => !push_encoded(&connection, &body),
-                None => true,
-            })
-            .collect()
-    }
-}
-
-/// Pushes one event to a connection; false when it could not be queued.
-fn push(connection: &Connection, event: api::push::Event) -> bool {
-    push_encoded(connection, &api::Push { event: Some(event) }.encode_to_vec())
-}
-
-/// Pushes an encoded `Push` to a connection; false when it could not be queued.
-fn push_encoded(connection: &Connection, body: &[u8]) -> bool {
-    match connection.push(PUSH_SERVICE, PUSH_METHOD, body) {
-        Ok(()) => true,
-        Err(error) => {
-            tracing::debug!(connection = %connection.id(), %error, "push failed");
-            false
-        }
-    }
-}
-
-/// Tells a connection why its session ends, then closes it.
-fn kick(connection: &Connection, reason: &str) {
-    push(connection, api::push::Event::Kicked(api::Kicked { reason: reason.to_owned() }));
-    connection.close();
-}
-
-/// Renews the proxy's leases and sweeps lapsed ones on a thread; dropping it stops and
-/// joins the thread.
-#[derive(Debug)]
-pub struct Renewal {
-    /// Dropped to stop the thread.
-    stop: Option<mpsc::Sender<()>>,
-    /// Joined on drop.
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for Renewal {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    /// Asks proxy `other`, whose lease on `user` a login here took over, to kick its
+    /// session; without waiting.
+    fn kick_elsewhere(&self, user: UserId, other: String) {
+        let Some(client) = self.inner.proxies.client(&other) else {
+            tracing::debug!(%user, proxy = %other, "previous proxy is gone");
+            return;
+        };
+        let request = api::KickRequest {
+            user_id: user.0,
+            new_proxy_id: self.inner.config.instance_id.clone(),
+            reason: REPLACED.to_owned(),
+        };
+        client.kick_with(&request, move |outcome| {
+            if let Err(error) = outcome {
+                tracing::warn!(%user, proxy = %other, %error, "cannot kick the previous session");
+            }
+        });
     }
 }
 
@@ -540,69 +329,29 @@ impl gateway_rpc::Gateway for Proxy {
 
     fn login(&self, ctx: &Context, request: api::LoginRequest) -> Result<api::LoginResponse, Status> {
         self.open()?;
-        let inner = &self.inner;
-        let connection = ctx.connection().clone();
+        let sessions = &self.inner.sessions;
+        let connection = ctx.connection();
         // A login on a connection that already has a session ends that session first.
-        self.end_session(connection.id());
-        let user = inner.users.verify_login(&request).map_err(rpc_status)?.user;
+        sessions.end(connection.id());
+        let user = self.inner.users.verify_login(&request).map_err(rpc_status)?.user;
         let user =
             user.ok_or_else(|| Status::internal("the user service answered a login without a user"))?;
         let id = UserId(user.id);
-        let leases = self.lease_lock();
-        // Another login on this connection may have finished meanwhile: end its session
-        // properly (lease, friends) rather than let `bind` drop it.
-        self.end_session_locked(connection.id());
-        let previous = inner
-            .presence
-            .claim(id, &inner.config.instance_id, inner.config.lease_ttl)
-            .map_err(presence_status)?;
-        let mut replaced = false;
-        if let Some(old) = inner.sessions.bind(id, connection.clone()) {
-            kick(&old, REPLACED);
-            replaced = true;
+        let login = sessions.login(id, connection).map_err(|error| match error {
+            LoginError::Closed => Status::unavailable("the connection closed during the login"),
+            LoginError::Presence(error) => presence_status(error),
+        })?;
+        if let Some(other) = login.elsewhere.clone() {
+            self.kick_elsewhere(id, other);
         }
-        if !connection.is_open() {
-            // The connection broke (a reset) while the password was checked: its
-            // disconnect found no session to end, and no other will come. End this one
-            // here, under the lock `end_session` takes, so one of the two always does.
-            inner.sessions.unbind_connection(connection.id());
-            let released = inner.presence.release(id, &inner.config.instance_id);
-            drop(leases);
-            let was_online = replaced || previous.is_some_and(|p| p != inner.config.instance_id);
-            if was_online && matches!(released, Ok(true)) {
-                self.announce(id, false);
-            }
-            return Err(Status::unavailable("the connection closed during the login"));
-        }
-        drop(leases);
-        if let Some(other) = previous.filter(|p| *p != inner.config.instance_id) {
-            replaced = true;
-            match inner.proxies.client(&other) {
-                Some(client) => {
-                    let request = api::KickRequest {
-                        user_id: id.0,
-                        new_proxy_id: inner.config.instance_id.clone(),
-                        reason: REPLACED.to_owned(),
-                    };
-                    client.kick_with(&request, move |outcome| {
-                        if let Err(error) = outcome {
-                            tracing::warn!(user = %id, proxy = %other, %error, "cannot kick the previous session");
-                        }
-                    });
-                }
-                None => tracing::debug!(user = %id, proxy = %other, "previous proxy is gone"),
-            }
-        }
-        match self.login_view(user, replaced) {
+        match self.login_view(user, login.replaced) {
             Ok(view) => {
-                tracing::info!(user = %id, connection = %connection.id(), replaced, "logged in");
-                if !replaced {
-                    self.announce(id, true);
-                }
+                tracing::info!(user = %id, connection = %connection.id(), replaced = login.replaced, "logged in");
+                sessions.announce_online(&login);
                 Ok(view)
             }
             Err(status) => {
-                self.end_session(connection.id());
+                sessions.end(connection.id());
                 Err(status)
             }
         }
@@ -610,7 +359,7 @@ impl gateway_rpc::Gateway for Proxy {
 
     fn logout(&self, ctx: &Context, _request: api::LogoutRequest) -> Result<api::LogoutResponse, Status> {
         self.session(ctx)?;
-        self.end_session(ctx.connection().id());
+        self.inner.sessions.end(ctx.connection().id());
         Ok(api::LogoutResponse {})
     }
 
@@ -738,6 +487,21 @@ impl gateway_rpc::Gateway for Proxy {
     }
 }
 
+impl Proxy {
+    /// Pushes `event` to each of `users` that has a session here, encoding it once; returns
+    /// those who have none or whose push failed.
+    fn push_to_all(&self, users: Vec<u64>, event: api::push::Event) -> Vec<u64> {
+        let body = api::Push { event: Some(event) }.encode_to_vec();
+        users
+            .into_iter()
+            .filter(|&user| match self.inner.sessions.connection_of(UserId(user)) {
+                Some(connection) => !push_encoded(&connection, &body),
+                None => true,
+            })
+            .collect()
+    }
+}
+
 impl delivery_rpc::Delivery for Proxy {
     fn deliver_batch(
         &self,
@@ -761,27 +525,91 @@ impl delivery_rpc::Delivery for Proxy {
     }
 
     fn kick(&self, _ctx: &Context, request: api::KickRequest) -> Result<api::KickResponse, Status> {
-        if request.new_proxy_id == self.inner.config.instance_id {
-            return Ok(api::KickResponse { kicked: false });
-        }
         let user = UserId(request.user_id);
-        let connection = {
-            let _leases = self.lease_lock();
-            // A kick that arrives after the user logged in here again (and this proxy
-            // took the lease back) is about an older session: the newest one stays.
-            let holder = self.inner.presence.lookup(&[user]).map_err(presence_status)?.pop().flatten();
-            if holder.as_deref() == Some(self.inner.config.instance_id.as_str()) {
-                return Ok(api::KickResponse { kicked: false });
+        let kicked = self
+            .inner
+            .sessions
+            .kick_stale(user, &request.new_proxy_id, &request.reason)
+            .map_err(presence_status)?;
+        Ok(api::KickResponse { kicked })
+    }
+}
+
+/// Tells a connection why its session ends, then closes it.
+pub(crate) fn kick(connection: &Connection, reason: &str) {
+    let event = api::push::Event::Kicked(api::Kicked { reason: reason.to_owned() });
+    push_encoded(connection, &api::Push { event: Some(event) }.encode_to_vec());
+    connection.close();
+}
+
+/// Pushes an encoded `Push` to a connection; false when it could not be queued.
+fn push_encoded(connection: &Connection, body: &[u8]) -> bool {
+    match connection.push(PUSH_SERVICE, PUSH_METHOD, body) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::debug!(connection = %connection.id(), %error, "push failed");
+            false
+        }
+    }
+}
+
+impl Proxy {
+    /// Starts the thread that renews leases every third of the lease TTL and sweeps
+    /// lapsed leases every [`Config::sweep_every`], until the returned [`Renewal`] is
+    /// dropped.
+    ///
+    /// # Errors
+    ///
+    /// When the thread cannot be spawned.
+    pub fn start_renewal(&self) -> std::io::Result<Renewal> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let renew_every = self.inner.config.lease_ttl / 3;
+        let sweep_every = self.inner.config.sweep_every.max(Duration::from_millis(1));
+        let thread = std::thread::Builder::new().name("lease-renewal".into()).spawn(move || {
+            let mut next_renewal = Instant::now() + renew_every;
+            let mut next_sweep = Instant::now() + sweep_every;
+            loop {
+                let wait = next_renewal.min(next_sweep).saturating_duration_since(Instant::now());
+                match stopped.recv_timeout(wait) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let proxy = Proxy { inner };
+                // Renewal first: a sweep that took long must not let this proxy's own
+                // leases lapse.
+                if Instant::now() >= next_renewal {
+                    proxy.renew_leases();
+                    next_renewal = Instant::now() + renew_every;
+                }
+                if Instant::now() >= next_sweep {
+                    proxy.retry_announcements();
+                    proxy.sweep_lapsed_leases();
+                    next_sweep = Instant::now() + sweep_every;
+                }
             }
-            // The lease is the new proxy's now: end the session without releasing it.
-            self.inner.sessions.unbind_user(user)
-        };
-        let Some(connection) = connection else {
-            return Ok(api::KickResponse { kicked: false });
-        };
-        tracing::info!(user = request.user_id, by = %request.new_proxy_id, "session replaced elsewhere");
-        kick(&connection, &request.reason);
-        Ok(api::KickResponse { kicked: true })
+        })?;
+        Ok(Renewal { stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+/// Renews the proxy's leases and sweeps lapsed ones on a thread; dropping it stops and
+/// joins the thread.
+#[derive(Debug)]
+pub struct Renewal {
+    /// Dropped to stop the thread.
+    stop: Option<mpsc::Sender<()>>,
+    /// Joined on drop.
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
