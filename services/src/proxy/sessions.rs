@@ -121,7 +121,7 @@ impl Link for Connection {
     }
 
     fn kick(&self, reason: &str) {
-        super::kick(self, reason);
+        super::delivery::kick(self, reason);
     }
 }
 
