@@ -578,6 +578,12 @@ impl<C: Link> Sessions<C> {
         };
         self.announcer.announce(announcement, Settle::new(record));
     }
+
+    /// How many operations wait for a lane.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.shared.lock().waiting
+    }
 }
 
 impl<C> std::fmt::Debug for Sessions<C> {
@@ -593,3 +599,6 @@ impl<C> std::fmt::Debug for Sessions<C> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests;
