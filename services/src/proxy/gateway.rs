@@ -1,0 +1,234 @@
+//! `Gateway`, the service clients call: login and logout go to [`Sessions`], everything
+//! else to the user and chat services with the session's user id.
+
+use rpc_core::server::Context;
+use rpc_core::Status;
+
+use super::sessions::{LoginError, REPLACED};
+use super::Proxy;
+use crate::api::{self, gateway_rpc};
+use crate::convert::{presence_status, rpc_status};
+use crate::ids::UserId;
+
+impl Proxy {
+    /// `users` with their online state.
+    fn contacts(&self, users: Vec<api::User>) -> Result<Vec<api::Contact>, Status> {
+        let ids: Vec<UserId> = users.iter().map(|u| UserId(u.id)).collect();
+        let online = if ids.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.presence.lookup(&ids).map_err(presence_status)?
+        };
+        Ok(users
+            .into_iter()
+            .zip(online)
+            .map(|(user, at)| api::Contact { user: Some(user), online: at.is_some() })
+            .collect())
+    }
+
+    fn contact(&self, user: Option<api::User>) -> Result<Option<api::Contact>, Status> {
+        Ok(self.contacts(user.into_iter().collect())?.pop())
+    }
+
+    /// What a client sees right after logging in.
+    fn login_view(&self, user: api::User, replaced_session: bool) -> Result<api::LoginResponse, Status> {
+        let call = api::UserCall { user_id: user.id };
+        let friends = self.inner.users.list_friends(&call).map_err(rpc_status)?.users;
+        let friends = self.contacts(friends)?;
+        let mut groups = Vec::new();
+        for g in self.inner.users.list_groups_with_members(&call).map_err(rpc_status)?.groups {
+            groups.push(api::GroupDetail { group: g.group, members: self.contacts(g.members)? });
+        }
+        let conversations = self.inner.chat.conversations(&call).map_err(rpc_status)?.conversations;
+        Ok(api::LoginResponse { user: Some(user), friends, groups, conversations, replaced_session })
+    }
+
+    /// Asks proxy `other`, whose lease on `user` a login here took over, to kick its
+    /// session; without waiting.
+    fn kick_elsewhere(&self, user: UserId, other: String) {
+        let Some(client) = self.inner.proxies.client(&other) else {
+            tracing::debug!(%user, proxy = %other, "previous proxy is gone");
+            return;
+        };
+        let request = api::KickRequest {
+            user_id: user.0,
+            new_proxy_id: self.inner.config.instance_id.clone(),
+            reason: REPLACED.to_owned(),
+        };
+        client.kick_with(&request, move |outcome| {
+            if let Err(error) = outcome {
+                tracing::warn!(%user, proxy = %other, %error, "cannot kick the previous session");
+            }
+        });
+    }
+}
+
+impl gateway_rpc::Gateway for Proxy {
+    fn register(
+        &self,
+        _ctx: &Context,
+        request: api::RegisterRequest,
+    ) -> Result<api::RegisterResponse, Status> {
+        self.open()?;
+        self.inner.users.register(&request).map_err(rpc_status)
+    }
+
+    fn login(&self, ctx: &Context, request: api::LoginRequest) -> Result<api::LoginResponse, Status> {
+        self.open()?;
+        let sessions = &self.inner.sessions;
+        let connection = ctx.connection();
+        // A login on a connection that already has a session ends that session first.
+        sessions.end(connection.id());
+        let user = self.inner.users.verify_login(&request).map_err(rpc_status)?.user;
+        let user =
+            user.ok_or_else(|| Status::internal("the user service answered a login without a user"))?;
+        let id = UserId(user.id);
+        let login = sessions.login(id, connection).map_err(|error| match error {
+            LoginError::Closed => Status::unavailable("the connection closed during the login"),
+            LoginError::Presence(error) => presence_status(error),
+        })?;
+        if let Some(other) = login.elsewhere.clone() {
+            self.kick_elsewhere(id, other);
+        }
+        match self.login_view(user, login.replaced) {
+            Ok(view) => {
+                tracing::info!(user = %id, connection = %connection.id(), replaced = login.replaced, "logged in");
+                sessions.announce_online(&login);
+                Ok(view)
+            }
+            Err(status) => {
+                sessions.end(connection.id());
+                Err(status)
+            }
+        }
+    }
+
+    fn logout(&self, ctx: &Context, _request: api::LogoutRequest) -> Result<api::LogoutResponse, Status> {
+        self.session(ctx)?;
+        self.inner.sessions.end(ctx.connection().id());
+        Ok(api::LogoutResponse {})
+    }
+
+    fn find_user(
+        &self,
+        ctx: &Context,
+        request: api::FindUserRequest,
+    ) -> Result<api::FindUserResponse, Status> {
+        self.session(ctx)?;
+        let found = self.inner.users.find_user(&request).map_err(rpc_status)?.user;
+        Ok(api::FindUserResponse { user: self.contact(found)? })
+    }
+
+    fn add_friend(
+        &self,
+        ctx: &Context,
+        request: api::AddFriendRequest,
+    ) -> Result<api::AddFriendResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        let call = api::AddFriendCall { user_id, request: Some(request) };
+        let friend = self.inner.users.add_friend(&call).map_err(rpc_status)?.friend;
+        Ok(api::AddFriendResponse { friend: self.contact(friend)? })
+    }
+
+    fn remove_friend(
+        &self,
+        ctx: &Context,
+        request: api::RemoveFriendRequest,
+    ) -> Result<api::RemoveFriendResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner
+            .users
+            .remove_friend(&api::RemoveFriendCall { user_id, request: Some(request) })
+            .map_err(rpc_status)
+    }
+
+    fn list_friends(
+        &self,
+        ctx: &Context,
+        _request: api::ListFriendsRequest,
+    ) -> Result<api::ListFriendsResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        let friends = self.inner.users.list_friends(&api::UserCall { user_id }).map_err(rpc_status)?.users;
+        Ok(api::ListFriendsResponse { friends: self.contacts(friends)? })
+    }
+
+    fn create_group(
+        &self,
+        ctx: &Context,
+        request: api::CreateGroupRequest,
+    ) -> Result<api::CreateGroupResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner
+            .users
+            .create_group(&api::CreateGroupCall { user_id, request: Some(request) })
+            .map_err(rpc_status)
+    }
+
+    fn join_group(
+        &self,
+        ctx: &Context,
+        request: api::JoinGroupRequest,
+    ) -> Result<api::JoinGroupResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner
+            .users
+            .join_group(&api::JoinGroupCall { user_id, request: Some(request) })
+            .map_err(rpc_status)
+    }
+
+    fn leave_group(
+        &self,
+        ctx: &Context,
+        request: api::LeaveGroupRequest,
+    ) -> Result<api::LeaveGroupResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner
+            .users
+            .leave_group(&api::LeaveGroupCall { user_id, request: Some(request) })
+            .map_err(rpc_status)
+    }
+
+    fn list_groups(
+        &self,
+        ctx: &Context,
+        _request: api::ListGroupsRequest,
+    ) -> Result<api::ListGroupsResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner.users.list_groups(&api::UserCall { user_id }).map_err(rpc_status)
+    }
+
+    fn group_members(
+        &self,
+        ctx: &Context,
+        request: api::GroupMembersRequest,
+    ) -> Result<api::GroupMembersResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        let call = api::GroupMembersCall { user_id, request: Some(request) };
+        let members = self.inner.users.group_members(&call).map_err(rpc_status)?.users;
+        Ok(api::GroupMembersResponse { members: self.contacts(members)? })
+    }
+
+    fn send_message(
+        &self,
+        ctx: &Context,
+        request: api::SendMessageRequest,
+    ) -> Result<api::SendMessageResponse, Status> {
+        let sender_id = self.session(ctx)?.0;
+        self.inner.chat.send(&api::SendCall { sender_id, request: Some(request) }).map_err(rpc_status)
+    }
+
+    fn history(&self, ctx: &Context, request: api::HistoryRequest) -> Result<api::HistoryResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner.chat.history(&api::HistoryCall { user_id, request: Some(request) }).map_err(rpc_status)
+    }
+
+    fn sync(&self, ctx: &Context, request: api::SyncRequest) -> Result<api::SyncResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner.chat.sync(&api::SyncCall { user_id, request: Some(request) }).map_err(rpc_status)
+    }
+
+    fn ack(&self, ctx: &Context, request: api::AckRequest) -> Result<api::AckResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner.chat.ack(&api::AckCall { user_id, request: Some(request) }).map_err(rpc_status)
+    }
+}

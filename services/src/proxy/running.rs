@@ -1,0 +1,114 @@
+//! Serving a proxy: its client and delivery listeners, its registration and renewal
+//! thread, and the order in which they stop.
+
+use rpc_core::registry::{Instance, Registration, Registry};
+use rpc_core::server::{self, Builder, Handle};
+
+use super::{Proxy, Renewal};
+use crate::api::{self, delivery_rpc};
+use crate::served::Traced;
+
+/// A running proxy: the client listener, the internal delivery listener registered in
+/// the registry, and the lease renewal (and sweeping) thread. Dropping it deregisters, then stops.
+pub struct Running {
+    /// Dropped first, so the chat service stops pushing here before the servers stop.
+    registration: Registration,
+    /// Renews leases and sweeps lapsed ones.
+    renewal: Renewal,
+    /// Where clients connect.
+    client: Handle,
+    /// Where the chat service delivers.
+    delivery: Handle,
+    /// The proxy itself.
+    proxy: Proxy,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("proxy", &self.proxy)
+            .field("client", &self.client.local_addr())
+            .field("delivery", &self.delivery.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// The address clients connect to.
+    pub fn client_addr(&self) -> std::net::SocketAddr {
+        self.client.local_addr()
+    }
+
+    /// The address of the internal delivery service.
+    pub fn delivery_addr(&self) -> std::net::SocketAddr {
+        self.delivery.local_addr()
+    }
+
+    /// The proxy.
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+
+    /// Blocks until the client server stops.
+    pub fn wait(self) {
+        let Running { registration, renewal, client, delivery, proxy } = self;
+        client.wait();
+        drop((registration, renewal, delivery, proxy));
+    }
+
+    /// Stops the proxy gracefully, in an order that leaves nobody looking online:
+    ///
+    /// 1. leaves the registry, so the chat services stop delivering here;
+    /// 2. refuses every new call with Unavailable and stops renewing leases;
+    /// 3. ends every session: releases its lease and tells the user's friends at once
+    ///    (see [`Proxy::end_all_sessions`]);
+    /// 4. shuts the client server down (clients are told to go away; calls in flight
+    ///    finish), ends any session a login in flight opened meanwhile, then shuts the
+    ///    delivery server down.
+    pub fn shutdown(self) {
+        let Running { registration, renewal, client, delivery, proxy } = self;
+        let id = proxy.instance_id().to_owned();
+        if let Err(error) = registration.deregister() {
+            tracing::warn!(%id, %error, "cannot leave the registry; the entry goes with the session");
+        }
+        proxy.close();
+        drop(renewal);
+        let ended = proxy.end_all_sessions();
+        client.shutdown();
+        let late = proxy.end_all_sessions();
+        delivery.shutdown();
+        tracing::info!(%id, sessions = ended + late, "proxy stopped");
+    }
+}
+
+/// Starts a proxy: clients on `client_listen`, delivery on `delivery_listen` registered
+/// in `registry` under the proxy's instance id.
+///
+/// # Errors
+///
+/// When a listener cannot be bound, the registry fails, or a thread cannot start.
+pub fn serve(
+    proxy: Proxy,
+    registry: &dyn Registry,
+    client_listen: std::net::SocketAddr,
+    delivery_listen: std::net::SocketAddr,
+    server_config: server::Config,
+) -> Result<Running, rpc_core::Error> {
+    let delivery = Builder::new(server_config.clone())
+        .service(Traced::new(api::DeliveryServer(proxy.clone()), |_| None))
+        .bind(delivery_listen)?;
+    let registration = registry
+        .register(delivery_rpc::SERVICE_NAME, &Instance::new(proxy.instance_id(), delivery.local_addr()))?;
+    let hook = proxy.clone();
+    let sessions = proxy.clone();
+    let gateway = Traced::new(api::GatewayServer(proxy.clone()), move |ctx| {
+        sessions.sessions().user_of(ctx.connection().id()).map(|user| user.0)
+    });
+    let client = Builder::new(server_config)
+        .service(gateway)
+        .on_disconnect(move |connection| hook.disconnected(connection))
+        .bind(client_listen)?;
+    let renewal = proxy.start_renewal()?;
+    tracing::info!(id = %proxy.instance_id(), clients = %client.local_addr(), delivery = %delivery.local_addr(), "proxy started");
+    Ok(Running { registration, renewal, client, delivery, proxy })
+}
