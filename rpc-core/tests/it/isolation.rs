@@ -315,7 +315,9 @@ fn a_peer_over_its_budget_that_reads_nothing_is_evicted_after_the_stall_timeout(
     }
     greedy.write_all(&buf).unwrap();
     wait_until(PATIENCE, "the answers to be made", || probe.started() >= 100);
-    std::thread::sleep(Duration::from_millis(2500));
+    // Evicted at the first once-a-second check after a second without progress; the
+    // rest is slack for a loaded machine, where the loop may take its answers late.
+    std::thread::sleep(Duration::from_secs(5));
     let frames = read_until_closed(&mut greedy);
     let reason = goaway(&frames).expect("a go-away");
     assert!(reason.starts_with("the peer read nothing for 1 s"), "{reason}");
