@@ -14,6 +14,13 @@
 //! - [`Status`] crosses the wire with failed calls; [`Error`] is everything
 //!   that can fail locally, a status from the server included; both say
 //!   whether the call ran ([`Outcome`]).
+//!
+//! One Cargo feature, `zookeeper` (on by default), brings the ZooKeeper
+//! registry, `registry::ZooKeeper`, and its dependencies. Without it the
+//! crate has everything else: the in-process [`registry::Memory`],
+//! discovery, balancing and direct channels.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod balance;
 pub mod client;

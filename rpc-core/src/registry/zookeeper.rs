@@ -31,6 +31,7 @@ use crate::Error;
 
 /// Settings of a [`ZooKeeper`] registry. Start from `Config::default()`.
 #[derive(Debug, Clone)]
+#[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
 pub struct Config {
     /// Path under which every service lives; tests use a random one to stay
     /// apart. Absolute, without a trailing `/`.
@@ -54,7 +55,7 @@ impl Default for Config {
     }
 }
 
-/// A registry kept in ZooKeeper.
+/// A registry kept in ZooKeeper (with the `zookeeper` feature, on by default).
 ///
 /// Dropping it closes the session: every instance it registered disappears
 /// from ZooKeeper at once.
@@ -69,6 +70,7 @@ impl Default for Config {
 /// # Ok(())
 /// # }
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
 pub struct ZooKeeper {
     /// Requests to the supervisor.
     events: Sender<Event>,
