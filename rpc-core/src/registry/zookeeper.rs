@@ -33,8 +33,9 @@ use crate::Error;
 #[derive(Debug, Clone)]
 #[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
 pub struct Config {
-    /// Path under which every service lives; tests use a random one to stay
-    /// apart. Absolute, without a trailing `/`.
+    /// Path under which every service lives, `/rpc-core` by default.
+    /// Deployments, and tests, that share one ZooKeeper each take their own
+    /// to stay apart. Absolute, without a trailing `/`.
     pub root: String,
     /// Session timeout asked of ZooKeeper (the server clamps it to its own
     /// limits). An instance whose process dies without deregistering leaves
@@ -48,7 +49,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            root: "/chatroom".to_owned(),
+            root: "/rpc-core".to_owned(),
             session_timeout: Duration::from_secs(10),
             operation_timeout: Duration::from_secs(10),
         }
@@ -98,7 +99,7 @@ impl ZooKeeper {
             && config.root.split('/').skip(1).all(|part| check_name("root", part).is_ok());
         if !root_ok {
             return Err(Error::Registry(format!(
-                "invalid root '{}': it must be an absolute path like /chatroom",
+                "invalid root '{}': it must be an absolute path like /rpc-core",
                 config.root
             )));
         }
