@@ -19,6 +19,9 @@
 //! registry, `registry::ZooKeeper`, and its dependencies. Without it the
 //! crate has everything else: the in-process [`registry::Memory`],
 //! discovery, balancing and direct channels.
+//!
+//! The wire protocol's version and what may change without a new one:
+//! `docs/PROTOCOL.md`, "Compatibility".
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

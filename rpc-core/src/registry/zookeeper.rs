@@ -30,6 +30,10 @@ use super::{check_name, dedup_newest, Instance, OnChange, Registration, Registry
 use crate::Error;
 
 /// Settings of a [`ZooKeeper`] registry. Start from `Config::default()`.
+///
+/// Later versions may add fields, each with a default, so build one as
+/// `Config { root: "/myapp".into(), ..Config::default() }`: a struct literal
+/// naming every field stops compiling when one is added.
 #[derive(Debug, Clone)]
 #[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
 pub struct Config {
