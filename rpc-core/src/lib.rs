@@ -37,3 +37,8 @@ mod status;
 
 pub use error::Error;
 pub use status::{Code, Outcome, Status};
+
+/// The README's example, compiled and run with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
