@@ -9,10 +9,13 @@
 #   clippy, doc and the unit tests of rpc-core without its default features
 #       (no ZooKeeper)
 #   cargo test --workspace --no-fail-fast      (unit, integration and doc tests)
+#   scripts/packaged.sh                        (rpc-core and rpc-codegen as
+#       published crates, used by the README's hello crate outside the workspace)
 #
 # Stops at the first failing step and exits non-zero. Clippy and doc share
-# their dependency metadata; the test build compiles code once. No step
-# changes RUSTFLAGS, so nothing is rebuilt between steps or between runs.
+# their dependency metadata; the test build compiles code once, and the hello
+# crate reuses it. No step changes RUSTFLAGS, so nothing is rebuilt between
+# steps or between runs.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -110,5 +113,6 @@ step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 step "rpc-core without default features" no_default_features
 step "cargo test" run_tests
+step "packaged crates" bash scripts/packaged.sh
 print_times
 printf '\nOK: all checks and tests passed\n'
