@@ -94,6 +94,7 @@ use ring::Ring;
 /// How a call without a key picks an instance. Calls with a key use the
 /// consistent-hash ring instead: see [`Balanced::with_key`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Strategy {
     /// Each instance in turn.
     #[default]
@@ -104,6 +105,10 @@ pub enum Strategy {
 }
 
 /// Settings of a [`Balanced`]. Start from `Config::default()`.
+///
+/// Later versions may add fields, each with a default, so build one as
+/// `Config { strategy: Strategy::LeastInFlight, ..Config::default() }`: a
+/// struct literal naming every field stops compiling when one is added.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// How calls without a key pick an instance.

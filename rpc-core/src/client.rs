@@ -47,6 +47,10 @@ pub type DisconnectHandler = Arc<dyn Fn(&Error) + Send + Sync>;
 pub type Callback = Box<dyn FnOnce(Result<Bytes, Error>) + Send>;
 
 /// Settings of a channel. Start from `Config::default()`.
+///
+/// Later versions may add fields, each with a default, so build one as
+/// `Config { connections: 2, ..Config::default() }`: a struct literal naming
+/// every field stops compiling when one is added.
 #[derive(Clone)]
 pub struct Config {
     /// Longest wait for a TCP connection to open.

@@ -76,6 +76,7 @@ impl Kind {
 
 /// Why bytes could not be read as a frame. Cheap to build: it is on the hot path.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The length prefix announces more than the configured maximum.
     TooLarge {

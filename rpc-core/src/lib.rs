@@ -14,6 +14,16 @@
 //! - [`Status`] crosses the wire with failed calls; [`Error`] is everything
 //!   that can fail locally, a status from the server included; both say
 //!   whether the call ran ([`Outcome`]).
+//!
+//! One Cargo feature, `zookeeper` (on by default), brings the ZooKeeper
+//! registry, `registry::ZooKeeper`, and its dependencies. Without it the
+//! crate has everything else: the in-process [`registry::Memory`],
+//! discovery, balancing and direct channels.
+//!
+//! The wire protocol's version and what may change without a new one:
+//! `docs/PROTOCOL.md`, "Compatibility".
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod balance;
 pub mod client;
@@ -27,3 +37,8 @@ mod status;
 
 pub use error::Error;
 pub use status::{Code, Outcome, Status};
+
+/// The README's example, compiled and run with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

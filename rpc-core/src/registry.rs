@@ -8,9 +8,10 @@
 //! [`crate::balance::Balanced`] spreads calls over that set.
 //!
 //! Two registries implement [`Registry`]:
-//! - [`ZooKeeper`] (`registry/zookeeper.rs`): one ephemeral znode per instance
-//!   (layout in `docs/PROTOCOL.md`), and a supervisor thread that re-creates
-//!   the session, the registrations and the watches when the session is lost.
+//! - `ZooKeeper` (`registry/zookeeper.rs`, with the `zookeeper` feature, on
+//!   by default): one ephemeral znode per instance (layout in
+//!   `docs/PROTOCOL.md`), and a supervisor thread that re-creates the session,
+//!   the registrations and the watches when the session is lost.
 //! - [`Memory`] (`registry/memory.rs`): in-process, for the standalone mode
 //!   and for tests.
 //!
@@ -44,9 +45,11 @@ use std::time::{Duration, Instant};
 use crate::Error;
 
 mod memory;
+#[cfg(feature = "zookeeper")]
 mod zookeeper;
 
 pub use self::memory::Memory;
+#[cfg(feature = "zookeeper")]
 pub use self::zookeeper::{Config, ZooKeeper};
 
 /// One running server of a service, as the registry knows it.

@@ -47,6 +47,10 @@ const WORKER_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// Settings of a server. Start from `Config::default()` and change what you need.
 ///
+/// Later versions may add fields, each with a default, so build one as
+/// `Config { workers: 8, ..Config::default() }`: a struct literal naming every
+/// field stops compiling when one is added.
+///
 /// The limits bound what one peer can make the server hold or do, so that no
 /// connection can hurt another (`docs/PROTOCOL.md`, "Limits and errors"):
 ///

@@ -11,6 +11,7 @@ use std::fmt;
 /// rpc-core itself sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum Code {
     /// The call succeeded.
     Ok = 0,

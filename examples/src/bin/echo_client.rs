@@ -2,7 +2,7 @@
 //! them through a load-balanced transport.
 //!
 //! ```text
-//! cargo run -p examples --bin echo_client -- [--zk 127.0.0.1:2181] [--root /chatroom] [--count 10] [--text hello]
+//! cargo run -p examples --bin echo_client -- [--zk 127.0.0.1:2181] [--root /rpc-core] [--count 10] [--text hello]
 //! ```
 
 use std::process::ExitCode;

@@ -2,7 +2,7 @@
 //! is stopped.
 //!
 //! ```text
-//! cargo run -p examples --bin echo_server -- [--addr 127.0.0.1:0] [--zk 127.0.0.1:2181] [--root /chatroom] [--id NAME]
+//! cargo run -p examples --bin echo_server -- [--addr 127.0.0.1:0] [--zk 127.0.0.1:2181] [--root /rpc-core] [--id NAME]
 //! ```
 
 use std::process::ExitCode;

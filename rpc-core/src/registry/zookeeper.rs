@@ -30,10 +30,16 @@ use super::{check_name, dedup_newest, Instance, OnChange, Registration, Registry
 use crate::Error;
 
 /// Settings of a [`ZooKeeper`] registry. Start from `Config::default()`.
+///
+/// Later versions may add fields, each with a default, so build one as
+/// `Config { root: "/myapp".into(), ..Config::default() }`: a struct literal
+/// naming every field stops compiling when one is added.
 #[derive(Debug, Clone)]
+#[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
 pub struct Config {
-    /// Path under which every service lives; tests use a random one to stay
-    /// apart. Absolute, without a trailing `/`.
+    /// Path under which every service lives, `/rpc-core` by default.
+    /// Deployments, and tests, that share one ZooKeeper each take their own
+    /// to stay apart. Absolute, without a trailing `/`.
     pub root: String,
     /// Session timeout asked of ZooKeeper (the server clamps it to its own
     /// limits). An instance whose process dies without deregistering leaves
@@ -47,14 +53,14 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            root: "/chatroom".to_owned(),
+            root: "/rpc-core".to_owned(),
             session_timeout: Duration::from_secs(10),
             operation_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// A registry kept in ZooKeeper.
+/// A registry kept in ZooKeeper (with the `zookeeper` feature, on by default).
 ///
 /// Dropping it closes the session: every instance it registered disappears
 /// from ZooKeeper at once.
@@ -69,6 +75,7 @@ impl Default for Config {
 /// # Ok(())
 /// # }
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
 pub struct ZooKeeper {
     /// Requests to the supervisor.
     events: Sender<Event>,
@@ -96,7 +103,7 @@ impl ZooKeeper {
             && config.root.split('/').skip(1).all(|part| check_name("root", part).is_ok());
         if !root_ok {
             return Err(Error::Registry(format!(
-                "invalid root '{}': it must be an absolute path like /chatroom",
+                "invalid root '{}': it must be an absolute path like /rpc-core",
                 config.root
             )));
         }
