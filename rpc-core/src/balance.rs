@@ -55,10 +55,11 @@
 //!
 //! ```no_run
 //! use rpc_core::balance::{Balanced, Config};
-//! use rpc_core::registry::{self, Discovery};
+//! use rpc_core::registry::{Discovery, Memory};
 //! # fn main() -> Result<(), rpc_core::Error> {
-//! let zk = registry::ZooKeeper::connect("127.0.0.1:2181", registry::Config::default())?;
-//! let echo = Balanced::new(Discovery::new(&zk, "test.Echo")?, Config::default());
+//! // Any registry: ZooKeeper across machines, `Memory` within one process.
+//! let registry = Memory::new();
+//! let echo = Balanced::new(Discovery::new(&registry, "test.Echo")?, Config::default());
 //! let reply = echo.call_raw("test.Echo", "Say", b"hi", None)?;
 //! // Every call for user 42 goes to the same instance.
 //! let reply = echo.with_key(42u64).call_raw("test.Echo", "Say", b"hi", None)?;

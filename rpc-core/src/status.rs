@@ -4,8 +4,8 @@ use std::fmt;
 
 /// Outcome class of a call, numbered as in gRPC so the codes are familiar.
 ///
-/// The set is closed: a code number this version does not know decodes as
-/// [`Code::Unknown`]. Whether a failed call ran is not the code's to say but
+/// Later versions may add codes; a code number this version does not know
+/// decodes as [`Code::Unknown`]. Whether a failed call ran is not the code's to say but
 /// the [`Outcome`] carried with it; a status a handler returns means
 /// [`Outcome::Ran`] unless it says otherwise, and the docs below name what
 /// rpc-core itself sends.
