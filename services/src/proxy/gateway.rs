@@ -97,7 +97,8 @@ impl gateway_rpc::Gateway for Proxy {
                 Ok(view)
             }
             Err(status) => {
-                sessions.end(connection.id());
+                // Only this login's session: another login may have bound since.
+                sessions.end_login(&login, connection.id());
                 Err(status)
             }
         }

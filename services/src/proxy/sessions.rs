@@ -140,6 +140,9 @@ pub struct Config {
 pub struct Login {
     /// The user logged in.
     pub user: UserId,
+    /// The session's epoch, so that undoing this login ends this session and no newer one
+    /// ([`Sessions::end_login`]).
+    pub epoch: u64,
     /// Whether this session replaced one the user had: on another connection here (kicked
     /// already) or on another proxy.
     pub replaced: bool,
@@ -231,11 +234,12 @@ impl<C> Shared<C> {
 }
 
 impl<C: Link> State<C> {
-    /// Binds `user` to `connection` with a new epoch; neither may be bound.
-    fn bind(&mut self, user: UserId, connection: C) {
+    /// Binds `user` to `connection` with a new epoch, which it returns; neither may be bound.
+    fn bind(&mut self, user: UserId, connection: C) -> u64 {
         self.epoch += 1;
         self.by_connection.insert(connection.id(), user);
         self.by_user.insert(user, Session { connection, epoch: self.epoch });
+        self.epoch
     }
 
     /// Ends the session on `connection`, returning its user and session.
@@ -339,6 +343,26 @@ impl<C: Link> Sessions<C> {
         }
         tracing::info!(%user, %connection, "session ended");
         Some(user)
+    }
+
+    /// Ends the session `login` bound on `connection`, as [`Sessions::end`] does, if it is
+    /// still there: a login that fails after binding (its reply could not be built) undoes
+    /// itself without ending a newer login on the same connection or of the same user.
+    /// Returns whether it ended it.
+    pub fn end_login(&self, login: &Login, connection: ConnectionId) -> bool {
+        {
+            let mut state = self.shared.lock();
+            let current = state.by_user.get(&login.user).map(|s| (s.connection.id(), s.epoch));
+            if current != Some((connection, login.epoch)) {
+                return false;
+            }
+            state.unbind_connection(connection);
+        }
+        if let Some(offline) = self.release(login.user) {
+            self.send(offline, None);
+        }
+        tracing::info!(user = %login.user, %connection, "session ended: its login failed");
+        true
     }
 
     /// Ends every session as [`Sessions::end`] does, leaving the connections open, then
@@ -488,20 +512,17 @@ impl<C: Link> Sessions<C> {
             let old = state.unbind_user(user);
             // Another user's session that a login bound on this connection meanwhile.
             let displaced = state.unbind_connection(connection.id()).map(|(other, _)| other);
-            let open = connection.is_open();
-            if open {
-                state.bind(user, connection.clone());
-            }
-            (old, displaced, open)
+            let epoch = connection.is_open().then(|| state.bind(user, connection.clone()));
+            (old, displaced, epoch)
         };
         let kicked = old.filter(|s| s.connection.id() != connection.id());
         if let Some(session) = &kicked {
             session.connection.kick(REPLACED);
         }
-        let result = if bound {
+        let result = if let Some(epoch) = bound {
             drop(lane);
             let elsewhere = previous.filter(|p| *p != self.config.owner);
-            Ok(Login { user, replaced: kicked.is_some() || elsewhere.is_some(), elsewhere })
+            Ok(Login { user, epoch, replaced: kicked.is_some() || elsewhere.is_some(), elsewhere })
         } else {
             // The connection's disconnect finds (or found) nothing of this login's to end,
             // so the login gives back the lease it took.

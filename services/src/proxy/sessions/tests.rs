@@ -246,7 +246,7 @@ fn a_login_claims_the_lease_binds_the_session_and_announces_online_when_asked() 
     let rig = Rig::new();
     let c1 = Conn::new(1);
     let login = rig.sessions.login(ALICE, &c1).unwrap();
-    assert_eq!(login, Login { user: ALICE, replaced: false, elsewhere: None });
+    assert_eq!(login, Login { epoch: login.epoch, user: ALICE, replaced: false, elsewhere: None });
     assert_eq!(rig.holder(ALICE).as_deref(), Some(ME));
     assert_eq!(rig.sessions.user_of(c1.id), Some(ALICE));
     assert_eq!(rig.sessions.connection_of(ALICE).map(|c| c.id), Some(c1.id));
@@ -261,7 +261,7 @@ fn a_second_login_replaces_and_kicks_the_first_which_cannot_log_it_out() {
     let (c1, c2) = (Conn::new(1), Conn::new(2));
     let _ = rig.sessions.login(ALICE, &c1).unwrap();
     let login = rig.sessions.login(ALICE, &c2).unwrap();
-    assert_eq!(login, Login { user: ALICE, replaced: true, elsewhere: None });
+    assert_eq!(login, Login { epoch: login.epoch, user: ALICE, replaced: true, elsewhere: None });
     rig.sessions.announce_online(&login);
     assert!(rig.announced.made().is_empty(), "alice was online already");
     assert_eq!(c1.kicked().as_deref(), Some(REPLACED));
@@ -279,7 +279,10 @@ fn a_login_over_a_session_on_another_proxy_names_that_proxy() {
     let rig = Rig::new();
     rig.claim_elsewhere(ALICE);
     let login = rig.sessions.login(ALICE, &Conn::new(1)).unwrap();
-    assert_eq!(login, Login { user: ALICE, replaced: true, elsewhere: Some(OTHER.into()) });
+    assert_eq!(
+        login,
+        Login { epoch: login.epoch, user: ALICE, replaced: true, elsewhere: Some(OTHER.into()) }
+    );
     assert_eq!(rig.holder(ALICE).as_deref(), Some(ME));
 }
 
@@ -289,7 +292,7 @@ fn a_resume_is_a_login() {
     let (c1, c2) = (Conn::new(1), Conn::new(2));
     let _ = rig.sessions.login(ALICE, &c1).unwrap();
     let resumed = rig.sessions.resume(ALICE, &c2).unwrap();
-    assert_eq!(resumed, Login { user: ALICE, replaced: true, elsewhere: None });
+    assert_eq!(resumed, Login { epoch: resumed.epoch, user: ALICE, replaced: true, elsewhere: None });
     assert_eq!(rig.sessions.user_of(c2.id), Some(ALICE));
     assert_eq!(c1.kicked().as_deref(), Some(REPLACED));
 }
@@ -305,6 +308,26 @@ fn a_login_on_a_connection_with_a_session_ends_that_session_as_a_logout_would() 
     assert_eq!(rig.holder(ALICE), None);
     assert_eq!(rig.announced.made(), [(ALICE, false)]);
     assert_eq!(c1.kicked(), None, "the connection stays, with its new user");
+}
+
+#[test]
+fn undoing_a_failed_login_spares_a_newer_login_on_the_connection_and_of_the_user() {
+    let rig = Rig::new();
+    let (c1, c2) = (Conn::new(1), Conn::new(2));
+    let alice = rig.sessions.login(ALICE, &c1).unwrap();
+    let bob = rig.sessions.login(BOB, &c1).unwrap();
+    // Alice's login failed after binding, but bob has the connection now.
+    assert!(!rig.sessions.end_login(&alice, c1.id));
+    assert_eq!(rig.sessions.user_of(c1.id), Some(BOB));
+    assert_eq!(rig.holder(BOB).as_deref(), Some(ME));
+    // A newer login of the same user on another connection is spared too.
+    let bob_again = rig.sessions.login(BOB, &c2).unwrap();
+    assert!(!rig.sessions.end_login(&bob, c1.id));
+    assert_eq!(rig.sessions.user_of(c2.id), Some(BOB));
+    // Undoing the newest login ends it, as a logout would.
+    assert!(rig.sessions.end_login(&bob_again, c2.id));
+    assert_eq!(rig.sessions.user_of(c2.id), None);
+    assert_eq!(rig.holder(BOB), None);
 }
 
 #[test]
@@ -503,7 +526,7 @@ fn a_logout_whose_release_is_in_flight_leaves_the_lease_to_a_newer_login() {
     assert_eq!(finishes(logout), Some(ALICE));
     let login = finishes(login).unwrap();
     // The release came first, then the claim: the lease is the new session's.
-    assert_eq!(login, Login { user: ALICE, replaced: false, elsewhere: None });
+    assert_eq!(login, Login { epoch: login.epoch, user: ALICE, replaced: false, elsewhere: None });
     assert_eq!(rig.holder(ALICE).as_deref(), Some(ME));
     assert_eq!(rig.sessions.user_of(c2.id), Some(ALICE));
     assert_eq!(rig.announced.made(), [(ALICE, false)]);
@@ -575,7 +598,10 @@ fn a_kick_looking_the_lease_up_ends_the_older_session_before_a_login_here_claims
     assert!(finishes(kick).unwrap());
     assert_eq!(c1.kicked().as_deref(), Some("moved"));
     let login = finishes(login).unwrap();
-    assert_eq!(login, Login { user: ALICE, replaced: true, elsewhere: Some(OTHER.into()) });
+    assert_eq!(
+        login,
+        Login { epoch: login.epoch, user: ALICE, replaced: true, elsewhere: Some(OTHER.into()) }
+    );
     assert_eq!(c2.kicked(), None);
     assert_eq!(rig.sessions.user_of(c2.id), Some(ALICE));
     assert_eq!(rig.holder(ALICE).as_deref(), Some(ME));
