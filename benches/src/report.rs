@@ -94,6 +94,19 @@ pub struct Meta {
     pub load_after: String,
 }
 
+impl Meta {
+    /// A meta for a run of `command` starting now; `load_after` is filled in later.
+    pub fn now(command: &str) -> Meta {
+        Meta {
+            command: command.to_owned(),
+            date: crate::run::today(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            load_before: crate::run::load_average(),
+            load_after: String::new(),
+        }
+    }
+}
+
 /// The systems rpc-core is compared with, in table order.
 const BASELINES: [System; 4] = [System::Tonic, System::Tarpc, System::BarePool, System::Raw];
 

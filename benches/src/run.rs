@@ -307,13 +307,8 @@ pub fn run_and_report(
             x.first_error.as_deref().map(|e| format!("  {} errors: {e}", x.errors)).unwrap_or_default()
         );
     })?;
-    let meta = crate::report::Meta {
-        command: command.to_owned(),
-        date: today(),
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        load_before,
-        load_after: load_average(),
-    };
+    let meta =
+        crate::report::Meta { load_before, load_after: load_average(), ..crate::report::Meta::now(command) };
     let report = crate::report::markdown(&meta, plan, &crate::report::summarize(&measurements));
     Ok((measurements, report))
 }

@@ -91,33 +91,7 @@ fn baseline(rows: &[Row]) -> Option<&Row> {
     rows.iter().find(|r| r.scenario == Scenario::Baseline)
 }
 
-/// Where and how a report was made.
-#[derive(Debug, Clone)]
-pub struct Meta {
-    /// The command line that reproduces the run.
-    pub command: String,
-    /// When it ran.
-    pub date: String,
-    /// CPUs the machine has.
-    pub cores: usize,
-    /// `/proc/loadavg` before the run.
-    pub load_before: String,
-    /// `/proc/loadavg` after the run.
-    pub load_after: String,
-}
-
-impl Meta {
-    /// A meta for a run of `command` starting now; `load_after` is filled in later.
-    pub fn now(command: &str) -> Meta {
-        Meta {
-            command: command.to_owned(),
-            date: crate::run::today(),
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            load_before: crate::run::load_average(),
-            load_after: String::new(),
-        }
-    }
-}
+pub use crate::report::Meta;
 
 /// The report: how it was run, the table, and each row's first error.
 pub fn markdown(meta: &Meta, plan: &Plan, rows: &[Row]) -> String {
