@@ -141,6 +141,12 @@ impl Frame {
         &self.names[..self.service_len]
     }
 
+    /// The same frame in memory of its own, no longer sharing the buffer it was read
+    /// from (which a small frame would otherwise keep alive whole).
+    pub fn detached(self) -> Frame {
+        Frame { names: Bytes::copy_from_slice(&self.names), body: Bytes::copy_from_slice(&self.body), ..self }
+    }
+
     /// Bytes the frame took on the wire, length prefix included.
     pub fn wire_len(&self) -> usize {
         LENGTH_LEN + HEADER_LEN + self.names.len() + self.body.len()

@@ -16,9 +16,9 @@
 //! queue of its own and serve the connections in turn, with a cap on the calls
 //! of one connection running at once. The loop counts what it holds for each
 //! connection (requests running, answers unwritten) against
-//! `Config::connection_budget` and stops reading a connection past it; it
-//! evicts, with a go-away naming the limit, a connection whose unread answers
-//! pass `Config::connection_hard_limit`, that stays over its budget without
+//! `Config::connection_budget`: past it, it stops reading the connection and
+//! the workers hold its calls back until its answers drain. It evicts, with a
+//! go-away naming the limit, a connection that stays held back without
 //! reading, that trickles a frame, or that holds more than its share of an
 //! exhausted `Config::server_budget`. Refusals say the call did not run
 //! ([`crate::Outcome`]).
@@ -83,8 +83,9 @@ pub struct Config {
     /// Threads that run the methods a service declares heavy
     /// ([`Service::is_heavy`]), such as password hashing, apart from `workers`.
     pub heavy_workers: usize,
-    /// Heavy calls that may wait for `heavy_workers`, over all connections.
-    /// More are refused at once with `ResourceExhausted`, marked not run.
+    /// Heavy calls that may wait for `heavy_workers`, over all connections, and
+    /// an eighth of that (at least one) from one connection. More are refused
+    /// at once with `ResourceExhausted`, marked not run.
     pub max_heavy_queued: usize,
     /// Event-loop threads that own the sockets. One is plenty for most loads;
     /// more help only with many cores.
@@ -96,21 +97,23 @@ pub struct Config {
     /// answered with `ResourceExhausted` right away, marked not run.
     pub max_in_flight_per_connection: usize,
     /// Bytes the server may hold for one connection: requests read and not yet
-    /// answered, replies and pushes not yet written. Past it the server reads
-    /// no more of that connection's requests, and refuses pushes to it with
-    /// [`Error::Backpressure`], until it is back under half the budget.
+    /// answered, replies and pushes not yet written. Past it the server reads no
+    /// more of that connection's requests, runs none of its waiting calls (they
+    /// wait, flow control, until its answers drain under half the budget), and
+    /// refuses pushes to it with [`Error::Backpressure`].
     pub connection_budget: usize,
-    /// Unwritten replies and pushes at which a connection is closed at once,
-    /// with a go-away naming the limit: the answers of calls admitted before
-    /// the budget was reached can overshoot it, but never past this.
+    /// Unwritten replies and pushes past which a connection whose output has not
+    /// drained at all for a second is closed, with a go-away naming the limit. A
+    /// peer that reads is never closed for it, however large its answers.
     pub connection_hard_limit: usize,
-    /// A connection over its budget whose peer reads nothing for this long is
-    /// closed with a go-away, as one over the hard limit is.
+    /// A connection held back by its budget whose peer reads nothing for this long
+    /// is closed with a go-away. `Duration::ZERO` turns this off.
     pub stalled_reader_timeout: Duration,
     /// Bytes the server may hold for all connections together. Past it, a
     /// connection holding more than its fair share (`server_budget` divided by
-    /// the connections open) is closed with a go-away, and reads nothing more
-    /// while it waits to be.
+    /// the connections open) reads nothing more, and one holding more than both
+    /// its share and its own budget is closed with a go-away at the next check
+    /// (once a second).
     pub server_budget: usize,
     /// A frame must arrive whole within this time of its first byte; a peer
     /// that trickles it slower is closed with a go-away.
@@ -245,6 +248,9 @@ pub(crate) struct ConnShared {
     /// that finds them, with `unwritten`, past the hard limit runs no more calls
     /// of the connection, which the loop is about to evict.
     pub(crate) in_transit: AtomicUsize,
+    /// Set by a worker that held this connection's calls back (its answers wait past
+    /// the budget); the loop clears it and lets them run once they drained.
+    pub(crate) held_back: AtomicBool,
 }
 
 /// A handle to one client connection, usable from any thread.
@@ -294,18 +300,26 @@ impl Connection {
         self.inner.owner.send(Command::Reply { id: self.inner.id, call_id, result, cost });
     }
 
-    /// Tells the loop that a call of this connection, which held `cost` bytes of its
-    /// budget, was not run because the connection is past its hard limit.
-    pub(crate) fn overflowed(&self, cost: usize) {
-        self.inner.owner.send(Command::Overflowed { id: self.inner.id, cost });
-    }
-
-    /// Whether the answers waiting for this connection, written or on their way to
-    /// the loop, are past the hard limit: it is about to be evicted.
-    pub(crate) fn over_hard_limit(&self) -> bool {
+    /// Whether the answers waiting for this connection, written or on their way to the
+    /// loop, are past its budget, so that its next call should wait. Sets the flag the
+    /// loop clears (and lets the calls run again) once they drained; checked
+    /// again after the flag is set, so that a drain in between is not missed.
+    pub(crate) fn hold_back(&self) -> bool {
         let inner = &self.inner;
-        let waiting = inner.unwritten.load(Ordering::Relaxed) + inner.in_transit.load(Ordering::Relaxed);
-        waiting > inner.owner.connection_hard_limit
+        let over = || {
+            let waiting = inner.unwritten.load(Ordering::SeqCst) + inner.in_transit.load(Ordering::SeqCst);
+            waiting > inner.owner.connection_budget
+        };
+        if !over() {
+            return false;
+        }
+        inner.held_back.store(true, Ordering::SeqCst);
+        if over() {
+            return true;
+        }
+        // Drained meanwhile: whoever clears the flag now finds nothing to unblock.
+        inner.held_back.store(false, Ordering::SeqCst);
+        false
     }
 
     /// Sends a one-way frame naming `service.method` to the client.

@@ -182,9 +182,11 @@ impl Status {
         Status { code, message: message.into(), outcome: Outcome::Ran }
     }
 
-    /// The same status with `outcome`: [`Outcome::NotRun`] for a call refused
-    /// before anything was done, [`Outcome::Unknown`] when passing on a failure
-    /// that leaves it open.
+    /// The same status with `outcome`: [`Outcome::Unknown`] when passing on a
+    /// failure that leaves it open. Only rpc-core's server itself answers
+    /// [`Outcome::NotRun`]: a handler's "not run" (a refusal passed on from a
+    /// service further down) is sent as unknown, since the handler may have done
+    /// something before it.
     pub fn with_outcome(mut self, outcome: Outcome) -> Status {
         self.outcome = outcome;
         self

@@ -51,10 +51,8 @@ fn rss_kib() -> (u64, u64) {
 fn a_peer_pipelining_large_answers_it_never_reads_is_evicted_and_memory_stays_bounded() {
     let _ = tracing_subscriber::fmt().with_env_filter("rpc_core=debug").with_test_writer().try_init();
     let made = Arc::new(AtomicUsize::new(0));
-    let server = Builder::new(Config { workers: 4, ..Config::default() })
-        .service(Big(made.clone()))
-        .bind("127.0.0.1:0")
-        .unwrap();
+    let config = Config { workers: 4, stalled_reader_timeout: Duration::from_secs(2), ..Config::default() };
+    let server = Builder::new(config).service(Big(made.clone())).bind("127.0.0.1:0").unwrap();
     let victim = Channel::connect(server.local_addr(), ClientConfig::default()).unwrap();
     assert_eq!(&victim.call_raw("test.Big", "Echo", b"warm", None).unwrap()[..], b"warm");
     let (before, _) = rss_kib();
@@ -67,25 +65,28 @@ fn a_peer_pipelining_large_answers_it_never_reads_is_evicted_and_memory_stays_bo
         frame::put_request(&mut burst, id, 0, "test.Big", "Big", &(256 * 1024u32).to_be_bytes());
     }
     greedy.write_all(&burst).unwrap();
-    // The server makes answers until those waiting pass the hard limit (8 MiB, some
-    // 32 answers past what the kernel's buffers took), then stops.
+    // The server makes answers until those waiting pass the connection's budget (1 MiB
+    // past what the kernel's buffers took), then holds its calls back.
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut last, mut still_since) = (0, Instant::now());
     while Instant::now() < deadline {
         let now_made = made.load(Ordering::SeqCst);
         if now_made != last {
             (last, still_since) = (now_made, Instant::now());
-        } else if now_made >= 20 && still_since.elapsed() > Duration::from_secs(1) {
+        } else if now_made >= 4 && still_since.elapsed() > Duration::from_secs(1) {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(made.load(Ordering::SeqCst) >= 20, "the server made too few answers");
+    assert!(made.load(Ordering::SeqCst) >= 4, "the server made too few answers");
     // Meanwhile another client is served as usual.
     for _ in 0..20 {
         assert_eq!(&victim.call_raw("test.Big", "Echo", b"ok", None).unwrap()[..], b"ok");
     }
     let (during, peak) = rss_kib();
+    // Over its budget and reading nothing for 2 s, it is evicted at the next check (once a
+    // second); the rest is slack for a loaded machine. The go-away waits 10 s to be read.
+    std::thread::sleep(Duration::from_secs(6));
 
     // The greedy peer reads at last: what the kernel held, then the go-away, then the end.
     greedy.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
@@ -111,10 +112,7 @@ fn a_peer_pipelining_large_answers_it_never_reads_is_evicted_and_memory_stays_bo
     let reason = reason.unwrap_or_else(|| {
         panic!("no go-away before the close; {answers} answers read, {} made", made.load(Ordering::SeqCst))
     });
-    assert_eq!(
-        reason,
-        "output buffer over its hard limit of 8388608 bytes: the peer is not reading its answers"
-    );
+    assert!(reason.starts_with("the peer read nothing for 2 s with "), "{reason}");
     assert!(answers < 1500, "every answer was kept ({answers})");
     let made = made.load(Ordering::SeqCst);
     assert!(made < 200, "the server kept making answers for a peer that does not read ({made})");

@@ -24,6 +24,13 @@ const WAKER: Token = Token(1);
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(2);
 /// Bytes read from a socket per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
+/// One connection may have at most this fraction of `Config::max_heavy_queued` waiting,
+/// so that one peer cannot fill the heavy lane for everyone.
+const HEAVY_SHARE: usize = 8;
+/// How long at least an evicted peer has to read its go-away before it is dropped.
+const EVICTED_GRACE: Duration = Duration::from_secs(10);
+/// How long a connection over its hard limit may go without its output draining at all.
+const HARD_LIMIT_GRACE: Duration = Duration::from_secs(1);
 /// A connection's empty buffers bigger than this are given back, so that an idle
 /// connection does not keep the memory of its largest frame.
 const KEEP_CAPACITY: usize = 256 * 1024;
@@ -39,11 +46,6 @@ pub(crate) struct Memory {
 }
 
 impl Memory {
-    /// Whether the server holds more than its budget.
-    fn over(&self, config: &Config) -> bool {
-        self.held.load(Ordering::Relaxed) > config.server_budget
-    }
-
     /// When the server is over `budget`, the share each connection may hold;
     /// `None` while it is under.
     fn fair_share(&self, budget: usize) -> Option<usize> {
@@ -61,9 +63,6 @@ pub(crate) type Services = FastMap<Box<[u8]>, Arc<dyn Service>>;
 pub(crate) enum Command {
     /// A worker finished a call that held `cost` bytes of the connection's budget.
     Reply { id: ConnectionId, call_id: u64, result: Result<Bytes, Status>, cost: usize },
-    /// A worker did not run a call, which held `cost` bytes, because the connection's
-    /// answers are past its hard limit: evict it.
-    Overflowed { id: ConnectionId, cost: usize },
     /// An encoded push frame to append to a connection's output.
     Push { id: ConnectionId, frame: Bytes },
     /// Close a connection once its output is written.
@@ -84,8 +83,6 @@ pub(crate) struct LoopShared {
     woken: AtomicBool,
     /// Copied from the config for `Connection::push`.
     pub(crate) connection_budget: usize,
-    /// Copied from the config for workers, see `Connection::over_hard_limit`.
-    pub(crate) connection_hard_limit: usize,
 }
 
 impl LoopShared {
@@ -241,7 +238,6 @@ impl EventLoop {
             waker,
             woken: AtomicBool::new(false),
             connection_budget: config.connection_budget,
-            connection_hard_limit: config.connection_hard_limit,
         });
         Ok(EventLoop {
             index,
@@ -403,6 +399,7 @@ impl EventLoop {
             open: AtomicBool::new(true),
             unwritten: AtomicUsize::new(0),
             in_transit: AtomicUsize::new(0),
+            held_back: AtomicBool::new(false),
         });
         tracing::debug!(%id, %peer, "connection accepted");
         self.conns.insert(
@@ -458,9 +455,14 @@ impl EventLoop {
                         now: self.now,
                         batch: &mut self.batch,
                         heavy_batch: &mut self.heavy_batch,
-                        heavy_waiting: self.heavy.waiting(),
+                        heavy: &self.heavy,
+                        decoded: false,
                     };
                     ctx.frames(conn);
+                    if ctx.decoded {
+                        // A frame came whole: the clock of the next one starts now.
+                        conn.partial_since = None;
+                    }
                     self.jobs.send_all(id, &mut self.batch);
                     self.heavy.send_all(id, &mut self.heavy_batch);
                     if conn.closing {
@@ -564,21 +566,8 @@ impl EventLoop {
                             conn.last_drain = self.now;
                         }
                         frame::put_response(&mut conn.out, call_id, &result);
-                        if conn.out.len() > self.config.connection_hard_limit
-                            || self.memory.over(&self.config)
-                        {
-                            self.check_hard_limit(token);
-                        }
                     }
                     self.mark_dirty(token);
-                }
-                Command::Overflowed { id, cost } => {
-                    let token = Token(id.0 as usize);
-                    let Some(conn) = self.conns.get_mut(&token) else { continue };
-                    conn.in_flight = conn.in_flight.saturating_sub(1);
-                    conn.requests = conn.requests.saturating_sub(cost);
-                    let reason = hard_limit_reason(self.config.connection_hard_limit);
-                    self.evict(token, &reason);
                 }
                 Command::Push { id, frame } => {
                     let token = Token(id.0 as usize);
@@ -588,11 +577,6 @@ impl EventLoop {
                             conn.last_drain = self.now;
                         }
                         conn.out.extend_from_slice(&frame);
-                        if conn.out.len() > self.config.connection_hard_limit
-                            || self.memory.over(&self.config)
-                        {
-                            self.check_hard_limit(token);
-                        }
                     }
                     self.mark_dirty(token);
                 }
@@ -607,23 +591,6 @@ impl EventLoop {
                 Command::Shutdown => self.begin_shutdown(),
             }
         }
-    }
-
-    /// Evicts `token` if its unwritten output passed `Config::connection_hard_limit`,
-    /// or if the server is over its budget and the connection over its share of it.
-    fn check_hard_limit(&mut self, token: Token) {
-        let Some(conn) = self.conns.get(&token) else { return };
-        let limit = self.config.connection_hard_limit;
-        let reason = if conn.out.len() > limit {
-            hard_limit_reason(limit)
-        } else if let Some(share) =
-            self.memory.fair_share(self.config.server_budget).filter(|&share| conn.held() > share)
-        {
-            over_share(&self.config, conn.held(), share)
-        } else {
-            return;
-        };
-        self.evict(token, &reason);
     }
 
     /// Closes a connection that broke a limit, with a go-away naming it. What is
@@ -646,7 +613,7 @@ impl EventLoop {
         conn.discard = 0;
         conn.partial_since = None;
         conn.closing = true;
-        conn.evicted = Some(self.now + self.config.stalled_reader_timeout.max(Duration::from_secs(1)));
+        conn.evicted = Some(self.now + self.config.stalled_reader_timeout.max(EVICTED_GRACE));
         conn.handle.shared().open.store(false, Ordering::Release);
         if conn.paused {
             // Read again, to discard: the peer's unread bytes would turn the close into a reset.
@@ -725,10 +692,21 @@ impl EventLoop {
             return;
         }
         let pending = conn.out.len();
-        if pending == 0 && conn.out.capacity() > KEEP_CAPACITY {
-            conn.out = BytesMut::new();
+        if conn.out.capacity() > KEEP_CAPACITY && pending < conn.out.capacity() / 4 {
+            // A burst's buffer, mostly written: give the memory back.
+            conn.out = BytesMut::from(&conn.out[..]);
         }
-        conn.handle.shared().unwritten.store(pending, Ordering::Relaxed);
+        let shared = conn.handle.shared();
+        shared.unwritten.store(pending, Ordering::SeqCst);
+        if shared.held_back.load(Ordering::SeqCst)
+            && pending + shared.in_transit.load(Ordering::SeqCst) <= self.config.connection_budget / 2
+        {
+            // Its answers drained: its calls may run again.
+            shared.held_back.store(false, Ordering::SeqCst);
+            let id = conn.handle.id();
+            self.jobs.unblock(id);
+            self.heavy.unblock(id);
+        }
         if conn.evicted.is_some() {
             if pending == 0 {
                 // The go-away is out: end our side cleanly (the peer reads it, then EOF).
@@ -810,13 +788,16 @@ impl EventLoop {
     }
 
     /// Once a second: evicts connections that trickle a frame, that stopped reading
-    /// with more than their budget waiting, or that hold more than their share of an
-    /// exhausted server budget; closes evicted ones that never read their go-away.
+    /// with more than their budget waiting or past their hard limit, or that hold more
+    /// than their share of an exhausted server budget (and more than their own budget);
+    /// closes evicted ones that never read their go-away; and looks again at paused and
+    /// held-back connections, whose state may have changed without an event of theirs.
     fn enforce_limits(&mut self, now: Instant) {
         let config = &self.config;
         let share = self.memory.fair_share(config.server_budget);
         let mut evict = Vec::new();
         let mut close = Vec::new();
+        let mut recheck = Vec::new();
         for (token, c) in &self.conns {
             if let Some(by) = c.evicted {
                 if now >= by {
@@ -824,8 +805,14 @@ impl EventLoop {
                 }
                 continue;
             }
-            let why = if c.out.len() > config.connection_budget
-                && now.duration_since(c.last_drain) > config.stalled_reader_timeout
+            let quiet = now.duration_since(c.last_drain);
+            let why = if c.out.len() > config.connection_hard_limit && quiet > HARD_LIMIT_GRACE {
+                hard_limit_reason(config.connection_hard_limit)
+            } else if (c.out.len() > config.connection_budget
+                || c.handle.shared().held_back.load(Ordering::SeqCst))
+                && !c.out.is_empty()
+                && !config.stalled_reader_timeout.is_zero()
+                && quiet > config.stalled_reader_timeout
             {
                 format!(
                     "the peer read nothing for {} s with {} bytes of answers waiting (budget {})",
@@ -833,7 +820,9 @@ impl EventLoop {
                     c.out.len(),
                     config.connection_budget
                 )
-            } else if let Some(share) = share.filter(|&share| c.held() > share) {
+            } else if let Some(share) =
+                share.filter(|&share| c.held() > share && c.held() > config.connection_budget)
+            {
                 over_share(config, c.held(), share)
             } else if !c.paused
                 && !config.frame_timeout.is_zero()
@@ -841,6 +830,9 @@ impl EventLoop {
             {
                 format!("a frame took more than {} s to arrive", config.frame_timeout.as_secs())
             } else {
+                if c.paused || c.handle.shared().held_back.load(Ordering::SeqCst) {
+                    recheck.push(*token);
+                }
                 continue;
             };
             evict.push((*token, why));
@@ -851,6 +843,9 @@ impl EventLoop {
         }
         for token in close {
             self.close(token, "evicted peer did not read its go-away");
+        }
+        for token in recheck {
+            self.flush(token);
         }
     }
 
@@ -863,6 +858,8 @@ impl EventLoop {
         self.memory.conns.fetch_sub(1, Ordering::Relaxed);
         tracing::debug!(id = %conn.handle.id(), peer = %conn.handle.peer_addr(), reason, "connection closed");
         self.jobs.disconnected(conn.handle.id());
+        // No hook runs there: the notice only drops the heavy calls still waiting.
+        self.heavy.disconnected(conn.handle.id());
     }
 }
 
@@ -887,8 +884,10 @@ struct Dispatch<'a> {
     batch: &'a mut VecDeque<Call>,
     /// Calls for the heavy lane, likewise.
     heavy_batch: &'a mut VecDeque<Call>,
-    /// Heavy calls waiting when the read began.
-    heavy_waiting: usize,
+    /// The heavy lane, for its bounds.
+    heavy: &'a Jobs,
+    /// Whether a whole frame was decoded.
+    decoded: bool,
 }
 
 impl Dispatch<'_> {
@@ -908,7 +907,10 @@ impl Dispatch<'_> {
                 }
             }
             match frame::decode(&mut conn.inbuf, self.config.max_frame_size) {
-                Ok(Some(f)) => self.frame(conn, f),
+                Ok(Some(f)) => {
+                    self.decoded = true;
+                    self.frame(conn, f);
+                }
                 Ok(None) => return,
                 Err(FrameError::TooLarge { size, max }) => {
                     let Some((kind, call_id)) = frame::peek_call(&conn.inbuf) else { return };
@@ -963,15 +965,28 @@ impl Dispatch<'_> {
             return;
         }
         let heavy = ask(service_ref, method, "is_heavy", || service_ref.is_heavy(method));
-        if heavy && self.heavy_waiting + self.heavy_batch.len() >= self.config.max_heavy_queued {
-            let status = Status::resource_exhausted(format!(
-                "{}/{method} is busy: {} heavy calls already wait",
-                f.service(),
-                self.config.max_heavy_queued
-            ));
-            return refuse(conn, status);
+        if heavy {
+            let max = self.config.max_heavy_queued;
+            let per_connection = (max / HEAVY_SHARE).max(1);
+            let mine = self.heavy.waiting_for(conn.handle.id()) + self.heavy_batch.len();
+            let why = if mine >= per_connection {
+                Some(format!("{per_connection} heavy calls of this connection already wait"))
+            } else if self.heavy.waiting() + self.heavy_batch.len() >= max {
+                Some(format!("{max} heavy calls already wait"))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return refuse(
+                    conn,
+                    Status::resource_exhausted(format!("{}/{method} is busy: {why}", f.service())),
+                );
+            }
         }
         let cost = f.wire_len();
+        // A small call cut from a big read buffer would keep all of it alive while it
+        // waits: it gets bytes of its own.
+        let f = if conn.inbuf.capacity() > KEEP_CAPACITY { f.detached() } else { f };
         conn.in_flight += 1;
         conn.requests += cost;
         let call = Call { service: service.clone(), ctx, frame: f, cost };

@@ -79,6 +79,9 @@ struct Lane {
     running: usize,
     /// Whether the connection is in the ring of those to serve.
     in_ring: bool,
+    /// Held back because the connection's answers wait unread past its budget: no
+    /// call of it runs until the loop says it drained ([`Jobs::unblock`]).
+    blocked: bool,
 }
 
 /// The calls waiting for a worker, and who waits for a call.
@@ -121,6 +124,8 @@ struct Queue {
     /// after each change so that a watching worker can look without the lock;
     /// also the count of calls waiting, for admission limits.
     queued: AtomicUsize,
+    /// Calls waiting over every lane, runnable or not, for admission limits.
+    waiting: AtomicUsize,
 }
 
 /// Idle lane queues kept for reuse, and the largest capacity kept.
@@ -161,6 +166,12 @@ impl State {
         while let Some(id) = self.ring.pop_front() {
             let Some(lane) = self.lanes.get_mut(&id) else { continue };
             lane.in_ring = false;
+            if lane.calls.front().is_some_and(|call| call.ctx.connection.hold_back()) {
+                // Answers made now would only wait in memory for a peer that reads
+                // slower than we answer: the lane waits until the loop drains them.
+                lane.blocked = true;
+                continue;
+            }
             let Some(call) = lane.calls.pop_front() else { continue };
             self.waiting -= 1;
             lane.running += 1;
@@ -181,7 +192,7 @@ impl State {
             if lane.running == 0 {
                 self.retire(id);
             }
-        } else if !lane.in_ring && lane.running < max_running {
+        } else if !lane.in_ring && !lane.blocked && lane.running < max_running {
             lane.in_ring = true;
             self.ring.push_back(id);
         }
@@ -265,6 +276,7 @@ impl Jobs {
             calls: state.spare.pop().unwrap_or_default(),
             running: 0,
             in_ring: false,
+            blocked: false,
         });
         if lane.calls.is_empty() {
             // The usual case when the workers keep up: trade buffers rather
@@ -273,8 +285,25 @@ impl Jobs {
         } else {
             lane.calls.append(batch);
         }
-        let join = !lane.in_ring && lane.running < max_running;
+        let join = !lane.in_ring && !lane.blocked && lane.running < max_running;
         if join {
+            lane.in_ring = true;
+            state.ring.push_back(id);
+        }
+        self.queued_and_wake(st);
+    }
+
+    /// Lets the calls of connection `id` run again, once its answers have drained.
+    pub(crate) fn unblock(&self, id: ConnectionId) {
+        let max_running = self.queue.max_running;
+        let mut st = self.queue.lock();
+        let state = &mut *st;
+        let Some(lane) = state.lanes.get_mut(&id) else { return };
+        if !lane.blocked {
+            return;
+        }
+        lane.blocked = false;
+        if !lane.calls.is_empty() && !lane.in_ring && lane.running < max_running {
             lane.in_ring = true;
             state.ring.push_back(id);
         }
@@ -283,11 +312,17 @@ impl Jobs {
 
     /// Calls waiting over every connection (for the heavy lane's bound).
     pub(crate) fn waiting(&self) -> usize {
-        self.queue.queued.load(Ordering::Relaxed)
+        self.queue.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Calls of connection `id` waiting (for the heavy lane's bound per connection).
+    pub(crate) fn waiting_for(&self, id: ConnectionId) -> usize {
+        self.queue.lock().lanes.get(&id).map_or(0, |lane| lane.calls.len())
     }
 
     fn queued_and_wake(&self, mut st: MutexGuard<'_, State>) {
         let (queued, wake) = (st.published(), st.has_work() && st.claim_sleeper());
+        self.queue.waiting.store(st.waiting, Ordering::Relaxed);
         drop(st);
         self.queue.queued.store(queued, Ordering::Relaxed);
         if wake {
@@ -316,6 +351,7 @@ pub(crate) fn queue(max_running: usize) -> Jobs {
         ready: Condvar::new(),
         max_running: max_running.max(1),
         queued: AtomicUsize::new(0),
+        waiting: AtomicUsize::new(0),
     };
     Jobs { queue: Arc::new(queue) }
 }
@@ -349,6 +385,7 @@ fn next(queue: &Queue, taken: &mut u32, finished: Option<ConnectionId>) -> Optio
         if let Some(job) = st.take(queue.max_running) {
             *taken = taken.saturating_add(1);
             queue.queued.store(st.published(), Ordering::Relaxed);
+            queue.waiting.store(st.waiting, Ordering::Relaxed);
             // More waiting and a worker asleep: let it help. It will wake the
             // next one in turn if the backlog is still there when it looks.
             let wake = st.has_work() && st.claim_sleeper();
@@ -411,12 +448,6 @@ fn work(queue: &Queue, on_disconnect: Option<DisconnectHook>) {
                     // Nobody is left to answer; do not run work for a gone caller.
                     continue;
                 }
-                if ctx.connection.over_hard_limit() {
-                    // The peer is not reading: making more answers would only hold memory.
-                    // The loop evicts the connection instead of answering.
-                    ctx.connection.overflowed(cost);
-                    continue;
-                }
                 let expired = ctx.deadline.is_some_and(|d| Instant::now() >= d);
                 let result = if expired {
                     Err(Status::deadline_exceeded(format!(
@@ -457,6 +488,9 @@ pub(crate) fn run(service: &dyn Service, ctx: &Context, frame: &Frame) -> Result
     let outcome = catch_unwind(AssertUnwindSafe(|| service.call(ctx, method, frame.body.clone())));
     CURRENT_DEADLINE.set(outer);
     match outcome {
+        // Only the server can prove a call did not run: a handler that passes on a
+        // refusal from further down may have done something before it.
+        Ok(Err(status)) if status.outcome() == Outcome::NotRun => Err(status.with_outcome(Outcome::Unknown)),
         Ok(result) => result,
         Err(panic) => {
             let what = panic
