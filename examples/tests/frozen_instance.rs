@@ -287,10 +287,14 @@ fn a_stopped_server_leaves_rotation_within_two_seconds_and_returns_after_sigcont
     let two_back = two.say_calls();
     wait_until(PATIENCE, "calls reaching the continued server", || two.say_calls() >= two_back + 50);
     assert_eq!(load.failures_since(out), Vec::<String>::new(), "nor after it came back");
+    // Before it left rotation, a caller may have sent the stopped server a call, timed
+    // out, and sent it another before the stall was seen (the stall floor, 500 ms, is the
+    // call timeout here): two timeouts in a row eject it anyway.
     let failures = load.failures();
+    let per_caller = balance::Config::default().eject_after_timeouts as usize;
     assert!(
-        failures.len() <= CALLERS,
-        "at most one call per caller was held by the stopped server: {failures:?}"
+        failures.len() <= CALLERS * per_caller,
+        "at most {per_caller} calls per caller were held by the stopped server: {failures:?}"
     );
     drop(load);
 }
