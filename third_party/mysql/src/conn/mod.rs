@@ -88,6 +88,11 @@ pub mod stmt;
 mod stmt_cache;
 pub mod transaction;
 
+/// ChatRoom patch (see CHATROOM.md): the read and write buffers a connection starts
+/// with; each grows when a packet needs more.
+const CHATROOM_IN_BUF: usize = 32 * 1024;
+const CHATROOM_OUT_BUF: usize = 8 * 1024;
+
 /// Mutable connection.
 #[derive(Debug)]
 pub enum ConnMut<'c, 't, 'tc> {
@@ -558,7 +563,16 @@ impl Conn {
                 bind_address,
             )?
         };
-        self.0.stream = Some(MySyncFramed::new(stream));
+        // ChatRoom patch (see CHATROOM.md): `MySyncFramed::new` gives both buffers 4 MiB
+        // up front, and the read buffer's start only moves forward until it reaches the end
+        // of those 4 MiB, so every page of it becomes resident in turn. Small buffers that
+        // grow only for a packet that needs it keep a connection at what it reads at once.
+        self.0.stream = Some(MySyncFramed::construct(
+            bytes::BytesMut::with_capacity(CHATROOM_IN_BUF),
+            bytes::BytesMut::with_capacity(CHATROOM_OUT_BUF),
+            Default::default(),
+            stream,
+        ));
         Ok(())
     }
 
