@@ -7,10 +7,16 @@
 //! user `Sync` what it missed, and checks that every acknowledged message reached every
 //! recipient exactly once. It exits with status 1 when a message was lost or duplicated.
 //!
+//! `chatbench soak` instead runs a cluster under steady mixed traffic (one to one and
+//! groups, logouts and logins with the presence changes they announce, `History`, `Sync`
+//! and `Ack`) for a long time, samples every process and backend, and fails when one of
+//! them keeps growing with the traffic after the warm-up (see `chat/soak.rs`).
+//!
 //! ```text
 //! chatbench --cluster --users 1000 --workload direct --duration 20 --rate 2000
 //! chatbench --standalone --users 100 --workload group10 --duration 10
 //! chatbench --server 127.0.0.1:7979 --state-dir data/cluster --users 100 --workload mixed
+//! chatbench soak --duration 1800 --warmup 300 --rate 400
 //! ```
 
 #[path = "../chat/mod.rs"]
@@ -19,6 +25,8 @@ mod chat;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -29,16 +37,20 @@ use rpc_core::Status;
 use services::api;
 use services::{ConversationId, GroupId};
 
-use chat::driver::{Command, Handle, Job, Reply, SendPlan};
+use chat::driver::{Command, Handle, Job, Reply, SendPlan, SoakPlan};
 use chat::plan::{self, Conversations, Workload};
 use chat::report::{Latency, Run};
+use chat::soak::{self as soaking, Limits, Probe, Sample};
 use chat::system::{self, Mode, Options, Seed, System};
 use chat::tally::{self, Counters, Seen};
 
 /// Chat load generator: logins, one-to-one and group messages, latency, loss.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct Cli {
+    /// Another mode than the timed run.
+    #[command(subcommand)]
+    mode: Option<Sub>,
     /// A running proxy, nginx or standalone system to use.
     #[arg(long, conflicts_with_all = ["cluster", "standalone"], required_unless_present_any = ["cluster", "standalone"])]
     server: Option<SocketAddr>,
@@ -107,8 +119,95 @@ struct Cli {
     redis: String,
 }
 
+/// The modes besides the timed run.
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// A cluster under steady mixed traffic for a long time: fails when a process's
+    /// memory, threads or descriptors, or what a backend holds, grows with the traffic.
+    Soak(SoakArgs),
+}
+
+/// How long, how much traffic, and how much growth is too much.
+#[derive(Debug, clap::Args)]
+struct SoakArgs {
+    /// Simulated users (seeded with a cheap password hash): each in a one-to-one pair
+    /// with a friend and in a group of 10.
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Seconds of traffic.
+    #[arg(long, default_value_t = 1800.0)]
+    duration: f64,
+    /// Seconds before the samples that count: caches, pools and allocators settle.
+    #[arg(long, default_value_t = 300.0)]
+    warmup: f64,
+    /// Seconds between samples.
+    #[arg(long, default_value_t = 20.0)]
+    sample_every: f64,
+    /// Messages per second in all, alternately one to one and to groups.
+    #[arg(long, default_value_t = 400.0)]
+    rate: f64,
+    /// `History`, `Sync` and `Ack` calls per second in all, in turn.
+    #[arg(long, default_value_t = 30.0)]
+    reads: f64,
+    /// Logouts per second in all; each user logs in again (and syncs) after `--offline`.
+    #[arg(long, default_value_t = 2.0)]
+    churn: f64,
+    /// Seconds a logged-out user stays away.
+    #[arg(long, default_value_t = 10.0)]
+    offline: f64,
+    /// Most growth of a process's RSS (or Redis's memory), in MiB per 100,000
+    /// acknowledged messages after the warm-up.
+    #[arg(long, default_value_t = 1.0)]
+    max_mib: f64,
+    /// Most growth of a count (threads, open descriptors, database connections, Redis
+    /// keys, ZooKeeper watches) per 100,000 acknowledged messages after the warm-up.
+    #[arg(long, default_value_t = 2.0)]
+    max_count: f64,
+    /// Also write every sample to this CSV file.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Most sends awaiting their acknowledgement at once, in all.
+    #[arg(long, default_value_t = 128)]
+    in_flight: usize,
+    /// Bytes per message body (at least 16).
+    #[arg(long, default_value_t = 64)]
+    body_bytes: usize,
+    /// Event-loop threads driving the users.
+    #[arg(long, default_value_t = 2)]
+    loops: usize,
+    /// Proxies of the cluster.
+    #[arg(long, default_value_t = 2)]
+    proxies: usize,
+    /// User services of the cluster.
+    #[arg(long, default_value_t = 2)]
+    user_services: usize,
+    /// Chat services of the cluster.
+    #[arg(long, default_value_t = 2)]
+    chat_services: usize,
+    /// The `chatroom` binary [default: next to this one].
+    #[arg(long)]
+    chatroom: Option<PathBuf>,
+    /// The MySQL server the cluster gets a fresh database on.
+    #[arg(long, default_value = "mysql://chatroom:chatroom@127.0.0.1:3306")]
+    mysql_server: String,
+    /// Redis.
+    #[arg(long, env = "CHATROOM_REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    redis: String,
+}
+
 fn main() {
     let cli = Cli::parse();
+    if let Some(Sub::Soak(args)) = &cli.mode {
+        match soak(args) {
+            Ok(true) => {}
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("chatbench: soak: {e:#}");
+                std::process::exit(2);
+            }
+        }
+        return;
+    }
     match run(&cli) {
         Ok(run) => {
             if cli.json {
@@ -224,15 +323,51 @@ fn run(cli: &Cli) -> anyhow::Result<Run> {
     outcome
 }
 
-fn drive(
-    cli: &Cli,
+/// The users connected, logged in and placed in their conversations.
+struct Setup {
+    /// Each user's id.
+    ids: Vec<u64>,
+    /// Registrations per second, when the users were registered through the gateway.
+    registers_per_s: Option<f64>,
+    /// Logins per second.
+    logins_per_s: f64,
+    /// How users were found on proxies.
+    pairing: &'static str,
+    /// One-to-one pairs (user indexes) and how many span two proxies.
+    pairs: Vec<(usize, usize)>,
+    cross: usize,
+    /// Groups and their members (user indexes).
+    groups: Vec<(GroupId, Vec<usize>)>,
+    /// Members per group.
+    group_size: usize,
+    /// Who is in each conversation and where each user sends.
+    conversations: Conversations,
+    /// The proxies' resident memory before the users connected and after they logged in.
+    rss_before: u64,
+    rss_after: u64,
+}
+
+/// The simulated users' accounts.
+struct Accounts<'a> {
+    /// Their names, in user order.
+    names: &'a [String],
+    /// Their common password.
+    password: &'a str,
+    /// Whether they exist already (seeded into the store) or must register.
+    seeded: bool,
+}
+
+/// Connects every user, registers them unless seeded, logs them in, and pairs and
+/// groups them for `workload`; at most `setup_window` calls in flight.
+fn setup(
     system: &System,
     loops: &[Handle],
-    names: &[String],
-    password: &str,
-    seeded: bool,
-    describe: String,
-) -> anyhow::Result<Run> {
+    accounts: &Accounts<'_>,
+    workload: Workload,
+    setup_window: usize,
+    redis: &str,
+) -> anyhow::Result<Setup> {
+    let Accounts { names, password, seeded } = *accounts;
     let n = names.len();
     let proxy_pids = system.proxy_pids();
     let rss = || proxy_pids.iter().filter_map(|&pid| system::rss_kib(pid)).sum::<u64>();
@@ -261,7 +396,7 @@ fn drive(
                 (i, "Register", body.encode_to_vec())
             })
             .collect();
-        let results = calls(loops, register, cli.setup_window);
+        let results = calls(loops, register, setup_window);
         check(&results, "Register")?;
         let rate = n as f64 / started.elapsed().as_secs_f64();
         eprintln!("chatbench: registered {n} users, {rate:.1}/s");
@@ -277,7 +412,7 @@ fn drive(
             (i, "Login", body.encode_to_vec())
         })
         .collect();
-    let results = calls(loops, login, cli.setup_window);
+    let results = calls(loops, login, setup_window);
     check(&results, "Login")?;
     let logins_per_s = n as f64 / started.elapsed().as_secs_f64();
     let rss_after = rss();
@@ -290,11 +425,10 @@ fn drive(
         .collect::<anyhow::Result<_>>()?;
     eprintln!("chatbench: logged in {n} users, {logins_per_s:.1}/s");
 
-    // Which proxy each user is on: the presence lease names it.
     // Which proxy each user is on: a cluster's presence lease names it. Without one,
     // pairs are consecutive connections, which nginx's round robin puts on different
     // proxies, but that cannot be checked.
-    let (proxies, pairing) = match system.proxies_of(&ids, &cli.redis) {
+    let (proxies, pairing) = match system.proxies_of(&ids, redis) {
         Ok(Some(p)) => (p, "presence lease"),
         Ok(None) if matches!(system.kind(), Mode::Standalone) => {
             (vec![Some("standalone".into()); n], "one proxy")
@@ -306,15 +440,60 @@ fn drive(
         }
     };
     let order = plan::interleave(&proxies);
-    let (pairs, cross) = if cli.workload.pairs() { plan::pairs(&order, &proxies) } else { (Vec::new(), 0) };
+    let (pairs, cross) = if workload.pairs() { plan::pairs(&order, &proxies) } else { (Vec::new(), 0) };
     let cross = if proxies.iter().any(Option::is_none) { 0 } else { cross };
-    let group_size = cli.workload.group_size().map_or(0, |g| g.min(n));
+    let group_size = workload.group_size().map_or(0, |g| g.min(n));
     let member_lists = if group_size > 0 { plan::groups(&order, group_size) } else { Vec::new() };
-    let groups = make_groups(loops, &member_lists, cli.setup_window)?;
+    let groups = make_groups(loops, &member_lists, setup_window)?;
     if !groups.is_empty() {
         eprintln!("chatbench: {} groups of {group_size} ready", groups.len());
     }
     let conversations = Conversations::new(&ids, &pairs, &groups);
+    Ok(Setup {
+        ids,
+        registers_per_s,
+        logins_per_s,
+        pairing,
+        pairs,
+        cross,
+        groups,
+        group_size,
+        conversations,
+        rss_before,
+        rss_after,
+    })
+}
+
+fn drive(
+    cli: &Cli,
+    system: &System,
+    loops: &[Handle],
+    names: &[String],
+    password: &str,
+    seeded: bool,
+    describe: String,
+) -> anyhow::Result<Run> {
+    let n = names.len();
+    let Setup {
+        ids,
+        registers_per_s,
+        logins_per_s,
+        pairing,
+        pairs,
+        cross,
+        groups,
+        group_size,
+        conversations,
+        rss_before,
+        rss_after,
+    } = setup(
+        system,
+        loops,
+        &Accounts { names, password, seeded },
+        cli.workload,
+        cli.setup_window,
+        &cli.redis,
+    )?;
 
     let targets = system::cpu_targets(system);
     let start = Instant::now() + Duration::from_millis(200);
@@ -456,4 +635,247 @@ fn make_groups(
         .collect();
     check(&calls(loops, joins, window), "JoinGroup")?;
     Ok(ids.into_iter().zip(member_lists.iter().cloned()).collect())
+}
+
+/// Runs `chatbench soak`: starts a cluster with seeded users, runs the traffic while
+/// sampling, and prints the trends. True when nothing grew past its limit and the
+/// traffic flowed.
+fn soak(args: &SoakArgs) -> anyhow::Result<bool> {
+    let _ = tally::base();
+    let nofile = system::raise_nofile();
+    if (args.users + 64) as u64 > nofile {
+        bail!("{} users need more open files than the limit of {nofile}", args.users);
+    }
+    let chatroom = match &args.chatroom {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("chatroom"),
+    };
+    let options = Options {
+        mode: Mode::Cluster,
+        chatroom,
+        proxies: args.proxies,
+        user_services: args.user_services,
+        chat_services: args.chat_services,
+        mysql_server: args.mysql_server.clone(),
+        state_dir: None,
+    };
+    let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let names: Vec<String> = (0..args.users).map(|i| format!("cs{run_id}u{i}")).collect();
+    let password = format!("chatbench-{run_id}");
+    let seed = Seed { names: names.clone(), password: password.clone() };
+    eprintln!("chatbench: soak: starting a cluster and seeding {} users", args.users);
+    let system = System::start(&options, Some(&seed))?;
+    let describe = system.describe(&options);
+    let loops_n = args.loops.max(1);
+    let loops: Vec<Handle> = (0..loops_n)
+        .map(|l| Handle::spawn(l, (0..args.users).filter(|&i| place(i, loops_n).0 == l).count()))
+        .collect::<Result<_, _>>()?;
+    let run = soak_traffic(args, &system, &loops, &names, &password);
+    drop(loops);
+    drop(system);
+    soak_verdict(args, &describe, args.users, &run?)
+}
+
+/// What a soak saw.
+struct SoakRun {
+    /// Every sample, the first when the traffic started.
+    samples: Vec<Sample>,
+    /// The event loops' counters, merged.
+    counters: Counters,
+    /// Calls still unanswered when the loops gave up waiting.
+    unanswered: usize,
+}
+
+/// Logs the users in, makes each pair friends, runs the traffic and samples until the
+/// end.
+fn soak_traffic(
+    args: &SoakArgs,
+    system: &System,
+    loops: &[Handle],
+    names: &[String],
+    password: &str,
+) -> anyhow::Result<SoakRun> {
+    let n = names.len();
+    let accounts = Accounts { names, password, seeded: true };
+    let setup = setup(system, loops, &accounts, Workload::Mixed, 32, &args.redis)?;
+    // Pairs are friends, so that logging out and in announces presence to someone.
+    let befriend = setup
+        .pairs
+        .iter()
+        .map(|&(a, b)| {
+            let friend = Some(api::add_friend_request::Friend::UserId(setup.ids[b]));
+            (a, "AddFriend", api::AddFriendRequest { friend }.encode_to_vec())
+        })
+        .collect();
+    check(&calls(loops, befriend, 32), "AddFriend")?;
+
+    let (state_dir, database) = system.cluster().context("a soak runs on the cluster it starts")?;
+    let processes = system::with_nginx_workers(system.processes());
+    let targets = soaking::cluster_targets(state_dir, processes, &args.mysql_server, database, &args.redis)?;
+    let mut probe = Probe::new(targets);
+
+    let acked = Arc::new(AtomicU64::new(0));
+    let start = Instant::now() + Duration::from_millis(200);
+    let end = start + Duration::from_secs_f64(args.duration);
+    let share = |total: f64| total / loops.len() as f64;
+    for (l, handle) in loops.iter().enumerate() {
+        let users: Vec<usize> = (0..n).filter(|&i| place(i, loops.len()).0 == l).collect();
+        handle.send(Command::Soak(SoakPlan {
+            ids: users.iter().map(|&i| setup.ids[i]).collect(),
+            names: users.iter().map(|&i| names[i].clone()).collect(),
+            password: password.to_owned(),
+            sends: users.iter().map(|&i| setup.conversations.sends[i].clone()).collect(),
+            rate: share(args.rate),
+            reads: share(args.reads),
+            churn: share(args.churn),
+            offline: Duration::from_secs_f64(args.offline),
+            end,
+            in_flight: args.in_flight.div_ceil(loops.len()),
+            body_bytes: args.body_bytes.max(16),
+            acked: acked.clone(),
+        }));
+    }
+    eprintln!(
+        "chatbench: soak: {} s of traffic ({} msg/s, {} reads/s, {} logouts/s), samples every {} s",
+        args.duration, args.rate, args.reads, args.churn, args.sample_every
+    );
+
+    let mut samples: Vec<Sample> = Vec::new();
+    let every = Duration::from_secs_f64(args.sample_every.max(1.0));
+    let mut next = start;
+    loop {
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        let at_s = Instant::now().saturating_duration_since(start).as_secs_f64();
+        let sample = probe.sample(at_s, acked.load(Ordering::Relaxed));
+        eprintln!("chatbench: soak: {}", progress(&sample));
+        samples.push(sample);
+        if next >= end {
+            break;
+        }
+        next = (next + every).min(end);
+    }
+
+    let mut unanswered = 0;
+    for handle in loops {
+        match handle.reply() {
+            Reply::Soaked(left) => unanswered += left,
+            _ => bail!("unexpected reply to Soak"),
+        }
+    }
+    let mut counters = Counters::default();
+    for handle in loops {
+        handle.send(Command::Finish);
+        let Reply::Finished(report) = handle.reply() else { bail!("unexpected reply to Finish") };
+        counters.merge(&report.counters);
+    }
+    Ok(SoakRun { samples, counters, unanswered })
+}
+
+/// Fits the trends after the warm-up, prints the run and the tables, and says whether
+/// the soak passed: nothing grew past its limit, messages flowed, and at most 1% of
+/// the calls failed.
+fn soak_verdict(args: &SoakArgs, describe: &str, n: usize, run: &SoakRun) -> anyhow::Result<bool> {
+    let SoakRun { samples, counters, unanswered } = run;
+    let after: Vec<Sample> = samples.iter().filter(|s| s.at_s >= args.warmup).cloned().collect();
+    if let Some(path) = &args.csv {
+        std::fs::write(path, soaking::csv(samples))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let limits = Limits { memory_mib: args.max_mib, count: args.max_count };
+    let trends = soaking::trends(&after, limits)?;
+
+    let first = after.first().expect("trends checked");
+    let last = after.last().expect("trends checked");
+    let seconds = samples.last().map_or(0.0, |s| s.at_s).max(1e-9);
+    let latency = Latency::of(&counters.latency);
+    println!("soak      {describe}; {n} users, each in a pair of friends and a group of 10");
+    println!("command   {}", std::env::args().collect::<Vec<_>>().join(" "));
+    println!(
+        "run       {:.0} s of traffic, warm-up {:.0} s, {} samples ({} after the warm-up)",
+        seconds,
+        args.warmup,
+        samples.len(),
+        after.len()
+    );
+    println!(
+        "traffic   {} messages acknowledged ({:.0}/s), {} after the warm-up; {} pushed, {} recovered by Sync",
+        counters.acked,
+        counters.acked as f64 / seconds,
+        last.messages - first.messages,
+        counters.delivered,
+        counters.from_sync
+    );
+    println!(
+        "calls     {} logouts, {} logins, {} presence pushes, {} History, {} Sync, {} Ack",
+        counters.logouts,
+        counters.logins,
+        counters.presence,
+        counters.histories,
+        counters.syncs,
+        counters.read_acks
+    );
+    println!(
+        "latency   send->push p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms",
+        latency.p50, latency.p99, latency.p999, latency.max
+    );
+    println!(
+        "failures  {} sends failed, {} retried, {} other calls failed, {} disconnects, {} unanswered at the end",
+        counters.failed, counters.retries, counters.calls_failed, counters.disconnects, unanswered
+    );
+    for (what, count) in &counters.errors {
+        println!("          {count} x {what}");
+    }
+    println!("\n{}", soaking::process_table(&trends));
+    println!("{}", soaking::backend_table(&trends));
+
+    let mut problems: Vec<String> = trends
+        .iter()
+        .filter(|t| t.failed)
+        .map(|t| {
+            let limit = match t.metric.limit {
+                soaking::Limit::Memory => args.max_mib,
+                _ => args.max_count,
+            };
+            format!(
+                "{} {} grows {:+.2} per 100k messages (limit {limit})",
+                t.metric.owner, t.metric.what, t.per_100k
+            )
+        })
+        .collect();
+    if counters.acked == 0 {
+        problems.push("no message was acknowledged".into());
+    }
+    let calls = counters.sent
+        + counters.logins
+        + counters.logouts
+        + counters.histories
+        + counters.syncs
+        + counters.read_acks;
+    let failed = counters.failed + counters.calls_failed;
+    if failed * 100 > calls {
+        problems.push(format!("{failed} of {calls} calls failed"));
+    }
+    if problems.is_empty() {
+        println!(
+            "verdict   OK: nothing grew past {} MiB or {} per 100k messages",
+            args.max_mib, args.max_count
+        );
+        Ok(true)
+    } else {
+        for p in &problems {
+            println!("verdict   FAILED: {p}");
+        }
+        Ok(false)
+    }
+}
+
+/// One line on a sample: time, messages, and each process's RSS.
+fn progress(sample: &Sample) -> String {
+    let rss: Vec<String> = sample
+        .values
+        .iter()
+        .filter(|(m, _)| m.what == soaking::RSS)
+        .map(|(m, v)| format!("{} {v:.1}", m.owner))
+        .collect();
+    format!("{:.0} s, {} msgs; RSS MiB: {}", sample.at_s, sample.messages, rss.join(", "))
 }

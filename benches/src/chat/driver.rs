@@ -5,9 +5,10 @@
 //! channel plus a `Waker` and gets one [`Reply`] back when the phase is done; between
 //! commands the loop keeps reading, so pushes are never left in a socket.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -70,6 +71,36 @@ pub struct SendPlan {
     pub body_bytes: usize,
 }
 
+/// The soak, for one loop: steady sends plus reads (`History`, `Sync`, `Ack`) and users
+/// logging out and back in, until `end`.
+#[derive(Debug, Clone)]
+pub struct SoakPlan {
+    /// Each local user's id.
+    pub ids: Vec<u64>,
+    /// Each local user's name, to log in again.
+    pub names: Vec<String>,
+    /// Every user's password.
+    pub password: String,
+    /// The conversations each local user sends to, in turn.
+    pub sends: Vec<Vec<ConversationId>>,
+    /// Messages per second from this loop.
+    pub rate: f64,
+    /// `History`, `Sync` and `Ack` calls per second from this loop, in turn.
+    pub reads: f64,
+    /// Logouts per second from this loop; each user logs in again after `offline`.
+    pub churn: f64,
+    /// How long a logged-out user stays away.
+    pub offline: Duration,
+    /// When the soak stops.
+    pub end: Instant,
+    /// Most sends waiting for their acknowledgement at once.
+    pub in_flight: usize,
+    /// Length of each message body.
+    pub body_bytes: usize,
+    /// Acknowledged sends, counted as they come for the main thread's samples.
+    pub acked: Arc<AtomicU64>,
+}
+
 /// What the main thread asks a loop to do.
 #[derive(Debug)]
 pub enum Command {
@@ -94,6 +125,8 @@ pub enum Command {
     },
     /// Every user calls `Sync` from what it saw, until nothing is missing.
     Sync,
+    /// Run a soak; answered when it is over.
+    Soak(SoakPlan),
     /// Stop and hand back what was seen.
     Finish,
 }
@@ -111,6 +144,8 @@ pub enum Reply {
     Drained,
     /// Every user synced.
     Synced,
+    /// The soak is over; this many calls were still unanswered.
+    Soaked(usize),
     /// The loop stopped.
     Finished(Box<Report>),
 }
@@ -194,6 +229,49 @@ enum Pending {
     Send(Outgoing),
     /// A final `Sync` page.
     Sync(u32),
+    /// A call of a soak other than a send.
+    Soak(SoakCall),
+}
+
+/// The calls a soak makes besides sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SoakCall {
+    History,
+    Sync,
+    Ack,
+    Logout,
+    Login,
+}
+
+impl SoakCall {
+    fn method(self) -> &'static str {
+        match self {
+            SoakCall::History => "History",
+            SoakCall::Sync => "Sync",
+            SoakCall::Ack => "Ack",
+            SoakCall::Logout => "Logout",
+            SoakCall::Login => "Login",
+        }
+    }
+}
+
+/// A soak in progress.
+struct Soak {
+    plan: SoakPlan,
+    /// Users with something to send to.
+    order: Vec<usize>,
+    /// The next turn in `order` to send, to read and to log out.
+    send_turn: usize,
+    read_turn: usize,
+    churn_turn: usize,
+    /// When the next send, read and logout are due.
+    next_send: Instant,
+    next_read: Instant,
+    next_churn: Instant,
+    /// Logged-out users and when each logs in again, earliest first.
+    away: VecDeque<(Instant, usize)>,
+    /// Soak calls (not sends) waiting for their answer.
+    in_flight: usize,
 }
 
 /// A send in flight.
@@ -232,6 +310,7 @@ enum Activity {
     Sync {
         outstanding: usize,
     },
+    Soak(Box<Soak>),
 }
 
 struct Loop {
@@ -262,6 +341,10 @@ struct Loop {
     window_end: Option<Instant>,
     last_push: Instant,
     last_ping_sweep: Instant,
+    /// During a soak: whether each user is logged in, and the newest sequence it knows
+    /// per conversation (a soak keeps no per-message record, so it can run for hours).
+    online: Vec<bool>,
+    latest: Vec<HashMap<ConversationId, u64>>,
 }
 
 impl Loop {
@@ -287,7 +370,14 @@ impl Loop {
             window_end: None,
             last_push: Instant::now(),
             last_ping_sweep: Instant::now(),
+            online: Vec::new(),
+            latest: Vec::new(),
         }
+    }
+
+    /// Whether a soak runs, or ran: then sends and pushes are counted, not recorded.
+    fn soaking(&self) -> bool {
+        !self.online.is_empty()
     }
 
     fn run(&mut self) {
@@ -387,6 +477,28 @@ impl Loop {
                 self.last_push = Instant::now();
                 self.activity = Activity::Drain { quiet, until };
             }
+            Command::Soak(plan) => {
+                self.ids.clone_from(&plan.ids);
+                self.sends.clone_from(&plan.sends);
+                self.body_bytes = plan.body_bytes;
+                self.window_end = Some(plan.end);
+                self.online = vec![true; self.users];
+                self.latest = vec![HashMap::new(); self.users];
+                let order: Vec<usize> = (0..self.users).filter(|&u| !plan.sends[u].is_empty()).collect();
+                let now = Instant::now();
+                self.activity = Activity::Soak(Box::new(Soak {
+                    plan,
+                    order,
+                    send_turn: 0,
+                    read_turn: 0,
+                    churn_turn: 0,
+                    next_send: now,
+                    next_read: now,
+                    next_churn: now,
+                    away: VecDeque::new(),
+                    in_flight: 0,
+                }));
+            }
             Command::Sync => {
                 let mut outstanding = 0;
                 for user in 0..self.users {
@@ -428,6 +540,10 @@ impl Loop {
                     self.with_conn(i, |c, _| c.ping());
                 }
             }
+        }
+        if matches!(self.activity, Activity::Soak(_)) {
+            self.tick_soak(now);
+            return;
         }
         let mut finished = None;
         let mut due: Vec<usize> = Vec::new();
@@ -490,6 +606,7 @@ impl Loop {
                     finished = Some(Reply::Synced);
                 }
             }
+            Activity::Soak(_) => unreachable!("handled by tick_soak"),
         }
         for n in due {
             self.issue_job(n);
@@ -500,6 +617,164 @@ impl Loop {
         if let Some(reply) = finished {
             self.activity = Activity::Idle;
             let _ = self.replies.send(reply);
+        }
+    }
+
+    /// Issues what a soak has due: sends at its rate (from logged-in users only), reads,
+    /// logouts of users with nothing in flight, and the logins of those whose time away
+    /// is over. Answers the main thread once the soak ended and its calls came back.
+    fn tick_soak(&mut self, now: Instant) {
+        let Activity::Soak(mut soak) = std::mem::replace(&mut self.activity, Activity::Idle) else { return };
+        if now >= soak.plan.end {
+            let unanswered = self.send_in_flight + soak.in_flight;
+            if unanswered == 0 || now >= soak.plan.end + ACK_GRACE {
+                let _ = self.replies.send(Reply::Soaked(unanswered));
+            } else {
+                self.activity = Activity::Soak(soak);
+            }
+            return;
+        }
+        let n = soak.order.len();
+        if n > 0 {
+            // Falling far behind drops the backlog rather than bursting it later.
+            let floor = now - Duration::from_millis(100);
+            soak.next_send = soak.next_send.max(floor);
+            soak.next_read = soak.next_read.max(floor);
+            soak.next_churn = soak.next_churn.max(floor);
+            let send_every = Duration::from_secs_f64(1.0 / soak.plan.rate.max(1e-3));
+            while soak.next_send <= now && self.send_in_flight < soak.plan.in_flight {
+                soak.next_send += send_every;
+                if let Some(user) = next_online(&soak.order, &mut soak.send_turn, |u| self.online[u]) {
+                    self.send_new(user);
+                }
+            }
+            let read_every = Duration::from_secs_f64(1.0 / soak.plan.reads.max(1e-3));
+            while soak.plan.reads > 0.0 && soak.next_read <= now {
+                soak.next_read += read_every;
+                let turn = soak.read_turn;
+                if let Some(user) = next_online(&soak.order, &mut soak.read_turn, |u| self.online[u]) {
+                    soak.in_flight += usize::from(self.soak_read(user, turn));
+                }
+            }
+            let churn_every = Duration::from_secs_f64(1.0 / soak.plan.churn.max(1e-3));
+            while soak.plan.churn > 0.0 && soak.next_churn <= now {
+                soak.next_churn += churn_every;
+                // Only a user with no call in flight logs out, so no send of theirs is
+                // refused for want of a session.
+                let idle =
+                    |u: usize| self.online[u] && self.conns[u].as_ref().is_some_and(|c| c.pending.is_empty());
+                if let Some(user) = next_online(&soak.order, &mut soak.churn_turn, idle) {
+                    self.online[user] = false;
+                    soak.away.push_back((now + soak.plan.offline, user));
+                    let body = api::LogoutRequest {}.encode_to_vec();
+                    soak.in_flight += usize::from(self.soak_call(user, SoakCall::Logout, &body));
+                }
+            }
+        }
+        while soak.away.front().is_some_and(|&(at, _)| at <= now) {
+            let (_, user) = soak.away.pop_front().expect("checked");
+            let body = api::LoginRequest {
+                name: soak.plan.names[user].clone(),
+                password: soak.plan.password.clone(),
+            }
+            .encode_to_vec();
+            soak.in_flight += usize::from(self.soak_call(user, SoakCall::Login, &body));
+        }
+        self.activity = Activity::Soak(soak);
+    }
+
+    /// A soak's read number `turn` by `user`: `History`, `Sync` and `Ack` in turn, on
+    /// the user's conversations in turn. False if it could not be sent.
+    fn soak_read(&mut self, user: usize, turn: usize) -> bool {
+        let convs = &self.sends[user];
+        let conversation = convs[(turn / 3) % convs.len()];
+        let known = self.latest[user].get(&conversation).copied().unwrap_or(0);
+        match turn % 3 {
+            0 => {
+                let body = api::HistoryRequest {
+                    conversation: Some(tally::wire_conversation(conversation)),
+                    anchor: None,
+                    limit: 20,
+                }
+                .encode_to_vec();
+                self.soak_call(user, SoakCall::History, &body)
+            }
+            1 => self.soak_sync(user),
+            _ => {
+                let body = api::AckRequest {
+                    conversation: Some(tally::wire_conversation(conversation)),
+                    seq: known,
+                }
+                .encode_to_vec();
+                self.soak_call(user, SoakCall::Ack, &body)
+            }
+        }
+    }
+
+    /// `Sync` from the newest sequence `user` knows of each of its conversations, as a
+    /// client does after logging in. False if it could not be sent.
+    fn soak_sync(&mut self, user: usize) -> bool {
+        let cursors = self.sends[user]
+            .iter()
+            .map(|&c| api::Cursor {
+                conversation: Some(tally::wire_conversation(c)),
+                seq: self.latest[user].get(&c).copied().unwrap_or(0),
+            })
+            .collect();
+        let body = api::SyncRequest { cursors, limit: 100 }.encode_to_vec();
+        self.soak_call(user, SoakCall::Sync, &body)
+    }
+
+    /// Sends a soak call; false if `user` is not connected.
+    fn soak_call(&mut self, user: usize, call: SoakCall, body: &[u8]) -> bool {
+        if self.conns[user].is_none() {
+            return false;
+        }
+        self.with_conn(user, |c, _| c.call(call.method(), body, Pending::Soak(call)));
+        // A write that failed closed the connection and failed the call already.
+        self.conns[user].is_some()
+    }
+
+    /// A soak call came back.
+    fn soak_done(&mut self, user: usize, call: SoakCall, outcome: Result<Bytes, Status>) {
+        if let Activity::Soak(soak) = &mut self.activity {
+            soak.in_flight = soak.in_flight.saturating_sub(1);
+        }
+        let body = match outcome {
+            Ok(body) => body,
+            Err(status) => {
+                self.counters.calls_failed += 1;
+                self.count_error(&format!("{} {:?}: {}", call.method(), status.code, status.message));
+                if call == SoakCall::Login {
+                    // Try again after another spell away.
+                    if let Activity::Soak(soak) = &mut self.activity {
+                        soak.away.push_back((Instant::now() + soak.plan.offline, user));
+                    }
+                }
+                return;
+            }
+        };
+        match call {
+            SoakCall::History => self.counters.histories += 1,
+            SoakCall::Ack => self.counters.read_acks += 1,
+            SoakCall::Logout => self.counters.logouts += 1,
+            SoakCall::Login => {
+                self.counters.logins += 1;
+                self.online[user] = true;
+                if self.soak_sync(user) {
+                    if let Activity::Soak(soak) = &mut self.activity {
+                        soak.in_flight += 1;
+                    }
+                }
+            }
+            SoakCall::Sync => {
+                self.counters.syncs += 1;
+                if let Ok(response) = api::SyncResponse::decode(body) {
+                    for m in &response.messages {
+                        self.received(user, m, true);
+                    }
+                }
+            }
         }
     }
 
@@ -584,8 +859,10 @@ impl Loop {
             }
             Kind::Push if frame.service() == GATEWAY => {
                 if let Ok(push) = api::Push::decode(frame.body) {
-                    if let Some(api::push::Event::Message(m)) = push.event {
-                        self.received(user, &m, false);
+                    match push.event {
+                        Some(api::push::Event::Message(m)) => self.received(user, &m, false),
+                        Some(api::push::Event::Presence(_)) => self.counters.presence += 1,
+                        _ => {}
                     }
                 }
             }
@@ -599,6 +876,20 @@ impl Loop {
     /// Records a message `user` received by push or (`synced`) by `Sync`.
     fn received(&mut self, user: usize, m: &api::Message, synced: bool) {
         let Some(conversation) = tally::conversation_of(m.conversation.as_ref()) else { return };
+        if self.soaking() {
+            let latest = self.latest[user].entry(conversation).or_default();
+            let first = m.seq > *latest;
+            *latest = (*latest).max(m.seq);
+            if synced {
+                self.counters.from_sync += u64::from(first);
+                return;
+            }
+            self.counters.delivered += 1;
+            if let Some(sent) = tally::sent_micros(&m.body) {
+                self.counters.latency.saturating_record(tally::now_micros().saturating_sub(sent).max(1));
+            }
+            return;
+        }
         let key = (m.sender_id, m.client_msg_id.parse().unwrap_or(u64::MAX));
         let now = Instant::now();
         let first =
@@ -644,6 +935,16 @@ impl Loop {
                 }
                 let micros = now.duration_since(out.started).as_micros() as u64;
                 self.counters.ack_latency.saturating_record(micros.max(1));
+                if self.soaking() {
+                    if let Activity::Soak(soak) = &self.activity {
+                        soak.plan.acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let conversation =
+                        tally::conversation_of(message.conversation.as_ref()).unwrap_or(out.conversation);
+                    let latest = self.latest[user].entry(conversation).or_default();
+                    *latest = (*latest).max(message.seq);
+                    return;
+                }
                 let key = (message.sender_id, out.n);
                 let conversation =
                     tally::conversation_of(message.conversation.as_ref()).unwrap_or(out.conversation);
@@ -655,6 +956,7 @@ impl Loop {
                     &mut self.counters.dup,
                 );
             }
+            Pending::Soak(call) => self.soak_done(user, call, Ok(body)),
             Pending::Sync(round) => {
                 let Ok(response) = api::SyncResponse::decode(body) else {
                     self.sync_done();
@@ -692,6 +994,7 @@ impl Loop {
                 self.count_error(&format!("Sync {:?}: {}", status.code, status.message));
                 self.sync_done();
             }
+            Pending::Soak(call) => self.soak_done(user, call, Err(status.clone())),
         }
     }
 
@@ -718,4 +1021,17 @@ impl Loop {
             *outstanding = outstanding.saturating_sub(1);
         }
     }
+}
+
+/// The next user in `order` from `turn` on that `ok` accepts, moving `turn` past it;
+/// `None` after one round without one.
+fn next_online(order: &[usize], turn: &mut usize, ok: impl Fn(usize) -> bool) -> Option<usize> {
+    for _ in 0..order.len() {
+        let user = order[*turn % order.len()];
+        *turn += 1;
+        if ok(user) {
+            return Some(user);
+        }
+    }
+    None
 }

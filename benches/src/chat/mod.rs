@@ -11,10 +11,13 @@
 //! - [`tally`]: what each receiver saw, latency histograms, and the final check that
 //!   every acknowledged message reached every recipient exactly once.
 //! - [`report`]: the numbers of one run, as text, a Markdown row and JSON.
+//! - [`soak`]: a long run's samples of every process and backend, and whether any of
+//!   them grows with the traffic.
 
 pub mod conn;
 pub mod driver;
 pub mod plan;
 pub mod report;
+pub mod soak;
 pub mod system;
 pub mod tally;

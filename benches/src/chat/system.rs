@@ -113,6 +113,14 @@ impl System {
         }
     }
 
+    /// A started cluster's state directory and database; `None` for anything else.
+    pub fn cluster(&self) -> Option<(&Path, &str)> {
+        match &self.kind {
+            Kind::Cluster { state_dir, database, .. } => Some((state_dir.path(), database)),
+            _ => None,
+        }
+    }
+
     fn state_dir(&self) -> Option<&Path> {
         match &self.kind {
             Kind::Cluster { state_dir, .. } => Some(state_dir.path()),
@@ -334,16 +342,7 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 /// The processes whose CPU time the report shows: the system's own, the shared backends
 /// found by name, and this generator.
 pub fn cpu_targets(system: &System) -> Vec<(String, u32)> {
-    let mut targets = system.processes();
-    // nginx's master only waits; its workers carry the connections.
-    let workers: Vec<(String, u32)> = targets
-        .iter()
-        .filter(|(name, _)| name.starts_with("nginx"))
-        .flat_map(|(name, pid)| {
-            children(*pid).into_iter().map(move |child| (format!("{name} worker {child}"), child))
-        })
-        .collect();
-    targets.extend(workers);
+    let mut targets = with_nginx_workers(system.processes());
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for entry in dir.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
@@ -356,6 +355,20 @@ pub fn cpu_targets(system: &System) -> Vec<(String, u32)> {
     }
     targets.push(("chatbench".into(), std::process::id()));
     targets
+}
+
+/// `processes` and the workers of any nginx among them (its master only waits; the
+/// workers carry the connections).
+pub fn with_nginx_workers(mut processes: Vec<(String, u32)>) -> Vec<(String, u32)> {
+    let workers: Vec<(String, u32)> = processes
+        .iter()
+        .filter(|(name, _)| name.starts_with("nginx"))
+        .flat_map(|(name, pid)| {
+            children(*pid).into_iter().map(move |child| (format!("{name} worker {child}"), child))
+        })
+        .collect();
+    processes.extend(workers);
+    processes
 }
 
 /// The child processes of `pid`, from `/proc/PID/task/*/children`.

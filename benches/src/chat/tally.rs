@@ -144,6 +144,20 @@ pub struct Counters {
     pub errors: HashMap<String, u64>,
     /// Connections lost during the run.
     pub disconnects: u64,
+    /// Logins answered during a soak (each after a logout).
+    pub logins: u64,
+    /// Logouts answered during a soak.
+    pub logouts: u64,
+    /// `History` pages answered during a soak.
+    pub histories: u64,
+    /// `Sync` calls answered during a soak.
+    pub syncs: u64,
+    /// `Ack` calls (read cursors) answered during a soak.
+    pub read_acks: u64,
+    /// Soak calls (not sends) that failed; their statuses are in `errors`.
+    pub calls_failed: u64,
+    /// Presence changes pushed to users.
+    pub presence: u64,
 }
 
 impl Default for Counters {
@@ -164,6 +178,13 @@ impl Default for Counters {
             failed: 0,
             errors: HashMap::new(),
             disconnects: 0,
+            logins: 0,
+            logouts: 0,
+            histories: 0,
+            syncs: 0,
+            read_acks: 0,
+            calls_failed: 0,
+            presence: 0,
         }
     }
 }
@@ -188,6 +209,13 @@ impl Counters {
             *self.errors.entry(code.clone()).or_default() += n;
         }
         self.disconnects += other.disconnects;
+        self.logins += other.logins;
+        self.logouts += other.logouts;
+        self.histories += other.histories;
+        self.syncs += other.syncs;
+        self.read_acks += other.read_acks;
+        self.calls_failed += other.calls_failed;
+        self.presence += other.presence;
     }
 }
 

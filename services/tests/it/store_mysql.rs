@@ -113,6 +113,34 @@ fn unreachable_server_is_reported_as_unavailable() {
     assert!(matches!(err, store::Error::Unavailable(_)), "{err:?}");
 }
 
+/// Connections start with small buffers (the patch in `third_party/mysql`) that grow for
+/// a packet that needs more: packets far larger than those buffers go both ways, on a
+/// direct connection and through the store.
+#[test]
+fn packets_larger_than_a_connections_first_buffers_go_through() {
+    use services::store::Anchor;
+
+    use crate::store_suite::{group_of, send, user};
+
+    let f = fixture();
+    let mut conn = f.conn();
+    let big: Option<String> = conn.query_first("SELECT REPEAT('x', 1000000)").unwrap();
+    assert_eq!(big.map(|s| s.len()), Some(1_000_000));
+    let echoed: Option<u64> = conn.exec_first("SELECT LENGTH(?)", (vec![b'y'; 3_000_000],)).unwrap();
+    assert_eq!(echoed, Some(3_000_000));
+
+    let store = f.store.as_ref().expect("store is open");
+    let owner = user(store, "owner");
+    let group = store.create_group(owner.id, "long letters").unwrap();
+    let body = "z".repeat(services::limits::BODY_MAX_BYTES);
+    for n in 0..200 {
+        send(store, &owner, group_of(&group), &format!("m{n}"), &body);
+    }
+    let page = store.history(owner.id, group_of(&group), Anchor::After(0), 200).unwrap();
+    assert_eq!(page.messages.len(), 200);
+    assert!(page.messages.iter().all(|m| m.body == body));
+}
+
 /// Many concurrent sends through one committer, so they are stored in batches: a group
 /// and several pairs written at once, retries of messages in the same and in earlier
 /// batches, and a sender who is not a member. Every conversation stays numbered 1, 2, 3,
