@@ -75,6 +75,12 @@ pub struct Config {
     pub on_push: Option<PushHandler>,
     /// Told when a connection is lost.
     pub on_disconnect: Option<DisconnectHandler>,
+    /// Proves who we are to a server that requires it ([`crate::auth`]): the
+    /// handshake runs on every connection as it opens, within
+    /// `connect_timeout`, and a connection whose handshake fails (the server
+    /// refused us, or could not prove itself) fails to connect. `None` runs no
+    /// handshake.
+    pub credential: Option<crate::auth::Credential>,
 }
 
 impl Default for Config {
@@ -90,6 +96,7 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             on_push: None,
             on_disconnect: None,
+            credential: None,
         }
     }
 }
@@ -102,6 +109,7 @@ impl std::fmt::Debug for Config {
             .field("connections", &self.connections)
             .field("max_frame_size", &self.max_frame_size)
             .field("keepalive", &self.keepalive)
+            .field("credential", &self.credential)
             .finish_non_exhaustive()
     }
 }

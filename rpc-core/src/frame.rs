@@ -58,6 +58,10 @@ pub enum Kind {
     Pong = 5,
     /// Server to client: shutting down; send no new requests on this connection.
     GoAway = 6,
+    /// Either direction, first on a connection to a listener that authenticates:
+    /// one step of the handshake (the service field names the mechanism, the
+    /// method field the step). See [`crate::auth`].
+    Auth = 7,
 }
 
 impl Kind {
@@ -69,6 +73,7 @@ impl Kind {
             4 => Kind::Ping,
             5 => Kind::Pong,
             6 => Kind::GoAway,
+            7 => Kind::Auth,
             _ => return None,
         })
     }
@@ -329,6 +334,12 @@ pub fn put_control(dst: &mut BytesMut, kind: Kind, call_id: u64) {
 pub fn put_goaway(dst: &mut BytesMut, reason: &str) {
     Header::new(Kind::GoAway, 0).put(dst, reason.len());
     dst.put_slice(reason.as_bytes());
+}
+
+/// Appends a handshake frame: one `step` of `mechanism` with its bytes.
+pub fn put_auth(dst: &mut BytesMut, mechanism: &str, step: &str, body: &[u8]) {
+    Header { service: mechanism, method: step, ..Header::new(Kind::Auth, 0) }.put(dst, body.len());
+    dst.put_slice(body);
 }
 
 /// Reads the kind and call id of the frame at the front of `buf` without

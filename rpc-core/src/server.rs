@@ -70,6 +70,7 @@ const WORKER_EXIT_WAIT: Duration = Duration::from_secs(2);
 /// | `frame_timeout` | 30 s |
 /// | `idle_timeout` | 90 s |
 /// | `shutdown_grace` | 10 s |
+/// | `authenticator` | `None`: every peer may call |
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Threads that run handlers.
@@ -123,6 +124,11 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// How long a graceful shutdown waits for in-flight calls.
     pub shutdown_grace: Duration,
+    /// Who may call: with one, a connection's calls are answered
+    /// `Unauthenticated` (not run) until the peer has passed its handshake
+    /// ([`crate::auth`]), and a peer that has not passed within its timeout is
+    /// closed. `None` admits every peer, with no handshake.
+    pub authenticator: Option<crate::auth::Authenticator>,
 }
 
 impl Default for Config {
@@ -145,6 +151,7 @@ impl Default for Config {
             frame_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             shutdown_grace: Duration::from_secs(10),
+            authenticator: None,
         }
     }
 }

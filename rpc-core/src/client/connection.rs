@@ -145,9 +145,12 @@ fn guarded(what: &str, code: impl FnOnce()) {
 impl Conn {
     /// Connects and starts the reader thread.
     pub(crate) fn open(addr: SocketAddr, timeout: Duration, config: &Config) -> io::Result<Arc<Conn>> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(config.write_timeout))?;
+        if let Some(credential) = &config.credential {
+            crate::auth::client_handshake(&mut stream, credential, timeout)?;
+        }
         let reader = stream.try_clone()?;
         let conn = Arc::new(Conn {
             addr,
@@ -563,6 +566,9 @@ impl Conn {
                     let _ = self.state.compare_exchange(OPEN, DRAINING, Ordering::AcqRel, Ordering::Acquire);
                 }
                 Kind::Request => return Err("protocol violation by the server: it sent a request".to_owned()),
+                Kind::Auth => {
+                    return Err("protocol violation by the server: a handshake step after the handshake".to_owned())
+                }
             }
         }
     }

@@ -14,6 +14,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::pool::{self, Call, Jobs};
 use super::{Config, ConnShared, Connection, ConnectionId, Context, Service};
+use crate::auth;
 use crate::fast_hash::FastMap;
 use crate::frame::{self, FrameError, Kind};
 use crate::{Outcome, Status};
@@ -144,6 +145,8 @@ struct Conn {
     want_write: bool,
     /// Whether the connection is already in the loop's dirty list.
     dirty: bool,
+    /// Until the peer has authenticated (when the listener requires it): its handshake.
+    gate: Option<Box<auth::Gate>>,
 }
 
 impl Conn {
@@ -423,6 +426,7 @@ impl EventLoop {
                 evicted: None,
                 want_write: false,
                 dirty: false,
+                gate: self.config.authenticator.as_ref().map(|a| Box::new(a.gate(peer, self.now))),
             },
         );
     }
@@ -824,6 +828,8 @@ impl EventLoop {
                 share.filter(|&share| c.held() > share && c.held() > config.connection_budget)
             {
                 over_share(config, c.held(), share)
+            } else if let Some(why) = c.gate.as_ref().and_then(|g| g.overdue(now)) {
+                why
             } else if !c.paused
                 && !config.frame_timeout.is_zero()
                 && c.partial_since.is_some_and(|t| now.duration_since(t) > config.frame_timeout)
@@ -906,7 +912,11 @@ impl Dispatch<'_> {
                     return;
                 }
             }
-            match frame::decode(&mut conn.inbuf, self.config.max_frame_size) {
+            let max_frame = match conn.gate {
+                None => self.config.max_frame_size,
+                Some(_) => self.config.max_frame_size.min(auth::MAX_UNAUTHENTICATED_FRAME),
+            };
+            match frame::decode(&mut conn.inbuf, max_frame) {
                 Ok(Some(f)) => {
                     self.decoded = true;
                     self.frame(conn, f);
@@ -929,12 +939,25 @@ impl Dispatch<'_> {
     }
 
     fn frame(&mut self, conn: &mut Conn, f: frame::Frame) {
+        if let Some(gate) = conn.gate.as_mut() {
+            match gate.frame(&f, &mut conn.out) {
+                auth::Gated::Handled => return,
+                auth::Gated::Passed => {
+                    conn.gate = None;
+                    return;
+                }
+                auth::Gated::NotGated => {}
+                auth::Gated::Violation(why) => return violation(conn, why),
+            }
+        }
         match f.kind {
             Kind::Request => self.call(conn, f),
             Kind::Ping => frame::put_control(&mut conn.out, Kind::Pong, f.call_id),
             Kind::Pong => {}
             Kind::Push => violation(conn, "clients may not send push frames"),
             Kind::Response | Kind::GoAway => violation(conn, "clients may not send responses or go-away"),
+            // What a server that authenticates nobody said before the kind existed.
+            Kind::Auth => violation(conn, "unknown frame kind"),
         }
     }
 
