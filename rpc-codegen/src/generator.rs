@@ -57,6 +57,7 @@ fn service_module(s: &ServiceNames) -> TokenStream {
             pub const #constant: &str = #name;
         }
     });
+    let all = s.rpcs.iter().map(|rpc| &rpc.constant);
     let service_trait = server::service_trait(s);
     let adapter = server::adapter(s);
     let client = client::client(s);
@@ -71,6 +72,8 @@ fn service_module(s: &ServiceNames) -> TokenStream {
             /// The rpc names, as sent in request frames and passed to `runs_inline`.
             pub mod methods {
                 #(#constants)*
+                /// Every rpc name, in the order of the `.proto`.
+                pub const ALL: &[&str] = &[#(#all),*];
             }
 
             #service_trait

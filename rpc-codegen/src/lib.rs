@@ -11,7 +11,8 @@
 //!   the request, calls the trait and encodes the reply;
 //! - `<Service>Client<T = Channel>`, the typed stub: a blocking method per rpc
 //!   and a `<rpc>_with` variant that takes a callback;
-//! - `SERVICE_NAME` and a `methods` module with one constant per rpc name.
+//! - `SERVICE_NAME` and a `methods` module with one constant per rpc name, and `ALL`
+//!   listing them.
 //!
 //! The trait, adapter and client are re-exported at the package level (unless
 //! a message of the package already has that name), so a `build.rs` like

@@ -41,6 +41,8 @@ pub mod echo_rpc {
         pub const SAY: &str = "Say";
         /// `echo.Echo/Stats`.
         pub const STATS: &str = "Stats";
+        /// Every rpc name, in the order of the `.proto`.
+        pub const ALL: &[&str] = &[SAY, STATS];
     }
     /// Sends requests back to their callers.
     ///

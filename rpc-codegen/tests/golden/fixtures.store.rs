@@ -46,6 +46,8 @@ pub mod kv_store_rpc {
         pub const DELETE: &str = "Delete";
         /// `fixtures.store.KVStore/Type`.
         pub const TYPE: &str = "Type";
+        /// Every rpc name, in the order of the `.proto`.
+        pub const ALL: &[&str] = &[GET, PUT, DELETE, TYPE];
     }
     /// A key-value store.
     ///
@@ -315,6 +317,8 @@ pub mod store_rpc {
     pub mod methods {
         /// `fixtures.store.Store/Ping`.
         pub const PING: &str = "Ping";
+        /// Every rpc name, in the order of the `.proto`.
+        pub const ALL: &[&str] = &[PING];
     }
     /// A service whose client stub is named like a message: the stub is not
     /// re-exported at the package level, where the message holds the name.
@@ -445,7 +449,10 @@ pub mod empty_rpc {
     /// The service's fully-qualified name, as sent in request frames.
     pub const SERVICE_NAME: &str = "fixtures.store.Empty";
     /// The rpc names, as sent in request frames and passed to `runs_inline`.
-    pub mod methods {}
+    pub mod methods {
+        /// Every rpc name, in the order of the `.proto`.
+        pub const ALL: &[&str] = &[];
+    }
     /// A service with no rpcs yet.
     ///
     /// The server side of `fixtures.store.Empty`: implement it and serve it with [`EmptyServer`].
@@ -538,6 +545,8 @@ pub mod counter_rpc {
     pub mod methods {
         /// `fixtures.store.Counter/Self`.
         pub const SELF: &str = "Self";
+        /// Every rpc name, in the order of the `.proto`.
+        pub const ALL: &[&str] = &[SELF];
     }
     /// An rpc named after a keyword that cannot be a raw identifier, answering a
     /// wrapper type that prost maps to a Rust primitive.
