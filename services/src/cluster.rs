@@ -6,7 +6,10 @@
 //! under a ZooKeeper root and Redis prefix of their own, waits until each serves, then
 //! generates `nginx.conf` (stream module, one upstream of the running proxies) and starts
 //! nginx in front of them on one client port. Every process is recorded in
-//! `STATE/cluster.json` (role, pid, start time, address) as soon as it starts.
+//! `STATE/cluster.json` (role, pid, start time, address) as soon as it starts. Every
+//! process gets the cluster secret from `STATE/cluster.secret` (made by the first `up`,
+//! mode 0600, reused by later ones; see [`crate::secret`]), so that their internal
+//! ports serve only each other.
 //!
 //! `down` stops exactly the recorded processes, in stages: nginx first (no new clients),
 //! then the proxies (which end their sessions and announce their users offline through
@@ -34,6 +37,7 @@ use rustix::process::{Pid, Signal};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{chat_service_rpc, delivery_rpc, user_service_rpc};
+use crate::secret::ClusterSecret;
 use crate::store::mysql::redact;
 
 /// Where nginx's stream module lives on Debian and Ubuntu.
@@ -148,6 +152,11 @@ pub fn run(action: Action) -> anyhow::Result<()> {
         Action::Down(args) => down(&args.state_dir),
         Action::Status(args) => status(&args.state_dir),
     }
+}
+
+/// The cluster secret's file in the state directory `dir`.
+pub fn secret_path(dir: &Path) -> PathBuf {
+    dir.join(crate::secret::FILE)
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -396,6 +405,7 @@ fn up(args: &UpArgs) -> anyhow::Result<()> {
 
     fs::create_dir_all(dir.join("logs")).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = fs::canonicalize(dir)?;
+    ClusterSecret::load_or_create(&secret_path(&dir))?;
     let logs = dir.join("logs");
     let mut state = State {
         zk: args.zk.clone(),
@@ -423,8 +433,10 @@ fn start_all(args: &UpArgs, dir: &Path, logs: &Path, state: &mut State) -> anyho
     let exe = std::env::current_exe().context("cannot find the chatroom binary")?;
     let zk_root = state.zk_root.clone();
     let redis_prefix = state.redis_prefix.clone();
+    let secret = secret_path(dir);
     let common = |cmd: &mut Command| {
         cmd.args(["--zk", &args.zk, "--zk-root", &zk_root]).env("RUST_LOG", "info");
+        cmd.arg("--cluster-secret-file").arg(&secret);
     };
     let launch = |state: &mut State, mut s: Starting| -> anyhow::Result<()> {
         state.processes.push(s.process.clone());

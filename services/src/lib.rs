@@ -18,6 +18,9 @@
 //! * [`presence`] maps each online user to the proxy holding their session, under a
 //!   lease, behind the [`Presence`] trait, in memory ([`presence::Memory`]) or Redis
 //!   ([`presence::Redis`]).
+//! * [`secret`] is the cluster secret: the user service, the chat service and each
+//!   proxy's `Delivery` listener serve only peers that prove it in the connection's
+//!   handshake, and every channel between the processes proves it.
 //! * [`auth`] hashes and verifies passwords (argon2id); [`limits`] checks names,
 //!   passwords, message bodies and group names.
 //! * [`ConversationId`], [`UserId`] and [`GroupId`] name things across all of these.
@@ -41,6 +44,7 @@ pub mod presence;
 pub mod proxies;
 pub mod proxy;
 mod served;
+pub mod secret;
 pub mod standalone;
 pub mod store;
 pub mod user_service;

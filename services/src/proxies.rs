@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use rpc_core::auth::Credential;
 use rpc_core::client::{self, Channel};
 use rpc_core::registry::{Discovery, Registry};
 
@@ -28,6 +29,8 @@ pub struct Proxies {
     discovery: Discovery,
     /// A client per proxy instance id, with the address it was made for.
     clients: Mutex<HashMap<String, (SocketAddr, DeliveryClient)>>,
+    /// What the channels prove to the proxies' `Delivery` listeners (the cluster secret).
+    credential: Option<Credential>,
 }
 
 impl Proxies {
@@ -40,7 +43,15 @@ impl Proxies {
         Ok(Proxies {
             discovery: Discovery::new(registry, delivery_rpc::SERVICE_NAME)?,
             clients: Mutex::default(),
+            credential: None,
         })
+    }
+
+    /// The same, proving `credential` on every channel to a proxy (the cluster secret's;
+    /// `None` proves nothing, for proxies that ask for nothing).
+    pub fn with_credential(mut self, credential: Option<Credential>) -> Self {
+        self.credential = credential;
+        self
     }
 
     /// A client of the proxy registered as `instance_id`, or `None` when no such proxy
@@ -56,7 +67,11 @@ impl Proxies {
         }
         // Forget proxies that left, so the table does not grow with every restart.
         clients.retain(|id, _| instances.iter().any(|i| &i.id == id));
-        let config = client::Config { default_timeout: Some(DELIVERY_TIMEOUT), ..client::Config::default() };
+        let config = client::Config {
+            default_timeout: Some(DELIVERY_TIMEOUT),
+            credential: self.credential.clone(),
+            ..client::Config::default()
+        };
         let client = DeliveryClient::new(Channel::lazy(addr, config)).with_timeout(DELIVERY_TIMEOUT);
         clients.insert(instance_id.to_owned(), (addr, client.clone()));
         Some(client)

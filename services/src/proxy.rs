@@ -45,6 +45,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rpc_core::balance::{self, Balanced};
+use rpc_core::client;
 use rpc_core::registry::Registry;
 use rpc_core::server::{ConnectionId, Context};
 use rpc_core::{Code, Status};
@@ -53,6 +54,7 @@ use crate::api::{self, chat_service_rpc, gateway_rpc, user_service_rpc};
 use crate::api::{ChatServiceClient, UserServiceClient};
 use crate::ids::UserId;
 use crate::proxies::Proxies;
+use crate::secret::ClusterSecret;
 use crate::Presence;
 
 use self::announcements::{Announcement, Announcer, Settle};
@@ -90,6 +92,11 @@ pub struct Config {
     /// offline: friends of a crashed proxy's users hear of it within `lease_ttl` plus
     /// this.
     pub sweep_every: Duration,
+    /// The cluster secret: proved on every channel to the user service, the chat service
+    /// and the other proxies, and required of every caller of this proxy's `Delivery`
+    /// listener. `None` (the default) proves and requires nothing, for services that
+    /// require nothing either.
+    pub cluster_secret: Option<ClusterSecret>,
 }
 
 impl Default for Config {
@@ -100,6 +107,7 @@ impl Default for Config {
             call_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
             sweep_every: Duration::from_secs(1),
+            cluster_secret: None,
         }
     }
 }
@@ -149,12 +157,17 @@ impl Proxy {
         registry: &dyn Registry,
         presence: Arc<dyn Presence>,
     ) -> Result<Self, rpc_core::Error> {
-        let balanced = |service| Balanced::discover(registry, service, balance::Config::default());
+        let credential = config.cluster_secret.as_ref().map(ClusterSecret::credential);
+        let balance_config = balance::Config {
+            channel: client::Config { credential: credential.clone(), ..client::Config::default() },
+            ..balance::Config::default()
+        };
+        let balanced = |service| Balanced::discover(registry, service, balance_config.clone());
         let users = UserServiceClient::new(balanced(user_service_rpc::SERVICE_NAME)?)
             .with_timeout(config.call_timeout);
         let chat = ChatServiceClient::new(balanced(chat_service_rpc::SERVICE_NAME)?)
             .with_timeout(config.call_timeout);
-        let proxies = Proxies::discover(registry)?;
+        let proxies = Proxies::discover(registry)?.with_credential(credential);
         let leases = sessions::Config { owner: config.instance_id.clone(), lease_ttl: config.lease_ttl };
         let sessions = Sessions::new(leases, presence.clone(), Box::new(ToChatService(chat.clone())));
         let inner =
@@ -165,6 +178,11 @@ impl Proxy {
     /// The proxy's instance id.
     pub fn instance_id(&self) -> &str {
         &self.inner.config.instance_id
+    }
+
+    /// The cluster secret its `Delivery` listener requires, if any.
+    pub fn cluster_secret(&self) -> Option<&ClusterSecret> {
+        self.inner.config.cluster_secret.as_ref()
     }
 
     /// The sessions.

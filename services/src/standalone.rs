@@ -2,7 +2,9 @@
 //! each on its own loopback rpc-core server, talking through real RPC, with the
 //! in-process registry ([`rpc_core::registry::Memory`]), in-process presence
 //! ([`crate::presence::Memory`]) and a SQLite store in a data directory (so users,
-//! friends, groups and messages survive restarts).
+//! friends, groups and messages survive restarts). The user and chat services and the
+//! proxy's `Delivery` listener serve only callers that prove the cluster secret
+//! ([`crate::secret`]), kept in the data directory; only the client port is open.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +17,7 @@ use rpc_core::server;
 use crate::api::{ChatServiceServer, UserServiceServer};
 use crate::chat_service::ChatService;
 use crate::proxies::Proxies;
+use crate::secret::{self, ClusterSecret};
 use crate::served::{serve, Served};
 use crate::user_service::UserService;
 use crate::{auth, presence, proxy, store, Presence, Store};
@@ -35,6 +38,10 @@ pub struct Config {
     pub hashing: auth::Config,
     /// Settings of each of the three servers.
     pub server: server::Config,
+    /// The secret the three prove to each other. `None`: the one in the data directory's
+    /// [`secret::FILE`], made there if missing (a new random one when started over
+    /// another store with [`Standalone::with_store`]).
+    pub cluster_secret: Option<ClusterSecret>,
 }
 
 impl Default for Config {
@@ -45,6 +52,7 @@ impl Default for Config {
             lease_ttl: Duration::from_secs(30),
             hashing: auth::Config::default(),
             server: server::Config { workers: crate::SERVER_WORKERS, ..server::Config::default() },
+            cluster_secret: None,
         }
     }
 }
@@ -68,6 +76,9 @@ pub enum Error {
     /// A server could not start.
     #[error("cannot start a server: {0}")]
     Rpc(#[from] rpc_core::Error),
+    /// The cluster secret could not be read or made.
+    #[error(transparent)]
+    Secret(#[from] secret::Error),
 }
 
 /// A running standalone system. Dropping it stops the proxy, then the services.
@@ -82,6 +93,8 @@ pub struct Standalone {
     registry: registry::Memory,
     /// The database file, when the store is the SQLite one.
     db: Option<PathBuf>,
+    /// The secret the services require of their callers.
+    secret: ClusterSecret,
 }
 
 impl std::fmt::Debug for Standalone {
@@ -99,9 +112,12 @@ impl Standalone {
     /// # Errors
     ///
     /// When the data directory or store cannot be opened or a server cannot bind.
-    pub fn start(config: Config) -> Result<Self, Error> {
+    pub fn start(mut config: Config) -> Result<Self, Error> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| Error::DataDir { path: config.data_dir.clone(), source })?;
+        if config.cluster_secret.is_none() {
+            config.cluster_secret = Some(ClusterSecret::load_or_create(&config.data_dir.join(secret::FILE))?);
+        }
         let db = config.data_dir.join(DB_FILE);
         let store: Arc<dyn Store> = Arc::new(store::Sqlite::open(&db)?);
         let mut system = Standalone::with_store(config, store)?;
@@ -120,16 +136,23 @@ impl Standalone {
         let presence: Arc<dyn Presence> = Arc::new(presence::Memory::new());
         let registry = registry::Memory::new();
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let secret = config.cluster_secret.clone().unwrap_or_else(ClusterSecret::generate);
+        let internal = || server::Config { authenticator: Some(secret.authenticator()), ..config.server.clone() };
 
         let user_service = UserService::new(store.clone()).with_hashing(config.hashing.clone());
-        let users = serve(UserServiceServer(user_service), &registry, loopback, config.server.clone())?;
-        let chat_service = ChatService::new(store, presence.clone(), Proxies::discover(&registry)?);
-        let chat = serve(ChatServiceServer(chat_service), &registry, loopback, config.server.clone())?;
-        let proxy_config = proxy::Config { lease_ttl: config.lease_ttl, ..proxy::Config::default() };
+        let users = serve(UserServiceServer(user_service), &registry, loopback, internal())?;
+        let proxies = Proxies::discover(&registry)?.with_credential(Some(secret.credential()));
+        let chat_service = ChatService::new(store, presence.clone(), proxies);
+        let chat = serve(ChatServiceServer(chat_service), &registry, loopback, internal())?;
+        let proxy_config = proxy::Config {
+            lease_ttl: config.lease_ttl,
+            cluster_secret: Some(secret.clone()),
+            ..proxy::Config::default()
+        };
         let the_proxy = proxy::Proxy::new(proxy_config, &registry, presence)?;
         let proxy = proxy::serve(the_proxy, &registry, config.listen, loopback, config.server)?;
         tracing::info!(clients = %proxy.client_addr(), "standalone system started");
-        Ok(Standalone { proxy, chat, users, registry, db: None })
+        Ok(Standalone { proxy, chat, users, registry, db: None, secret })
     }
 
     /// The address clients connect to.
@@ -140,6 +163,11 @@ impl Standalone {
     /// The proxy.
     pub fn proxy(&self) -> &proxy::Proxy {
         self.proxy.proxy()
+    }
+
+    /// The secret its services require of their callers.
+    pub fn cluster_secret(&self) -> &ClusterSecret {
+        &self.secret
     }
 
     /// The in-process registry.
@@ -156,7 +184,7 @@ impl Standalone {
     /// clients told to go away, calls in flight finished), then the chat service and the
     /// user service.
     pub fn shutdown(self) {
-        let Standalone { proxy, chat, users, registry, db: _ } = self;
+        let Standalone { proxy, chat, users, registry, .. } = self;
         proxy.shutdown();
         chat.shutdown();
         users.shutdown();
@@ -165,7 +193,7 @@ impl Standalone {
 
     /// Blocks until the proxy's client server stops, then stops the rest.
     pub fn wait(self) {
-        let Standalone { proxy, chat, users, registry, db: _ } = self;
+        let Standalone { proxy, chat, users, registry, .. } = self;
         proxy.wait();
         drop((chat, users, registry));
     }

@@ -5,6 +5,11 @@
 //! ZooKeeper, MySQL/MariaDB and Redis. Every address comes from a flag or an environment
 //! variable with a loopback default. Logs go to stderr; `RUST_LOG` filters them.
 //!
+//! The cluster's processes require the cluster secret (`--cluster-secret-file` or
+//! `CHATROOM_CLUSTER_SECRET_FILE`; see `services::secret`): their internal ports serve
+//! only peers that prove it, and they prove it to each other. `chatroom cluster up` makes
+//! one in its state directory and `chatroom standalone` in its data directory.
+//!
 //! The serving processes stop gracefully on SIGTERM or SIGINT: they leave the registry at
 //! once, a proxy ends its sessions (friends see its users go offline now, not after the
 //! lease), the servers tell their clients to go away and finish the calls in flight, and
@@ -26,6 +31,7 @@ use services::chat_service::ChatService;
 use services::proxies::Proxies;
 use services::standalone::{self, Standalone};
 use services::user_service::UserService;
+use services::secret::ClusterSecret;
 use services::{auth, presence, proxy, serve, store, Presence, Store};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -53,6 +59,10 @@ enum Command {
         /// How long a user stays online without their proxy renewing the lease.
         #[arg(long, env = "CHATROOM_LEASE_TTL_SECS", default_value_t = 30)]
         lease_ttl_secs: u64,
+        /// The secret its internal ports require (by default the data directory's
+        /// `cluster.secret`, made there if missing).
+        #[command(flatten)]
+        secret: SecretArgs,
         #[command(flatten)]
         serving: ServeArgs,
     },
@@ -76,6 +86,8 @@ enum Command {
         #[command(flatten)]
         redis: RedisArgs,
         #[command(flatten)]
+        secret: SecretArgs,
+        #[command(flatten)]
         serving: ServeArgs,
     },
     /// Runs a user service instance (accounts, friends, groups) over MySQL.
@@ -90,6 +102,8 @@ enum Command {
         #[command(flatten)]
         hashing: HashingArgs,
         #[command(flatten)]
+        secret: SecretArgs,
+        #[command(flatten)]
         serving: ServeArgs,
     },
     /// Runs a chat service instance (messages, history, sync) over MySQL and Redis.
@@ -103,6 +117,8 @@ enum Command {
         mysql: MySqlArgs,
         #[command(flatten)]
         redis: RedisArgs,
+        #[command(flatten)]
+        secret: SecretArgs,
         #[command(flatten)]
         serving: ServeArgs,
     },
@@ -144,6 +160,53 @@ struct ServeArgs {
 impl ServeArgs {
     fn config(&self) -> server::Config {
         server::Config { workers: self.workers.max(1), ..server::Config::default() }
+    }
+}
+
+/// The cluster secret (see `services::secret`): from a file, or in hex from a flag or
+/// the environment.
+#[derive(Args)]
+struct SecretArgs {
+    /// A file holding the cluster secret in hex, readable only by its owner (`chatroom
+    /// cluster up` makes `cluster.secret` in its state directory).
+    #[arg(long, env = "CHATROOM_CLUSTER_SECRET_FILE", conflicts_with = "cluster_secret")]
+    cluster_secret_file: Option<PathBuf>,
+    /// The cluster secret itself, in hex. Prefer the file or the environment variable:
+    /// other users of the machine can read a process's flags.
+    #[arg(long, env = "CHATROOM_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+}
+
+impl std::fmt::Debug for SecretArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretArgs").field("cluster_secret_file", &self.cluster_secret_file).finish_non_exhaustive()
+    }
+}
+
+impl SecretArgs {
+    /// The secret given, if any.
+    fn load(&self) -> anyhow::Result<Option<ClusterSecret>> {
+        Ok(match (&self.cluster_secret_file, &self.cluster_secret) {
+            (Some(path), _) => Some(ClusterSecret::read(path)?),
+            (None, Some(hex)) => Some(ClusterSecret::from_hex(hex, "--cluster-secret")?),
+            (None, None) => None,
+        })
+    }
+
+    /// The secret, which a cluster process cannot do without.
+    fn require(&self) -> anyhow::Result<ClusterSecret> {
+        self.load()?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "no cluster secret: pass --cluster-secret-file FILE or set CHATROOM_CLUSTER_SECRET_FILE \
+                 (`chatroom cluster up` makes STATE_DIR/cluster.secret; any 32 random bytes in hex, \
+                 in a file of mode 0600, will do)"
+            )
+        })
+    }
+
+    /// `serving` for an internal port: it serves only peers that prove `secret`.
+    fn internal(serving: &ServeArgs, secret: &ClusterSecret) -> server::Config {
+        server::Config { authenticator: Some(secret.authenticator()), ..serving.config() }
     }
 }
 
@@ -303,13 +366,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Standalone { listen, data_dir, lease_ttl_secs, serving } => {
+        Command::Standalone { listen, data_dir, lease_ttl_secs, secret, serving } => {
             let stop = Stop::catch()?;
             let config = standalone::Config {
                 data_dir,
                 listen,
                 lease_ttl: Duration::from_secs(lease_ttl_secs.max(1)),
                 server: serving.config(),
+                cluster_secret: secret.load()?,
                 ..standalone::Config::default()
             };
             let system = Standalone::start(config).context("cannot start the standalone system")?;
@@ -329,12 +393,15 @@ fn main() -> anyhow::Result<()> {
             lease_ttl_secs,
             zk,
             redis: redis_args,
+            secret,
             serving,
         } => {
             let stop = Stop::catch()?;
+            let secret = secret.require()?;
             let registry = zk.connect()?;
             let mut config = proxy::Config {
                 lease_ttl: Duration::from_secs(lease_ttl_secs.max(1)),
+                cluster_secret: Some(secret),
                 ..proxy::Config::default()
             };
             if let Some(id) = instance_id {
@@ -353,24 +420,26 @@ fn main() -> anyhow::Result<()> {
             // Closes the ZooKeeper session (its entries went with the deregistration).
             drop(registry);
         }
-        Command::UserService { listen, zk, mysql: mysql_args, hashing, serving } => {
+        Command::UserService { listen, zk, mysql: mysql_args, hashing, secret, serving } => {
             let stop = Stop::catch()?;
+            let secret = secret.require()?;
             let registry = zk.connect()?;
             let users = UserService::new(mysql(&mysql_args)?).with_hashing(hashing.config()?);
             let service = UserServiceServer(users);
-            let served = serve(service, &registry, listen, serving.config())?;
+            let served = serve(service, &registry, listen, SecretArgs::internal(&serving, &secret))?;
             stop.serving();
             println!("ChatRoom user service is running on {}", served.addr());
             stop.wait();
             served.shutdown();
             drop(registry);
         }
-        Command::ChatService { listen, zk, mysql: mysql_args, redis: redis_args, serving } => {
+        Command::ChatService { listen, zk, mysql: mysql_args, redis: redis_args, secret, serving } => {
             let stop = Stop::catch()?;
+            let secret = secret.require()?;
             let registry = zk.connect()?;
-            let service =
-                ChatService::new(mysql(&mysql_args)?, redis(&redis_args)?, Proxies::discover(&registry)?);
-            let served = serve(ChatServiceServer(service), &registry, listen, serving.config())?;
+            let proxies = Proxies::discover(&registry)?.with_credential(Some(secret.credential()));
+            let service = ChatService::new(mysql(&mysql_args)?, redis(&redis_args)?, proxies);
+            let served = serve(ChatServiceServer(service), &registry, listen, SecretArgs::internal(&serving, &secret))?;
             stop.serving();
             println!("ChatRoom chat service is running on {}", served.addr());
             stop.wait();

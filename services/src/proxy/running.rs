@@ -94,7 +94,13 @@ pub fn serve(
     delivery_listen: std::net::SocketAddr,
     server_config: server::Config,
 ) -> Result<Running, rpc_core::Error> {
-    let delivery = Builder::new(server_config.clone())
+    // Only members of the cluster may deliver: the listener requires the cluster secret
+    // (when the proxy has one); the client listener stays open to clients.
+    let delivery_config = server::Config {
+        authenticator: proxy.cluster_secret().map(|secret| secret.authenticator()),
+        ..server_config.clone()
+    };
+    let delivery = Builder::new(delivery_config)
         .service(Traced::new(api::DeliveryServer(proxy.clone()), |_| None))
         .bind(delivery_listen)?;
     let registration = registry

@@ -1,0 +1,192 @@
+//! The cluster secret: what the processes of one chat system prove to each other
+//! before any of them takes a call on an internal port.
+//!
+//! The user service, the chat service and each proxy's `Delivery` listener serve only
+//! peers that prove they hold the secret, and every channel a process opens to them
+//! proves it (rpc-core's shared-secret handshake: an HMAC over a nonce from each side,
+//! so the secret never crosses the wire, and each side checks the other). The proxies'
+//! client port stays open to clients.
+//!
+//! The secret is 32 random bytes, kept as 64 hex digits in a file only its owner may
+//! read (mode 0600): `chatroom cluster up` makes `cluster.secret` in the cluster's state
+//! directory and `chatroom standalone` in its data directory, each reusing the file it
+//! finds there. A process takes it from a file (`--cluster-secret-file`,
+//! `CHATROOM_CLUSTER_SECRET_FILE`) or, in hex, from `--cluster-secret` or
+//! `CHATROOM_CLUSTER_SECRET`.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write as _};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rpc_core::auth::{Authenticator, Credential};
+
+/// The file name of the secret in a cluster's state directory or a standalone data directory.
+pub const FILE: &str = "cluster.secret";
+/// Bytes of a generated secret.
+pub const LEN: usize = 32;
+/// The fewest bytes a secret given by hand may have.
+pub const MIN_LEN: usize = 16;
+
+/// Reading, parsing or writing the secret failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file could not be read, created or written.
+    #[error("cannot use the cluster secret file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+    /// The file can be read by other users than its owner.
+    #[error("the cluster secret file {path} is readable by others (mode {mode:o}); `chmod 600` it")]
+    Exposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The text is not a secret: not hex, or too short.
+    #[error("the cluster secret from {from} is not valid: {why}")]
+    Invalid {
+        /// Where it came from (a file, a flag).
+        from: String,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// A cluster's shared secret. Cheap to clone; its `Debug` form never shows it.
+#[derive(Clone)]
+pub struct ClusterSecret {
+    /// The secret's bytes.
+    bytes: Arc<[u8]>,
+}
+
+impl fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterSecret").finish_non_exhaustive()
+    }
+}
+
+impl ClusterSecret {
+    /// A new random secret of [`LEN`] bytes.
+    pub fn generate() -> ClusterSecret {
+        let bytes: [u8; LEN] = rand::random();
+        ClusterSecret { bytes: bytes.into() }
+    }
+
+    /// Parses a secret written in hex, as the file holds it, naming `from` in errors.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] when the text is not hex or holds fewer than [`MIN_LEN`] bytes.
+    pub fn from_hex(text: &str, from: &str) -> Result<ClusterSecret, Error> {
+        let invalid = |why: &str| Error::Invalid { from: from.to_owned(), why: why.to_owned() };
+        let text = text.trim();
+        if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid("expected hex digits, two per byte"));
+        }
+        if text.len() / 2 < MIN_LEN {
+            return Err(invalid(&format!("expected at least {MIN_LEN} bytes ({} hex digits)", 2 * MIN_LEN)));
+        }
+        let bytes: Vec<u8> = (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("checked to be hex"))
+            .collect();
+        Ok(ClusterSecret { bytes: bytes.into() })
+    }
+
+    /// Reads the secret from `path`, which only its owner may read.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when it cannot be read, [`Error::Exposed`] when others may read it,
+    /// [`Error::Invalid`] when it does not hold a secret.
+    pub fn read(path: &Path) -> Result<ClusterSecret, Error> {
+        let io = |source| Error::Io { path: path.to_owned(), source };
+        let mode = fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(Error::Exposed { path: path.to_owned(), mode });
+        }
+        let text = fs::read_to_string(path).map_err(io)?;
+        ClusterSecret::from_hex(&text, &path.display().to_string())
+    }
+
+    /// Reads the secret from `path`, or makes a new one there (mode 0600) when there is
+    /// no file yet.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterSecret::read`], and [`Error::Io`] when the file cannot be created.
+    pub fn load_or_create(path: &Path) -> Result<ClusterSecret, Error> {
+        let io = |source| Error::Io { path: path.to_owned(), source };
+        let created = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
+        let mut file = match created {
+            Ok(file) => file,
+            // There already, or made by another process just now: use that one.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return ClusterSecret::read(path),
+            Err(e) => return Err(io(e)),
+        };
+        let secret = ClusterSecret::generate();
+        writeln!(file, "{}", secret.to_hex()).and_then(|()| file.sync_all()).map_err(io)?;
+        tracing::info!(path = %path.display(), "generated a new cluster secret");
+        Ok(secret)
+    }
+
+    /// The secret in hex, as the file holds it.
+    pub fn to_hex(&self) -> String {
+        self.bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// A listener's authenticator that admits only peers proving this secret. Each call
+    /// makes a new one, with counts of its own.
+    pub fn authenticator(&self) -> Authenticator {
+        Authenticator::shared_secret(&self.bytes)
+    }
+
+    /// A channel's credential proving this secret (and requiring the server to prove it).
+    pub fn credential(&self) -> Credential {
+        Credential::shared_secret(&self.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_file_is_private_and_read_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let made = ClusterSecret::load_or_create(&path).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let again = ClusterSecret::load_or_create(&path).unwrap();
+        assert_eq!(made.to_hex(), again.to_hex(), "an existing file is reused");
+        assert_eq!(made.to_hex().len(), 2 * LEN);
+    }
+
+    #[test]
+    fn a_file_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        fs::write(&path, ClusterSecret::generate().to_hex()).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(ClusterSecret::read(&path), Err(Error::Exposed { mode: 0o644, .. })));
+    }
+
+    #[test]
+    fn text_that_is_not_a_secret_is_refused() {
+        assert!(ClusterSecret::from_hex("zz", "a test").is_err());
+        assert!(ClusterSecret::from_hex("abcd", "a test").is_err(), "too short");
+        let secret = ClusterSecret::generate();
+        let parsed = ClusterSecret::from_hex(&format!(" {}\n", secret.to_hex()), "a test").unwrap();
+        assert_eq!(parsed.to_hex(), secret.to_hex());
+        assert_eq!(format!("{secret:?}"), "ClusterSecret { .. }");
+    }
+}
