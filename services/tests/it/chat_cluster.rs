@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use mysql::prelude::Queryable;
 use rpc_core::registry::{self, Registry as _, ZooKeeper};
 use services::api::{self, chat_service_rpc, delivery_rpc, user_service_rpc};
+use services::secret::{self, ClusterSecret};
 
 use crate::chat_standalone::{connect, direct, user_at, PATIENCE};
 use crate::support::{mysql_url, redis_url, unique_name, wait_until, with_database};
@@ -39,6 +40,8 @@ struct Cluster {
     zk_root: String,
     /// Flags every process shares.
     common: Vec<String>,
+    /// Holds the cluster secret's file, which every process is given.
+    secret_dir: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -46,7 +49,9 @@ impl Cluster {
         let database = unique_name("chatroom_test");
         let zk_root = format!("/{}", unique_name("chatroom_test"));
         let common = vec!["--zk".into(), zk(), "--zk-root".into(), zk_root.clone()];
-        Cluster { children: Vec::new(), database, zk_root, common }
+        let secret_dir = tempfile::tempdir().unwrap();
+        ClusterSecret::load_or_create(&secret_dir.path().join(secret::FILE)).unwrap();
+        Cluster { children: Vec::new(), database, zk_root, common, secret_dir }
     }
 
     /// Starts `chatroom <args>` and returns the address it printed last on its first line.
@@ -57,6 +62,7 @@ impl Cluster {
             .env("CHATROOM_MYSQL_URL", with_database(&mysql_url(), &self.database))
             .env("CHATROOM_REDIS_URL", redis_url())
             .env("CHATROOM_REDIS_PREFIX", format!("{}:", self.database))
+            .env("CHATROOM_CLUSTER_SECRET_FILE", self.secret_dir.path().join(secret::FILE))
             .env("RUST_LOG", "warn")
             // Full-cost argon2 takes most of a second per hash in a debug build.
             .env("CHATROOM_HASH_MEMORY_KIB", "256")

@@ -3,14 +3,18 @@
 //! and `down` leaves no process and no listening port behind.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use mysql::prelude::Queryable;
+use rpc_core::registry::{self, ZooKeeper};
 use services::cluster::{self, State};
+use services::secret::ClusterSecret;
 
 use crate::chat_standalone::{direct, user_at};
+use crate::internal_ports::{assert_only_members_are_served, internal_ports};
 use crate::support::{mysql_url, redis_url, unique_name, wait_until, with_database};
 
 /// Where ZooKeeper is for the test.
@@ -108,6 +112,18 @@ fn cluster_up_serves_through_nginx_and_down_leaves_nothing_behind() {
     bob_client.send(direct(&alice, &bob), "b-1", "and back").unwrap();
     assert_eq!(alice_client.wait_messages(1)[0].seq, 2);
     drop((alice_client, bob_client));
+
+    // The internal ports serve only the cluster's own processes.
+    let secret_file = cluster::secret_path(dir);
+    let mode = std::fs::metadata(&secret_file).expect("up makes the secret").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "only its owner may read the secret");
+    let secret = ClusterSecret::read(&secret_file).unwrap();
+    let config = registry::Config { root: state.zk_root.clone(), ..registry::Config::default() };
+    let zookeeper = ZooKeeper::connect(&state.zk, config).expect("ZooKeeper answers");
+    let ports = internal_ports(&zookeeper);
+    assert_eq!(ports.len(), 4, "a user service, a chat service and two proxies' delivery ports");
+    assert_only_members_are_served(&ports, &secret);
+    drop(zookeeper);
 
     let status = chatroom(dir, &["status"]);
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));

@@ -13,7 +13,9 @@
 //! `chat_cluster` runs the `chatroom` binary's processes against MariaDB, Redis and
 //! ZooKeeper (`CHATROOM_ZK`, default `127.0.0.1:2181`), including graceful stops on
 //! SIGTERM; `chat_nginx` runs the same chat scenarios on a whole cluster behind nginx
-//! (`chatroom cluster up`), and kills a chat service and a proxy with SIGKILL.
+//! (`chatroom cluster up`), and kills a chat service and a proxy with SIGKILL;
+//! `internal_ports` checks that the user service, the chat service and a proxy's
+//! delivery port serve only callers with the cluster secret, standalone and in a cluster.
 //!
 //! [`Store`]: services::Store
 //! [`Presence`]: services::Presence
@@ -25,6 +27,7 @@ mod chat_nginx;
 mod chat_two_proxies;
 mod client_cli;
 mod cluster_up_down;
+mod internal_ports;
 mod proto;
 mod support;
 
