@@ -137,7 +137,8 @@ impl Standalone {
         let registry = registry::Memory::new();
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let secret = config.cluster_secret.clone().unwrap_or_else(ClusterSecret::generate);
-        let internal = || server::Config { authenticator: Some(secret.authenticator()), ..config.server.clone() };
+        let internal =
+            || server::Config { authenticator: Some(secret.authenticator()), ..config.server.clone() };
 
         let user_service = UserService::new(store.clone()).with_hashing(config.hashing.clone());
         let users = serve(UserServiceServer(user_service), &registry, loopback, internal())?;

@@ -20,7 +20,7 @@ pub(crate) enum Gated {
     /// The peer has passed: drop the gate; every later frame takes the usual path.
     Passed,
     /// Not the gate's business (ping, pong, or a frame no client may send): handle it as usual.
-    NotGated,
+    Usual,
     /// The peer broke the handshake's bounds: close the connection with this reason.
     Violation(&'static str),
 }
@@ -51,7 +51,15 @@ impl Gate {
         deadline: Instant,
         counts: Arc<Counts>,
     ) -> Gate {
-        Gate { mechanism: mechanism.into(), handshake: Some(handshake), deadline, steps: 0, peer, refused: false, counts }
+        Gate {
+            mechanism: mechanism.into(),
+            handshake: Some(handshake),
+            deadline,
+            steps: 0,
+            peer,
+            refused: false,
+            counts,
+        }
     }
 
     /// Takes one frame from a peer that has not passed, writing any answer to `out`.
@@ -71,7 +79,7 @@ impl Gate {
                 frame::put_response(out, f.call_id, &Err(status));
                 Gated::Handled
             }
-            _ => Gated::NotGated,
+            _ => Gated::Usual,
         }
     }
 

@@ -87,7 +87,9 @@ fn read_exact_by(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> i
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
             io::Error::new(io::ErrorKind::TimedOut, "the authentication handshake timed out")
         }
-        io::ErrorKind::UnexpectedEof => denied("the server closed the connection during the handshake".into()),
+        io::ErrorKind::UnexpectedEof => {
+            denied("the server closed the connection during the handshake".into())
+        }
         _ => e,
     })
 }

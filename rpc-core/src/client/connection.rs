@@ -567,7 +567,9 @@ impl Conn {
                 }
                 Kind::Request => return Err("protocol violation by the server: it sent a request".to_owned()),
                 Kind::Auth => {
-                    return Err("protocol violation by the server: a handshake step after the handshake".to_owned())
+                    return Err(
+                        "protocol violation by the server: a handshake step after the handshake".to_owned()
+                    )
                 }
             }
         }

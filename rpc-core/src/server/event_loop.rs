@@ -946,7 +946,7 @@ impl Dispatch<'_> {
                     conn.gate = None;
                     return;
                 }
-                auth::Gated::NotGated => {}
+                auth::Gated::Usual => {}
                 auth::Gated::Violation(why) => return violation(conn, why),
             }
         }

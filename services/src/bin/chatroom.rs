@@ -29,9 +29,9 @@ use rpc_core::server;
 use services::api::{ChatServiceServer, UserServiceServer};
 use services::chat_service::ChatService;
 use services::proxies::Proxies;
+use services::secret::ClusterSecret;
 use services::standalone::{self, Standalone};
 use services::user_service::UserService;
-use services::secret::ClusterSecret;
 use services::{auth, presence, proxy, serve, store, Presence, Store};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -179,7 +179,9 @@ struct SecretArgs {
 
 impl std::fmt::Debug for SecretArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecretArgs").field("cluster_secret_file", &self.cluster_secret_file).finish_non_exhaustive()
+        f.debug_struct("SecretArgs")
+            .field("cluster_secret_file", &self.cluster_secret_file)
+            .finish_non_exhaustive()
     }
 }
 
@@ -439,7 +441,12 @@ fn main() -> anyhow::Result<()> {
             let registry = zk.connect()?;
             let proxies = Proxies::discover(&registry)?.with_credential(Some(secret.credential()));
             let service = ChatService::new(mysql(&mysql_args)?, redis(&redis_args)?, proxies);
-            let served = serve(ChatServiceServer(service), &registry, listen, SecretArgs::internal(&serving, &secret))?;
+            let served = serve(
+                ChatServiceServer(service),
+                &registry,
+                listen,
+                SecretArgs::internal(&serving, &secret),
+            )?;
             stop.serving();
             println!("ChatRoom chat service is running on {}", served.addr());
             stop.wait();

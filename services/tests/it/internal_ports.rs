@@ -46,7 +46,12 @@ pub fn internal_ports(registry: &dyn Registry) -> Vec<Port> {
         let instances = registry.instances(service).expect("the registry answers");
         assert!(!instances.is_empty(), "{service} is registered");
         for instance in instances {
-            ports.push(Port { name: format!("{service} {}", instance.id), addr: instance.addr, service, methods });
+            ports.push(Port {
+                name: format!("{service} {}", instance.id),
+                addr: instance.addr,
+                service,
+                methods,
+            });
         }
     }
     ports
@@ -63,7 +68,11 @@ pub fn assert_only_members_are_served(ports: &[Port], secret: &ClusterSecret) {
         for method in port.methods {
             let err = stranger.call_raw(port.service, method, b"", Some(PATIENCE)).unwrap_err();
             let Error::Status(status) = &err else { panic!("{name} {method}: {err}") };
-            assert_eq!((status.code, status.outcome()), (Code::Unauthenticated, Outcome::NotRun), "{name} {method}");
+            assert_eq!(
+                (status.code, status.outcome()),
+                (Code::Unauthenticated, Outcome::NotRun),
+                "{name} {method}"
+            );
         }
         // One that tries a secret of its own: the server cannot prove it, so rpc-core's
         // client gives up, ...
@@ -76,7 +85,11 @@ pub fn assert_only_members_are_served(ports: &[Port], secret: &ClusterSecret) {
         assert_eq!(raw.prove(&wrong.to_hex()), "refused", "{name}");
         for (call_id, method) in port.methods.iter().enumerate() {
             let answer = raw.call(call_id as u64, port.service, method);
-            assert_eq!((answer.code, answer.outcome()), (Code::Unauthenticated, Outcome::NotRun), "{name} {method}");
+            assert_eq!(
+                (answer.code, answer.outcome()),
+                (Code::Unauthenticated, Outcome::NotRun),
+                "{name} {method}"
+            );
         }
         // A member gets through: an unknown method is answered by the service itself.
         let config = ClientConfig { credential: Some(secret.credential()), ..ClientConfig::default() };
