@@ -22,6 +22,33 @@
 //! same place and accepts at its first step.
 //!
 //! `docs/PROTOCOL.md`, "Authentication", has the exchange byte by byte.
+//!
+//! ```
+//! use rpc_core::auth::{Authenticator, Credential};
+//! use rpc_core::client::{self, Channel};
+//! use rpc_core::server::{self, Builder};
+//! use rpc_core::Code;
+//! # fn main() -> Result<(), rpc_core::Error> {
+//! let secret = b"32 random bytes the cluster shares";
+//! let authenticator = Authenticator::shared_secret(secret);
+//! let config = server::Config { authenticator: Some(authenticator.clone()), ..server::Config::default() };
+//! # let my_service = rpc_core::server::tests_support::Echo;
+//! let server = Builder::new(config).service(my_service).bind("127.0.0.1:0")?;
+//!
+//! let credential = Credential::shared_secret(secret);
+//! let member = Channel::connect(
+//!     server.local_addr(),
+//!     client::Config { credential: Some(credential), ..client::Config::default() },
+//! )?;
+//! assert_eq!(&member.call_raw("test.Echo", "Say", b"hi", None)?[..], b"hi");
+//!
+//! let stranger = Channel::connect(server.local_addr(), client::Config::default())?;
+//! let refused = stranger.call_raw("test.Echo", "Say", b"hi", None).unwrap_err();
+//! assert_eq!(refused.code(), Code::Unauthenticated);
+//! assert_eq!(authenticator.refused_connections(), 1);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 use std::net::SocketAddr;
