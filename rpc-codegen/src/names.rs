@@ -7,6 +7,8 @@ use proc_macro2::{Ident, Span, TokenStream};
 use prost_build::{Comments, Method, Service};
 use quote::quote;
 
+use crate::builder::{Placement, Placements};
+
 /// A service with every name the generated items use.
 pub(crate) struct ServiceNames {
     /// `package.Service`, the name clients send.
@@ -41,6 +43,8 @@ pub(crate) struct RpcNames {
     pub reply: TokenStream,
     /// Doc lines from the `.proto` comments on the rpc.
     pub docs: Vec<String>,
+    /// Where the server runs it, as declared to the builder.
+    pub placement: Placement,
 }
 
 impl ServiceNames {
@@ -50,7 +54,7 @@ impl ServiceNames {
     ///
     /// On a streaming rpc (rpc-core calls are unary) and on names that would
     /// clash in Rust, with a message naming the service or rpc.
-    pub(crate) fn new(service: &Service) -> ServiceNames {
+    pub(crate) fn new(service: &Service, placements: &Placements) -> ServiceNames {
         let full_name = if service.package.is_empty() {
             service.proto_name.clone()
         } else {
@@ -93,7 +97,14 @@ impl ServiceNames {
                 service.name, service.name
             );
         }
-        let rpcs: Vec<RpcNames> = service.methods.iter().map(RpcNames::new).collect();
+        let rpcs: Vec<RpcNames> = service
+            .methods
+            .iter()
+            .map(|m| {
+                let placement = placements.get(&format!("{full_name}/{}", m.proto_name));
+                RpcNames::new(m, placement.copied().unwrap_or_default())
+            })
+            .collect();
         if let Err(message) = check_clashes(&full_name, &rpcs) {
             panic!("{message}");
         }
@@ -111,7 +122,7 @@ impl ServiceNames {
 }
 
 impl RpcNames {
-    fn new(method: &Method) -> RpcNames {
+    fn new(method: &Method, placement: Placement) -> RpcNames {
         // prost writes `self_`, `super_`, `crate_` and `Self_` for keywords that cannot be
         // raw identifiers; the other names built from them need no trailing `_`.
         let base = method.name.trim_start_matches("r#");
@@ -127,6 +138,7 @@ impl RpcNames {
             request: type_path(&method.input_type),
             reply: type_path(&method.output_type),
             docs: doc_lines(&method.comments),
+            placement,
         }
     }
 }
@@ -145,7 +157,7 @@ fn check_unary(service: &str, methods: &[Method]) -> Result<(), String> {
 /// trait or client has, would get the same Rust name: `GetUser` and
 /// `get_user`, `Say` and `SayWith`, or an rpc named `New` or `Timeout`.
 fn check_clashes(service: &str, rpcs: &[RpcNames]) -> Result<(), String> {
-    const GENERATED: [&str; 5] = ["new", "with_timeout", "timeout", "transport", "runs_inline"];
+    const GENERATED: [&str; 6] = ["new", "with_timeout", "timeout", "transport", "runs_inline", "is_heavy"];
     let mut taken: HashMap<String, &str> = HashMap::new();
     for rpc in rpcs {
         for name in [unraw(&rpc.method), unraw(&rpc.method_with)] {

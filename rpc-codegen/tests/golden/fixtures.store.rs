@@ -55,24 +55,33 @@ pub mod kv_store_rpc {
     /// The server side of `fixtures.store.KVStore`: implement it and serve it with [`KvStoreServer`].
     ///
     /// Methods run on the server's worker threads, many at once, so they may block on
-    /// I/O (or on the event loop, for those `runs_inline` names; on the heavy lane, for
-    /// those `is_heavy` names); a returned [`Status`] travels to the caller as it is.
+    /// I/O, unless the code was generated with the method declared inline (run on the
+    /// event loop) or heavy (run on the heavy lane): each method's docs say where it runs.
+    /// A returned [`Status`] travels to the caller as it is.
     pub trait KvStore: Send + Sync + 'static {
         /// Reads one value. `values[key]` must exist.
+        ///
+        /// Runs on the server's workers.
         fn get(
             &self,
             ctx: &Context,
             request: super::GetRequest,
         ) -> Result<super::GetReply, Status>;
         /// Stores one value.
+        ///
+        /// Runs on the server's heavy lane (declared heavy).
         fn put(&self, ctx: &Context, request: super::PutRequest) -> Result<(), Status>;
         /// Answers the `Delete` rpc.
+        ///
+        /// Runs on the server's workers.
         fn delete(
             &self,
             ctx: &Context,
             request: super::super::common::Id,
         ) -> Result<(), Status>;
         /// Named after a Rust keyword on purpose.
+        ///
+        /// Runs on the server's heavy lane (declared heavy).
         fn r#type(
             &self,
             ctx: &Context,
@@ -80,17 +89,20 @@ pub mod kv_store_rpc {
         ) -> Result<super::super::common::Id, Status>;
         /// Whether `method` (one of the [`methods`] constants) is cheap and never
         /// blocks, so the server's event loop may run it itself instead of handing
-        /// it to a worker. The default, `false`, suits almost every method: a slow
-        /// inline method stalls every connection on its loop.
+        /// it to a worker: by default, the methods declared inline when this code
+        /// was generated (`rpc_codegen::Builder::inline`). Override it only to
+        /// decide at run time; a slow inline method stalls every connection on its
+        /// loop.
         fn runs_inline(&self, _method: &str) -> bool {
             false
         }
         /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
         /// password hash, so that it runs on the server's small heavy lane, where a
         /// burst of it waits (bounded, refused past the bound) without delaying the
-        /// other methods. The default, `false`, runs it on the workers.
-        fn is_heavy(&self, _method: &str) -> bool {
-            false
+        /// other methods: by default, the methods declared heavy when this code was
+        /// generated (`rpc_codegen::Builder::heavy`).
+        fn is_heavy(&self, method: &str) -> bool {
+            matches!(method, methods::PUT | methods::TYPE)
         }
     }
     /// Serves any implementation of [`KvStore`] as the `fixtures.store.KVStore` service.
@@ -322,22 +334,28 @@ pub mod store_rpc {
     /// The server side of `fixtures.store.Store`: implement it and serve it with [`StoreServer`].
     ///
     /// Methods run on the server's worker threads, many at once, so they may block on
-    /// I/O (or on the event loop, for those `runs_inline` names; on the heavy lane, for
-    /// those `is_heavy` names); a returned [`Status`] travels to the caller as it is.
+    /// I/O, unless the code was generated with the method declared inline (run on the
+    /// event loop) or heavy (run on the heavy lane): each method's docs say where it runs.
+    /// A returned [`Status`] travels to the caller as it is.
     pub trait Store: Send + Sync + 'static {
         /// Answers the `Ping` rpc.
+        ///
+        /// Runs on the server's workers.
         fn ping(&self, ctx: &Context, request: ()) -> Result<super::StoreClient, Status>;
         /// Whether `method` (one of the [`methods`] constants) is cheap and never
         /// blocks, so the server's event loop may run it itself instead of handing
-        /// it to a worker. The default, `false`, suits almost every method: a slow
-        /// inline method stalls every connection on its loop.
+        /// it to a worker: by default, the methods declared inline when this code
+        /// was generated (`rpc_codegen::Builder::inline`). Override it only to
+        /// decide at run time; a slow inline method stalls every connection on its
+        /// loop.
         fn runs_inline(&self, _method: &str) -> bool {
             false
         }
         /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
         /// password hash, so that it runs on the server's small heavy lane, where a
         /// burst of it waits (bounded, refused past the bound) without delaying the
-        /// other methods. The default, `false`, runs it on the workers.
+        /// other methods: by default, the methods declared heavy when this code was
+        /// generated (`rpc_codegen::Builder::heavy`).
         fn is_heavy(&self, _method: &str) -> bool {
             false
         }
@@ -451,20 +469,24 @@ pub mod empty_rpc {
     /// The server side of `fixtures.store.Empty`: implement it and serve it with [`EmptyServer`].
     ///
     /// Methods run on the server's worker threads, many at once, so they may block on
-    /// I/O (or on the event loop, for those `runs_inline` names; on the heavy lane, for
-    /// those `is_heavy` names); a returned [`Status`] travels to the caller as it is.
+    /// I/O, unless the code was generated with the method declared inline (run on the
+    /// event loop) or heavy (run on the heavy lane): each method's docs say where it runs.
+    /// A returned [`Status`] travels to the caller as it is.
     pub trait Empty: Send + Sync + 'static {
         /// Whether `method` (one of the [`methods`] constants) is cheap and never
         /// blocks, so the server's event loop may run it itself instead of handing
-        /// it to a worker. The default, `false`, suits almost every method: a slow
-        /// inline method stalls every connection on its loop.
+        /// it to a worker: by default, the methods declared inline when this code
+        /// was generated (`rpc_codegen::Builder::inline`). Override it only to
+        /// decide at run time; a slow inline method stalls every connection on its
+        /// loop.
         fn runs_inline(&self, _method: &str) -> bool {
             false
         }
         /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
         /// password hash, so that it runs on the server's small heavy lane, where a
         /// burst of it waits (bounded, refused past the bound) without delaying the
-        /// other methods. The default, `false`, runs it on the workers.
+        /// other methods: by default, the methods declared heavy when this code was
+        /// generated (`rpc_codegen::Builder::heavy`).
         fn is_heavy(&self, _method: &str) -> bool {
             false
         }
@@ -545,22 +567,28 @@ pub mod counter_rpc {
     /// The server side of `fixtures.store.Counter`: implement it and serve it with [`CounterServer`].
     ///
     /// Methods run on the server's worker threads, many at once, so they may block on
-    /// I/O (or on the event loop, for those `runs_inline` names; on the heavy lane, for
-    /// those `is_heavy` names); a returned [`Status`] travels to the caller as it is.
+    /// I/O, unless the code was generated with the method declared inline (run on the
+    /// event loop) or heavy (run on the heavy lane): each method's docs say where it runs.
+    /// A returned [`Status`] travels to the caller as it is.
     pub trait Counter: Send + Sync + 'static {
         /// Answers the `Self` rpc.
+        ///
+        /// Runs on the server's workers.
         fn self_(&self, ctx: &Context, request: ()) -> Result<i64, Status>;
         /// Whether `method` (one of the [`methods`] constants) is cheap and never
         /// blocks, so the server's event loop may run it itself instead of handing
-        /// it to a worker. The default, `false`, suits almost every method: a slow
-        /// inline method stalls every connection on its loop.
+        /// it to a worker: by default, the methods declared inline when this code
+        /// was generated (`rpc_codegen::Builder::inline`). Override it only to
+        /// decide at run time; a slow inline method stalls every connection on its
+        /// loop.
         fn runs_inline(&self, _method: &str) -> bool {
             false
         }
         /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
         /// password hash, so that it runs on the server's small heavy lane, where a
         /// burst of it waits (bounded, refused past the bound) without delaying the
-        /// other methods. The default, `false`, runs it on the workers.
+        /// other methods: by default, the methods declared heavy when this code was
+        /// generated (`rpc_codegen::Builder::heavy`).
         fn is_heavy(&self, _method: &str) -> bool {
             false
         }
