@@ -31,7 +31,7 @@ use echo::{EchoReply, EchoRequest, StatsReply, StatsRequest};
 
 pub mod echo {
     //! The `echo` package, generated from `proto/echo.proto` by
-    //! `rpc_codegen::compile_protos` in `build.rs`.
+    //! `rpc_codegen::Builder` in `build.rs`.
     rpc_core::include_proto!("echo");
 }
 

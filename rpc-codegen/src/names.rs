@@ -35,6 +35,8 @@ pub(crate) struct RpcNames {
     pub method: Ident,
     /// The client's callback variant, e.g. `say_with`.
     pub method_with: Ident,
+    /// The client's future variant, e.g. `say_async`.
+    pub method_async: Ident,
     /// The constant holding the wire name, e.g. `SAY`.
     pub constant: Ident,
     /// The request type as seen from inside the service module.
@@ -65,7 +67,7 @@ impl ServiceNames {
         }
         // The service module imports `rpc_core::codegen::*` and uses these
         // prelude names; a trait of the same name would shadow one of them.
-        const USED: [&str; 23] = [
+        const USED: [&str; 24] = [
             "Bytes",
             "Callback",
             "Channel",
@@ -74,6 +76,7 @@ impl ServiceNames {
             "Duration",
             "Error",
             "Message",
+            "ReplyFuture",
             "Service",
             "Status",
             "Transport",
@@ -134,6 +137,7 @@ impl RpcNames {
             proto_name: method.proto_name.clone(),
             method: ident(&method.name),
             method_with: ident(&format!("{base}_with")),
+            method_async: ident(&format!("{base}_async")),
             constant: ident(&base.to_uppercase()),
             request: type_path(&method.input_type),
             reply: type_path(&method.output_type),
@@ -155,12 +159,12 @@ fn check_unary(service: &str, methods: &[Method]) -> Result<(), String> {
 
 /// Fails with a readable message if two rpcs, or an rpc and a method every
 /// trait or client has, would get the same Rust name: `GetUser` and
-/// `get_user`, `Say` and `SayWith`, or an rpc named `New` or `Timeout`.
+/// `get_user`, `Say` and `SayWith` or `SayAsync`, or an rpc named `New` or `Timeout`.
 fn check_clashes(service: &str, rpcs: &[RpcNames]) -> Result<(), String> {
     const GENERATED: [&str; 6] = ["new", "with_timeout", "timeout", "transport", "runs_inline", "is_heavy"];
     let mut taken: HashMap<String, &str> = HashMap::new();
     for rpc in rpcs {
-        for name in [unraw(&rpc.method), unraw(&rpc.method_with)] {
+        for name in [unraw(&rpc.method), unraw(&rpc.method_with), unraw(&rpc.method_async)] {
             if GENERATED.contains(&name.as_str()) {
                 return Err(format!(
                     "rpc-codegen: {service}/{} would need a Rust method `{name}`, which every generated \

@@ -173,8 +173,9 @@ pub mod echo_rpc {
         /// Starts a `Say` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::say`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one if the call
-        /// could not be sent), so it should hand work off rather than block.
+        /// callback runs on the transport's reader thread (or on this one, before this
+        /// returns, if the call could not be sent), so it should hand work off rather
+        /// than block.
         pub fn say_with(
             &self,
             request: &super::EchoRequest,
@@ -188,6 +189,19 @@ pub mod echo_rpc {
                     self.timeout,
                     Box::new(move |body| callback(body.and_then(decode_response))),
                 );
+        }
+        /// Sends a `Say` call and returns a future of its reply, for async code.
+        ///
+        /// Like [`Self::say`], but awaited; works on any executor. The call is sent
+        /// at once; dropping the future does not cancel it (see [`ReplyFuture`]).
+        pub fn say_async(
+            &self,
+            request: &super::EchoRequest,
+        ) -> ReplyFuture<super::EchoReply> {
+            let (future, callback) = ReplyFuture::new(decode_response);
+            self.transport
+                .call_with(SERVICE_NAME, methods::SAY, request, self.timeout, callback);
+            future
         }
         /// Counts the calls this server has answered. Cheap, so the server runs it
         /// on its event loop rather than a worker.
@@ -210,8 +224,9 @@ pub mod echo_rpc {
         /// Starts a `Stats` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::stats`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one if the call
-        /// could not be sent), so it should hand work off rather than block.
+        /// callback runs on the transport's reader thread (or on this one, before this
+        /// returns, if the call could not be sent), so it should hand work off rather
+        /// than block.
         pub fn stats_with(
             &self,
             request: &super::StatsRequest,
@@ -225,6 +240,25 @@ pub mod echo_rpc {
                     self.timeout,
                     Box::new(move |body| callback(body.and_then(decode_response))),
                 );
+        }
+        /// Sends a `Stats` call and returns a future of its reply, for async code.
+        ///
+        /// Like [`Self::stats`], but awaited; works on any executor. The call is sent
+        /// at once; dropping the future does not cancel it (see [`ReplyFuture`]).
+        pub fn stats_async(
+            &self,
+            request: &super::StatsRequest,
+        ) -> ReplyFuture<super::StatsReply> {
+            let (future, callback) = ReplyFuture::new(decode_response);
+            self.transport
+                .call_with(
+                    SERVICE_NAME,
+                    methods::STATS,
+                    request,
+                    self.timeout,
+                    callback,
+                );
+            future
         }
     }
 }

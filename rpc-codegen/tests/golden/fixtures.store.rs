@@ -200,8 +200,9 @@ pub mod kv_store_rpc {
         /// Starts a `Get` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::get`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one if the call
-        /// could not be sent), so it should hand work off rather than block.
+        /// callback runs on the transport's reader thread (or on this one, before this
+        /// returns, if the call could not be sent), so it should hand work off rather
+        /// than block.
         pub fn get_with(
             &self,
             request: &super::GetRequest,
@@ -215,6 +216,19 @@ pub mod kv_store_rpc {
                     self.timeout,
                     Box::new(move |body| callback(body.and_then(decode_response))),
                 );
+        }
+        /// Sends a `Get` call and returns a future of its reply, for async code.
+        ///
+        /// Like [`Self::get`], but awaited; works on any executor. The call is sent
+        /// at once; dropping the future does not cancel it (see [`ReplyFuture`]).
+        pub fn get_async(
+            &self,
+            request: &super::GetRequest,
+        ) -> ReplyFuture<super::GetReply> {
+            let (future, callback) = ReplyFuture::new(decode_response);
+            self.transport
+                .call_with(SERVICE_NAME, methods::GET, request, self.timeout, callback);
+            future
         }
         /// Stores one value.
         ///
@@ -233,8 +247,9 @@ pub mod kv_store_rpc {
         /// Starts a `Put` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::put`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one if the call
-        /// could not be sent), so it should hand work off rather than block.
+        /// callback runs on the transport's reader thread (or on this one, before this
+        /// returns, if the call could not be sent), so it should hand work off rather
+        /// than block.
         pub fn put_with(
             &self,
             request: &super::PutRequest,
@@ -248,6 +263,16 @@ pub mod kv_store_rpc {
                     self.timeout,
                     Box::new(move |body| callback(body.and_then(decode_response))),
                 );
+        }
+        /// Sends a `Put` call and returns a future of its reply, for async code.
+        ///
+        /// Like [`Self::put`], but awaited; works on any executor. The call is sent
+        /// at once; dropping the future does not cancel it (see [`ReplyFuture`]).
+        pub fn put_async(&self, request: &super::PutRequest) -> ReplyFuture<()> {
+            let (future, callback) = ReplyFuture::new(decode_response);
+            self.transport
+                .call_with(SERVICE_NAME, methods::PUT, request, self.timeout, callback);
+            future
         }
         /// Calls `Delete` and waits for the reply, up to the client's timeout.
         ///
@@ -264,8 +289,9 @@ pub mod kv_store_rpc {
         /// Starts a `Delete` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::delete`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one if the call
-        /// could not be sent), so it should hand work off rather than block.
+        /// callback runs on the transport's reader thread (or on this one, before this
+        /// returns, if the call could not be sent), so it should hand work off rather
+        /// than block.
         pub fn delete_with(
             &self,
             request: &super::super::common::Id,
@@ -279,6 +305,25 @@ pub mod kv_store_rpc {
                     self.timeout,
                     Box::new(move |body| callback(body.and_then(decode_response))),
                 );
+        }
+        /// Sends a `Delete` call and returns a future of its reply, for async code.
+        ///
+        /// Like [`Self::delete`], but awaited; works on any executor. The call is sent
+        /// at once; dropping the future does not cancel it (see [`ReplyFuture`]).
+        pub fn delete_async(
+            &self,
+            request: &super::super::common::Id,
+        ) -> ReplyFuture<()> {
+            let (future, callback) = ReplyFuture::new(decode_response);
+            self.transport
+                .call_with(
+                    SERVICE_NAME,
+                    methods::DELETE,
+                    request,
+                    self.timeout,
+                    callback,
+                );
+            future
         }
         /// Named after a Rust keyword on purpose.
         ///
@@ -297,8 +342,9 @@ pub mod kv_store_rpc {
         /// Starts a `Type` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::type`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one if the call
-        /// could not be sent), so it should hand work off rather than block.
+        /// callback runs on the transport's reader thread (or on this one, before this
+        /// returns, if the call could not be sent), so it should hand work off rather
+        /// than block.
         pub fn type_with(
             &self,
             request: &(),
@@ -314,6 +360,16 @@ pub mod kv_store_rpc {
                     self.timeout,
                     Box::new(move |body| callback(body.and_then(decode_response))),
                 );
+        }
+        /// Sends a `Type` call and returns a future of its reply, for async code.
+        ///
+        /// Like [`Self::type`], but awaited; works on any executor. The call is sent
+        /// at once; dropping the future does not cancel it (see [`ReplyFuture`]).
+        pub fn type_async(&self, request: &()) -> ReplyFuture<super::super::common::Id> {
+            let (future, callback) = ReplyFuture::new(decode_response);
+            self.transport
+                .call_with(SERVICE_NAME, methods::TYPE, request, self.timeout, callback);
+            future
         }
     }
 }
@@ -438,8 +494,9 @@ pub mod store_rpc {
         /// Starts a `Ping` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::ping`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one if the call
-        /// could not be sent), so it should hand work off rather than block.
+        /// callback runs on the transport's reader thread (or on this one, before this
+        /// returns, if the call could not be sent), so it should hand work off rather
+        /// than block.
         pub fn ping_with(
             &self,
             request: &(),
@@ -453,6 +510,16 @@ pub mod store_rpc {
                     self.timeout,
                     Box::new(move |body| callback(body.and_then(decode_response))),
                 );
+        }
+        /// Sends a `Ping` call and returns a future of its reply, for async code.
+        ///
+        /// Like [`Self::ping`], but awaited; works on any executor. The call is sent
+        /// at once; dropping the future does not cancel it (see [`ReplyFuture`]).
+        pub fn ping_async(&self, request: &()) -> ReplyFuture<super::StoreClient> {
+            let (future, callback) = ReplyFuture::new(decode_response);
+            self.transport
+                .call_with(SERVICE_NAME, methods::PING, request, self.timeout, callback);
+            future
         }
     }
 }
@@ -671,8 +738,9 @@ pub mod counter_rpc {
         /// Starts a `Self` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::self_`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one if the call
-        /// could not be sent), so it should hand work off rather than block.
+        /// callback runs on the transport's reader thread (or on this one, before this
+        /// returns, if the call could not be sent), so it should hand work off rather
+        /// than block.
         pub fn self_with(
             &self,
             request: &(),
@@ -686,6 +754,16 @@ pub mod counter_rpc {
                     self.timeout,
                     Box::new(move |body| callback(body.and_then(decode_response))),
                 );
+        }
+        /// Sends a `Self` call and returns a future of its reply, for async code.
+        ///
+        /// Like [`Self::self_`], but awaited; works on any executor. The call is sent
+        /// at once; dropping the future does not cancel it (see [`ReplyFuture`]).
+        pub fn self_async(&self, request: &()) -> ReplyFuture<i64> {
+            let (future, callback) = ReplyFuture::new(decode_response);
+            self.transport
+                .call_with(SERVICE_NAME, methods::SELF, request, self.timeout, callback);
+            future
         }
     }
 }
