@@ -160,7 +160,8 @@ pub fn drive(system: System, addr: SocketAddr, cell: &Cell, timing: &Timing) -> 
         }
         System::RpcCoreAsync => tokio_lanes(cell, timing, request, |connections| async move {
             let config = ClientConfig { connections, ..ClientConfig::default() };
-            let channel = Channel::connect(addr, config).with_context(|| format!("cannot connect to {addr}"))?;
+            let channel =
+                Channel::connect(addr, config).with_context(|| format!("cannot connect to {addr}"))?;
             Ok(vec![FutureEcho(channel)])
         }),
         System::Tonic => tokio_lanes(cell, timing, request, |connections| async move {
