@@ -877,7 +877,8 @@ fn contact_json(contact: &api::Contact) -> Value {
 }
 
 fn group_json(group: &api::Group) -> Value {
-    let history = if group.history == api::HistoryVisibility::HistoryShared as i32 { "shared" } else { "joined" };
+    let history =
+        if group.history == api::HistoryVisibility::HistoryShared as i32 { "shared" } else { "joined" };
     json!({"id": group.id, "name": group.name, "owner_id": group.owner_id, "public": group.public,
            "history": history})
 }

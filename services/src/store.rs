@@ -322,10 +322,15 @@ pub(crate) fn not_a_member(user: UserId, group: &Group) -> Error {
 /// and not themself.
 pub(crate) fn check_removal(group: &Group, owner: UserId, member: UserId) -> Result<(), Error> {
     if group.owner != owner {
-        return Err(Error::PermissionDenied(format!("only the owner of group {} may remove members", group.id)));
+        return Err(Error::PermissionDenied(format!(
+            "only the owner of group {} may remove members",
+            group.id
+        )));
     }
     if member == owner {
-        return Err(Error::InvalidArgument("the owner cannot remove themself; leave the group instead".into()));
+        return Err(Error::InvalidArgument(
+            "the owner cannot remove themself; leave the group instead".into(),
+        ));
     }
     Ok(())
 }

@@ -226,8 +226,7 @@ impl user_service_rpc::UserService for UserService {
         let me = caller(request.user_id)?;
         let request = request.request.unwrap_or_default();
         let invitee = caller(request.user_id)?;
-        let invitation =
-            self.store.invite(me, GroupId(request.group_id), invitee).map_err(store_status)?;
+        let invitation = self.store.invite(me, GroupId(request.group_id), invitee).map_err(store_status)?;
         tracing::info!(group = %invitation.group, user = %invitee, inviter = %me, "invited");
         Ok(api::InviteResponse { expires_at_ms: invitation.expires_at_ms })
     }

@@ -39,7 +39,8 @@ use mysql::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn, Tran
 use super::schema::{self, MYSQL, MYSQL_VERSION_TABLE};
 use super::{
     check_new_message, collect_sync, duplicate, history_page, name_key, now_ms, Anchor, ConversationState,
-    Credentials, Cursor, Error, Group, GroupSettings, Invitation, Message, NewMessage, Page, Sent, Store, User,
+    Credentials, Cursor, Error, Group, GroupSettings, Invitation, Message, NewMessage, Page, Sent, Store,
+    User,
 };
 use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};
@@ -53,8 +54,8 @@ use self::batch::Commits;
 
 use self::queries::{
     check_participant, check_sender, conversation_row, conversation_states, create_pair, find_sent,
-    messages_after, messages_before, next_seq, raise_cursor, require_group, require_user, user_from,
-    UserRow, USER_COLUMNS,
+    messages_after, messages_before, next_seq, raise_cursor, require_group, require_user, user_from, UserRow,
+    USER_COLUMNS,
 };
 
 /// Where and how to connect.

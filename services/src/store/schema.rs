@@ -30,37 +30,37 @@ pub(crate) const SQLITE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema
 /// The SQLite schema.
 pub(crate) const SQLITE: &[Migration] = &[
     Migration {
-    version: 1,
-    description: "users, friends, groups, conversations, messages, read cursors",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS users (
+        version: 1,
+        description: "users, friends, groups, conversations, messages, read cursors",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS users (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             name TEXT NOT NULL,
             name_key TEXT NOT NULL UNIQUE,
             password_hash TEXT NOT NULL,
             created_at_ms INTEGER NOT NULL
         )",
-        "CREATE TABLE IF NOT EXISTS friends (
+            "CREATE TABLE IF NOT EXISTS friends (
             user_id INTEGER NOT NULL REFERENCES users (id),
             friend_id INTEGER NOT NULL REFERENCES users (id),
             created_at_ms INTEGER NOT NULL,
             PRIMARY KEY (user_id, friend_id)
         ) WITHOUT ROWID",
-        "CREATE TABLE IF NOT EXISTS chat_groups (
+            "CREATE TABLE IF NOT EXISTS chat_groups (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             name TEXT NOT NULL,
             owner_id INTEGER NOT NULL REFERENCES users (id),
             created_at_ms INTEGER NOT NULL
         )",
-        "CREATE TABLE IF NOT EXISTS group_members (
+            "CREATE TABLE IF NOT EXISTS group_members (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             group_id INTEGER NOT NULL REFERENCES chat_groups (id),
             user_id INTEGER NOT NULL REFERENCES users (id),
             joined_at_ms INTEGER NOT NULL,
             UNIQUE (group_id, user_id)
         )",
-        "CREATE INDEX IF NOT EXISTS group_members_by_user ON group_members (user_id)",
-        "CREATE TABLE IF NOT EXISTS conversations (
+            "CREATE INDEX IF NOT EXISTS group_members_by_user ON group_members (user_id)",
+            "CREATE TABLE IF NOT EXISTS conversations (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             user_low INTEGER REFERENCES users (id),
             user_high INTEGER REFERENCES users (id),
@@ -69,8 +69,8 @@ pub(crate) const SQLITE: &[Migration] = &[
             UNIQUE (user_low, user_high),
             CHECK ((group_id IS NULL) = (user_low IS NOT NULL AND user_high IS NOT NULL))
         )",
-        "CREATE INDEX IF NOT EXISTS conversations_by_high ON conversations (user_high)",
-        "CREATE TABLE IF NOT EXISTS messages (
+            "CREATE INDEX IF NOT EXISTS conversations_by_high ON conversations (user_high)",
+            "CREATE TABLE IF NOT EXISTS messages (
             conversation_id INTEGER NOT NULL REFERENCES conversations (id),
             seq INTEGER NOT NULL,
             sender_id INTEGER NOT NULL REFERENCES users (id),
@@ -80,13 +80,13 @@ pub(crate) const SQLITE: &[Migration] = &[
             PRIMARY KEY (conversation_id, seq),
             UNIQUE (sender_id, client_msg_id)
         ) WITHOUT ROWID",
-        "CREATE TABLE IF NOT EXISTS read_cursors (
+            "CREATE TABLE IF NOT EXISTS read_cursors (
             user_id INTEGER NOT NULL REFERENCES users (id),
             conversation_id INTEGER NOT NULL REFERENCES conversations (id),
             read_seq INTEGER NOT NULL,
             PRIMARY KEY (user_id, conversation_id)
         ) WITHOUT ROWID",
-    ],
+        ],
     },
     Migration {
         version: 2,
@@ -122,10 +122,10 @@ pub(crate) const MYSQL_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_
 /// through the lowercased `name_key`.
 pub(crate) const MYSQL: &[Migration] = &[
     Migration {
-    version: 1,
-    description: "users, friends, groups, conversations, messages, read cursors",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS users (
+        version: 1,
+        description: "users, friends, groups, conversations, messages, read cursors",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS users (
             id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
             name VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
             name_key VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
@@ -133,7 +133,7 @@ pub(crate) const MYSQL: &[Migration] = &[
             created_at_ms BIGINT NOT NULL,
             UNIQUE KEY users_name_key (name_key)
         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS friends (
+            "CREATE TABLE IF NOT EXISTS friends (
             user_id BIGINT UNSIGNED NOT NULL,
             friend_id BIGINT UNSIGNED NOT NULL,
             created_at_ms BIGINT NOT NULL,
@@ -141,14 +141,14 @@ pub(crate) const MYSQL: &[Migration] = &[
             CONSTRAINT friends_user FOREIGN KEY (user_id) REFERENCES users (id),
             CONSTRAINT friends_friend FOREIGN KEY (friend_id) REFERENCES users (id)
         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS chat_groups (
+            "CREATE TABLE IF NOT EXISTS chat_groups (
             id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
             name VARCHAR(64) NOT NULL,
             owner_id BIGINT UNSIGNED NOT NULL,
             created_at_ms BIGINT NOT NULL,
             CONSTRAINT chat_groups_owner FOREIGN KEY (owner_id) REFERENCES users (id)
         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS group_members (
+            "CREATE TABLE IF NOT EXISTS group_members (
             id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
             group_id BIGINT UNSIGNED NOT NULL,
             user_id BIGINT UNSIGNED NOT NULL,
@@ -158,7 +158,7 @@ pub(crate) const MYSQL: &[Migration] = &[
             CONSTRAINT group_members_group FOREIGN KEY (group_id) REFERENCES chat_groups (id),
             CONSTRAINT group_members_user FOREIGN KEY (user_id) REFERENCES users (id)
         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS conversations (
+            "CREATE TABLE IF NOT EXISTS conversations (
             id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
             user_low BIGINT UNSIGNED NULL,
             user_high BIGINT UNSIGNED NULL,
@@ -173,7 +173,7 @@ pub(crate) const MYSQL: &[Migration] = &[
             CONSTRAINT conversations_kind
                 CHECK ((group_id IS NULL) = (user_low IS NOT NULL AND user_high IS NOT NULL))
         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS messages (
+            "CREATE TABLE IF NOT EXISTS messages (
             conversation_id BIGINT UNSIGNED NOT NULL,
             seq BIGINT UNSIGNED NOT NULL,
             sender_id BIGINT UNSIGNED NOT NULL,
@@ -186,7 +186,7 @@ pub(crate) const MYSQL: &[Migration] = &[
                 REFERENCES conversations (id),
             CONSTRAINT messages_sender FOREIGN KEY (sender_id) REFERENCES users (id)
         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS read_cursors (
+            "CREATE TABLE IF NOT EXISTS read_cursors (
             user_id BIGINT UNSIGNED NOT NULL,
             conversation_id BIGINT UNSIGNED NOT NULL,
             read_seq BIGINT UNSIGNED NOT NULL,
@@ -195,7 +195,7 @@ pub(crate) const MYSQL: &[Migration] = &[
             CONSTRAINT read_cursors_conversation FOREIGN KEY (conversation_id)
                 REFERENCES conversations (id)
         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-    ],
+        ],
     },
     Migration {
         version: 2,

@@ -17,7 +17,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use super::schema::{self, SQLITE, SQLITE_VERSION_TABLE};
 use super::{
     check_new_message, collect_sync, duplicate, history_page, name_key, now_ms, Anchor, ConversationState,
-    Credentials, Cursor, Error, Group, GroupSettings, Invitation, Message, NewMessage, Page, Sent, Store, User,
+    Credentials, Cursor, Error, Group, GroupSettings, Invitation, Message, NewMessage, Page, Sent, Store,
+    User,
 };
 use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};

@@ -54,7 +54,8 @@ pub fn a_private_group_is_joined_only_by_invitation(system: &System) {
     let refused = join(&bob_client, secret.id).expect_err("no invitation, no entry");
     assert_eq!(refused.code(), Code::NotFound);
     assert_eq!(text(refused, secret.id), text(join(&bob_client, missing).unwrap_err(), missing));
-    let members = |client: &Client, group_id| client.gateway.group_members(&api::GroupMembersRequest { group_id });
+    let members =
+        |client: &Client, group_id| client.gateway.group_members(&api::GroupMembersRequest { group_id });
     assert_eq!(
         text(members(&eve_client, secret.id).unwrap_err(), secret.id),
         text(members(&eve_client, missing).unwrap_err(), missing)
@@ -69,9 +70,10 @@ pub fn a_private_group_is_joined_only_by_invitation(system: &System) {
     assert_eq!(code(join(&bob_client, secret.id)), Code::AlreadyExists);
     assert_eq!(code(invite(&alice_client, secret.id, &bob)), Code::AlreadyExists);
     bob_client.send(group(secret.id), "b-1", "thanks for having me").unwrap();
-    alice_client.wait_push("bob's message is pushed to alice", |event| {
-        matches!(event, api::push::Event::Message(m) if m.body == "thanks for having me")
-    });
+    alice_client.wait_push(
+        "bob's message is pushed to alice",
+        |event| matches!(event, api::push::Event::Message(m) if m.body == "thanks for having me"),
+    );
     let nobody = api::InviteRequest { group_id: secret.id, user_id: u64::MAX };
     assert_eq!(code(alice_client.gateway.invite(&nobody)), Code::NotFound);
     // The invitation was used up: eve cannot ride on it.
@@ -97,9 +99,10 @@ pub fn the_owner_removes_a_member_who_then_cannot_read_or_send(system: &System) 
     assert_eq!(code(remove(&alice_client, &bob)), Code::NotFound, "not a member any more");
 
     alice_client.send(group(club.id), "a-1", "bob is gone").unwrap();
-    carol_client.wait_push("the message after the removal reaches carol", |event| {
-        matches!(event, api::push::Event::Message(m) if m.body == "bob is gone")
-    });
+    carol_client.wait_push(
+        "the message after the removal reaches carol",
+        |event| matches!(event, api::push::Event::Message(m) if m.body == "bob is gone"),
+    );
     assert_eq!(code(bob_client.send(group(club.id), "b-2", "still here?")), Code::NotFound);
     assert_eq!(code(history(&bob_client, club.id)), Code::NotFound);
     assert!(synced_from_zero(&bob_client, club.id).is_empty());

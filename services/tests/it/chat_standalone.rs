@@ -305,8 +305,7 @@ pub fn only_members_send_to_a_group_and_members_get_it_pushed(system: &System) {
     let (alice_client, _alice) = system.user("alice");
     let (bob_client, _bob) = system.user("bob");
     let (carol_client, _carol) = system.user("carol");
-    let created =
-        alice_client.gateway.create_group(&public_group("team")).unwrap();
+    let created = alice_client.gateway.create_group(&public_group("team")).unwrap();
     let id = created.group.unwrap().id;
     bob_client.gateway.join_group(&api::JoinGroupRequest { group_id: id }).unwrap();
 
@@ -390,8 +389,10 @@ fn a_restart_keeps_users_friends_groups_and_messages() {
         let befriend =
             api::AddFriendRequest { friend: Some(api::add_friend_request::Friend::UserId(bob.id)) };
         alice_client.gateway.add_friend(&befriend).unwrap();
-        let group =
-            alice_client.gateway.create_group(&api::CreateGroupRequest { name: "kept".into(), ..Default::default() }).unwrap();
+        let group = alice_client
+            .gateway
+            .create_group(&api::CreateGroupRequest { name: "kept".into(), ..Default::default() })
+            .unwrap();
         let group_id = group.group.unwrap().id;
         alice_client.send(direct(&alice, &bob), "a-1", "still there?").unwrap();
         let to_group = api::Conversation { kind: Some(api::conversation::Kind::GroupId(group_id)) };

@@ -6,7 +6,8 @@
 use mysql::prelude::Queryable;
 
 use super::queries::{
-    conversation_row, group_from, is_member, raise_cursor, require_group, require_user, GroupRow, GROUP_COLUMNS,
+    conversation_row, group_from, is_member, raise_cursor, require_group, require_user, GroupRow,
+    GROUP_COLUMNS,
 };
 use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};
@@ -59,7 +60,7 @@ pub(super) fn join(q: &mut impl Queryable, user: UserId, group: GroupId, now: i6
             "SELECT expires_at_ms FROM group_invitations WHERE group_id = ? AND user_id = ?",
             (group.0, user.0),
         )?;
-        if !expires.is_some_and(|at| at > now) {
+        if expires.is_none_or(|at| at <= now) {
             return Err(Error::no_group(group));
         }
         q.exec_drop("DELETE FROM group_invitations WHERE group_id = ? AND user_id = ?", (group.0, user.0))?;
@@ -160,8 +161,10 @@ fn drop_member(q: &mut impl Queryable, group: &Group, user: UserId) -> Result<bo
     }
     q.exec_drop("DELETE FROM group_invitations WHERE group_id = ? AND inviter_id = ?", (group.id.0, user.0))?;
     if group.owner == user {
-        let heir: Option<u64> =
-            q.exec_first("SELECT user_id FROM group_members WHERE group_id = ? ORDER BY id LIMIT 1", (group.id.0,))?;
+        let heir: Option<u64> = q.exec_first(
+            "SELECT user_id FROM group_members WHERE group_id = ? ORDER BY id LIMIT 1",
+            (group.id.0,),
+        )?;
         if let Some(heir) = heir {
             q.exec_drop("UPDATE chat_groups SET owner_id = ? WHERE id = ?", (heir, group.id.0))?;
         }

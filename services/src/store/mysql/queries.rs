@@ -16,7 +16,8 @@ pub(super) type MessageRow = (u64, u64, String, String, i64);
 
 pub(super) const USER_COLUMNS: &str = "id, name, created_at_ms";
 /// A group's columns, prefixed with `g.` so that they serve joins too.
-pub(super) const GROUP_COLUMNS: &str = "g.id, g.name, g.owner_id, g.created_at_ms, g.is_public, g.shared_history";
+pub(super) const GROUP_COLUMNS: &str =
+    "g.id, g.name, g.owner_id, g.created_at_ms, g.is_public, g.shared_history";
 pub(super) const MESSAGE_COLUMNS: &str = "seq, sender_id, client_msg_id, body, sent_at_ms";
 
 pub(super) fn user_from((id, name, created_at_ms): UserRow) -> User {

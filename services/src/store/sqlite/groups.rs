@@ -10,7 +10,10 @@ use super::queries::{
 use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};
 use crate::limits;
-use crate::store::{check_removal, member_or_hidden, not_a_member, too_many_invitations, Error, Group, GroupSettings, HistoryVisibility, Invitation, User};
+use crate::store::{
+    check_removal, member_or_hidden, not_a_member, too_many_invitations, Error, Group, GroupSettings,
+    HistoryVisibility, Invitation, User,
+};
 
 pub(super) fn create(
     tx: &Transaction<'_>,
@@ -53,10 +56,12 @@ pub(super) fn join(tx: &Transaction<'_>, user: UserId, group: GroupId, now: i64)
     }
     if !found.public {
         let expires: Option<i64> = tx
-            .prepare_cached("SELECT expires_at_ms FROM group_invitations WHERE group_id = ?1 AND user_id = ?2")?
+            .prepare_cached(
+                "SELECT expires_at_ms FROM group_invitations WHERE group_id = ?1 AND user_id = ?2",
+            )?
             .query_row(params![group, user], |row| row.get(0))
             .optional()?;
-        if !expires.is_some_and(|at| at > now) {
+        if expires.is_none_or(|at| at <= now) {
             return Err(Error::no_group(group));
         }
         tx.prepare_cached("DELETE FROM group_invitations WHERE group_id = ?1 AND user_id = ?2")?

@@ -46,7 +46,8 @@ pub(super) fn is_unique_violation(e: &rusqlite::Error) -> bool {
 
 pub(super) const USER_COLUMNS: &str = "id, name, created_at_ms";
 /// A group's columns, prefixed with `g.` so that they serve joins too.
-pub(super) const GROUP_COLUMNS: &str = "g.id, g.name, g.owner_id, g.created_at_ms, g.is_public, g.shared_history";
+pub(super) const GROUP_COLUMNS: &str =
+    "g.id, g.name, g.owner_id, g.created_at_ms, g.is_public, g.shared_history";
 
 pub(super) fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User { id: UserId(row.get(0)?), name: row.get(1)?, created_at_ms: row.get(2)? })

@@ -73,14 +73,21 @@ pub fn non_members_cannot_tell_a_private_group_from_a_missing_one(f: &dyn Fixtur
     let pairs: Vec<(Error, Error)> = vec![
         (store.join_group(eve.id, group.id).unwrap_err(), store.join_group(eve.id, missing).unwrap_err()),
         (store.leave_group(eve.id, group.id).unwrap_err(), store.leave_group(eve.id, missing).unwrap_err()),
-        (store.invite(eve.id, group.id, bob.id).unwrap_err(), store.invite(eve.id, missing, bob.id).unwrap_err()),
+        (
+            store.invite(eve.id, group.id, bob.id).unwrap_err(),
+            store.invite(eve.id, missing, bob.id).unwrap_err(),
+        ),
         (
             store.remove_member(eve.id, group.id, alice.id).unwrap_err(),
             store.remove_member(eve.id, missing, alice.id).unwrap_err(),
         ),
         (
             store.send(&msg(&eve, &group, "e-1")).unwrap_err(),
-            store.send(&NewMessage { conversation: ConversationId::Group(missing), ..msg(&eve, &group, "e-2") })
+            store
+                .send(&NewMessage {
+                    conversation: ConversationId::Group(missing),
+                    ..msg(&eve, &group, "e-2")
+                })
                 .unwrap_err(),
         ),
         (
