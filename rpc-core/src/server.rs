@@ -37,6 +37,7 @@ use crate::{Error, Status};
 
 mod event_loop;
 mod pool;
+mod proxy_header;
 
 use event_loop::{Command, LoopShared};
 pub use pool::current_deadline;
@@ -70,6 +71,7 @@ const WORKER_EXIT_WAIT: Duration = Duration::from_secs(2);
 /// | `frame_timeout` | 30 s |
 /// | `idle_timeout` | 90 s |
 /// | `shutdown_grace` | 10 s |
+/// | `proxy_protocol_from` | none |
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Threads that run handlers.
@@ -123,6 +125,13 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// How long a graceful shutdown waits for in-flight calls.
     pub shutdown_grace: Duration,
+    /// Peers (load balancers such as nginx with `proxy_protocol on;`) whose connections
+    /// start with a PROXY protocol v1 header naming the client's address, which
+    /// [`Connection::client_addr`] then returns. A connection from one of them without
+    /// a well-formed header (at most 107 bytes) is closed with a go-away naming the
+    /// fault; connections from other peers are served as they are, their own address
+    /// being the client's. Empty (the default): no header is expected from anyone.
+    pub proxy_protocol_from: Vec<std::net::IpAddr>,
 }
 
 impl Default for Config {
@@ -145,6 +154,7 @@ impl Default for Config {
             frame_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             shutdown_grace: Duration::from_secs(10),
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -225,6 +235,12 @@ impl Context {
         self.deadline
     }
 
+    /// The client's address: the one a trusted load balancer named in its PROXY
+    /// header (`Config::proxy_protocol_from`), else the connection's peer.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.connection.client_addr()
+    }
+
     /// Time left before the deadline; `None` when the caller set none.
     pub fn remaining(&self) -> Option<Duration> {
         self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
@@ -238,6 +254,8 @@ pub(crate) struct ConnShared {
     pub(crate) id: ConnectionId,
     /// The client's address.
     pub(crate) peer: SocketAddr,
+    /// The address a trusted load balancer's PROXY header named, once read.
+    pub(crate) client: std::sync::OnceLock<SocketAddr>,
     /// The loop that owns the socket.
     pub(crate) owner: Arc<LoopShared>,
     /// False once the loop has closed the socket.
@@ -282,9 +300,15 @@ impl Connection {
         self.inner.id
     }
 
-    /// The client's address.
+    /// The address the connection comes from (a load balancer's, when one is in front).
     pub fn peer_addr(&self) -> SocketAddr {
         self.inner.peer
+    }
+
+    /// The client's address: the one a trusted load balancer named in its PROXY header
+    /// (`Config::proxy_protocol_from`), else [`Connection::peer_addr`].
+    pub fn client_addr(&self) -> SocketAddr {
+        self.inner.client.get().copied().unwrap_or(self.inner.peer)
     }
 
     /// Whether the connection is still open (false once closed, or evicted for
@@ -635,6 +659,67 @@ mod tests {
         // The call was running when shutdown began; it still completes.
         let reply = rx.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
         assert_eq!(&reply[..], &[200]);
+    }
+
+    /// Answers every call with the client's address, as text.
+    struct WhoAmI;
+
+    impl Service for WhoAmI {
+        fn name(&self) -> &str {
+            "test.WhoAmI"
+        }
+        fn call(&self, ctx: &Context, _m: &str, _b: Bytes) -> Result<Bytes, Status> {
+            Ok(Bytes::from(ctx.client_addr().to_string()))
+        }
+    }
+
+    /// Sends `preface` and one call on a raw socket, and returns the first frame back.
+    fn raw_call(addr: SocketAddr, preface: &[u8]) -> frame::Frame {
+        use std::io::{Read, Write};
+        let mut socket = std::net::TcpStream::connect(addr).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut out = BytesMut::from(preface);
+        frame::put_request(&mut out, 1, 0, "test.WhoAmI", "Me", b"");
+        socket.write_all(&out).unwrap();
+        let mut input = BytesMut::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(f) = frame::decode(&mut input, 1 << 20).unwrap() {
+                return f;
+            }
+            let n = socket.read(&mut chunk).unwrap();
+            assert!(n > 0, "the server closed without answering");
+            input.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    #[test]
+    fn a_trusted_peer_names_the_client_in_a_proxy_header() {
+        let config = Config { proxy_protocol_from: vec!["127.0.0.1".parse().unwrap()], ..Config::default() };
+        let server = Builder::new(config).service(WhoAmI).bind("127.0.0.1:0").unwrap();
+        let named = raw_call(server.local_addr(), b"PROXY TCP4 192.0.2.7 127.0.0.1 51234 7878\r\n");
+        assert_eq!(named.kind, frame::Kind::Response);
+        assert_eq!(&named.body[..], b"192.0.2.7:51234");
+        // UNKNOWN (a balancer's health check) leaves the peer as the client.
+        let unknown = raw_call(server.local_addr(), b"PROXY UNKNOWN\r\n");
+        assert!(std::str::from_utf8(&unknown.body).unwrap().starts_with("127.0.0.1:"));
+        // Without the header, the trusted peer's connection is refused with the reason.
+        let refused = raw_call(server.local_addr(), b"");
+        assert_eq!(refused.kind, frame::Kind::GoAway);
+        let reason = String::from_utf8_lossy(&refused.body).into_owned();
+        assert!(reason.contains("malformed PROXY protocol v1 header"), "{reason}");
+        server.shutdown();
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_its_own_client_and_its_header_is_not_believed() {
+        let config = Config { proxy_protocol_from: vec!["192.0.2.1".parse().unwrap()], ..Config::default() };
+        let server = Builder::new(config).service(WhoAmI).bind("127.0.0.1:0").unwrap();
+        let plain = raw_call(server.local_addr(), b"");
+        assert!(std::str::from_utf8(&plain.body).unwrap().starts_with("127.0.0.1:"));
+        let spoofed = raw_call(server.local_addr(), b"PROXY TCP4 192.0.2.7 127.0.0.1 51234 7878\r\n");
+        assert_eq!(spoofed.kind, frame::Kind::GoAway, "a header from an untrusted peer is not a frame");
+        server.shutdown();
     }
 
     #[test]
