@@ -37,3 +37,6 @@ mod store_sqlite;
 mod presence_suite;
 mod presence_memory;
 mod presence_redis;
+
+#[macro_use]
+mod throttle_suite;
