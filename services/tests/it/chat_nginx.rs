@@ -140,6 +140,11 @@ impl Cluster {
         Err(failure)
     }
 
+    /// What `up` recorded: every process with its address.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
     /// Where clients connect (nginx).
     pub fn client_addr(&self) -> SocketAddr {
         self.state.client_addr

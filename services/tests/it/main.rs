@@ -38,5 +38,6 @@ mod presence_suite;
 mod presence_memory;
 mod presence_redis;
 
+mod throttle_e2e;
 #[macro_use]
 mod throttle_suite;
