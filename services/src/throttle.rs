@@ -161,8 +161,12 @@ pub trait Throttle: Send + Sync {
     /// # Errors
     ///
     /// When the counters cannot be reached.
-    fn begin_attempt(&self, key: &str, backoff: &Backoff, forget_after: Duration)
-        -> Result<Option<Duration>, Error>;
+    fn begin_attempt(
+        &self,
+        key: &str,
+        backoff: &Backoff,
+        forget_after: Duration,
+    ) -> Result<Option<Duration>, Error>;
 
     /// Forgets back-off `key` (the attempt succeeded).
     ///
@@ -250,7 +254,9 @@ impl Limits {
         let forget = self.config.forget_after;
         if self.config.address_login.burst > 0 {
             let key = address_key("login", from);
-            if let Some(wait) = self.counters.take(&key, &self.config.address_login, forget).map_err(unavailable)? {
+            if let Some(wait) =
+                self.counters.take(&key, &self.config.address_login, forget).map_err(unavailable)?
+            {
                 return Err(Refusal::Wait { what: "too many logins from this address", wait });
             }
         }
@@ -275,8 +281,11 @@ impl Limits {
             outcome = self.counters.reset(&account_key(account));
         }
         if self.config.address_login.burst > 0 {
-            outcome =
-                outcome.and(self.counters.give_back(&address_key("login", from), &self.config.address_login, forget));
+            outcome = outcome.and(self.counters.give_back(
+                &address_key("login", from),
+                &self.config.address_login,
+                forget,
+            ));
         }
         if let Err(error) = outcome {
             tracing::warn!(%error, "cannot clear the login throttle after a successful login");
@@ -357,7 +366,11 @@ mod tests {
     #[test]
     fn a_success_clears_the_account_and_returns_the_token() {
         let config = Config {
-            account: Backoff { free_failures: 1, base: Duration::from_secs(60), cap: Duration::from_secs(60) },
+            account: Backoff {
+                free_failures: 1,
+                base: Duration::from_secs(60),
+                cap: Duration::from_secs(60),
+            },
             address_login: Bucket { burst: 2, every: Duration::from_secs(3600) },
             ..Config::default()
         };
@@ -387,7 +400,8 @@ mod tests {
 
     #[test]
     fn the_refusal_is_resource_exhausted_with_the_wait() {
-        let status = Status::from(Refusal::Wait { what: "too many logins", wait: Duration::from_millis(2500) });
+        let status =
+            Status::from(Refusal::Wait { what: "too many logins", wait: Duration::from_millis(2500) });
         assert_eq!(status.code, rpc_core::Code::ResourceExhausted);
         assert_eq!(status.message, "too many logins; try again in 3 s");
     }

@@ -65,11 +65,13 @@ fn a_thousand_full_cost_logins_keep_memory_bounded_and_other_calls_served() {
     let names: Vec<String> = (0..THREADS * USERS_PER_THREAD).map(|i| format!("{tag}.user{i}")).collect();
     let setup = gateway(&system);
     for name in &names {
-        let request = api::RegisterRequest { name: name.clone(), password: PASSWORD.into(), ..Default::default() };
+        let request =
+            api::RegisterRequest { name: name.clone(), password: PASSWORD.into(), ..Default::default() };
         setup.register(&request).expect("registers");
     }
     let bystander = format!("{tag}.bystander");
-    let request = api::RegisterRequest { name: bystander.clone(), password: PASSWORD.into(), ..Default::default() };
+    let request =
+        api::RegisterRequest { name: bystander.clone(), password: PASSWORD.into(), ..Default::default() };
     setup.register(&request).expect("registers");
     let watcher = gateway(&system);
     login(&watcher, &bystander, PASSWORD).expect("the bystander logs in");
@@ -85,7 +87,8 @@ fn a_thousand_full_cost_logins_keep_memory_bounded_and_other_calls_served() {
             let mut n = 0usize;
             while bursting.load(Ordering::SeqCst) {
                 let request = api::FindUserRequest { name: names[n % names.len()].clone(), user_id: 0 };
-                let found = watcher.find_user(&request).expect("another user's call is served during the burst");
+                let found =
+                    watcher.find_user(&request).expect("another user's call is served during the burst");
                 assert!(found.user.is_some());
                 served.fetch_add(1, Ordering::SeqCst);
                 n += 1;
@@ -99,7 +102,8 @@ fn a_thousand_full_cost_logins_keep_memory_bounded_and_other_calls_served() {
                     for i in 0..LOGINS / THREADS {
                         let name = &names[t * USERS_PER_THREAD + i % USERS_PER_THREAD];
                         if i % 2 == 0 {
-                            let error = login(&gateway, name, "not the password").expect_err("a wrong password");
+                            let error =
+                                login(&gateway, name, "not the password").expect_err("a wrong password");
                             assert_eq!(error.code(), Code::Unauthenticated, "{error}");
                             wrong.fetch_add(1, Ordering::Relaxed);
                         } else {

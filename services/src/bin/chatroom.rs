@@ -420,7 +420,15 @@ fn main() -> anyhow::Result<()> {
             // Closes the ZooKeeper session (its entries went with the deregistration).
             drop(registry);
         }
-        Command::UserService { listen, zk, mysql: mysql_args, hashing, redis: redis_args, throttle, serving } => {
+        Command::UserService {
+            listen,
+            zk,
+            mysql: mysql_args,
+            hashing,
+            redis: redis_args,
+            throttle,
+            serving,
+        } => {
             let stop = Stop::catch()?;
             let registry = zk.connect()?;
             let counters = throttle::Redis::with_config(&throttle::redis::Config {

@@ -51,7 +51,13 @@ impl Memory {
     }
 
     /// Stores `state` under `key`, making room first when the map is full.
-    fn store(entries: &mut HashMap<String, Entry>, key: &str, state: State, forget_at: Instant, now: Instant) {
+    fn store(
+        entries: &mut HashMap<String, Entry>,
+        key: &str,
+        state: State,
+        forget_at: Instant,
+        now: Instant,
+    ) {
         if entries.len() >= MAX_ENTRIES && !entries.contains_key(key) {
             entries.retain(|_, e| e.forget_at > now);
             if entries.len() >= MAX_ENTRIES {

@@ -180,7 +180,13 @@ impl Redis {
     }
 
     /// Runs a bucket script on `key`.
-    fn bucket(&self, script: &Script, key: &str, bucket: &Bucket, forget_after: Duration) -> Result<i64, Error> {
+    fn bucket(
+        &self,
+        script: &Script,
+        key: &str,
+        bucket: &Bucket,
+        forget_after: Duration,
+    ) -> Result<i64, Error> {
         let mut invocation = script.key(self.key(key));
         invocation.arg(bucket.burst).arg(millis(bucket.every)).arg(millis(forget_after));
         self.with_conn(|conn| invocation.invoke(conn))

@@ -373,9 +373,11 @@ impl Receiver {
         let gateway = gateway_at(addr, move |event| {
             let _ = tx.lock().unwrap().send(event);
         });
-        let request = api::RegisterRequest { name: name.into(), password: PASSWORD.into(), ..Default::default() };
+        let request =
+            api::RegisterRequest { name: name.into(), password: PASSWORD.into(), ..Default::default() };
         gateway.register(&request).expect("registers");
-        let request = api::LoginRequest { name: name.into(), password: PASSWORD.into(), ..Default::default() };
+        let request =
+            api::LoginRequest { name: name.into(), password: PASSWORD.into(), ..Default::default() };
         let user = gateway.login(&request).expect("logs in").user.unwrap();
         let receiver = Receiver {
             gateway,
@@ -658,7 +660,8 @@ fn a_proxy_killed_with_sigkill_loses_nothing_and_leaves_nobody_online() {
     let (gone, returners) = victims.split_last().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     for (client, user) in returners {
-        let request = api::LoginRequest { name: user.name.clone(), password: PASSWORD.into(), ..Default::default() };
+        let request =
+            api::LoginRequest { name: user.name.clone(), password: PASSWORD.into(), ..Default::default() };
         retry(&format!("{} logs in again", user.name), deadline, || client.gateway.login(&request));
         assert_ne!(proxy_of(user), victim_proxy, "{} is on a live proxy", user.name);
         let cursor = api::Cursor { conversation: Some(direct(&watcher_user, user)), seq: 1 };
@@ -693,7 +696,8 @@ fn a_proxy_killed_with_sigkill_loses_nothing_and_leaves_nobody_online() {
 
     // The one who stayed away finds everything when they come back, later.
     let (client, user) = gone;
-    let request = api::LoginRequest { name: user.name.clone(), password: PASSWORD.into(), ..Default::default() };
+    let request =
+        api::LoginRequest { name: user.name.clone(), password: PASSWORD.into(), ..Default::default() };
     retry("the last user logs in again", deadline, || client.gateway.login(&request));
     let cursor = api::Cursor { conversation: Some(direct(&watcher_user, user)), seq: 1 };
     let synced = client.gateway.sync(&api::SyncRequest { cursors: vec![cursor], limit: 0 }).unwrap();

@@ -86,7 +86,12 @@ fn call_from(from: IpAddr, server: SocketAddr, method: &str, body: &impl Message
     }
 }
 
-fn login_from(from: IpAddr, server: SocketAddr, name: &str, password: &str) -> Result<api::LoginResponse, Status> {
+fn login_from(
+    from: IpAddr,
+    server: SocketAddr,
+    name: &str,
+    password: &str,
+) -> Result<api::LoginResponse, Status> {
     let request = api::LoginRequest { name: name.into(), password: password.into(), ..Default::default() };
     call_from(from, server, gateway_rpc::methods::LOGIN, &request)
         .map(|body| api::LoginResponse::decode(body).expect("a login response"))
@@ -123,12 +128,21 @@ fn a_wrong_password_storm_waits_and_the_right_password_is_accepted_after_it(serv
     let attacker = fresh_address();
     // The free failures and the one that starts the wait are checked, and wrong.
     for n in 0..=FREE_FAILURES {
-        assert_code(login_from(attacker, server, &alice, "guess"), Code::Unauthenticated, &format!("guess {n}"));
+        assert_code(
+            login_from(attacker, server, &alice, "guess"),
+            Code::Unauthenticated,
+            &format!("guess {n}"),
+        );
     }
-    let refused = assert_code(login_from(attacker, server, &alice, "guess"), Code::ResourceExhausted, "storm");
-    assert!(refused.message.contains("too many failed logins for this account; try again in "), "{refused:?}");
+    let refused =
+        assert_code(login_from(attacker, server, &alice, "guess"), Code::ResourceExhausted, "storm");
+    assert!(
+        refused.message.contains("too many failed logins for this account; try again in "),
+        "{refused:?}"
+    );
     // During the back-off even the right password, from anywhere, is not checked.
-    let early = assert_code(login_from(fresh_address(), server, &alice, PASSWORD), Code::ResourceExhausted, "early");
+    let early =
+        assert_code(login_from(fresh_address(), server, &alice, PASSWORD), Code::ResourceExhausted, "early");
     assert!(early.message.contains("try again in 1 s"), "{early:?}");
     // Once it has passed, the right password is accepted, and clears the failures.
     wait_until(Duration::from_secs(15), "the right password is accepted after the back-off", || {
@@ -138,7 +152,11 @@ fn a_wrong_password_storm_waits_and_the_right_password_is_accepted_after_it(serv
             Err(status) => panic!("the right password after the back-off: {status:?}"),
         }
     });
-    assert_code(login_from(attacker, server, &alice, "guess"), Code::Unauthenticated, "cleared by the success");
+    assert_code(
+        login_from(attacker, server, &alice, "guess"),
+        Code::Unauthenticated,
+        "cleared by the success",
+    );
 }
 
 fn logins_are_limited_per_client_address(server: SocketAddr) {
@@ -147,10 +165,15 @@ fn logins_are_limited_per_client_address(server: SocketAddr) {
         let outcome = login_from(sprayer, server, &name("nobody"), "guess");
         assert_code(outcome, Code::Unauthenticated, &format!("attempt {n} from one address"));
     }
-    let refused = assert_code(login_from(sprayer, server, &name("nobody"), "guess"), Code::ResourceExhausted, "spray");
+    let refused =
+        assert_code(login_from(sprayer, server, &name("nobody"), "guess"), Code::ResourceExhausted, "spray");
     assert!(refused.message.contains("too many logins from this address; try again in "), "{refused:?}");
     // Another client is not held up by it.
-    assert_code(login_from(fresh_address(), server, &name("nobody"), "guess"), Code::Unauthenticated, "other");
+    assert_code(
+        login_from(fresh_address(), server, &name("nobody"), "guess"),
+        Code::Unauthenticated,
+        "other",
+    );
 }
 
 fn registrations_are_limited_per_client_address(server: SocketAddr) {
@@ -159,14 +182,18 @@ fn registrations_are_limited_per_client_address(server: SocketAddr) {
         register_from(farm, server, &name("farm")).unwrap_or_else(|e| panic!("registration {n}: {e:?}"));
     }
     let refused = assert_code(register_from(farm, server, &name("farm")), Code::ResourceExhausted, "farm");
-    assert!(refused.message.contains("too many registrations from this address; try again in "), "{refused:?}");
+    assert!(
+        refused.message.contains("too many registrations from this address; try again in "),
+        "{refused:?}"
+    );
     register_from(fresh_address(), server, &name("farm")).expect("another address registers");
 }
 
 fn verify_login_on_the_user_service_port_is_throttled_too(server: SocketAddr, user_service: SocketAddr) {
     let bob = name("bob");
     register_from(fresh_address(), server, &bob).expect("registers");
-    let channel = Channel::connect(user_service, client::Config::default()).expect("reaches the user service");
+    let channel =
+        Channel::connect(user_service, client::Config::default()).expect("reaches the user service");
     let users = UserServiceClient::new(channel).with_timeout(Duration::from_secs(30));
     let request = api::LoginRequest { name: bob.clone(), password: "guess".into(), ..Default::default() };
     for n in 0..=FREE_FAILURES {

@@ -35,9 +35,14 @@ macro_rules! throttle_suite {
 const FOREVER: Duration = Duration::from_secs(3600);
 
 pub fn backoff_waits_after_the_free_failures_and_doubles(t: &dyn Throttle) {
-    let backoff = Backoff { free_failures: 2, base: Duration::from_millis(300), cap: Duration::from_secs(10) };
+    let backoff =
+        Backoff { free_failures: 2, base: Duration::from_millis(300), cap: Duration::from_secs(10) };
     for attempt in 1..=3 {
-        assert_eq!(t.begin_attempt("a", &backoff, FOREVER).unwrap(), None, "attempt {attempt} is let through");
+        assert_eq!(
+            t.begin_attempt("a", &backoff, FOREVER).unwrap(),
+            None,
+            "attempt {attempt} is let through"
+        );
     }
     let wait = t.begin_attempt("a", &backoff, FOREVER).unwrap().expect("the fourth must wait");
     assert!(wait > Duration::ZERO && wait <= Duration::from_millis(300), "{wait:?}");
@@ -76,7 +81,9 @@ pub fn a_bucket_refuses_past_its_burst_until_a_token_is_back(t: &dyn Throttle) {
     let wait = t.take("addr", &bucket, FOREVER).unwrap().expect("empty");
     assert!(wait > Duration::ZERO && wait <= Duration::from_millis(300), "{wait:?}");
     assert_eq!(t.take("other", &bucket, FOREVER).unwrap(), None, "other keys are not held up");
-    wait_until(Duration::from_secs(10), "a token comes back", || t.take("addr", &bucket, FOREVER).unwrap().is_none());
+    wait_until(Duration::from_secs(10), "a token comes back", || {
+        t.take("addr", &bucket, FOREVER).unwrap().is_none()
+    });
     assert!(t.take("addr", &bucket, FOREVER).unwrap().is_some(), "one token, not the burst");
     t.give_back("addr", &bucket, FOREVER).unwrap();
     assert_eq!(t.take("addr", &bucket, FOREVER).unwrap(), None, "the token given back");
@@ -97,7 +104,8 @@ pub fn a_token_given_back_never_overfills_the_bucket(t: &dyn Throttle) {
 }
 
 pub fn counters_are_forgotten_after_their_time(t: &dyn Throttle) {
-    let backoff = Backoff { free_failures: 0, base: Duration::from_millis(100), cap: Duration::from_secs(10) };
+    let backoff =
+        Backoff { free_failures: 0, base: Duration::from_millis(100), cap: Duration::from_secs(10) };
     let forget = Duration::from_millis(200);
     assert_eq!(t.begin_attempt("once", &backoff, forget).unwrap(), None);
     assert!(t.begin_attempt("once", &backoff, forget).unwrap().is_some());
@@ -160,7 +168,8 @@ impl Drop for RedisFixture {
 pub fn redis() -> RedisFixture {
     let url = redis_url();
     let prefix = format!("{}:", unique_name("chatroom:test:throttle"));
-    let config = throttle::redis::Config { url: url.clone(), key_prefix: prefix.clone(), ..Default::default() };
+    let config =
+        throttle::redis::Config { url: url.clone(), key_prefix: prefix.clone(), ..Default::default() };
     let throttle = throttle::Redis::with_config(&config).unwrap_or_else(|e| unreachable("Redis", &url, &e));
     RedisFixture { throttle, prefix, url }
 }
