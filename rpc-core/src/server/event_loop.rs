@@ -145,7 +145,8 @@ struct Conn {
     want_write: bool,
     /// Whether the connection is already in the loop's dirty list.
     dirty: bool,
-    /// The peer is a trusted load balancer whose PROXY header has not been read yet.
+    /// The peer is a trusted load balancer, and neither a PROXY header nor a frame has
+    /// been read yet.
     proxy_header: bool,
 }
 
@@ -898,6 +899,10 @@ struct Dispatch<'a> {
 impl Dispatch<'_> {
     /// Decodes and handles every whole frame in `conn.inbuf`.
     fn frames(&mut self, conn: &mut Conn) {
+        if conn.proxy_header && conn.inbuf.first().is_some_and(|&b| b != proxy_header::FIRST_BYTE) {
+            // A frame, not a header: the peer speaks for itself.
+            conn.proxy_header = false;
+        }
         if conn.proxy_header {
             match proxy_header::take(&mut conn.inbuf) {
                 Ok(None) => return,

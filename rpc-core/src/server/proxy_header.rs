@@ -2,7 +2,7 @@
 //! (nginx's `proxy_protocol on;`, HAProxy's `send-proxy`) tells it the client's address,
 //! which the server would otherwise see as the balancer's.
 //!
-//! A connection from a peer named in `Config::proxy_protocol_from` must start with one
+//! A connection from a peer named in `Config::proxy_protocol_from` may start with one
 //! line, before its first frame:
 //!
 //! ```text
@@ -11,10 +11,13 @@
 //! PROXY UNKNOWN\r\n
 //! ```
 //!
-//! The whole line is at most 107 bytes ([`MAX_LEN`]); a line that is longer, that does not
-//! start with `PROXY `, or whose fields do not parse ends the connection with a go-away
-//! naming the fault. `UNKNOWN` (the balancer's own health checks) leaves the peer's
-//! address as the client's. The binary version 2 is not accepted.
+//! A connection whose first byte is `P` carries a header; any other first byte starts a
+//! frame (whose length would then be over 1.3 GB, so the two cannot be confused), and the
+//! peer is its own client, as a local tool connecting beside the balancer is. The whole
+//! line is at most 107 bytes ([`MAX_LEN`]); a line that is longer, that does not start
+//! with `PROXY `, or whose fields do not parse ends the connection with a go-away naming
+//! the fault. `UNKNOWN` (the balancer's own health checks) leaves the peer's address as
+//! the client's. The binary version 2 is not accepted.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -25,6 +28,10 @@ pub(crate) const MAX_LEN: usize = 107;
 
 /// Every header starts with this.
 const PREFIX: &[u8] = b"PROXY ";
+
+/// The first byte of a header; a frame never starts with it under any sane maximum
+/// frame size.
+pub(crate) const FIRST_BYTE: u8 = PREFIX[0];
 
 /// Why a PROXY header was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -74,7 +74,7 @@ enum Command {
         #[arg(long, env = "CHATROOM_LEASE_TTL_SECS", default_value_t = 30)]
         lease_ttl_secs: u64,
         /// Load balancers (comma-separated IP addresses) whose connections to the client
-        /// port start with a PROXY protocol v1 header naming the client, as nginx's
+        /// port may start with a PROXY protocol v1 header naming the client, as nginx's
         /// `proxy_protocol on;` sends; the limits per address then count the client's
         /// address instead of the balancer's. `cluster up` sets it for its nginx.
         #[arg(long, env = "CHATROOM_PROXY_PROTOCOL_FROM", value_delimiter = ',')]
