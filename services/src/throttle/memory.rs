@@ -6,16 +6,24 @@ use std::time::{Duration, Instant};
 
 use super::{backoff_wait, Backoff, Bucket, Error, Throttle};
 
-/// Counters kept at most this many at once; past it, forgotten ones are dropped first,
-/// then the ones closest to being forgotten, so that a flood of made-up names cannot
-/// grow the map without bound.
-const MAX_ENTRIES: usize = 100_000;
+/// Counters kept at most this many at once by default (a few MiB); past it, forgotten
+/// ones are dropped first, then the tenth closest to being forgotten, so that a flood
+/// of made-up names cannot grow the map without bound.
+pub const MAX_ENTRIES: usize = 100_000;
 
 /// Counters in a map under a mutex, each with the time it is forgotten.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Memory {
     /// Counters by key.
     entries: Mutex<HashMap<String, Entry>>,
+    /// The most counters kept.
+    capacity: usize,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory::with_capacity(MAX_ENTRIES)
+    }
 }
 
 /// One counter.
@@ -36,9 +44,14 @@ enum State {
 }
 
 impl Memory {
-    /// No counters yet.
+    /// No counters yet, keeping at most [`MAX_ENTRIES`].
     pub fn new() -> Self {
         Memory::default()
+    }
+
+    /// No counters yet, keeping at most `capacity` (at least 10).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Memory { entries: Mutex::new(HashMap::new()), capacity: capacity.max(10) }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
@@ -52,15 +65,16 @@ impl Memory {
 
     /// Stores `state` under `key`, making room first when the map is full.
     fn store(
+        &self,
         entries: &mut HashMap<String, Entry>,
         key: &str,
         state: State,
         forget_at: Instant,
         now: Instant,
     ) {
-        if entries.len() >= MAX_ENTRIES && !entries.contains_key(key) {
+        if entries.len() >= self.capacity && !entries.contains_key(key) {
             entries.retain(|_, e| e.forget_at > now);
-            if entries.len() >= MAX_ENTRIES {
+            if entries.len() >= self.capacity {
                 let mut by_age: Vec<Instant> = entries.values().map(|e| e.forget_at).collect();
                 by_age.sort_unstable();
                 let cutoff = by_age[by_age.len() / 10];
@@ -99,7 +113,7 @@ impl Throttle for Memory {
         }
         let left = tokens - 1.0;
         let forget_at = bucket_forget_at(bucket, left, now, forget_after);
-        Self::store(&mut entries, key, State::Bucket { tokens: left, at: now }, forget_at, now);
+        self.store(&mut entries, key, State::Bucket { tokens: left, at: now }, forget_at, now);
         Ok(None)
     }
 
@@ -109,7 +123,7 @@ impl Throttle for Memory {
         if let Some(State::Bucket { tokens, at }) = Self::live(&entries, key, now) {
             let tokens = (refilled(bucket, tokens, at, now) + 1.0).min(f64::from(bucket.burst));
             let forget_at = bucket_forget_at(bucket, tokens, now, forget_after);
-            Self::store(&mut entries, key, State::Bucket { tokens, at: now }, forget_at, now);
+            self.store(&mut entries, key, State::Bucket { tokens, at: now }, forget_at, now);
         }
         Ok(())
     }
@@ -128,12 +142,30 @@ impl Throttle for Memory {
             _ => 0,
         } + 1;
         let next = now + backoff_wait(backoff, failures);
-        Self::store(&mut entries, key, State::Backoff { failures, next }, next + forget_after, now);
+        self.store(&mut entries, key, State::Backoff { failures, next }, next + forget_after, now);
         Ok(None)
     }
 
     fn reset(&self, key: &str) -> Result<(), Error> {
         self.lock().remove(key);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_keys_is_bounded_and_the_newest_are_kept() {
+        let memory = Memory::with_capacity(10);
+        let backoff =
+            Backoff { free_failures: 0, base: Duration::from_secs(60), cap: Duration::from_secs(60) };
+        for n in 0..1000 {
+            memory.begin_attempt(&format!("account:{n}"), &backoff, Duration::from_secs(3600)).unwrap();
+            assert!(memory.lock().len() <= 10, "{} counters after {n}", memory.lock().len());
+        }
+        // The last one counted is still there, and still makes its account wait.
+        assert!(memory.begin_attempt("account:999", &backoff, Duration::from_secs(3600)).unwrap().is_some());
     }
 }
