@@ -390,7 +390,8 @@ impl Client {
                 state.seen_by = Some(whose);
             }
         }
-        let request = api::LoginRequest { name: name.into(), password: password.into() };
+        let request =
+            api::LoginRequest { name: name.into(), password: password.into(), ..Default::default() };
         let response = self.gateway.login(&request).map_err(|e| failure("login", &e))?;
         let user = response.user.clone().unwrap_or_default();
         {
@@ -604,7 +605,11 @@ impl Client {
         match words {
             ["help"] => ok(json!({"event": "help", "text": HELP}), HELP.to_owned()),
             ["register", name, password] => {
-                let request = api::RegisterRequest { name: (*name).into(), password: (*password).into() };
+                let request = api::RegisterRequest {
+                    name: (*name).into(),
+                    password: (*password).into(),
+                    ..Default::default()
+                };
                 let user = self
                     .gateway
                     .register(&request)

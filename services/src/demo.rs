@@ -57,14 +57,16 @@ fn group(id: u64) -> api::Conversation {
 impl Bot {
     fn register(addr: SocketAddr, name: String) -> anyhow::Result<Bot> {
         let (gateway, pushes) = connect(addr)?;
-        let request = api::RegisterRequest { name: name.clone(), password: PASSWORD.into() };
+        let request =
+            api::RegisterRequest { name: name.clone(), password: PASSWORD.into(), ..Default::default() };
         let user = gateway.register(&request).context("register")?.user.unwrap_or_default();
         println!("{name:>10} | registered (id {})", user.id);
         Ok(Bot { name, user, gateway, pushes })
     }
 
     fn login(&self) -> anyhow::Result<api::LoginResponse> {
-        let request = api::LoginRequest { name: self.name.clone(), password: PASSWORD.into() };
+        let request =
+            api::LoginRequest { name: self.name.clone(), password: PASSWORD.into(), ..Default::default() };
         let login = self.gateway.login(&request).context("login")?;
         let unread: u64 = login.conversations.iter().map(|c| c.unread).sum();
         println!(
@@ -182,7 +184,7 @@ fn script(addr: SocketAddr) -> anyhow::Result<()> {
     ben.gateway.join_group(&api::JoinGroupRequest { group_id: club.id }).context("join")?;
     println!("{:>10} | joined group {}", ben.name, club.id);
     cat.gateway
-        .login(&api::LoginRequest { name: cat.name.clone(), password: PASSWORD.into() })
+        .login(&api::LoginRequest { name: cat.name.clone(), password: PASSWORD.into(), ..Default::default() })
         .context("login")?;
     cat.gateway.join_group(&api::JoinGroupRequest { group_id: club.id }).context("join")?;
     println!("{:>10} | joined group {} and logged out", cat.name, club.id);

@@ -19,7 +19,8 @@
 //!   lease, behind the [`Presence`] trait, in memory ([`presence::Memory`]) or Redis
 //!   ([`presence::Redis`]).
 //! * [`auth`] hashes and verifies passwords (argon2id); [`limits`] checks names,
-//!   passwords, message bodies and group names.
+//!   passwords, message bodies and group names; [`throttle`] limits login and
+//!   registration attempts per account and per source address, in memory or Redis.
 //! * [`ConversationId`], [`UserId`] and [`GroupId`] name things across all of these.
 //!
 //! Threads and sockets belong to rpc-core's servers and channels: the services' methods
@@ -45,6 +46,7 @@ pub mod proxy;
 mod served;
 pub mod standalone;
 pub mod store;
+pub mod throttle;
 pub mod user_service;
 
 /// Worker threads per server of the chat system's processes. The handlers mostly wait on

@@ -676,6 +676,7 @@ impl Loop {
             let body = api::LoginRequest {
                 name: soak.plan.names[user].clone(),
                 password: soak.plan.password.clone(),
+                ..Default::default()
             }
             .encode_to_vec();
             soak.in_flight += usize::from(self.soak_call(user, SoakCall::Login, &body));

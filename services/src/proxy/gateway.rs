@@ -66,15 +66,19 @@ impl Proxy {
 impl gateway_rpc::Gateway for Proxy {
     fn register(
         &self,
-        _ctx: &Context,
-        request: api::RegisterRequest,
+        ctx: &Context,
+        mut request: api::RegisterRequest,
     ) -> Result<api::RegisterResponse, Status> {
         self.open()?;
+        // The user service limits registrations per client address; it learns it here.
+        request.source = ctx.client_addr().ip().to_string();
         self.inner.users.register(&request).map_err(rpc_status)
     }
 
-    fn login(&self, ctx: &Context, request: api::LoginRequest) -> Result<api::LoginResponse, Status> {
+    fn login(&self, ctx: &Context, mut request: api::LoginRequest) -> Result<api::LoginResponse, Status> {
         self.open()?;
+        // The user service throttles logins per client address; it learns it here.
+        request.source = ctx.client_addr().ip().to_string();
         let sessions = &self.inner.sessions;
         let connection = ctx.connection();
         // A login on a connection that already has a session ends that session first.

@@ -30,6 +30,11 @@ use services::{presence, Presence, UserId};
 use crate::chat_standalone::{direct, gateway_at, group, public_group, user_at, System, PASSWORD};
 use crate::support::{mysql_url, redis_url, unique_name, wait_until, with_database};
 
+/// The scenarios log many users in from 127.0.0.1: the per-address limits are off (the
+/// throttle has tests of its own, `throttle_cluster`).
+pub const UNTHROTTLED: &[(&str, &str)] =
+    &[("CHATROOM_LOGIN_ADDRESS_BURST", "0"), ("CHATROOM_REGISTER_ADDRESS_BURST", "0")];
+
 /// Where ZooKeeper is for the test.
 fn zk() -> String {
     std::env::var("CHATROOM_ZK").unwrap_or_else(|_| "127.0.0.1:2181".to_owned())
@@ -71,10 +76,15 @@ impl Cluster {
     /// Starts a cluster; fails the test, naming the command that starts the backends, if
     /// it cannot.
     pub fn up(shape: Shape) -> Cluster {
-        Cluster::try_up(shape).unwrap_or_else(|e| panic!("{e}"))
+        Cluster::up_with(shape, UNTHROTTLED)
     }
 
-    fn try_up(shape: Shape) -> Result<Cluster, String> {
+    /// Starts a cluster whose processes also get the environment `env`.
+    pub fn up_with(shape: Shape, env: &[(&str, &str)]) -> Cluster {
+        Cluster::try_up(shape, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_up(shape: Shape, env: &[(&str, &str)]) -> Result<Cluster, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let database = unique_name("chatroom_test");
         let watchdog = watchdog(dir.path(), &database)?;
@@ -110,6 +120,7 @@ impl Cluster {
                 // Full-cost argon2 takes most of a second per hash in a debug build.
                 .env("CHATROOM_HASH_MEMORY_KIB", "256")
                 .env("CHATROOM_HASH_ITERATIONS", "1")
+                .envs(env.iter().copied())
                 .output()
                 .map_err(|e| format!("cannot run the chatroom binary: {e}"))?;
             if up.status.success() {
@@ -127,6 +138,11 @@ impl Cluster {
             }
         }
         Err(failure)
+    }
+
+    /// What `up` recorded: every process with its address.
+    pub fn state(&self) -> &State {
+        &self.state
     }
 
     /// Where clients connect (nginx).
@@ -239,7 +255,7 @@ fn free_port() -> u16 {
 static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
 
 fn shared() -> &'static Cluster {
-    let shared = SHARED.get_or_init(|| Cluster::try_up(Shape::default()));
+    let shared = SHARED.get_or_init(|| Cluster::try_up(Shape::default(), UNTHROTTLED));
     shared.as_ref().unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -357,9 +373,11 @@ impl Receiver {
         let gateway = gateway_at(addr, move |event| {
             let _ = tx.lock().unwrap().send(event);
         });
-        let request = api::RegisterRequest { name: name.into(), password: PASSWORD.into() };
+        let request =
+            api::RegisterRequest { name: name.into(), password: PASSWORD.into(), ..Default::default() };
         gateway.register(&request).expect("registers");
-        let request = api::LoginRequest { name: name.into(), password: PASSWORD.into() };
+        let request =
+            api::LoginRequest { name: name.into(), password: PASSWORD.into(), ..Default::default() };
         let user = gateway.login(&request).expect("logs in").user.unwrap();
         let receiver = Receiver {
             gateway,
@@ -642,7 +660,8 @@ fn a_proxy_killed_with_sigkill_loses_nothing_and_leaves_nobody_online() {
     let (gone, returners) = victims.split_last().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     for (client, user) in returners {
-        let request = api::LoginRequest { name: user.name.clone(), password: PASSWORD.into() };
+        let request =
+            api::LoginRequest { name: user.name.clone(), password: PASSWORD.into(), ..Default::default() };
         retry(&format!("{} logs in again", user.name), deadline, || client.gateway.login(&request));
         assert_ne!(proxy_of(user), victim_proxy, "{} is on a live proxy", user.name);
         let cursor = api::Cursor { conversation: Some(direct(&watcher_user, user)), seq: 1 };
@@ -677,7 +696,8 @@ fn a_proxy_killed_with_sigkill_loses_nothing_and_leaves_nobody_online() {
 
     // The one who stayed away finds everything when they come back, later.
     let (client, user) = gone;
-    let request = api::LoginRequest { name: user.name.clone(), password: PASSWORD.into() };
+    let request =
+        api::LoginRequest { name: user.name.clone(), password: PASSWORD.into(), ..Default::default() };
     retry("the last user logs in again", deadline, || client.gateway.login(&request));
     let cursor = api::Cursor { conversation: Some(direct(&watcher_user, user)), seq: 1 };
     let synced = client.gateway.sync(&api::SyncRequest { cursors: vec![cursor], limit: 0 }).unwrap();

@@ -43,6 +43,8 @@ pub fn config(dir: &std::path::Path) -> standalone::Config {
         lease_ttl: Duration::from_secs(5),
         // Full-cost argon2 is slow in debug builds and proves nothing more here.
         hashing: auth::Config { memory_kib: 256, iterations: 1, parallelism: 1 },
+        // The scenarios log many users in from 127.0.0.1; the throttle has tests of its own.
+        throttle: services::throttle::Config::unlimited(),
         ..standalone::Config::default()
     }
 }
@@ -134,12 +136,14 @@ pub fn user_at(addr: std::net::SocketAddr, name: &str) -> (Client, api::User) {
 
 impl Client {
     pub fn register(&self, name: &str) -> api::User {
-        let request = api::RegisterRequest { name: name.into(), password: PASSWORD.into() };
+        let request =
+            api::RegisterRequest { name: name.into(), password: PASSWORD.into(), ..Default::default() };
         self.gateway.register(&request).expect("registers").user.unwrap()
     }
 
     pub fn login(&self, name: &str) -> api::LoginResponse {
-        let request = api::LoginRequest { name: name.into(), password: PASSWORD.into() };
+        let request =
+            api::LoginRequest { name: name.into(), password: PASSWORD.into(), ..Default::default() };
         self.gateway.login(&request).expect("logs in")
     }
 
@@ -202,13 +206,22 @@ pub fn accounts_and_sessions_answer_with_clear_errors(system: &System) {
     );
     let alice = system.register(&client, "alice");
     assert_eq!(alice.name, system.name("alice"));
-    let taken = api::RegisterRequest { name: system.name("alice").to_uppercase(), password: PASSWORD.into() };
+    let taken = api::RegisterRequest {
+        name: system.name("alice").to_uppercase(),
+        password: PASSWORD.into(),
+        ..Default::default()
+    };
     assert_eq!(code(client.gateway.register(&taken)), Code::AlreadyExists);
-    let bad_name = api::RegisterRequest { name: "a".into(), password: PASSWORD.into() };
+    let bad_name = api::RegisterRequest { name: "a".into(), password: PASSWORD.into(), ..Default::default() };
     assert_eq!(code(client.gateway.register(&bad_name)), Code::InvalidArgument);
-    let short_password = api::RegisterRequest { name: system.name("bob"), password: "short".into() };
+    let short_password =
+        api::RegisterRequest { name: system.name("bob"), password: "short".into(), ..Default::default() };
     assert_eq!(code(client.gateway.register(&short_password)), Code::InvalidArgument);
-    let wrong = api::LoginRequest { name: system.name("alice"), password: "not the password".into() };
+    let wrong = api::LoginRequest {
+        name: system.name("alice"),
+        password: "not the password".into(),
+        ..Default::default()
+    };
     assert_eq!(code(client.gateway.login(&wrong)), Code::Unauthenticated);
 
     let login = client.login(&system.name("Alice"));
@@ -241,7 +254,8 @@ pub fn calls_before_login_get_unauthenticated(system: &System) {
     assert_eq!(code(gateway.ack(&ack)), unauthenticated, "ack");
 
     // A failed login leaves the connection without a session; the connection still works.
-    let wrong = api::LoginRequest { name: system.name("anyone"), password: PASSWORD.into() };
+    let wrong =
+        api::LoginRequest { name: system.name("anyone"), password: PASSWORD.into(), ..Default::default() };
     assert_eq!(code(gateway.login(&wrong)), unauthenticated, "login as nobody");
     assert_eq!(code(gateway.sync(&api::SyncRequest::default())), unauthenticated, "sync after it");
     let me = system.register(&client, "anyone");
@@ -254,7 +268,8 @@ pub fn a_duplicate_name_is_refused_whatever_the_case_and_the_connection(system: 
     let original = system.register(&first, "dup");
     for taken in [system.name("dup"), system.name("DUP"), system.name("Dup").to_uppercase()] {
         // From another connection, which behind nginx is often another proxy.
-        let request = api::RegisterRequest { name: taken.clone(), password: PASSWORD.into() };
+        let request =
+            api::RegisterRequest { name: taken.clone(), password: PASSWORD.into(), ..Default::default() };
         let refused = system.connect().gateway.register(&request).expect_err("a taken name is refused");
         assert_eq!(refused.code(), Code::AlreadyExists, "{taken}");
     }
@@ -423,10 +438,15 @@ pub fn bad_input_gets_clear_errors_and_the_proxy_keeps_serving(system: &System) 
     let (alice_client, alice) = system.user("alice");
     let bob = system.register(&system.connect(), "bob");
 
-    let unknown = api::LoginRequest { name: system.name("nobody"), password: PASSWORD.into() };
+    let unknown =
+        api::LoginRequest { name: system.name("nobody"), password: PASSWORD.into(), ..Default::default() };
     let refused = system.connect().gateway.login(&unknown).expect_err("an unknown user cannot log in");
     assert_eq!(refused.code(), Code::Unauthenticated);
-    let wrong = api::LoginRequest { name: alice.name.clone(), password: "not the password".into() };
+    let wrong = api::LoginRequest {
+        name: alice.name.clone(),
+        password: "not the password".into(),
+        ..Default::default()
+    };
     let also_refused = system.connect().gateway.login(&wrong).expect_err("a wrong password is refused");
     assert_eq!(refused.into_status().message, also_refused.into_status().message, "the same answer for both");
 

@@ -296,7 +296,7 @@ fn a_connection_reset_while_its_login_runs_leaves_nobody_online() {
     // connection (SO_LINGER 0). The proxy ends the connection at once (a reset, unlike a
     // half-close, does not wait for its calls), before the login has bound a session.
     let mut raw = TcpStream::connect(client.local_addr()).unwrap();
-    let login = api::LoginRequest { name: "alice".into(), password: PASSWORD.into() };
+    let login = api::LoginRequest { name: "alice".into(), password: PASSWORD.into(), ..Default::default() };
     let mut frame = BytesMut::new();
     rpc_core::frame::put_request(
         &mut frame,

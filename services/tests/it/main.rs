@@ -39,3 +39,7 @@ mod store_sqlite;
 mod presence_suite;
 mod presence_memory;
 mod presence_redis;
+
+mod throttle_e2e;
+#[macro_use]
+mod throttle_suite;
