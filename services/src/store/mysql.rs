@@ -72,6 +72,12 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How long a call waits for a free pooled connection.
     pub checkout_timeout: Duration,
+    /// How long one read or write on a connection may block before the store gives the
+    /// connection up and reports [`Error::Unavailable`] (a lost connection, so a send's
+    /// outcome is unknown), so that a frozen database server holds no thread for ever.
+    /// Longer than a lock wait (`innodb_lock_wait_timeout`, set to
+    /// [`LOCK_WAIT_SECS`] on every connection), which ends a statement first.
+    pub io_timeout: Duration,
     /// Threads that store concurrent sends together, one transaction per batch (see
     /// `batch.rs`); each holds a pooled connection while it commits.
     pub committers: usize,
@@ -86,6 +92,7 @@ impl Default for Config {
             max_connections: 32,
             connect_timeout: Duration::from_secs(5),
             checkout_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(30),
             committers: 4,
             max_batch: 64,
         }
@@ -115,6 +122,10 @@ const CONVERSATION_IDS: usize = 100_000;
 /// Set on every new connection: every transaction runs at READ COMMITTED without a
 /// statement of its own to say so.
 const SESSION_INIT: &str = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED";
+
+/// How long a statement waits for a row lock before MariaDB ends it (the server's
+/// default is 50 s); a lock wait that ends is retried like a deadlock (`ATTEMPTS`).
+pub const LOCK_WAIT_SECS: u32 = 20;
 
 /// How many times a transaction that hit a deadlock or lock-wait time-out is tried.
 const ATTEMPTS: u32 = 5;
@@ -168,7 +179,12 @@ impl MySql {
         let pool_opts = PoolOpts::default().with_constraints(constraints).with_reset_connection(false);
         let builder = OptsBuilder::from_opts(opts)
             .tcp_connect_timeout(Some(config.connect_timeout))
-            .init(vec![SESSION_INIT])
+            .read_timeout(Some(config.io_timeout))
+            .write_timeout(Some(config.io_timeout))
+            .init(vec![
+                SESSION_INIT.to_owned(),
+                format!("SET SESSION innodb_lock_wait_timeout = {LOCK_WAIT_SECS}"),
+            ])
             // Room for the batch statements (six sizes of four kinds) beside the others.
             .stmt_cache_size(128)
             .pool_opts(pool_opts);
