@@ -1,0 +1,217 @@
+//! The presence table's Redis failing under a running cluster (a user service, a chat
+//! service and two proxies, the processes of `chat_cluster`), on a Redis server of the
+//! test's own (its own port and directory; the shared one is never touched): restarted
+//! with its data, and killed with SIGKILL and started again empty. In both, nobody is
+//! logged out, nobody's friends hear they went offline, and every message sent after the
+//! restart is pushed to its recipient on the other proxy.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use services::api;
+use services::presence::{self, Presence};
+use services::UserId;
+
+use crate::chat_cluster::Cluster;
+use crate::chat_standalone::{direct, user_at, Client, PATIENCE};
+use crate::support::wait_until;
+
+/// The proxies' presence lease, in seconds: renewed every two seconds.
+const LEASE_TTL_SECS: &str = "6";
+
+/// A `redis-server` of the test's own, on a free port, with its data in a temporary
+/// directory; killed when dropped.
+struct PrivateRedis {
+    /// The running server, if any.
+    child: Option<Child>,
+    /// Its port.
+    port: u16,
+    /// Its directory (`dump.rdb` lives there).
+    dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut redis = PrivateRedis { child: None, port, dir: tempfile::tempdir().unwrap() };
+        redis.spawn();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts the server on the port and directory, and waits until it answers.
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}); `bash scripts/services.sh up` installs it")
+            });
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).unwrap();
+        wait_until(PATIENCE, "the private Redis answers", || {
+            client.get_connection().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_ok()
+        });
+    }
+
+    /// Stops the server the way an operator restarts it (`SHUTDOWN SAVE`: its data is
+    /// written to `dump.rdb`), and starts it again on that data.
+    fn restart_keeping_data(&mut self) {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        // The server closes the connection as it exits, so the answer is an error.
+        let _ = redis::cmd("SHUTDOWN").arg("SAVE").query::<()>(&mut conn);
+        self.reap();
+        assert!(self.dir.path().join("dump.rdb").is_file(), "SHUTDOWN SAVE wrote the data");
+        self.spawn();
+    }
+
+    /// Kills the server (SIGKILL) and starts it again with nothing: its data is lost.
+    fn kill_and_start_empty(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            child.kill().unwrap();
+        }
+        self.reap();
+        remove_data(self.dir.path());
+        self.spawn();
+    }
+
+    fn reap(&mut self) {
+        let mut child = self.child.take().expect("the private Redis runs");
+        let deadline = Instant::now() + PATIENCE;
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the private Redis did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn remove_data(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join("dump.rdb"));
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What happens to the private Redis.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Restarted with its data.
+    Restart,
+    /// Killed and started empty.
+    DataLoss,
+}
+
+#[test]
+fn a_redis_restart_logs_nobody_out_and_every_later_push_arrives() {
+    survives(Fault::Restart);
+}
+
+#[test]
+fn redis_losing_its_data_logs_nobody_out_and_every_later_push_arrives() {
+    survives(Fault::DataLoss);
+}
+
+fn survives(fault: Fault) {
+    let mut redis = PrivateRedis::start();
+    let mut cluster = Cluster::with_redis(&redis.url());
+    cluster.spawn("user-service", &["user-service", "--listen", "127.0.0.1:0"]);
+    cluster.spawn("chat-service", &["chat-service", "--listen", "127.0.0.1:0"]);
+    let proxy = ["proxy", "--listen", "127.0.0.1:0", "--lease-ttl-secs", LEASE_TTL_SECS];
+    let a = cluster.spawn("proxy-a", &proxy);
+    let b = cluster.spawn("proxy-b", &proxy);
+    let table = presence::Redis::with_config(&presence::redis::Config {
+        url: redis.url(),
+        key_prefix: cluster.redis_prefix(),
+        ..presence::redis::Config::default()
+    })
+    .expect("the private Redis answers");
+
+    // Two pairs of friends, each split over the two proxies.
+    let users: Vec<(Client, api::User)> =
+        [(a, "alice"), (b, "bob"), (a, "carol"), (b, "dave")].map(|(at, name)| user_at(at, name)).into();
+    let peer = |i: usize| i ^ 1;
+    for i in [0, 2] {
+        let add = api::AddFriendRequest {
+            friend: Some(api::add_friend_request::Friend::UserId(users[peer(i)].1.id)),
+        };
+        users[i].0.gateway.add_friend(&add).expect("befriends");
+    }
+    let ids: Vec<UserId> = users.iter().map(|(_, u)| UserId(u.id)).collect();
+    let all_online = || table.lookup(&ids).is_ok_and(|at| at.iter().all(Option::is_some));
+    assert!(all_online(), "everyone holds a lease");
+
+    // Each round, everyone sends to their peer, and every message is pushed. The first
+    // round fills every process's pool of Redis connections.
+    let mut pushed = vec![0; users.len()];
+    let mut round = |label: &str| {
+        for (i, (client, user)) in users.iter().enumerate() {
+            let to = direct(user, &users[peer(i)].1);
+            let id = format!("{label}-{i}");
+            client.send(to, &id, &format!("{label} from {}", user.name)).unwrap_or_else(|e| {
+                panic!("{}'s send {id} after {fault:?} failed (logged out?): {e}", user.name)
+            });
+        }
+        for (i, (client, user)) in users.iter().enumerate() {
+            pushed[i] += 1;
+            let n = pushed[i];
+            wait_until(PATIENCE, &format!("{} gets push {n} ({label}, {fault:?})", user.name), || {
+                client.pushed_messages().len() >= n
+            });
+        }
+    };
+    round("before");
+
+    let faulted = Instant::now();
+    match fault {
+        Fault::Restart => redis.restart_keeping_data(),
+        Fault::DataLoss => redis.kill_and_start_empty(),
+    }
+    if let Fault::DataLoss = fault {
+        // Every lease was lost with the data; the proxies take their users' back.
+        let took = wait_until(Duration::from_secs(15), "the proxies took every lease back", all_online);
+        eprintln!(
+            "leases back {took:?} after Redis came back empty ({:?} after the kill)",
+            faulted.elapsed()
+        );
+    } else {
+        assert!(all_online(), "the leases survived the restart");
+    }
+    for n in 0..3 {
+        round(&format!("after-{n}"));
+    }
+
+    // Nobody was kicked or told that a friend went offline.
+    for (client, user) in &users {
+        let pushes = client.pushes.lock().unwrap();
+        let kicked = pushes.iter().find(|e| matches!(e, api::push::Event::Kicked(_)));
+        assert!(kicked.is_none(), "{} was logged out: {kicked:?}", user.name);
+        let offline = pushes.iter().find(|e| matches!(e, api::push::Event::Presence(p) if !p.online));
+        assert!(offline.is_none(), "{} heard a friend went offline: {offline:?}", user.name);
+    }
+    assert!(all_online(), "everyone still holds a lease");
+}
