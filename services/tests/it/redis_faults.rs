@@ -3,7 +3,8 @@
 //! test's own (its own port and directory; the shared one is never touched): restarted
 //! with its data, and killed with SIGKILL and started again empty. In both, nobody is
 //! logged out, nobody's friends hear they went offline, and every message sent after the
-//! restart is pushed to its recipient on the other proxy.
+//! restart is pushed to its recipient on the other proxy. And the presence table alone:
+//! a request whose pooled connection a restart broke is answered on a fresh one.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -23,7 +24,7 @@ const LEASE_TTL_SECS: &str = "6";
 
 /// A `redis-server` of the test's own, on a free port, with its data in a temporary
 /// directory; killed when dropped.
-struct PrivateRedis {
+pub struct PrivateRedis {
     /// The running server, if any.
     child: Option<Child>,
     /// Its port.
@@ -33,14 +34,14 @@ struct PrivateRedis {
 }
 
 impl PrivateRedis {
-    fn start() -> PrivateRedis {
+    pub fn start() -> PrivateRedis {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut redis = PrivateRedis { child: None, port, dir: tempfile::tempdir().unwrap() };
         redis.spawn();
         redis
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
@@ -74,7 +75,7 @@ impl PrivateRedis {
 
     /// Stops the server the way an operator restarts it (`SHUTDOWN SAVE`: its data is
     /// written to `dump.rdb`), and starts it again on that data.
-    fn restart_keeping_data(&mut self) {
+    pub fn restart_keeping_data(&mut self) {
         let client = redis::Client::open(self.url()).unwrap();
         let mut conn = client.get_connection().unwrap();
         // The server closes the connection as it exits, so the answer is an error.
@@ -85,7 +86,7 @@ impl PrivateRedis {
     }
 
     /// Kills the server (SIGKILL) and starts it again with nothing: its data is lost.
-    fn kill_and_start_empty(&mut self) {
+    pub fn kill_and_start_empty(&mut self) {
         if let Some(child) = self.child.as_mut() {
             child.kill().unwrap();
         }
@@ -115,6 +116,35 @@ impl Drop for PrivateRedis {
             let _ = child.wait();
         }
     }
+}
+
+#[test]
+fn a_request_on_a_connection_the_restart_broke_is_sent_again_on_a_fresh_one() {
+    let mut redis = PrivateRedis::start();
+    let config = presence::redis::Config { url: redis.url(), ..presence::redis::Config::default() };
+    let table = presence::Redis::with_config(&config).expect("the private Redis answers");
+    let long = Duration::from_secs(60);
+    assert_eq!(table.claim(UserId(1), "proxy-a", long).unwrap(), None);
+    assert_eq!(table.breaks(), 0);
+
+    // Every pooled connection is dead after the restart; each call still answers at once.
+    redis.restart_keeping_data();
+    assert_eq!(table.claim(UserId(1), "proxy-b", long).unwrap(), Some("proxy-a".into()), "answered truly");
+    assert_eq!(table.breaks(), 1, "the broken connection was counted");
+    assert_eq!(table.lookup(&[UserId(1)]).unwrap(), [Some("proxy-b".into())]);
+
+    // After a loss of the data: nothing to release, and a lease to take back.
+    redis.kill_and_start_empty();
+    assert!(!table.release(UserId(1), "proxy-b").unwrap(), "the lease went with the data");
+    assert_eq!(table.breaks(), 2);
+    assert_eq!(table.reclaim(UserId(1), "proxy-b", long).unwrap(), None);
+    assert_eq!(table.lookup(&[UserId(1)]).unwrap(), [Some("proxy-b".into())]);
+
+    // A sweep is not sent twice: it fails, and the next one works.
+    redis.restart_keeping_data();
+    assert!(matches!(table.sweep_lapsed(10), Err(presence::Error::Unavailable(_))));
+    assert_eq!(table.sweep_lapsed(10).unwrap(), []);
+    assert_eq!(table.breaks(), 3);
 }
 
 /// What happens to the private Redis.
