@@ -85,7 +85,7 @@ fn leases_are_prefixed_keys_with_an_expiry_and_a_schedule() {
     assert_eq!(last, "proxy-a");
     // A release leaves nothing behind but its answer, kept for a retry for a minute.
     assert!(f.presence.release(UserId(42), "proxy-a").unwrap());
-    assert_eq!(f.keys(), [memo.clone()]);
+    assert_eq!(f.keys(), std::slice::from_ref(&memo));
     let memo_ms: i64 = redis::cmd("PTTL").arg(&memo).query(&mut conn).unwrap();
     assert!((0..=60_000).contains(&memo_ms), "{memo_ms}");
 }
