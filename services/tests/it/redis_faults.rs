@@ -19,8 +19,11 @@ use crate::chat_cluster::Cluster;
 use crate::chat_standalone::{direct, user_at, Client, PATIENCE};
 use crate::support::wait_until;
 
-/// The proxies' presence lease, in seconds: renewed every two seconds.
-const LEASE_TTL_SECS: &str = "6";
+/// The proxies' presence lease, in seconds: renewed every 20 s on their own, so leases
+/// back within [`LEASES_BACK`] show that a broken connection brought renewal forward.
+const LEASE_TTL_SECS: &str = "60";
+/// How soon after a loss of data the proxies hold their users' leases again.
+const LEASES_BACK: Duration = Duration::from_secs(10);
 
 /// A `redis-server` of the test's own, on a free port, with its data in a temporary
 /// directory; killed when dropped.
@@ -222,7 +225,7 @@ fn survives(fault: Fault) {
         Fault::DataLoss => redis.kill_and_start_empty(),
     }
     // After a restart the leases are there; after a loss, the proxies take them back.
-    let took = wait_until(Duration::from_secs(15), "every user holds a lease again", all_online);
+    let took = wait_until(LEASES_BACK, "every user holds a lease again", all_online);
     eprintln!(
         "{fault:?}: every lease held {took:?} after Redis came back ({:?} after the fault)",
         faulted.elapsed()
