@@ -4,11 +4,16 @@
 //! with its data, and killed with SIGKILL and started again empty. In both, nobody is
 //! logged out, nobody's friends hear they went offline, and every message sent after the
 //! restart is pushed to its recipient on the other proxy. And the presence table alone:
-//! a request whose pooled connection a restart broke is answered on a fresh one.
+//! a request whose pooled connection a restart broke is answered on a fresh one, and a
+//! claim or release whose answer was lost with its connection answers as it did when it
+//! is sent again.
 
-use std::net::TcpListener;
+use std::io::{Read as _, Write as _};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use services::api;
@@ -148,6 +153,76 @@ fn a_request_on_a_connection_the_restart_broke_is_sent_again_on_a_fresh_one() {
     assert!(matches!(table.sweep_lapsed(10), Err(presence::Error::Unavailable(_))));
     assert_eq!(table.sweep_lapsed(10).unwrap(), []);
     assert_eq!(table.breaks(), 3);
+}
+
+/// Forwards connections to a Redis server; [`CutReply::cut_next`] makes it drop the next
+/// answer Redis sends and close that connection instead: the command ran, and its caller
+/// sees only a broken connection.
+struct CutReply {
+    /// Where callers connect.
+    addr: SocketAddr,
+    /// Set to drop the next answer.
+    cut: Arc<AtomicBool>,
+}
+
+impl CutReply {
+    fn start(target: SocketAddr) -> CutReply {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let cutting = cut.clone();
+        std::thread::spawn(move || {
+            for caller in listener.incoming() {
+                let Ok(mut caller) = caller else { return };
+                let Ok(mut server) = TcpStream::connect(target) else { return };
+                let (mut to_server, mut from_caller) =
+                    (server.try_clone().unwrap(), caller.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut from_caller, &mut to_server));
+                let cut = cutting.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0; 64 * 1024];
+                    while let Ok(n @ 1..) = server.read(&mut buf) {
+                        if cut.swap(false, Ordering::SeqCst) {
+                            let _ = caller.shutdown(Shutdown::Both);
+                            let _ = server.shutdown(Shutdown::Both);
+                            return;
+                        }
+                        if caller.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        CutReply { addr, cut }
+    }
+
+    fn cut_next(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_claim_or_release_whose_answer_was_lost_answers_the_same_when_sent_again() {
+    let redis = PrivateRedis::start();
+    let cutter = CutReply::start(SocketAddr::from(([127, 0, 0, 1], redis.port)));
+    let url = format!("redis://{}/", cutter.addr);
+    let table =
+        presence::Redis::with_config(&presence::redis::Config { url, ..presence::redis::Config::default() })
+            .expect("Redis answers through the forwarder");
+    let long = Duration::from_secs(60);
+    assert_eq!(table.claim(UserId(1), "proxy-a", long).unwrap(), None);
+
+    // The claim runs, its answer is lost with the connection, and the call is sent again:
+    // it still names the proxy it took the lease from, not itself.
+    cutter.cut_next();
+    assert_eq!(table.claim(UserId(1), "proxy-b", long).unwrap(), Some("proxy-a".into()));
+    assert_eq!(table.breaks(), 1, "the answer was lost");
+    // The release runs and its answer is lost: sent again, it still says it released.
+    cutter.cut_next();
+    assert!(table.release(UserId(1), "proxy-b").unwrap(), "released, as the first run said");
+    assert_eq!(table.breaks(), 2);
+    assert_eq!(table.lookup(&[UserId(1)]).unwrap(), [None]);
 }
 
 /// What happens to the private Redis.
