@@ -5,7 +5,8 @@
 //! A *session* is a user bound to one connection, with an *epoch*: a number no other
 //! session of this proxy had. A login claims the user's lease for this proxy and binds a
 //! session; ending a session unbinds it and releases the lease; renewal extends the lease
-//! of every session and ends those whose lease was lost; a kick from the proxy that
+//! of every session, takes back a lease nobody holds, and ends the sessions whose lease
+//! another proxy holds; a kick from the proxy that
 //! claimed a lease since ends the session here. One session per user: a login replaces
 //! the user's session on another connection here (kicked) or on another proxy (the caller
 //! asks that proxy to kick it). Announcements tell the user's friends; each operation makes
@@ -24,7 +25,8 @@
 //! waiting for it on a condition variable. A lane is held across the round trip, but only
 //! an operation on the same user's lease waits for it, and that one would have to be
 //! ordered after it anyway. An operation holds at most one lane at a time, so lanes cannot
-//! wait for each other in a circle. Renewal and sweeping hold no lane.
+//! wait for each other in a circle. Sweeping holds no lane; renewal holds only the lane
+//! of a user whose lease it found lost (to take it back), one at a time.
 //!
 //! Two rules carry the reasoning below:
 //!
