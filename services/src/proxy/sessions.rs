@@ -8,8 +8,9 @@
 //! of every session, takes back a lease nobody holds, and ends the sessions whose lease
 //! another proxy holds; a kick from the proxy that claimed a lease since ends the session
 //! here. One session per user: a login replaces the user's session on another connection
-//! here (kicked) or on another proxy (the caller asks that proxy to kick it). Announcements tell the user's friends; each operation makes
-//! them and hands them to an [`Announcer`].
+//! here (kicked) or on another proxy (the caller asks that proxy to kick it).
+//! Announcements tell the user's friends; each operation makes them and hands them to an
+//! [`Announcer`].
 //!
 //! # The lock, and lanes
 //!
