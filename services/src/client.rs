@@ -39,8 +39,13 @@ commands:
   friend add NAME|ID            befriend a user
   friend remove NAME|ID         end a friendship
   friend list                   friends with online state
-  group create NAME             create a group (you own it)
-  group join ID                 join a group
+  group create NAME [public] [shared]
+                                create a group (you own it): private unless
+                                public; members read from their join on
+                                unless shared (then all history)
+  group join ID                 join a group (a private one needs an invitation)
+  group invite ID NAME|ID       let a user join your group (for 7 days)
+  group remove ID NAME|ID       remove a member (owner only)
   group leave ID                leave a group
   group list                    your groups
   group members ID              a group's members
@@ -682,16 +687,40 @@ impl Client {
             }
             ["friend", ..] => return Err(usage("friend", "friend add|remove NAME|ID, friend list")),
             ["group", "create", ..] if words.len() > 2 => {
-                let name = rest_after(2);
+                let request = create_group_request(&rest_after(2));
                 let group = self
                     .gateway
-                    .create_group(&api::CreateGroupRequest { name })
+                    .create_group(&request)
                     .map_err(|e| failure("group create", &e))?
                     .group
                     .unwrap_or_default();
                 ok(
                     json!({"event": "group_created", "group": group_json(&group)}),
-                    format!("created group {} (id {})", group.name, group.id),
+                    format!("created group {} (id {}, {})", group.name, group.id, group_kind(&group)),
+                );
+            }
+            ["group", "invite", id, who] => {
+                let group_id = id.parse().map_err(|_| usage("group invite", "group invite ID NAME|ID"))?;
+                let user_id = self.user_id("group invite", who)?;
+                let response = self
+                    .gateway
+                    .invite(&api::InviteRequest { group_id, user_id })
+                    .map_err(|e| failure("group invite", &e))?;
+                ok(
+                    json!({"event": "invited", "group_id": group_id, "user_id": user_id,
+                           "expires_at_ms": response.expires_at_ms}),
+                    format!("invited {} into group {group_id}", self.name_of(user_id)),
+                );
+            }
+            ["group", "remove", id, who] => {
+                let group_id = id.parse().map_err(|_| usage("group remove", "group remove ID NAME|ID"))?;
+                let user_id = self.user_id("group remove", who)?;
+                self.gateway
+                    .remove_member(&api::RemoveMemberRequest { group_id, user_id })
+                    .map_err(|e| failure("group remove", &e))?;
+                ok(
+                    json!({"event": "member_removed", "group_id": group_id, "user_id": user_id}),
+                    format!("removed {} from group {group_id}", self.name_of(user_id)),
                 );
             }
             ["group", "join", id] => {
@@ -747,7 +776,11 @@ impl Client {
                 ok(json!({"event": "members", "group_id": group_id, "members": members}), text);
             }
             ["group", ..] => {
-                return Err(usage("group", "group create NAME, group join|leave|members ID, group list"))
+                return Err(usage(
+                    "group",
+                    "group create NAME [public] [shared], group join|leave|members ID, \
+                     group invite|remove ID NAME|ID, group list",
+                ))
             }
             ["send", kind, target, _, ..] => {
                 let id = self.conversation("send", kind, target)?;
@@ -847,7 +880,38 @@ fn contact_json(contact: &api::Contact) -> Value {
 }
 
 fn group_json(group: &api::Group) -> Value {
-    json!({"id": group.id, "name": group.name, "owner_id": group.owner_id})
+    let history =
+        if group.history == api::HistoryVisibility::HistoryShared as i32 { "shared" } else { "joined" };
+    json!({"id": group.id, "name": group.name, "owner_id": group.owner_id, "public": group.public,
+           "history": history})
+}
+
+/// "public" or "private", and which history members read, for people.
+fn group_kind(group: &api::Group) -> String {
+    let access = if group.public { "public" } else { "private" };
+    let history = if group.history == api::HistoryVisibility::HistoryShared as i32 {
+        "all history shared"
+    } else {
+        "members read from their join on"
+    };
+    format!("{access}, {history}")
+}
+
+/// `group create`'s arguments: the name, then any of the words `public` and `shared` at
+/// its end (a name of one word is taken as the name even if it is one of those).
+fn create_group_request(args: &str) -> api::CreateGroupRequest {
+    let mut request = api::CreateGroupRequest::default();
+    let mut name = args.trim_end();
+    while let Some((head, last)) = name.rsplit_once(char::is_whitespace) {
+        match last {
+            "public" => request.public = true,
+            "shared" => request.history = api::HistoryVisibility::HistoryShared as i32,
+            _ => break,
+        }
+        name = head.trim_end();
+    }
+    request.name = name.to_owned();
+    request
 }
 
 /// Runs the client: commands from stdin until `quit` or the end of input.
@@ -882,7 +946,20 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::Seen;
+    use super::{create_group_request, Seen};
+    use crate::api::HistoryVisibility;
+
+    #[test]
+    fn group_create_reads_public_and_shared_off_the_end_of_the_name() {
+        let plain = create_group_request("lunch club");
+        assert_eq!((plain.name.as_str(), plain.public, plain.history), ("lunch club", false, 0));
+        let open = create_group_request("lunch club public shared");
+        assert_eq!(open.name, "lunch club");
+        assert!(open.public);
+        assert_eq!(open.history, HistoryVisibility::HistoryShared as i32);
+        let named = create_group_request("public");
+        assert_eq!((named.name.as_str(), named.public), ("public", false), "a one-word name stays the name");
+    }
 
     #[test]
     fn seen_sequences_absorb_into_the_contiguous_prefix() {

@@ -16,6 +16,7 @@ pub fn store_status(error: store::Error) -> Status {
         store::Error::NotFound(m) => Status::not_found(m),
         store::Error::AlreadyExists(m) => Status::already_exists(m),
         store::Error::PermissionDenied(m) => Status::permission_denied(m),
+        store::Error::ResourceExhausted(m) => Status::resource_exhausted(m),
         store::Error::InvalidArgument(m) => Status::invalid_argument(m),
         store::Error::Unavailable(m) => {
             tracing::warn!(error = %m, "store unavailable");
@@ -113,7 +114,33 @@ pub fn group(group: store::Group) -> api::Group {
         name: group.name,
         owner_id: group.owner.0,
         created_at_ms: group.created_at_ms,
+        public: group.public,
+        history: history_visibility(group.history) as i32,
     }
+}
+
+/// A wire history visibility.
+pub fn history_visibility(history: store::HistoryVisibility) -> api::HistoryVisibility {
+    match history {
+        store::HistoryVisibility::Joined => api::HistoryVisibility::HistoryJoined,
+        store::HistoryVisibility::Shared => api::HistoryVisibility::HistoryShared,
+    }
+}
+
+/// The settings a `CreateGroupRequest` asks for.
+///
+/// # Errors
+///
+/// InvalidArgument for a history visibility this server does not know.
+pub fn group_settings(request: &api::CreateGroupRequest) -> Result<store::GroupSettings, Status> {
+    let history = match api::HistoryVisibility::try_from(request.history) {
+        Ok(api::HistoryVisibility::HistoryJoined) => store::HistoryVisibility::Joined,
+        Ok(api::HistoryVisibility::HistoryShared) => store::HistoryVisibility::Shared,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!("unknown history visibility {}", request.history)))
+        }
+    };
+    Ok(store::GroupSettings { public: request.public, history })
 }
 
 /// A wire conversation, a one-to-one pair ordered.

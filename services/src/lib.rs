@@ -23,9 +23,11 @@
 //! * [`ConversationId`], [`UserId`] and [`GroupId`] name things across all of these.
 //!
 //! Threads and sockets belong to rpc-core's servers and channels: the services' methods
-//! run on server worker threads; the proxy adds one lease-renewal thread. Stores and
-//! presence tables are `Send + Sync`; the MySQL and Redis implementations keep their own
-//! connection pools.
+//! run on server worker threads (password hashes on the heavy lane); the proxy adds one
+//! lease-renewal thread; the MySQL store adds its group-commit threads
+//! (`mysql-commit-N`, `store/mysql/batch.rs`); the CLI client adds one thread that
+//! prints pushes. Stores and presence tables are `Send + Sync`; the MySQL and Redis
+//! implementations keep their own connection pools.
 
 pub mod api;
 pub mod auth;

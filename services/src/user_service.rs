@@ -11,7 +11,7 @@ use rpc_core::server::Context;
 use rpc_core::Status;
 
 use crate::api::{self, user_service_rpc};
-use crate::convert::{caller, group, store_status, user};
+use crate::convert::{caller, group, group_settings, store_status, user};
 use crate::ids::{GroupId, UserId};
 use crate::{auth, limits, Store};
 
@@ -150,8 +150,9 @@ impl user_service_rpc::UserService for UserService {
         request: api::CreateGroupCall,
     ) -> Result<api::CreateGroupResponse, Status> {
         let me = caller(request.user_id)?;
-        let name = request.request.map(|r| r.name).unwrap_or_default();
-        let created = self.store.create_group(me, &name).map_err(store_status)?;
+        let request = request.request.unwrap_or_default();
+        let settings = group_settings(&request)?;
+        let created = self.store.create_group(me, &request.name, settings).map_err(store_status)?;
         Ok(api::CreateGroupResponse { group: Some(group(created)) })
     }
 
@@ -215,8 +216,31 @@ impl user_service_rpc::UserService for UserService {
         let id = GroupId(request.request.map_or(0, |r| r.group_id));
         let members = self.store.group_members(id).map_err(store_status)?;
         if !members.iter().any(|m| m.id == me) {
-            return Err(Status::permission_denied(format!("user {me} is not a member of group {id}")));
+            let found = self.store.group(id).map_err(store_status)?;
+            return Err(store_status(crate::store::member_or_hidden(me, &found)));
         }
         Ok(api::UsersResponse { users: members.into_iter().map(user).collect() })
+    }
+
+    fn invite(&self, _ctx: &Context, request: api::InviteCall) -> Result<api::InviteResponse, Status> {
+        let me = caller(request.user_id)?;
+        let request = request.request.unwrap_or_default();
+        let invitee = caller(request.user_id)?;
+        let invitation = self.store.invite(me, GroupId(request.group_id), invitee).map_err(store_status)?;
+        tracing::info!(group = %invitation.group, user = %invitee, inviter = %me, "invited");
+        Ok(api::InviteResponse { expires_at_ms: invitation.expires_at_ms })
+    }
+
+    fn remove_member(
+        &self,
+        _ctx: &Context,
+        request: api::RemoveMemberCall,
+    ) -> Result<api::RemoveMemberResponse, Status> {
+        let me = caller(request.user_id)?;
+        let request = request.request.unwrap_or_default();
+        let member = caller(request.user_id)?;
+        self.store.remove_member(me, GroupId(request.group_id), member).map_err(store_status)?;
+        tracing::info!(group = request.group_id, user = %member, owner = %me, "member removed");
+        Ok(api::RemoveMemberResponse {})
     }
 }

@@ -611,7 +611,10 @@ fn make_groups(
             (
                 members[0],
                 "CreateGroup",
-                api::CreateGroupRequest { name: format!("bench {g}") }.encode_to_vec(),
+                // Public, so that members join without an invitation each: one call
+                // per member, as before groups could be private.
+                api::CreateGroupRequest { name: format!("bench {g}"), public: true, ..Default::default() }
+                    .encode_to_vec(),
             )
         })
         .collect();

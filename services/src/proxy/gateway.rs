@@ -209,6 +209,23 @@ impl gateway_rpc::Gateway for Proxy {
         Ok(api::GroupMembersResponse { members: self.contacts(members)? })
     }
 
+    fn invite(&self, ctx: &Context, request: api::InviteRequest) -> Result<api::InviteResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner.users.invite(&api::InviteCall { user_id, request: Some(request) }).map_err(rpc_status)
+    }
+
+    fn remove_member(
+        &self,
+        ctx: &Context,
+        request: api::RemoveMemberRequest,
+    ) -> Result<api::RemoveMemberResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner
+            .users
+            .remove_member(&api::RemoveMemberCall { user_id, request: Some(request) })
+            .map_err(rpc_status)
+    }
+
     fn send_message(
         &self,
         ctx: &Context,

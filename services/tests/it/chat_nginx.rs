@@ -27,7 +27,7 @@ use services::api::{self, GatewayClient};
 use services::cluster::{self, Process, State};
 use services::{presence, Presence, UserId};
 
-use crate::chat_standalone::{direct, gateway_at, group, user_at, System, PASSWORD};
+use crate::chat_standalone::{direct, gateway_at, group, public_group, user_at, System, PASSWORD};
 use crate::support::{mysql_url, redis_url, unique_name, wait_until, with_database};
 
 /// Where ZooKeeper is for the test.
@@ -283,7 +283,7 @@ fn users_on_different_proxies_chat_one_to_one_and_in_a_group() {
     assert_eq!(reply.message.unwrap().seq, 2);
     assert_eq!(alice_client.wait_messages(1)[0].body, "to the other");
 
-    let id = alice_client.gateway.create_group(&api::CreateGroupRequest { name: "both".into() }).unwrap();
+    let id = alice_client.gateway.create_group(&public_group("both")).unwrap();
     let id = id.group.unwrap().id;
     bob_client.gateway.join_group(&api::JoinGroupRequest { group_id: id }).unwrap();
     for (client, _) in &others {
@@ -463,7 +463,7 @@ fn a_chat_service_killed_while_messages_flow_loses_nothing_and_stores_nothing_tw
     let receivers: Vec<(Receiver, api::User)> =
         (0..2).map(|i| Receiver::login(system.addr(), &system.name(&format!("r{i}")))).collect();
     let senders: Vec<_> = (0..SENDERS).map(|i| system.user(&format!("s{i}"))).collect();
-    let group_id = senders[0].0.gateway.create_group(&api::CreateGroupRequest { name: "flow".into() });
+    let group_id = senders[0].0.gateway.create_group(&public_group("flow"));
     let group_id = group_id.unwrap().group.unwrap().id;
     for (client, _) in &senders[1..] {
         client.gateway.join_group(&api::JoinGroupRequest { group_id }).unwrap();

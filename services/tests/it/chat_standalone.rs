@@ -180,6 +180,11 @@ pub fn direct(a: &api::User, b: &api::User) -> api::Conversation {
     api::Conversation { kind: Some(api::conversation::Kind::Direct(pair)) }
 }
 
+/// A request for a public group: anyone joins it, with no invitation.
+pub fn public_group(name: &str) -> api::CreateGroupRequest {
+    api::CreateGroupRequest { name: name.into(), public: true, ..Default::default() }
+}
+
 pub fn group(id: u64) -> api::Conversation {
     api::Conversation { kind: Some(api::conversation::Kind::GroupId(id)) }
 }
@@ -224,7 +229,7 @@ pub fn calls_before_login_get_unauthenticated(system: &System) {
     let add = api::AddFriendRequest { friend: Some(api::add_friend_request::Friend::UserId(1)) };
     assert_eq!(code(gateway.add_friend(&add)), unauthenticated, "add_friend");
     assert_eq!(code(gateway.list_friends(&api::ListFriendsRequest {})), unauthenticated, "list_friends");
-    let create = api::CreateGroupRequest { name: "g".into() };
+    let create = api::CreateGroupRequest { name: "g".into(), ..Default::default() };
     assert_eq!(code(gateway.create_group(&create)), unauthenticated, "create_group");
     assert_eq!(code(gateway.join_group(&api::JoinGroupRequest { group_id: 1 })), unauthenticated);
     assert_eq!(code(gateway.list_groups(&api::ListGroupsRequest {})), unauthenticated, "list_groups");
@@ -300,8 +305,7 @@ pub fn only_members_send_to_a_group_and_members_get_it_pushed(system: &System) {
     let (alice_client, _alice) = system.user("alice");
     let (bob_client, _bob) = system.user("bob");
     let (carol_client, _carol) = system.user("carol");
-    let created =
-        alice_client.gateway.create_group(&api::CreateGroupRequest { name: "team".into() }).unwrap();
+    let created = alice_client.gateway.create_group(&public_group("team")).unwrap();
     let id = created.group.unwrap().id;
     bob_client.gateway.join_group(&api::JoinGroupRequest { group_id: id }).unwrap();
 
@@ -385,8 +389,10 @@ fn a_restart_keeps_users_friends_groups_and_messages() {
         let befriend =
             api::AddFriendRequest { friend: Some(api::add_friend_request::Friend::UserId(bob.id)) };
         alice_client.gateway.add_friend(&befriend).unwrap();
-        let group =
-            alice_client.gateway.create_group(&api::CreateGroupRequest { name: "kept".into() }).unwrap();
+        let group = alice_client
+            .gateway
+            .create_group(&api::CreateGroupRequest { name: "kept".into(), ..Default::default() })
+            .unwrap();
         let group_id = group.group.unwrap().id;
         alice_client.send(direct(&alice, &bob), "a-1", "still there?").unwrap();
         let to_group = api::Conversation { kind: Some(api::conversation::Kind::GroupId(group_id)) };
@@ -463,7 +469,7 @@ pub fn friends_groups_and_history_work_through_the_gateway(system: &System) {
     let nobody = api::FindUserRequest { name: system.name("nobody"), ..Default::default() };
     assert_eq!(code(alice_client.gateway.find_user(&nobody)), Code::NotFound);
 
-    let id = alice_client.gateway.create_group(&api::CreateGroupRequest { name: "g".into() }).unwrap();
+    let id = alice_client.gateway.create_group(&public_group("g")).unwrap();
     let id = id.group.unwrap().id;
     bob_client.gateway.join_group(&api::JoinGroupRequest { group_id: id }).unwrap();
     assert_eq!(
@@ -495,7 +501,7 @@ pub fn friends_groups_and_history_work_through_the_gateway(system: &System) {
 /// on the cluster behind nginx in `chat_nginx`.
 macro_rules! chat_suite {
     ($start:path) => {
-        chat_suite!(@tests $start;
+        chat_suite!(@tests $start; chat_standalone;
             accounts_and_sessions_answer_with_clear_errors,
             calls_before_login_get_unauthenticated,
             a_duplicate_name_is_refused_whatever_the_case_and_the_connection,
@@ -508,12 +514,18 @@ macro_rules! chat_suite {
             bad_input_gets_clear_errors_and_the_proxy_keeps_serving,
             friends_groups_and_history_work_through_the_gateway,
         );
+        chat_suite!(@tests $start; chat_groups;
+            a_private_group_is_joined_only_by_invitation,
+            the_owner_removes_a_member_who_then_cannot_read_or_send,
+            a_late_joiner_reads_from_their_join_on_unless_history_is_shared,
+            a_public_group_is_open_to_anyone,
+        );
     };
-    (@tests $start:path; $($name:ident,)*) => {
+    (@tests $start:path; $module:ident; $($name:ident,)*) => {
         $(
             #[test]
             fn $name() {
-                $crate::chat_standalone::$name(&$start());
+                $crate::$module::$name(&$start());
             }
         )*
     };

@@ -164,7 +164,7 @@ fn clients_sending_to_one_group_at_once_see_every_message_once_and_in_full() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, addr) = standalone(dir.path());
     let setup = "register alice correct-horse-battery\nregister bob correct-horse-battery\n\
-                 login alice correct-horse-battery\ngroup create room\n";
+                 login alice correct-horse-battery\ngroup create room public\n";
     let (setup, setup_rx) = client(&addr, setup);
     let created = finish(setup, setup_rx, Vec::new());
     let group =

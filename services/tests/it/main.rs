@@ -8,7 +8,8 @@
 //! own, created for it and dropped after it; every Redis test uses keys under a prefix of
 //! its own.
 //!
-//! `chat_standalone` runs the chat scenarios end to end against the standalone system;
+//! `chat_standalone` runs the chat scenarios end to end against the standalone system
+//! (with the private-group scenarios of `chat_groups`);
 //! `chat_two_proxies` runs the cross-proxy ones against two in-process proxies;
 //! `chat_cluster` runs the `chatroom` binary's processes against MariaDB, Redis and
 //! ZooKeeper (`CHATROOM_ZK`, default `127.0.0.1:2181`), including graceful stops on
@@ -22,6 +23,7 @@
 //! [`Presence`]: services::Presence
 
 mod chat_cluster;
+mod chat_groups;
 #[macro_use]
 mod chat_standalone;
 mod chat_nginx;
