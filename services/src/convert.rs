@@ -38,6 +38,7 @@ pub fn write_status(error: store::Error) -> Status {
         store::Error::NotFound(_)
             | store::Error::AlreadyExists(_)
             | store::Error::PermissionDenied(_)
+            | store::Error::ResourceExhausted(_)
             | store::Error::InvalidArgument(_)
     );
     let status = store_status(error);
