@@ -8,7 +8,8 @@
 //! At login it Syncs what it missed; when a pushed message leaves a gap no earlier push
 //! or send explains, it Syncs the gap; when the connection is lost it logs in again and
 //! Syncs. A send carries a client message id (a per-process random prefix and a
-//! counter), reused when the send is retried, so a retry is never stored twice.
+//! counter), reused when the send is retried (on an unknown outcome or while the system
+//! is unavailable, for up to 20 s), so a retry is never stored twice.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{BufRead, Write};
@@ -184,6 +185,14 @@ fn failure(command: &str, e: &rpc_core::Error) -> (String, String, String) {
         other => other.to_string(),
     };
     (command.to_owned(), e.code().as_str().to_owned(), message)
+}
+
+/// Whether a failed `SendMessage` should be sent again with the same client message id:
+/// its outcome is unknown (DeadlineExceeded, or a time-out or lost connection here: it
+/// may have been stored, and only a retry tells), or the system was unavailable.
+fn send_may_succeed_later(error: &rpc_core::Error) -> bool {
+    error.outcome() == rpc_core::Outcome::Unknown
+        || matches!(error.code(), rpc_core::Code::Unavailable | rpc_core::Code::DeadlineExceeded)
 }
 
 /// A failed command: (command, code, message).
@@ -519,21 +528,15 @@ impl Client {
             client_msg_id: self.next_msg_id(),
             body: body.into(),
         };
-        // Lost on the way, or the system is restarting: the same client message id makes
-        // a retry safe, so keep trying for a while rather than fail a message the user
-        // would type again under a new id.
+        // Lost on the way, the system restarting, or the outcome unknown (it may have been
+        // stored): the same client message id makes a retry safe, so keep trying for a
+        // while rather than fail a message the user would type again under a new id.
         let give_up = Instant::now() + SEND_RETRY_FOR;
         let mut pause = Duration::from_millis(200);
         let response = loop {
             match self.gateway.send_message(&request) {
                 Ok(response) => break response,
-                Err(e)
-                    if Instant::now() < give_up
-                        && matches!(
-                            e.code(),
-                            rpc_core::Code::Unavailable | rpc_core::Code::DeadlineExceeded
-                        ) =>
-                {
+                Err(e) if Instant::now() < give_up && send_may_succeed_later(&e) => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_secs(2));
                     let credentials = self.state().credentials.clone();

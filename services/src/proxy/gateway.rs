@@ -7,7 +7,7 @@ use rpc_core::Status;
 use super::sessions::{LoginError, REPLACED};
 use super::Proxy;
 use crate::api::{self, gateway_rpc};
-use crate::convert::{presence_status, rpc_status};
+use crate::convert::{presence_status, rpc_status, send_status};
 use crate::ids::UserId;
 
 impl Proxy {
@@ -236,7 +236,8 @@ impl gateway_rpc::Gateway for Proxy {
         request: api::SendMessageRequest,
     ) -> Result<api::SendMessageResponse, Status> {
         let sender_id = self.session(ctx)?.0;
-        self.inner.chat.send(&api::SendCall { sender_id, request: Some(request) }).map_err(rpc_status)
+        // "Not stored" only when it was not: see `send_status`.
+        self.inner.chat.send(&api::SendCall { sender_id, request: Some(request) }).map_err(send_status)
     }
 
     fn history(&self, ctx: &Context, request: api::HistoryRequest) -> Result<api::HistoryResponse, Status> {

@@ -15,6 +15,9 @@
 //! ZooKeeper (`CHATROOM_ZK`, default `127.0.0.1:2181`), including graceful stops on
 //! SIGTERM; `chat_nginx` runs the same chat scenarios on a whole cluster behind nginx
 //! (`chatroom cluster up`), and kills a chat service and a proxy with SIGKILL.
+//! `redis_faults` restarts, and kills and empties, a Redis of its own under the
+//! processes of `chat_cluster`; `send_outcomes` stops their only chat service with
+//! SIGSTOP while messages are sent.
 //!
 //! [`Store`]: services::Store
 //! [`Presence`]: services::Presence
@@ -28,6 +31,8 @@ mod chat_two_proxies;
 mod client_cli;
 mod cluster_up_down;
 mod proto;
+mod redis_faults;
+mod send_outcomes;
 mod support;
 
 #[macro_use]

@@ -25,6 +25,7 @@ macro_rules! presence_suite {
             a_new_claim_replaces_the_old_owner,
             only_the_owner_renews_or_releases,
             renew_all_reports_lost_users,
+            reclaim_takes_only_a_lease_nobody_holds,
             lease_lapses_without_renewal,
             renewal_keeps_a_lease_alive,
             zero_ttl_is_refused,
@@ -111,6 +112,23 @@ pub fn renew_all_reports_lost_users(f: &dyn Fixture) {
     assert_eq!(lost, [UserId(2), UserId(4)]);
     assert_eq!(p.renew_all(&[], "proxy-a", LONG).unwrap(), []);
     assert_eq!(owners(p, &[1, 2, 3, 4]), [some("proxy-a"), some("proxy-b"), some("proxy-a"), None]);
+}
+
+pub fn reclaim_takes_only_a_lease_nobody_holds(f: &dyn Fixture) {
+    let p = f.presence();
+    assert_eq!(p.reclaim(UserId(1), "proxy-a", LONG).unwrap(), None, "a missing lease is taken");
+    assert_eq!(p.reclaim(UserId(1), "proxy-a", LONG).unwrap(), None, "its own lease, again");
+    assert_eq!(owners(p, &[1]), [some("proxy-a")]);
+    p.claim(UserId(2), "proxy-b", LONG).unwrap();
+    assert_eq!(p.reclaim(UserId(2), "proxy-a", LONG).unwrap(), some("proxy-b"));
+    assert_eq!(owners(p, &[2]), [some("proxy-b")], "never taken from a live holder");
+    // A lapsed lease is free, and once taken back it is not swept.
+    p.claim(UserId(3), "proxy-b", SHORT).unwrap();
+    wait_until(SHORT * 10, "the lease lapses", || owners(p, &[3]) == [None]);
+    assert_eq!(p.reclaim(UserId(3), "proxy-a", LONG).unwrap(), None);
+    assert_eq!(p.sweep_lapsed(1000).unwrap(), [], "taken back, not lapsed");
+    assert_eq!(owners(p, &[3]), [some("proxy-a")]);
+    assert!(matches!(p.reclaim(UserId(4), "proxy-a", Duration::ZERO), Err(Error::InvalidTtl(_))));
 }
 
 pub fn lease_lapses_without_renewal(f: &dyn Fixture) {
