@@ -82,7 +82,8 @@ fn sends_to_a_stopped_chat_service_are_answered_not_stored_only_when_they_were_n
     // Alice's session on a connection that waits longer than the proxy does.
     drop(alice_client);
     let gateway = gateway_at(proxy, |_| {}).with_timeout(SEND_TIMEOUT);
-    let login = api::LoginRequest { name: alice.name.clone(), password: PASSWORD.into() };
+    let login =
+        api::LoginRequest { name: alice.name.clone(), password: PASSWORD.into(), ..Default::default() };
     gateway.login(&login).expect("alice logs in");
     let to = direct(&alice, &bob);
     let send = |id: &str| {
