@@ -43,6 +43,7 @@ pub mod limits;
 pub mod presence;
 pub mod proxies;
 pub mod proxy;
+mod redis_pool;
 mod served;
 pub mod standalone;
 pub mod store;
