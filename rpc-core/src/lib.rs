@@ -7,7 +7,9 @@
 //!   wakes the loop to write replies. Everything one connection can make the
 //!   server hold or do is bounded.
 //! - [`client`]: a [`client::Channel`] multiplexes calls from many threads over
-//!   its connections; one reader thread per connection completes them.
+//!   its connections; per connection, a reader thread completes the calls, be
+//!   they blocking, with a callback or a [`client::ReplyFuture`], and a writer
+//!   thread flushes what callbacks queued.
 //! - [`registry`]: where instances of a service announce themselves
 //!   (ZooKeeper or in-process), and [`balance`] spreads calls over them.
 //! - [`auth`]: who may call a listener, proved in the connection's handshake

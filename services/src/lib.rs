@@ -22,13 +22,16 @@
 //!   proxy's `Delivery` listener serve only peers that prove it in the connection's
 //!   handshake, and every channel between the processes proves it.
 //! * [`auth`] hashes and verifies passwords (argon2id); [`limits`] checks names,
-//!   passwords, message bodies and group names.
+//!   passwords, message bodies and group names; [`throttle`] limits login and
+//!   registration attempts per account and per source address, in memory or Redis.
 //! * [`ConversationId`], [`UserId`] and [`GroupId`] name things across all of these.
 //!
 //! Threads and sockets belong to rpc-core's servers and channels: the services' methods
-//! run on server worker threads; the proxy adds one lease-renewal thread. Stores and
-//! presence tables are `Send + Sync`; the MySQL and Redis implementations keep their own
-//! connection pools.
+//! run on server worker threads (password hashes on the heavy lane); the proxy adds one
+//! lease-renewal thread; the MySQL store adds its group-commit threads
+//! (`mysql-commit-N`, `store/mysql/batch.rs`); the CLI client adds one thread that
+//! prints pushes. Stores and presence tables are `Send + Sync`; the MySQL and Redis
+//! implementations keep their own connection pools.
 
 pub mod api;
 pub mod auth;
@@ -43,10 +46,12 @@ pub mod limits;
 pub mod presence;
 pub mod proxies;
 pub mod proxy;
+mod redis_pool;
 pub mod secret;
 mod served;
 pub mod standalone;
 pub mod store;
+pub mod throttle;
 pub mod user_service;
 
 /// Worker threads per server of the chat system's processes. The handlers mostly wait on

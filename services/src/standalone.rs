@@ -20,7 +20,7 @@ use crate::proxies::Proxies;
 use crate::secret::{self, ClusterSecret};
 use crate::served::{serve, Served};
 use crate::user_service::UserService;
-use crate::{auth, presence, proxy, store, Presence, Store};
+use crate::{auth, presence, proxy, store, throttle, Presence, Store};
 
 /// The file the store keeps in the data directory.
 pub const DB_FILE: &str = "chatroom.db";
@@ -36,6 +36,8 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// Cost of new password hashes.
     pub hashing: auth::Config,
+    /// Login and registration limits, counted in memory.
+    pub throttle: throttle::Config,
     /// Settings of each of the three servers.
     pub server: server::Config,
     /// The secret the three prove to each other. `None`: the one in the data directory's
@@ -51,6 +53,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
             lease_ttl: Duration::from_secs(30),
             hashing: auth::Config::default(),
+            throttle: throttle::Config::default(),
             server: server::Config { workers: crate::SERVER_WORKERS, ..server::Config::default() },
             cluster_secret: None,
         }
@@ -140,7 +143,9 @@ impl Standalone {
         let internal =
             || server::Config { authenticator: Some(secret.authenticator()), ..config.server.clone() };
 
-        let user_service = UserService::new(store.clone()).with_hashing(config.hashing.clone());
+        let user_service = UserService::new(store.clone())
+            .with_hashing(config.hashing.clone())
+            .with_throttle(throttle::Limits::in_memory(config.throttle.clone()));
         let users = serve(UserServiceServer(user_service), &registry, loopback, internal())?;
         let proxies = Proxies::discover(&registry)?.with_credential(Some(secret.credential()));
         let chat_service = ChatService::new(store, presence.clone(), proxies);

@@ -7,7 +7,7 @@ use rpc_core::Status;
 use super::sessions::{LoginError, REPLACED};
 use super::Proxy;
 use crate::api::{self, gateway_rpc};
-use crate::convert::{presence_status, rpc_status};
+use crate::convert::{presence_status, rpc_status, send_status};
 use crate::ids::UserId;
 
 impl Proxy {
@@ -66,15 +66,19 @@ impl Proxy {
 impl gateway_rpc::Gateway for Proxy {
     fn register(
         &self,
-        _ctx: &Context,
-        request: api::RegisterRequest,
+        ctx: &Context,
+        mut request: api::RegisterRequest,
     ) -> Result<api::RegisterResponse, Status> {
         self.open()?;
+        // The user service limits registrations per client address; it learns it here.
+        request.source = ctx.client_addr().ip().to_string();
         self.inner.users.register(&request).map_err(rpc_status)
     }
 
-    fn login(&self, ctx: &Context, request: api::LoginRequest) -> Result<api::LoginResponse, Status> {
+    fn login(&self, ctx: &Context, mut request: api::LoginRequest) -> Result<api::LoginResponse, Status> {
         self.open()?;
+        // The user service throttles logins per client address; it learns it here.
+        request.source = ctx.client_addr().ip().to_string();
         let sessions = &self.inner.sessions;
         let connection = ctx.connection();
         // A login on a connection that already has a session ends that session first.
@@ -209,13 +213,31 @@ impl gateway_rpc::Gateway for Proxy {
         Ok(api::GroupMembersResponse { members: self.contacts(members)? })
     }
 
+    fn invite(&self, ctx: &Context, request: api::InviteRequest) -> Result<api::InviteResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner.users.invite(&api::InviteCall { user_id, request: Some(request) }).map_err(rpc_status)
+    }
+
+    fn remove_member(
+        &self,
+        ctx: &Context,
+        request: api::RemoveMemberRequest,
+    ) -> Result<api::RemoveMemberResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner
+            .users
+            .remove_member(&api::RemoveMemberCall { user_id, request: Some(request) })
+            .map_err(rpc_status)
+    }
+
     fn send_message(
         &self,
         ctx: &Context,
         request: api::SendMessageRequest,
     ) -> Result<api::SendMessageResponse, Status> {
         let sender_id = self.session(ctx)?.0;
-        self.inner.chat.send(&api::SendCall { sender_id, request: Some(request) }).map_err(rpc_status)
+        // "Not stored" only when it was not: see `send_status`.
+        self.inner.chat.send(&api::SendCall { sender_id, request: Some(request) }).map_err(send_status)
     }
 
     fn history(&self, ctx: &Context, request: api::HistoryRequest) -> Result<api::HistoryResponse, Status> {

@@ -94,9 +94,12 @@ pub fn serve(
     delivery_listen: std::net::SocketAddr,
     server_config: server::Config,
 ) -> Result<Running, rpc_core::Error> {
-    // Only members of the cluster may deliver: the listener requires the cluster secret
-    // (when the proxy has one); the client listener stays open to clients.
+    // Only clients come through a load balancer: the chat services call the delivery
+    // port directly, without a PROXY header. Only members of the cluster may deliver: the
+    // listener requires the cluster secret (when the proxy has one); the client listener
+    // stays open to clients.
     let delivery_config = server::Config {
+        proxy_protocol_from: Vec::new(),
         authenticator: proxy.cluster_secret().map(|secret| secret.authenticator()),
         ..server_config.clone()
     };

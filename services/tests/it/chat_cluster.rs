@@ -31,7 +31,7 @@ fn zk() -> String {
 }
 
 /// The processes of one test; killed, and the database dropped, when it ends.
-struct Cluster {
+pub struct Cluster {
     /// Every process started, by name.
     children: Vec<(String, Child)>,
     /// The database, for dropping it.
@@ -42,31 +42,52 @@ struct Cluster {
     common: Vec<String>,
     /// Holds the cluster secret's file, which every process is given.
     secret_dir: tempfile::TempDir,
+    /// The Redis every process keeps presence in.
+    redis: String,
 }
 
 impl Cluster {
-    fn new() -> Cluster {
+    /// Processes on the shared backends.
+    pub fn new() -> Cluster {
+        Cluster::with_redis(&redis_url())
+    }
+
+    /// Processes on the shared ZooKeeper and MariaDB, and the Redis at `redis`.
+    pub fn with_redis(redis: &str) -> Cluster {
         let database = unique_name("chatroom_test");
         let zk_root = format!("/{}", unique_name("chatroom_test"));
         let common = vec!["--zk".into(), zk(), "--zk-root".into(), zk_root.clone()];
         let secret_dir = tempfile::tempdir().unwrap();
         ClusterSecret::load_or_create(&secret_dir.path().join(secret::FILE)).unwrap();
-        Cluster { children: Vec::new(), database, zk_root, common, secret_dir }
+        Cluster { children: Vec::new(), database, zk_root, common, secret_dir, redis: redis.to_owned() }
+    }
+
+    /// The key prefix of the processes' presence table.
+    pub fn redis_prefix(&self) -> String {
+        format!("{}:", self.database)
+    }
+
+    /// The process id of the process started as `name`.
+    pub fn pid(&mut self, name: &str) -> u32 {
+        self.child(name).id()
     }
 
     /// Starts `chatroom <args>` and returns the address it printed last on its first line.
-    fn spawn(&mut self, name: &str, args: &[&str]) -> SocketAddr {
+    pub fn spawn(&mut self, name: &str, args: &[&str]) -> SocketAddr {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chatroom"))
             .args(args)
             .args(&self.common)
             .env("CHATROOM_MYSQL_URL", with_database(&mysql_url(), &self.database))
-            .env("CHATROOM_REDIS_URL", redis_url())
-            .env("CHATROOM_REDIS_PREFIX", format!("{}:", self.database))
+            .env("CHATROOM_REDIS_URL", &self.redis)
+            .env("CHATROOM_REDIS_PREFIX", self.redis_prefix())
             .env("CHATROOM_CLUSTER_SECRET_FILE", self.secret_dir.path().join(secret::FILE))
             .env("RUST_LOG", "warn")
             // Full-cost argon2 takes most of a second per hash in a debug build.
             .env("CHATROOM_HASH_MEMORY_KIB", "256")
             .env("CHATROOM_HASH_ITERATIONS", "1")
+            // Every user comes from 127.0.0.1; the throttle has tests of its own.
+            .env("CHATROOM_LOGIN_ADDRESS_BURST", "0")
+            .env("CHATROOM_REGISTER_ADDRESS_BURST", "0")
             .stdout(Stdio::piped())
             .spawn()
             .expect("the chatroom binary starts");

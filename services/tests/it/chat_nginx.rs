@@ -27,8 +27,13 @@ use services::api::{self, GatewayClient};
 use services::cluster::{self, Process, State};
 use services::{presence, Presence, UserId};
 
-use crate::chat_standalone::{direct, gateway_at, group, user_at, System, PASSWORD};
+use crate::chat_standalone::{direct, gateway_at, group, public_group, user_at, System, PASSWORD};
 use crate::support::{mysql_url, redis_url, unique_name, wait_until, with_database};
+
+/// The scenarios log many users in from 127.0.0.1: the per-address limits are off (the
+/// throttle has tests of its own, `throttle_cluster`).
+pub const UNTHROTTLED: &[(&str, &str)] =
+    &[("CHATROOM_LOGIN_ADDRESS_BURST", "0"), ("CHATROOM_REGISTER_ADDRESS_BURST", "0")];
 
 /// Where ZooKeeper is for the test.
 fn zk() -> String {
@@ -71,10 +76,15 @@ impl Cluster {
     /// Starts a cluster; fails the test, naming the command that starts the backends, if
     /// it cannot.
     pub fn up(shape: Shape) -> Cluster {
-        Cluster::try_up(shape).unwrap_or_else(|e| panic!("{e}"))
+        Cluster::up_with(shape, UNTHROTTLED)
     }
 
-    fn try_up(shape: Shape) -> Result<Cluster, String> {
+    /// Starts a cluster whose processes also get the environment `env`.
+    pub fn up_with(shape: Shape, env: &[(&str, &str)]) -> Cluster {
+        Cluster::try_up(shape, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_up(shape: Shape, env: &[(&str, &str)]) -> Result<Cluster, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let database = unique_name("chatroom_test");
         let watchdog = watchdog(dir.path(), &database)?;
@@ -110,6 +120,7 @@ impl Cluster {
                 // Full-cost argon2 takes most of a second per hash in a debug build.
                 .env("CHATROOM_HASH_MEMORY_KIB", "256")
                 .env("CHATROOM_HASH_ITERATIONS", "1")
+                .envs(env.iter().copied())
                 .output()
                 .map_err(|e| format!("cannot run the chatroom binary: {e}"))?;
             if up.status.success() {
@@ -129,9 +140,20 @@ impl Cluster {
         Err(failure)
     }
 
+    /// What `up` recorded: every process with its address.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
     /// Where clients connect (nginx).
     pub fn client_addr(&self) -> SocketAddr {
         self.state.client_addr
+    }
+
+    /// The secret `up` gave every process, which their internal ports require.
+    pub fn cluster_secret(&self) -> services::secret::ClusterSecret {
+        services::secret::ClusterSecret::read(&cluster::secret_path(self.dir.path()))
+            .expect("up made the secret")
     }
 
     /// The process `up` named `name` (`proxy-1`, `chat-service-2`, ...).
@@ -239,7 +261,7 @@ fn free_port() -> u16 {
 static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
 
 fn shared() -> &'static Cluster {
-    let shared = SHARED.get_or_init(|| Cluster::try_up(Shape::default()));
+    let shared = SHARED.get_or_init(|| Cluster::try_up(Shape::default(), UNTHROTTLED));
     shared.as_ref().unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -283,7 +305,7 @@ fn users_on_different_proxies_chat_one_to_one_and_in_a_group() {
     assert_eq!(reply.message.unwrap().seq, 2);
     assert_eq!(alice_client.wait_messages(1)[0].body, "to the other");
 
-    let id = alice_client.gateway.create_group(&api::CreateGroupRequest { name: "both".into() }).unwrap();
+    let id = alice_client.gateway.create_group(&public_group("both")).unwrap();
     let id = id.group.unwrap().id;
     bob_client.gateway.join_group(&api::JoinGroupRequest { group_id: id }).unwrap();
     for (client, _) in &others {
@@ -357,9 +379,11 @@ impl Receiver {
         let gateway = gateway_at(addr, move |event| {
             let _ = tx.lock().unwrap().send(event);
         });
-        let request = api::RegisterRequest { name: name.into(), password: PASSWORD.into() };
+        let request =
+            api::RegisterRequest { name: name.into(), password: PASSWORD.into(), ..Default::default() };
         gateway.register(&request).expect("registers");
-        let request = api::LoginRequest { name: name.into(), password: PASSWORD.into() };
+        let request =
+            api::LoginRequest { name: name.into(), password: PASSWORD.into(), ..Default::default() };
         let user = gateway.login(&request).expect("logs in").user.unwrap();
         let receiver = Receiver {
             gateway,
@@ -463,7 +487,7 @@ fn a_chat_service_killed_while_messages_flow_loses_nothing_and_stores_nothing_tw
     let receivers: Vec<(Receiver, api::User)> =
         (0..2).map(|i| Receiver::login(system.addr(), &system.name(&format!("r{i}")))).collect();
     let senders: Vec<_> = (0..SENDERS).map(|i| system.user(&format!("s{i}"))).collect();
-    let group_id = senders[0].0.gateway.create_group(&api::CreateGroupRequest { name: "flow".into() });
+    let group_id = senders[0].0.gateway.create_group(&public_group("flow"));
     let group_id = group_id.unwrap().group.unwrap().id;
     for (client, _) in &senders[1..] {
         client.gateway.join_group(&api::JoinGroupRequest { group_id }).unwrap();
@@ -642,7 +666,8 @@ fn a_proxy_killed_with_sigkill_loses_nothing_and_leaves_nobody_online() {
     let (gone, returners) = victims.split_last().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     for (client, user) in returners {
-        let request = api::LoginRequest { name: user.name.clone(), password: PASSWORD.into() };
+        let request =
+            api::LoginRequest { name: user.name.clone(), password: PASSWORD.into(), ..Default::default() };
         retry(&format!("{} logs in again", user.name), deadline, || client.gateway.login(&request));
         assert_ne!(proxy_of(user), victim_proxy, "{} is on a live proxy", user.name);
         let cursor = api::Cursor { conversation: Some(direct(&watcher_user, user)), seq: 1 };
@@ -677,7 +702,8 @@ fn a_proxy_killed_with_sigkill_loses_nothing_and_leaves_nobody_online() {
 
     // The one who stayed away finds everything when they come back, later.
     let (client, user) = gone;
-    let request = api::LoginRequest { name: user.name.clone(), password: PASSWORD.into() };
+    let request =
+        api::LoginRequest { name: user.name.clone(), password: PASSWORD.into(), ..Default::default() };
     retry("the last user logs in again", deadline, || client.gateway.login(&request));
     let cursor = api::Cursor { conversation: Some(direct(&watcher_user, user)), seq: 1 };
     let synced = client.gateway.sync(&api::SyncRequest { cursors: vec![cursor], limit: 0 }).unwrap();
