@@ -19,7 +19,8 @@
 //!   lease, behind the [`Presence`] trait, in memory ([`presence::Memory`]) or Redis
 //!   ([`presence::Redis`]).
 //! * [`auth`] hashes and verifies passwords (argon2id); [`limits`] checks names,
-//!   passwords, message bodies and group names.
+//!   passwords, message bodies and group names; [`session_token`] makes the tokens
+//!   that resume a session without the password.
 //! * [`ConversationId`], [`UserId`] and [`GroupId`] name things across all of these.
 //!
 //! Threads and sockets belong to rpc-core's servers and channels: the services' methods
@@ -41,6 +42,7 @@ pub mod presence;
 pub mod proxies;
 pub mod proxy;
 mod served;
+pub mod session_token;
 pub mod standalone;
 pub mod store;
 pub mod user_service;

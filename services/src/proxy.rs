@@ -1,7 +1,7 @@
 //! The proxy (gateway): the rpc-core server clients connect to.
 //!
 //! It is the only place where a connection becomes a user: every `Gateway` call but
-//! `Register` and `Login` looks the caller up by its connection and fails with
+//! `Register`, `Login` and `Resume` looks the caller up by its connection and fails with
 //! Unauthenticated when there is no session, and every call it forwards to the user and
 //! chat services (through load-balanced stubs over the instances found in the registry)
 //! carries the session's user id, never one the client sent.
@@ -39,6 +39,7 @@ mod gateway;
 mod renewal;
 mod running;
 pub mod sessions;
+mod tokens;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -124,6 +125,8 @@ struct Inner {
     presence: Arc<dyn Presence>,
     /// The other proxies, to kick a session one of them holds.
     proxies: Proxies,
+    /// The session token of each connection's session, for `Logout` to revoke.
+    tokens: tokens::Tokens,
     /// Set when shutdown starts: every call is refused with Unavailable from then on, so
     /// no session starts while the proxy ends them.
     closing: AtomicBool,
@@ -158,7 +161,16 @@ impl Proxy {
         let leases = sessions::Config { owner: config.instance_id.clone(), lease_ttl: config.lease_ttl };
         let sessions = Sessions::new(leases, presence.clone(), Box::new(ToChatService(chat.clone())));
         let inner =
-            Inner { config, sessions, users, chat, presence, proxies, closing: AtomicBool::new(false) };
+            Inner {
+                config,
+                sessions,
+                users,
+                chat,
+                presence,
+                proxies,
+                tokens: tokens::Tokens::default(),
+                closing: AtomicBool::new(false),
+            };
         Ok(Proxy { inner: Arc::new(inner) })
     }
 
@@ -172,8 +184,10 @@ impl Proxy {
         &self.inner.sessions
     }
 
-    /// Ends the session on a connection that closed, as a logout would.
+    /// Ends the session on a connection that closed, as a logout would, but leaves its
+    /// session token working: the client resumes with it.
     pub fn disconnected(&self, connection: ConnectionId) {
+        self.inner.tokens.remove(connection);
         self.inner.sessions.end(connection);
     }
 

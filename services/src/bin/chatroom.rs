@@ -26,7 +26,7 @@ use services::chat_service::ChatService;
 use services::proxies::Proxies;
 use services::standalone::{self, Standalone};
 use services::user_service::UserService;
-use services::{auth, presence, proxy, serve, store, Presence, Store};
+use services::{auth, presence, proxy, serve, session_token, store, Presence, Store};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -53,6 +53,8 @@ enum Command {
         /// How long a user stays online without their proxy renewing the lease.
         #[arg(long, env = "CHATROOM_LEASE_TTL_SECS", default_value_t = 30)]
         lease_ttl_secs: u64,
+        #[command(flatten)]
+        tokens: TokenArgs,
         #[command(flatten)]
         serving: ServeArgs,
     },
@@ -89,6 +91,8 @@ enum Command {
         mysql: MySqlArgs,
         #[command(flatten)]
         hashing: HashingArgs,
+        #[command(flatten)]
+        tokens: TokenArgs,
         #[command(flatten)]
         serving: ServeArgs,
     },
@@ -194,6 +198,26 @@ impl HashingArgs {
         argon2::Params::new(config.memory_kib, config.iterations, config.parallelism, None)
             .map_err(|e| anyhow::anyhow!("invalid password hash cost: {e}"))?;
         Ok(config)
+    }
+}
+
+/// Session tokens: how long they last, how many each user keeps.
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// How long a session token resumes sessions after the login that issued it.
+    #[arg(long, env = "CHATROOM_SESSION_TOKEN_TTL_SECS", default_value_t = session_token::Config::default().ttl.as_secs())]
+    session_token_ttl_secs: u64,
+    /// How many session tokens each user keeps (the newest); older ones stop working.
+    #[arg(long, env = "CHATROOM_SESSION_TOKENS_PER_USER", default_value_t = session_token::Config::default().keep_per_user)]
+    session_tokens_per_user: usize,
+}
+
+impl TokenArgs {
+    fn config(&self) -> session_token::Config {
+        session_token::Config {
+            ttl: Duration::from_secs(self.session_token_ttl_secs.max(1)),
+            keep_per_user: self.session_tokens_per_user.max(1),
+        }
     }
 }
 
@@ -303,12 +327,13 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Standalone { listen, data_dir, lease_ttl_secs, serving } => {
+        Command::Standalone { listen, data_dir, lease_ttl_secs, tokens, serving } => {
             let stop = Stop::catch()?;
             let config = standalone::Config {
                 data_dir,
                 listen,
                 lease_ttl: Duration::from_secs(lease_ttl_secs.max(1)),
+                tokens: tokens.config(),
                 server: serving.config(),
                 ..standalone::Config::default()
             };
@@ -353,10 +378,12 @@ fn main() -> anyhow::Result<()> {
             // Closes the ZooKeeper session (its entries went with the deregistration).
             drop(registry);
         }
-        Command::UserService { listen, zk, mysql: mysql_args, hashing, serving } => {
+        Command::UserService { listen, zk, mysql: mysql_args, hashing, tokens, serving } => {
             let stop = Stop::catch()?;
             let registry = zk.connect()?;
-            let users = UserService::new(mysql(&mysql_args)?).with_hashing(hashing.config()?);
+            let users = UserService::new(mysql(&mysql_args)?)
+                .with_hashing(hashing.config()?)
+                .with_tokens(tokens.config());
             let service = UserServiceServer(users);
             let served = serve(service, &registry, listen, serving.config())?;
             stop.serving();

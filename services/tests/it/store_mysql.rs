@@ -82,6 +82,7 @@ fn schema_is_recorded_and_tables_use_innodb() {
             "messages",
             "read_cursors",
             "schema_version",
+            "session_tokens",
             "users"
         ]
     );
