@@ -30,11 +30,11 @@ fn zk() -> String {
 }
 
 /// The processes of one test; killed, and the database dropped, when it ends.
-struct Cluster {
+pub struct Cluster {
     /// Every process started, by name.
     children: Vec<(String, Child)>,
     /// The database, for dropping it.
-    database: String,
+    pub database: String,
     /// The ZooKeeper root every process registers under.
     zk_root: String,
     /// Flags every process shares.
@@ -42,7 +42,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new() -> Cluster {
+    pub fn new() -> Cluster {
         let database = unique_name("chatroom_test");
         let zk_root = format!("/{}", unique_name("chatroom_test"));
         let common = vec!["--zk".into(), zk(), "--zk-root".into(), zk_root.clone()];
@@ -50,7 +50,7 @@ impl Cluster {
     }
 
     /// Starts `chatroom <args>` and returns the address it printed last on its first line.
-    fn spawn(&mut self, name: &str, args: &[&str]) -> SocketAddr {
+    pub fn spawn(&mut self, name: &str, args: &[&str]) -> SocketAddr {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chatroom"))
             .args(args)
             .args(&self.common)
@@ -85,7 +85,7 @@ impl Cluster {
     }
 
     /// Kills a process at once (SIGKILL), as a crash would.
-    fn kill(&mut self, name: &str) {
+    pub fn kill(&mut self, name: &str) {
         let child = self.child(name);
         child.kill().unwrap();
         child.wait().unwrap();
@@ -102,7 +102,7 @@ impl Cluster {
     }
 
     /// A registry client on the processes' ZooKeeper root.
-    fn registry(&self) -> ZooKeeper {
+    pub fn registry(&self) -> ZooKeeper {
         let config = registry::Config { root: self.zk_root.clone(), ..registry::Config::default() };
         ZooKeeper::connect(&zk(), config)
             .expect("ZooKeeper answers (`bash scripts/services.sh up` starts it)")
