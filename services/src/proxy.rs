@@ -160,17 +160,16 @@ impl Proxy {
         let proxies = Proxies::discover(registry)?;
         let leases = sessions::Config { owner: config.instance_id.clone(), lease_ttl: config.lease_ttl };
         let sessions = Sessions::new(leases, presence.clone(), Box::new(ToChatService(chat.clone())));
-        let inner =
-            Inner {
-                config,
-                sessions,
-                users,
-                chat,
-                presence,
-                proxies,
-                tokens: tokens::Tokens::default(),
-                closing: AtomicBool::new(false),
-            };
+        let inner = Inner {
+            config,
+            sessions,
+            users,
+            chat,
+            presence,
+            proxies,
+            tokens: tokens::Tokens::default(),
+            closing: AtomicBool::new(false),
+        };
         Ok(Proxy { inner: Arc::new(inner) })
     }
 

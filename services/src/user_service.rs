@@ -120,11 +120,7 @@ impl user_service_rpc::UserService for UserService {
         }
     }
 
-    fn issue_token(
-        &self,
-        _ctx: &Context,
-        request: api::IssueTokenCall,
-    ) -> Result<api::SessionToken, Status> {
+    fn issue_token(&self, _ctx: &Context, request: api::IssueTokenCall) -> Result<api::SessionToken, Status> {
         self.issue_token_for(caller(request.user_id)?)
     }
 

@@ -46,7 +46,14 @@ impl Proxy {
             groups.push(api::GroupDetail { group: g.group, members: self.contacts(g.members)? });
         }
         let conversations = self.inner.chat.conversations(&call).map_err(rpc_status)?.conversations;
-        Ok(api::LoginResponse { user: Some(user), friends, groups, conversations, replaced_session, session_token })
+        Ok(api::LoginResponse {
+            user: Some(user),
+            friends,
+            groups,
+            conversations,
+            replaced_session,
+            session_token,
+        })
     }
 
     /// Opens a session for `user`, whom the user service just authenticated on the
@@ -96,7 +103,12 @@ impl Proxy {
 
     /// The answer to a login or resume that bound `login`, with a new session token when
     /// `issue_token` is set.
-    fn session_view(&self, user: api::User, login: &Login, issue_token: bool) -> Result<api::LoginResponse, Status> {
+    fn session_view(
+        &self,
+        user: api::User,
+        login: &Login,
+        issue_token: bool,
+    ) -> Result<api::LoginResponse, Status> {
         let token = if issue_token {
             let call = api::IssueTokenCall { user_id: user.id };
             Some(self.inner.users.issue_token(&call).map_err(rpc_status)?)

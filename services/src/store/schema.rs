@@ -27,38 +27,39 @@ pub(crate) const SQLITE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema
 )";
 
 /// The SQLite schema.
-pub(crate) const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    description: "users, friends, groups, conversations, messages, read cursors",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS users (
+pub(crate) const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "users, friends, groups, conversations, messages, read cursors",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS users (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             name TEXT NOT NULL,
             name_key TEXT NOT NULL UNIQUE,
             password_hash TEXT NOT NULL,
             created_at_ms INTEGER NOT NULL
         )",
-        "CREATE TABLE IF NOT EXISTS friends (
+            "CREATE TABLE IF NOT EXISTS friends (
             user_id INTEGER NOT NULL REFERENCES users (id),
             friend_id INTEGER NOT NULL REFERENCES users (id),
             created_at_ms INTEGER NOT NULL,
             PRIMARY KEY (user_id, friend_id)
         ) WITHOUT ROWID",
-        "CREATE TABLE IF NOT EXISTS chat_groups (
+            "CREATE TABLE IF NOT EXISTS chat_groups (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             name TEXT NOT NULL,
             owner_id INTEGER NOT NULL REFERENCES users (id),
             created_at_ms INTEGER NOT NULL
         )",
-        "CREATE TABLE IF NOT EXISTS group_members (
+            "CREATE TABLE IF NOT EXISTS group_members (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             group_id INTEGER NOT NULL REFERENCES chat_groups (id),
             user_id INTEGER NOT NULL REFERENCES users (id),
             joined_at_ms INTEGER NOT NULL,
             UNIQUE (group_id, user_id)
         )",
-        "CREATE INDEX IF NOT EXISTS group_members_by_user ON group_members (user_id)",
-        "CREATE TABLE IF NOT EXISTS conversations (
+            "CREATE INDEX IF NOT EXISTS group_members_by_user ON group_members (user_id)",
+            "CREATE TABLE IF NOT EXISTS conversations (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             user_low INTEGER REFERENCES users (id),
             user_high INTEGER REFERENCES users (id),
@@ -67,8 +68,8 @@ pub(crate) const SQLITE: &[Migration] = &[Migration {
             UNIQUE (user_low, user_high),
             CHECK ((group_id IS NULL) = (user_low IS NOT NULL AND user_high IS NOT NULL))
         )",
-        "CREATE INDEX IF NOT EXISTS conversations_by_high ON conversations (user_high)",
-        "CREATE TABLE IF NOT EXISTS messages (
+            "CREATE INDEX IF NOT EXISTS conversations_by_high ON conversations (user_high)",
+            "CREATE TABLE IF NOT EXISTS messages (
             conversation_id INTEGER NOT NULL REFERENCES conversations (id),
             seq INTEGER NOT NULL,
             sender_id INTEGER NOT NULL REFERENCES users (id),
@@ -78,27 +79,29 @@ pub(crate) const SQLITE: &[Migration] = &[Migration {
             PRIMARY KEY (conversation_id, seq),
             UNIQUE (sender_id, client_msg_id)
         ) WITHOUT ROWID",
-        "CREATE TABLE IF NOT EXISTS read_cursors (
+            "CREATE TABLE IF NOT EXISTS read_cursors (
             user_id INTEGER NOT NULL REFERENCES users (id),
             conversation_id INTEGER NOT NULL REFERENCES conversations (id),
             read_seq INTEGER NOT NULL,
             PRIMARY KEY (user_id, conversation_id)
         ) WITHOUT ROWID",
-    ],
-}, Migration {
-    version: 2,
-    description: "session tokens",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS session_tokens (
+        ],
+    },
+    Migration {
+        version: 2,
+        description: "session tokens",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS session_tokens (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             token_hash BLOB NOT NULL UNIQUE,
             user_id INTEGER NOT NULL REFERENCES users (id),
             created_at_ms INTEGER NOT NULL,
             expires_at_ms INTEGER NOT NULL
         )",
-        "CREATE INDEX IF NOT EXISTS session_tokens_by_user ON session_tokens (user_id, id)",
-    ],
-}];
+            "CREATE INDEX IF NOT EXISTS session_tokens_by_user ON session_tokens (user_id, id)",
+        ],
+    },
+];
 
 /// Creates the version table itself, before anything else is read.
 pub(crate) const MYSQL_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
@@ -110,11 +113,12 @@ pub(crate) const MYSQL_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_
 /// The MySQL / MariaDB schema. Text columns compare as bytes (`utf8mb4_bin`,
 /// `ascii_bin`) so that both backends agree on equality; case-insensitive name lookups go
 /// through the lowercased `name_key`.
-pub(crate) const MYSQL: &[Migration] = &[Migration {
-    version: 1,
-    description: "users, friends, groups, conversations, messages, read cursors",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS users (
+pub(crate) const MYSQL: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "users, friends, groups, conversations, messages, read cursors",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS users (
             id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
             name VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
             name_key VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
@@ -122,7 +126,7 @@ pub(crate) const MYSQL: &[Migration] = &[Migration {
             created_at_ms BIGINT NOT NULL,
             UNIQUE KEY users_name_key (name_key)
         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS friends (
+            "CREATE TABLE IF NOT EXISTS friends (
             user_id BIGINT UNSIGNED NOT NULL,
             friend_id BIGINT UNSIGNED NOT NULL,
             created_at_ms BIGINT NOT NULL,
@@ -130,14 +134,14 @@ pub(crate) const MYSQL: &[Migration] = &[Migration {
             CONSTRAINT friends_user FOREIGN KEY (user_id) REFERENCES users (id),
             CONSTRAINT friends_friend FOREIGN KEY (friend_id) REFERENCES users (id)
         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS chat_groups (
+            "CREATE TABLE IF NOT EXISTS chat_groups (
             id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
             name VARCHAR(64) NOT NULL,
             owner_id BIGINT UNSIGNED NOT NULL,
             created_at_ms BIGINT NOT NULL,
             CONSTRAINT chat_groups_owner FOREIGN KEY (owner_id) REFERENCES users (id)
         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS group_members (
+            "CREATE TABLE IF NOT EXISTS group_members (
             id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
             group_id BIGINT UNSIGNED NOT NULL,
             user_id BIGINT UNSIGNED NOT NULL,
@@ -147,7 +151,7 @@ pub(crate) const MYSQL: &[Migration] = &[Migration {
             CONSTRAINT group_members_group FOREIGN KEY (group_id) REFERENCES chat_groups (id),
             CONSTRAINT group_members_user FOREIGN KEY (user_id) REFERENCES users (id)
         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS conversations (
+            "CREATE TABLE IF NOT EXISTS conversations (
             id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
             user_low BIGINT UNSIGNED NULL,
             user_high BIGINT UNSIGNED NULL,
@@ -162,7 +166,7 @@ pub(crate) const MYSQL: &[Migration] = &[Migration {
             CONSTRAINT conversations_kind
                 CHECK ((group_id IS NULL) = (user_low IS NOT NULL AND user_high IS NOT NULL))
         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS messages (
+            "CREATE TABLE IF NOT EXISTS messages (
             conversation_id BIGINT UNSIGNED NOT NULL,
             seq BIGINT UNSIGNED NOT NULL,
             sender_id BIGINT UNSIGNED NOT NULL,
@@ -175,7 +179,7 @@ pub(crate) const MYSQL: &[Migration] = &[Migration {
                 REFERENCES conversations (id),
             CONSTRAINT messages_sender FOREIGN KEY (sender_id) REFERENCES users (id)
         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-        "CREATE TABLE IF NOT EXISTS read_cursors (
+            "CREATE TABLE IF NOT EXISTS read_cursors (
             user_id BIGINT UNSIGNED NOT NULL,
             conversation_id BIGINT UNSIGNED NOT NULL,
             read_seq BIGINT UNSIGNED NOT NULL,
@@ -184,12 +188,12 @@ pub(crate) const MYSQL: &[Migration] = &[Migration {
             CONSTRAINT read_cursors_conversation FOREIGN KEY (conversation_id)
                 REFERENCES conversations (id)
         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-    ],
-}, Migration {
-    version: 2,
-    description: "session tokens",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS session_tokens (
+        ],
+    },
+    Migration {
+        version: 2,
+        description: "session tokens",
+        statements: &["CREATE TABLE IF NOT EXISTS session_tokens (
             id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
             token_hash BINARY(32) NOT NULL,
             user_id BIGINT UNSIGNED NOT NULL,
@@ -198,9 +202,9 @@ pub(crate) const MYSQL: &[Migration] = &[Migration {
             UNIQUE KEY session_tokens_hash (token_hash),
             KEY session_tokens_by_user (user_id, id),
             CONSTRAINT session_tokens_user FOREIGN KEY (user_id) REFERENCES users (id)
-        ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-    ],
-}];
+        ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin"],
+    },
+];
 
 #[cfg(test)]
 mod tests {

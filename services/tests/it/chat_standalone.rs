@@ -366,7 +366,8 @@ pub fn a_session_token_resumes_the_session_until_logout(system: &System) {
     let bob = system.register(&first, "bob");
     let token = login_with(&first, &bob.name, PASSWORD);
     assert_eq!(token.token.len(), 64);
-    let in_a_day = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    let in_a_day = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+        as i64
         + 24 * 3_600_000;
     assert!(token.expires_at_ms > in_a_day, "a token lasts more than a day: {token:?}");
 
@@ -424,7 +425,10 @@ pub fn a_password_change_revokes_every_session_token(system: &System) {
     let later = system.connect();
     resume(&later, &fresh).expect("the fresh token resumes");
     login_with(&system.connect(), &carol.name, NEW_PASSWORD);
-    assert_eq!(code(system.connect().gateway.change_password(&api::ChangePasswordRequest::default())), unauthenticated());
+    assert_eq!(
+        code(system.connect().gateway.change_password(&api::ChangePasswordRequest::default())),
+        unauthenticated()
+    );
 }
 
 pub fn friends_see_each_other_come_online(system: &System) {
@@ -606,7 +610,8 @@ mod sqlite {
 fn an_expired_session_token_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = services::session_token::Config { ttl: Duration::ZERO, ..Default::default() };
-    let system = Standalone::start(standalone::Config { tokens, ..config(dir.path()) }).expect("standalone starts");
+    let system =
+        Standalone::start(standalone::Config { tokens, ..config(dir.path()) }).expect("standalone starts");
     let system = System::new(system.client_addr(), Box::new((system, dir)));
     let client = system.connect();
     let dave = system.register(&client, "dave");

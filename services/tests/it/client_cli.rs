@@ -266,7 +266,9 @@ fn a_client_resumes_its_session_after_the_server_is_killed_and_changes_the_passw
 
     // The server dies; the same system comes back on the same port and data.
     drop(server);
-    read_until(&bob_rx, &mut bob_seen, "bob's client sees the connection go", |l| l.contains("\"disconnected\""));
+    read_until(&bob_rx, &mut bob_seen, "bob's client sees the connection go", |l| {
+        l.contains("\"disconnected\"")
+    });
     let (_server, again) = standalone_at(dir.path(), &addr);
     assert_eq!(again, addr);
     // The client does not know the password any more: only the token can bring it back.
@@ -287,7 +289,10 @@ fn a_client_resumes_its_session_after_the_server_is_killed_and_changes_the_passw
     let (check, check_rx) =
         client(&addr, "login bob correct-horse-battery\nlogin bob staple-battery-horse\npasswd x\n");
     let events = finish(check, check_rx, Vec::new());
-    assert_eq!((&events[0]["command"], &events[0]["code"]), (&Value::from("login"), &Value::from("Unauthenticated")));
+    assert_eq!(
+        (&events[0]["command"], &events[0]["code"]),
+        (&Value::from("login"), &Value::from("Unauthenticated"))
+    );
     assert_eq!(events[1]["event"], "logged_in", "the new password works: {events:#?}");
     let usage = events.iter().find(|e| e["command"] == "passwd").unwrap_or_else(|| panic!("{events:#?}"));
     assert_eq!(usage["code"], "Usage");

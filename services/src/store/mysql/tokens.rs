@@ -8,7 +8,11 @@ use crate::ids::UserId;
 use crate::store::{now_ms, unknown_token, Error, NewToken, User};
 
 /// Replaces the user's password hash and deletes all their tokens.
-pub(super) fn set_password_hash(q: &mut impl Queryable, user: UserId, password_hash: &str) -> Result<(), Error> {
+pub(super) fn set_password_hash(
+    q: &mut impl Queryable,
+    user: UserId,
+    password_hash: &str,
+) -> Result<(), Error> {
     require_user(q, user)?;
     q.exec_drop("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user.0))?;
     q.exec_drop("DELETE FROM session_tokens WHERE user_id = ?", (user.0,))?;

@@ -8,9 +8,14 @@ use crate::ids::UserId;
 use crate::store::{now_ms, unknown_token, Error, NewToken, User};
 
 /// Replaces the user's password hash and deletes all their tokens.
-pub(super) fn set_password_hash(tx: &Transaction<'_>, user: UserId, password_hash: &str) -> Result<(), Error> {
+pub(super) fn set_password_hash(
+    tx: &Transaction<'_>,
+    user: UserId,
+    password_hash: &str,
+) -> Result<(), Error> {
     require_user(tx, user)?;
-    tx.prepare_cached("UPDATE users SET password_hash = ?1 WHERE id = ?2")?.execute(params![password_hash, user])?;
+    tx.prepare_cached("UPDATE users SET password_hash = ?1 WHERE id = ?2")?
+        .execute(params![password_hash, user])?;
     tx.prepare_cached("DELETE FROM session_tokens WHERE user_id = ?1")?.execute([user])?;
     Ok(())
 }
@@ -27,13 +32,13 @@ pub(super) fn add(tx: &Transaction<'_>, token: &NewToken) -> Result<(), Error> {
     // The id of the newest token past the ones to keep; it and every older one go.
     let offset = i64::try_from(token.keep.max(1)).unwrap_or(i64::MAX);
     let cutoff: Option<i64> = tx
-        .prepare_cached("SELECT id FROM session_tokens WHERE user_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2")?
+        .prepare_cached(
+            "SELECT id FROM session_tokens WHERE user_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
+        )?
         .query_row(params![token.user, offset], |row| row.get(0))
         .optional()?;
-    tx.prepare_cached(
-        "DELETE FROM session_tokens WHERE user_id = ?1 AND (expires_at_ms <= ?2 OR id <= ?3)",
-    )?
-    .execute(params![token.user, now, cutoff.unwrap_or(0)])?;
+    tx.prepare_cached("DELETE FROM session_tokens WHERE user_id = ?1 AND (expires_at_ms <= ?2 OR id <= ?3)")?
+        .execute(params![token.user, now, cutoff.unwrap_or(0)])?;
     Ok(())
 }
 

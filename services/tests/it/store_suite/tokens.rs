@@ -99,5 +99,9 @@ pub fn a_password_change_revokes_every_session_token_of_the_user(f: &dyn Fixture
 
     assert_not_found(store.set_password_hash(UserId(999_999), new_hash));
     assert_invalid(store.set_password_hash(alice.id, ""));
-    assert_eq!(store.credentials("alice").unwrap().password_hash, new_hash, "a refused change changes nothing");
+    assert_eq!(
+        store.credentials("alice").unwrap().password_hash,
+        new_hash,
+        "a refused change changes nothing"
+    );
 }
