@@ -31,11 +31,14 @@
 //!
 //! The parts: [`sessions`] (the state), [`announcements`] (the record of announcements
 //! in flight), `gateway` and `delivery` (the two services, forwarding to [`Sessions`] and
-//! to the service stubs), `renewal` (the thread) and `running` (serving and shutdown).
+//! to the service stubs), `tokens` (each session's token, for `Logout` to revoke),
+//! `kicks` (the thread that kicks sessions replaced on other proxies, so that no worker
+//! waits on a crashed one), `renewal` (the thread) and `running` (serving and shutdown).
 
 pub mod announcements;
 mod delivery;
 mod gateway;
+mod kicks;
 mod renewal;
 mod running;
 pub mod sessions;
@@ -123,8 +126,8 @@ struct Inner {
     chat: ChatServiceClient<Balanced>,
     /// The lease table, read for the contacts' online state.
     presence: Arc<dyn Presence>,
-    /// The other proxies, to kick a session one of them holds.
-    proxies: Proxies,
+    /// Kicks of sessions on other proxies that logins here replaced.
+    kicks: kicks::Kicks,
     /// The session token of each connection's session, for `Logout` to revoke.
     tokens: tokens::Tokens,
     /// Set when shutdown starts: every call is refused with Unavailable from then on, so
@@ -157,7 +160,8 @@ impl Proxy {
             .with_timeout(config.call_timeout);
         let chat = ChatServiceClient::new(balanced(chat_service_rpc::SERVICE_NAME)?)
             .with_timeout(config.call_timeout);
-        let proxies = Proxies::discover(registry)?;
+        let proxies = Arc::new(Proxies::discover(registry)?);
+        let kicks = kicks::Kicks::start(proxies, config.instance_id.clone()).map_err(rpc_core::Error::Io)?;
         let leases = sessions::Config { owner: config.instance_id.clone(), lease_ttl: config.lease_ttl };
         let sessions = Sessions::new(leases, presence.clone(), Box::new(ToChatService(chat.clone())));
         let inner = Inner {
@@ -166,7 +170,7 @@ impl Proxy {
             users,
             chat,
             presence,
-            proxies,
+            kicks,
             tokens: tokens::Tokens::default(),
             closing: AtomicBool::new(false),
         };

@@ -5,7 +5,7 @@
 use rpc_core::server::Context;
 use rpc_core::Status;
 
-use super::sessions::{Login, LoginError, REPLACED};
+use super::sessions::{Login, LoginError};
 use super::Proxy;
 use crate::api::{self, gateway_rpc};
 use crate::convert::{presence_status, rpc_status};
@@ -119,22 +119,9 @@ impl Proxy {
     }
 
     /// Asks proxy `other`, whose lease on `user` a login here took over, to kick its
-    /// session; without waiting.
+    /// session; without waiting (see `kicks`).
     fn kick_elsewhere(&self, user: UserId, other: String) {
-        let Some(client) = self.inner.proxies.client(&other) else {
-            tracing::debug!(%user, proxy = %other, "previous proxy is gone");
-            return;
-        };
-        let request = api::KickRequest {
-            user_id: user.0,
-            new_proxy_id: self.inner.config.instance_id.clone(),
-            reason: REPLACED.to_owned(),
-        };
-        client.kick_with(&request, move |outcome| {
-            if let Err(error) = outcome {
-                tracing::warn!(%user, proxy = %other, %error, "cannot kick the previous session");
-            }
-        });
+        self.inner.kicks.kick(user, other);
     }
 }
 
