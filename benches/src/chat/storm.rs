@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 /// Longest pause between two reconnect attempts of one user.
 const MAX_PAUSE: Duration = Duration::from_secs(1);
+/// Most reconnects a loop makes before it reads its sockets again: a connect blocks the
+/// loop for a moment, and thousands in a row would delay the pushes it measures.
+const BATCH: usize = 64;
 
 /// What a loop needs to bring its users back.
 #[derive(Debug, Clone)]
@@ -56,12 +59,12 @@ impl Resumer {
         self.due.push_back((now + pause, user));
     }
 
-    /// The users whose reconnect is due at `now`.
+    /// Up to [`BATCH`] users whose reconnect is due at `now`.
     pub fn due(&mut self, now: Instant) -> Vec<usize> {
         let mut out = Vec::new();
-        // Pauses differ, so the queue is only roughly ordered: take every due entry.
+        // Pauses differ, so the queue is only roughly ordered: look at every entry.
         self.due.retain(|&(at, user)| {
-            let ready = at <= now;
+            let ready = at <= now && out.len() < BATCH;
             if ready {
                 out.push(user);
             }
