@@ -65,7 +65,7 @@ awk -v dir="$hello" '
     }
 ' README.md >"$hello/files"
 
-for file in Cargo.toml build.rs src/lib.rs src/bin/server.rs src/bin/client.rs; do
+for file in Cargo.toml build.rs src/lib.rs src/bin/server.rs src/bin/client.rs src/bin/direct.rs; do
     grep -qx "$file" "$hello/files" || {
         echo "README.md, \"Using rpc-core in your project\": no code block for $file" >&2
         exit 1
@@ -83,7 +83,10 @@ export CARGO_TARGET_DIR="$root/target"
 cargo build --offline --manifest-path "$hello/Cargo.toml" --bins
 
 # The server prints its address once it is registered; the client then finds
-# it through ZooKeeper and must print the greeting. Both dial 127.0.0.1:2181,
+# it through ZooKeeper and must print the greeting, and `direct` dials the
+# address and must get 201 answers (blocking, callbacks, futures). On SIGTERM
+# the server must deregister and exit, after which the client must fail at
+# once with NoInstances, as the README says. Both dial 127.0.0.1:2181,
 # as the README says: with the tests' ZooKeeper elsewhere there is none to use.
 if [[ ${CHATROOM_ZK:-127.0.0.1:2181} != 127.0.0.1:2181 ]]; then
     echo "CHATROOM_ZK is $CHATROOM_ZK, not the README's 127.0.0.1:2181: hello built, not run"
@@ -104,5 +107,41 @@ reply=$(timeout 30 "$CARGO_TARGET_DIR/debug/client")
 echo "$reply"
 [[ $reply == "hello, world" ]] || {
     echo "the hello client printed '$reply', not 'hello, world'" >&2
+    exit 1
+}
+
+addr=$(sed -n 's/^serving hello.Echo on //p' "$hello/server.out")
+direct=$(timeout 30 "$CARGO_TARGET_DIR/debug/direct" "$addr")
+echo "$direct"
+[[ $direct == $'hello, caller 0\n100 answered by callbacks, 100 by futures' ]] || {
+    echo "direct printed '$direct', not the README's two lines" >&2
+    exit 1
+}
+
+kill -TERM "$server_pid"
+for _ in $(seq 100); do
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.1
+done
+if kill -0 "$server_pid" 2>/dev/null; then
+    echo "the hello server did not stop within 10 s of SIGTERM" >&2
+    exit 1
+fi
+wait "$server_pid" || {
+    echo "the hello server exited with status $? on SIGTERM" >&2
+    exit 1
+}
+server_pid=
+grep -x 'deregistered and stopped' "$hello/server.out" || {
+    echo "the hello server did not say it deregistered" >&2
+    exit 1
+}
+if gone=$(timeout 30 "$CARGO_TARGET_DIR/debug/client" 2>&1); then
+    echo "the hello client succeeded with no server left: '$gone'" >&2
+    exit 1
+fi
+echo "$gone"
+[[ $gone == *NoInstances* ]] || {
+    echo "with no server left the hello client said '$gone', not NoInstances" >&2
     exit 1
 }

@@ -158,6 +158,12 @@ pub fn drive(system: System, addr: SocketAddr, cell: &Cell, timing: &Timing) -> 
         System::RpcCore | System::RpcCoreInline | System::BarePool | System::Raw => {
             framed(addr, cell, timing, request)
         }
+        System::RpcCoreAsync => tokio_lanes(cell, timing, request, |connections| async move {
+            let config = ClientConfig { connections, ..ClientConfig::default() };
+            let channel =
+                Channel::connect(addr, config).with_context(|| format!("cannot connect to {addr}"))?;
+            Ok(vec![FutureEcho(channel)])
+        }),
         System::Tonic => tokio_lanes(cell, timing, request, |connections| async move {
             let mut clients = Vec::with_capacity(connections);
             for _ in 0..connections {
@@ -394,6 +400,17 @@ impl AsyncEcho for EchoClient<tonic::transport::Channel> {
 impl AsyncEcho for EchoRpcClient {
     async fn say(&mut self, request: EchoMessage) -> Result<EchoMessage, String> {
         EchoRpcClient::say(self, tarpc::context::current(), request).await.map_err(|e| e.to_string())
+    }
+}
+
+/// rpc-core's client called through its futures.
+#[derive(Clone)]
+struct FutureEcho(Channel);
+
+impl AsyncEcho for FutureEcho {
+    async fn say(&mut self, request: EchoMessage) -> Result<EchoMessage, String> {
+        let body = self.0.call_future(SERVICE, METHOD, &request, None).await.map_err(|e| e.to_string())?;
+        EchoMessage::decode(body).map_err(|e| e.to_string())
     }
 }
 

@@ -196,8 +196,10 @@ pub fn markdown(meta: &Meta, plan: &Plan, summaries: &[Summary]) -> String {
 
 /// The table of rpc-core's calls/s and p99 relative to each baseline.
 fn ratios(s: &mut String, rows: &[&Summary]) {
-    let ours: Vec<&&Summary> =
-        rows.iter().filter(|x| matches!(x.system, System::RpcCore | System::RpcCoreInline)).collect();
+    let ours: Vec<&&Summary> = rows
+        .iter()
+        .filter(|x| matches!(x.system, System::RpcCore | System::RpcCoreInline | System::RpcCoreAsync))
+        .collect();
     if ours.is_empty() {
         return;
     }

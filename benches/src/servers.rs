@@ -47,7 +47,7 @@ pub fn echo(body: Bytes) -> Bytes {
 /// When the address cannot be bound or a thread or runtime cannot start.
 pub fn serve(system: System, addr: SocketAddr, ready: impl FnOnce(SocketAddr)) -> anyhow::Result<()> {
     match system {
-        System::RpcCore => rpc_core::serve(addr, false, ready)?,
+        System::RpcCore | System::RpcCoreAsync => rpc_core::serve(addr, false, ready)?,
         System::RpcCoreInline => rpc_core::serve(addr, true, ready)?,
         System::Tonic => tonic::serve(addr, ready)?,
         System::Tarpc => tarpc::serve(addr, ready)?,

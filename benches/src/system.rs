@@ -10,6 +10,10 @@ pub enum System {
     /// rpc-core; the service declares the handler cheap (`runs_inline`), so
     /// the event loop runs it.
     RpcCoreInline,
+    /// rpc-core's server as in `RpcCore`, called through the client's futures
+    /// (`Transport::call_future`) from a two-worker tokio runtime, the way an
+    /// async caller would, instead of through callbacks.
+    RpcCoreAsync,
     /// tonic (gRPC over HTTP/2) on a two-worker tokio runtime.
     Tonic,
     /// tarpc over TCP with bincode, on a two-worker tokio runtime.
@@ -23,14 +27,22 @@ pub enum System {
 
 impl System {
     /// Every system, in the order they are interleaved.
-    pub const ALL: [System; 6] =
-        [System::RpcCore, System::RpcCoreInline, System::Tonic, System::Tarpc, System::BarePool, System::Raw];
+    pub const ALL: [System; 7] = [
+        System::RpcCore,
+        System::RpcCoreInline,
+        System::RpcCoreAsync,
+        System::Tonic,
+        System::Tarpc,
+        System::BarePool,
+        System::Raw,
+    ];
 
     /// The name used on the command line and in tables.
     pub fn name(self) -> &'static str {
         match self {
             System::RpcCore => "rpc-core",
             System::RpcCoreInline => "rpc-core-inline",
+            System::RpcCoreAsync => "rpc-core-async",
             System::Tonic => "tonic",
             System::Tarpc => "tarpc",
             System::BarePool => "bare-pool",
@@ -46,7 +58,10 @@ impl System {
     /// Whether the system speaks rpc-core's framing, so that rpc-core's
     /// client drives it.
     pub fn speaks_rpc_core_framing(self) -> bool {
-        matches!(self, System::RpcCore | System::RpcCoreInline | System::BarePool | System::Raw)
+        matches!(
+            self,
+            System::RpcCore | System::RpcCoreInline | System::RpcCoreAsync | System::BarePool | System::Raw
+        )
     }
 }
 

@@ -27,11 +27,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rpc_core::server::Context;
 use rpc_core::Status;
 
-use echo::{echo_rpc, EchoReply, EchoRequest, StatsReply, StatsRequest};
+use echo::{EchoReply, EchoRequest, StatsReply, StatsRequest};
 
 pub mod echo {
     //! The `echo` package, generated from `proto/echo.proto` by
-    //! `rpc_codegen::compile_protos` in `build.rs`.
+    //! `rpc_codegen::Builder` in `build.rs`.
     rpc_core::include_proto!("echo");
 }
 
@@ -50,11 +50,5 @@ impl echo::Echo for EchoHandler {
 
     fn stats(&self, _ctx: &Context, _request: StatsRequest) -> Result<StatsReply, Status> {
         Ok(StatsReply { say_calls: self.say_calls.load(Ordering::Relaxed) })
-    }
-
-    /// `Stats` reads one counter: cheaper to run on the event loop than to
-    /// hand to a worker and back.
-    fn runs_inline(&self, method: &str) -> bool {
-        method == echo_rpc::methods::STATS
     }
 }

@@ -1,11 +1,28 @@
 //! From `.proto` files to Rust: protox parses, prost-build generates.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use prost_types::FileDescriptorSet;
 
 use crate::names::{not_unary, streaming_kind};
+
+/// Where the server runs a method's handler, declared when the code is generated
+/// ([`Builder::inline`], [`Builder::heavy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Placement {
+    /// On the server's worker threads (the default).
+    #[default]
+    Workers,
+    /// On the event loop that read the call: cheap methods that never block.
+    Inline,
+    /// On the server's small heavy lane: expensive methods such as a password hash.
+    Heavy,
+}
+
+/// Declared placements by `package.Service/Method`.
+pub(crate) type Placements = BTreeMap<String, Placement>;
 
 /// Options for compiling `.proto` files. `Builder::new()` has the defaults
 /// [`compile_protos`](crate::compile_protos) uses.
@@ -28,6 +45,10 @@ pub struct Builder {
     prost: prost_build::Config,
     /// Whether to tell Cargo to rerun the build script when a `.proto` changes.
     emit_rerun_if_changed: bool,
+    /// Methods declared inline or heavy, checked against the files in `compile`.
+    placements: Placements,
+    /// Methods declared both inline and heavy, reported by `compile`.
+    declared_twice: Vec<String>,
 }
 
 impl Default for Builder {
@@ -40,7 +61,44 @@ impl Builder {
     /// Writes to `OUT_DIR` with prost-build's defaults and prints
     /// `cargo:rerun-if-changed` for every `.proto` file read.
     pub fn new() -> Builder {
-        Builder { out_dir: None, prost: prost_build::Config::new(), emit_rerun_if_changed: true }
+        Builder {
+            out_dir: None,
+            prost: prost_build::Config::new(),
+            emit_rerun_if_changed: true,
+            placements: Placements::new(),
+            declared_twice: Vec::new(),
+        }
+    }
+
+    /// Declares that the server runs `method` (`package.Service/Method`, as in
+    /// `"echo.Echo/Stats"`) on the event loop that read the call instead of
+    /// handing it to a worker: for methods so cheap (reading a counter) that the
+    /// hand-off would cost more than the call. An inline method must never
+    /// block; while it runs, every connection on its loop waits.
+    ///
+    /// The generated trait's `runs_inline` answers `true` for the declared
+    /// methods and the generated docs of each method say where it runs.
+    /// [`compile`](Self::compile) fails when the name is not an rpc of the
+    /// compiled files, so a typo is a build error rather than a method quietly
+    /// left on the workers.
+    pub fn inline(self, method: impl Into<String>) -> Builder {
+        self.declare(method.into(), Placement::Inline)
+    }
+
+    /// Declares that the server runs `method` (`package.Service/Method`) on its
+    /// heavy lane: a few threads of their own with a bounded queue, for
+    /// expensive calls (a password hash) that must not take the workers from
+    /// everything else. Checked like [`inline`](Self::inline); a method declared
+    /// both ways fails the build.
+    pub fn heavy(self, method: impl Into<String>) -> Builder {
+        self.declare(method.into(), Placement::Heavy)
+    }
+
+    fn declare(mut self, method: String, placement: Placement) -> Builder {
+        if self.placements.insert(method.clone(), placement).is_some_and(|old| old != placement) {
+            self.declared_twice.push(method);
+        }
+        self
     }
 
     /// Writes the generated files to `dir` instead of `OUT_DIR`.
@@ -89,12 +147,17 @@ impl Builder {
         }
         let files = compiler.file_descriptor_set();
         check_unary(&files)?;
+        if let Some(method) = self.declared_twice.first() {
+            let message = format!("rpc-codegen: `{method}` is declared both inline and heavy; pick one");
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, message));
+        }
+        check_placements(&files, &self.placements)?;
 
         let mut prost = self.prost;
         if let Some(dir) = &self.out_dir {
             prost.out_dir(dir);
         }
-        prost.service_generator(crate::service_generator());
+        prost.service_generator(Box::new(crate::generator::Generator::new(self.placements)));
         prost.compile_fds(files)
     }
 }
@@ -115,6 +178,41 @@ fn check_unary(files: &FileDescriptorSet) -> io::Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Refuses a method declared inline or heavy that is no rpc of `files`, naming it
+/// and what the service does have.
+fn check_placements(files: &FileDescriptorSet, placements: &Placements) -> io::Result<()> {
+    let mut services: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for file in &files.file {
+        for service in &file.service {
+            let full_name = match file.package() {
+                "" => service.name().to_owned(),
+                package => format!("{package}.{}", service.name()),
+            };
+            services.insert(full_name, service.method.iter().map(|m| m.name()).collect());
+        }
+    }
+    for (declared, placement) in placements {
+        let how = if *placement == Placement::Inline { "inline" } else { "heavy" };
+        let found = declared
+            .split_once('/')
+            .and_then(|(service, method)| services.get(service).map(|methods| (service, method, methods)));
+        let message = match found {
+            Some((_, method, methods)) if methods.contains(&method) => continue,
+            Some((service, _, methods)) => format!(
+                "rpc-codegen: `{declared}` is declared {how}, but {service} has no such rpc; it has {}",
+                methods.join(", ")
+            ),
+            None => format!(
+                "rpc-codegen: `{declared}` is declared {how}, but no compiled service is named like \
+                 its part before the `/` (write `package.Service/Method`); the services are {}",
+                services.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        };
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, message));
     }
     Ok(())
 }

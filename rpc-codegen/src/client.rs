@@ -6,8 +6,8 @@ use quote::quote;
 use crate::names::{unraw, RpcNames, ServiceNames};
 use crate::server::join_docs;
 
-/// `pub struct EchoClient<T: Transport = Channel>` with a blocking and a
-/// callback method per rpc.
+/// `pub struct EchoClient<T: Transport = Channel>` with a blocking, a
+/// callback and an async method per rpc.
 pub(crate) fn client(s: &ServiceNames) -> TokenStream {
     let ServiceNames { full_name, client, .. } = s;
     let doc = format!(" Calls the `{full_name}` service through a [`Transport`].");
@@ -53,9 +53,9 @@ pub(crate) fn client(s: &ServiceNames) -> TokenStream {
     }
 }
 
-/// `fn say` (blocking) and `fn say_with` (callback) for one rpc.
+/// `fn say` (blocking), `fn say_with` (callback) and `fn say_async` (future) for one rpc.
 fn client_methods(rpc: &RpcNames) -> TokenStream {
-    let RpcNames { proto_name, method, method_with, constant, request, reply, .. } = rpc;
+    let RpcNames { proto_name, method, method_with, method_async, constant, request, reply, .. } = rpc;
     let docs = join_docs(
         &rpc.docs,
         &[
@@ -72,8 +72,15 @@ fn client_methods(rpc: &RpcNames) -> TokenStream {
         String::new(),
         // Intra-doc links take `Self::type`, not `Self::r#type`.
         format!(" Like [`Self::{}`], but many calls can be in flight from one thread. The", unraw(method)),
-        " callback runs on the transport's reader thread (or on this one if the call".to_owned(),
-        " could not be sent), so it should hand work off rather than block.".to_owned(),
+        " callback runs on the transport's reader thread (or on this one, before this".to_owned(),
+        " returns, if the call could not be sent), so it should hand work off rather".to_owned(),
+        " than block.".to_owned(),
+    ];
+    let docs_async = [
+        format!(" Sends a `{proto_name}` call and returns a future of its reply, for async code."),
+        String::new(),
+        format!(" Like [`Self::{}`], but awaited; works on any executor. The call is sent", unraw(method)),
+        " at once; dropping the future does not cancel it (see [`ReplyFuture`]).".to_owned(),
     ];
     quote! {
         #(#[doc = #docs])*
@@ -95,6 +102,13 @@ fn client_methods(rpc: &RpcNames) -> TokenStream {
                 self.timeout,
                 Box::new(move |body| callback(body.and_then(decode_response))),
             );
+        }
+
+        #(#[doc = #docs_async])*
+        pub fn #method_async(&self, request: &#request) -> ReplyFuture<#reply> {
+            let (future, callback) = ReplyFuture::new(decode_response);
+            self.transport.call_with(SERVICE_NAME, methods::#constant, request, self.timeout, callback);
+            future
         }
     }
 }

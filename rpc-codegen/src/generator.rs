@@ -7,21 +7,32 @@ use proc_macro2::{Ident, TokenStream};
 use prost_build::{Service, ServiceGenerator};
 use quote::quote;
 
+use crate::builder::Placements;
 use crate::names::ServiceNames;
 use crate::{client, server};
 
 /// Generates rpc-core code for each service prost-build hands it.
 #[derive(Default)]
 pub(crate) struct Generator {
+    /// Methods declared inline or heavy, by `package.Service/Method`.
+    placements: Placements,
     /// By package, per service: its module and the names to re-export from it.
     /// Emitted by `finalize_package`, once every message of the package is
     /// known, so a re-export never clashes with a message.
     reexports: HashMap<String, Vec<(Ident, Vec<Ident>)>>,
 }
 
+impl Generator {
+    /// A generator that places the declared methods (already checked against the
+    /// compiled files).
+    pub(crate) fn new(placements: Placements) -> Generator {
+        Generator { placements, reexports: HashMap::new() }
+    }
+}
+
 impl ServiceGenerator for Generator {
     fn generate(&mut self, service: Service, buf: &mut String) {
-        let names = ServiceNames::new(&service);
+        let names = ServiceNames::new(&service, &self.placements);
         buf.push_str(&format_items(service_module(&names)));
         let exported = vec![names.trait_name.clone(), names.server.clone(), names.client.clone()];
         self.reexports.entry(service.package).or_default().push((names.module, exported));

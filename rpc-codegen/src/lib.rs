@@ -9,8 +9,9 @@
 //! - `<Service>Server<T>`, the adapter that serves such an implementation as an
 //!   `rpc_core::server::Service`: it dispatches on the method name, decodes
 //!   the request, calls the trait and encodes the reply;
-//! - `<Service>Client<T = Channel>`, the typed stub: a blocking method per rpc
-//!   and a `<rpc>_with` variant that takes a callback;
+//! - `<Service>Client<T = Channel>`, the typed stub: a blocking method per rpc,
+//!   a `<rpc>_with` variant that takes a callback and a `<rpc>_async` variant
+//!   that returns a future (any executor; no thread per call);
 //! - `SERVICE_NAME` and a `methods` module with one constant per rpc name.
 //!
 //! The trait, adapter and client are re-exported at the package level (unless
@@ -70,7 +71,7 @@ pub use prost_build::ServiceGenerator;
 /// When two rpcs of a service would get the same Rust method name (`GetUser`
 /// and `get_user`), an rpc would take the name of a method every generated
 /// client or trait has (`New`, `WithTimeout`, `Timeout`, `Transport`,
-/// `RunsInline`), or a service is named like an item of `rpc_core::codegen`
+/// `RunsInline`, `IsHeavy`), or a service is named like an item of `rpc_core::codegen`
 /// (`Service`, `Status`, `Error`, ...); the message names the culprit.
 pub fn compile_protos(protos: &[impl AsRef<Path>], includes: &[impl AsRef<Path>]) -> std::io::Result<()> {
     Builder::new().compile(protos, includes)

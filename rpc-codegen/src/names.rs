@@ -7,6 +7,8 @@ use proc_macro2::{Ident, Span, TokenStream};
 use prost_build::{Comments, Method, Service};
 use quote::quote;
 
+use crate::builder::{Placement, Placements};
+
 /// A service with every name the generated items use.
 pub(crate) struct ServiceNames {
     /// `package.Service`, the name clients send.
@@ -33,6 +35,8 @@ pub(crate) struct RpcNames {
     pub method: Ident,
     /// The client's callback variant, e.g. `say_with`.
     pub method_with: Ident,
+    /// The client's future variant, e.g. `say_async`.
+    pub method_async: Ident,
     /// The constant holding the wire name, e.g. `SAY`.
     pub constant: Ident,
     /// The request type as seen from inside the service module.
@@ -41,6 +45,8 @@ pub(crate) struct RpcNames {
     pub reply: TokenStream,
     /// Doc lines from the `.proto` comments on the rpc.
     pub docs: Vec<String>,
+    /// Where the server runs it, as declared to the builder.
+    pub placement: Placement,
 }
 
 impl ServiceNames {
@@ -50,7 +56,7 @@ impl ServiceNames {
     ///
     /// On a streaming rpc (rpc-core calls are unary) and on names that would
     /// clash in Rust, with a message naming the service or rpc.
-    pub(crate) fn new(service: &Service) -> ServiceNames {
+    pub(crate) fn new(service: &Service, placements: &Placements) -> ServiceNames {
         let full_name = if service.package.is_empty() {
             service.proto_name.clone()
         } else {
@@ -61,7 +67,7 @@ impl ServiceNames {
         }
         // The service module imports `rpc_core::codegen::*` and uses these
         // prelude names; a trait of the same name would shadow one of them.
-        const USED: [&str; 23] = [
+        const USED: [&str; 24] = [
             "Bytes",
             "Callback",
             "Channel",
@@ -70,6 +76,7 @@ impl ServiceNames {
             "Duration",
             "Error",
             "Message",
+            "ReplyFuture",
             "Service",
             "Status",
             "Transport",
@@ -93,7 +100,14 @@ impl ServiceNames {
                 service.name, service.name
             );
         }
-        let rpcs: Vec<RpcNames> = service.methods.iter().map(RpcNames::new).collect();
+        let rpcs: Vec<RpcNames> = service
+            .methods
+            .iter()
+            .map(|m| {
+                let placement = placements.get(&format!("{full_name}/{}", m.proto_name));
+                RpcNames::new(m, placement.copied().unwrap_or_default())
+            })
+            .collect();
         if let Err(message) = check_clashes(&full_name, &rpcs) {
             panic!("{message}");
         }
@@ -111,7 +125,7 @@ impl ServiceNames {
 }
 
 impl RpcNames {
-    fn new(method: &Method) -> RpcNames {
+    fn new(method: &Method, placement: Placement) -> RpcNames {
         // prost writes `self_`, `super_`, `crate_` and `Self_` for keywords that cannot be
         // raw identifiers; the other names built from them need no trailing `_`.
         let base = method.name.trim_start_matches("r#");
@@ -123,10 +137,12 @@ impl RpcNames {
             proto_name: method.proto_name.clone(),
             method: ident(&method.name),
             method_with: ident(&format!("{base}_with")),
+            method_async: ident(&format!("{base}_async")),
             constant: ident(&base.to_uppercase()),
             request: type_path(&method.input_type),
             reply: type_path(&method.output_type),
             docs: doc_lines(&method.comments),
+            placement,
         }
     }
 }
@@ -143,12 +159,12 @@ fn check_unary(service: &str, methods: &[Method]) -> Result<(), String> {
 
 /// Fails with a readable message if two rpcs, or an rpc and a method every
 /// trait or client has, would get the same Rust name: `GetUser` and
-/// `get_user`, `Say` and `SayWith`, or an rpc named `New` or `Timeout`.
+/// `get_user`, `Say` and `SayWith` or `SayAsync`, or an rpc named `New` or `Timeout`.
 fn check_clashes(service: &str, rpcs: &[RpcNames]) -> Result<(), String> {
-    const GENERATED: [&str; 5] = ["new", "with_timeout", "timeout", "transport", "runs_inline"];
+    const GENERATED: [&str; 6] = ["new", "with_timeout", "timeout", "transport", "runs_inline", "is_heavy"];
     let mut taken: HashMap<String, &str> = HashMap::new();
     for rpc in rpcs {
-        for name in [unraw(&rpc.method), unraw(&rpc.method_with)] {
+        for name in [unraw(&rpc.method), unraw(&rpc.method_with), unraw(&rpc.method_async)] {
             if GENERATED.contains(&name.as_str()) {
                 return Err(format!(
                     "rpc-codegen: {service}/{} would need a Rust method `{name}`, which every generated \

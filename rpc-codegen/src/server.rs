@@ -4,6 +4,7 @@
 use proc_macro2::TokenStream;
 use quote::quote;
 
+use crate::builder::Placement;
 use crate::names::{RpcNames, ServiceNames};
 
 /// `pub trait Echo`: one method per rpc, plus `runs_inline` and `is_heavy`.
@@ -15,11 +16,14 @@ pub(crate) fn service_trait(s: &ServiceNames) -> TokenStream {
             format!(" The server side of `{full_name}`: implement it and serve it with [`{server}`]."),
             String::new(),
             " Methods run on the server's worker threads, many at once, so they may block on".to_owned(),
-            " I/O (or on the event loop, for those `runs_inline` names; on the heavy lane, for".to_owned(),
-            " those `is_heavy` names); a returned [`Status`] travels to the caller as it is.".to_owned(),
+            " I/O, unless the code was generated with the method declared inline (run on the".to_owned(),
+            " event loop) or heavy (run on the heavy lane): each method's docs say where it runs.".to_owned(),
+            " A returned [`Status`] travels to the caller as it is.".to_owned(),
         ],
     );
     let methods = s.rpcs.iter().map(trait_method);
+    let runs_inline = placed(s, quote!(runs_inline), Placement::Inline);
+    let is_heavy = placed(s, quote!(is_heavy), Placement::Heavy);
     quote! {
         #(#[doc = #docs])*
         pub trait #trait_name: Send + Sync + 'static {
@@ -27,18 +31,36 @@ pub(crate) fn service_trait(s: &ServiceNames) -> TokenStream {
 
             /// Whether `method` (one of the [`methods`] constants) is cheap and never
             /// blocks, so the server's event loop may run it itself instead of handing
-            /// it to a worker. The default, `false`, suits almost every method: a slow
-            /// inline method stalls every connection on its loop.
-            fn runs_inline(&self, _method: &str) -> bool {
-                false
-            }
+            /// it to a worker: by default, the methods declared inline when this code
+            /// was generated (`rpc_codegen::Builder::inline`). Override it only to
+            /// decide at run time; a slow inline method stalls every connection on its
+            /// loop.
+            #runs_inline
 
             /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
             /// password hash, so that it runs on the server's small heavy lane, where a
             /// burst of it waits (bounded, refused past the bound) without delaying the
-            /// other methods. The default, `false`, runs it on the workers.
-            fn is_heavy(&self, _method: &str) -> bool {
+            /// other methods: by default, the methods declared heavy when this code was
+            /// generated (`rpc_codegen::Builder::heavy`).
+            #is_heavy
+        }
+    }
+}
+
+/// `fn runs_inline` or `fn is_heavy` (`name`): whether `method` is one of the rpcs
+/// declared with `placement`.
+fn placed(s: &ServiceNames, name: TokenStream, placement: Placement) -> TokenStream {
+    let constants: Vec<_> = s.rpcs.iter().filter(|r| r.placement == placement).map(|r| &r.constant).collect();
+    if constants.is_empty() {
+        quote! {
+            fn #name(&self, _method: &str) -> bool {
                 false
+            }
+        }
+    } else {
+        quote! {
+            fn #name(&self, method: &str) -> bool {
+                matches!(method, #(methods::#constants)|*)
             }
         }
     }
@@ -46,11 +68,22 @@ pub(crate) fn service_trait(s: &ServiceNames) -> TokenStream {
 
 fn trait_method(rpc: &RpcNames) -> TokenStream {
     let RpcNames { proto_name, method, request, reply, .. } = rpc;
-    let docs = if rpc.docs.is_empty() {
+    let mut docs = if rpc.docs.is_empty() {
         vec![format!(" Answers the `{proto_name}` rpc.")]
     } else {
         rpc.docs.clone()
     };
+    docs.push(String::new());
+    docs.push(
+        match rpc.placement {
+            Placement::Workers => " Runs on the server's workers.",
+            Placement::Inline => {
+                " Runs on the server's event loop (declared inline): it must be cheap and never block."
+            }
+            Placement::Heavy => " Runs on the server's heavy lane (declared heavy).",
+        }
+        .to_owned(),
+    );
     quote! {
         #(#[doc = #docs])*
         fn #method(&self, ctx: &Context, request: #request) -> Result<#reply, Status>;

@@ -90,6 +90,17 @@ fn generated_names_match_the_proto() {
     let _stub: fn(Channel) -> store_rpc::StoreClient = store_rpc::StoreClient::new;
 }
 
+#[test]
+fn declared_placements_reach_the_served_service() {
+    use fixtures::store::kv_store_rpc::methods;
+    use rpc_core::server::Service;
+    // The golden files were generated with KVStore/Put and KVStore/Type heavy.
+    let served = KvStoreServer(Memory::default());
+    assert!(served.is_heavy(methods::PUT) && served.is_heavy(methods::TYPE));
+    assert!(!served.is_heavy(methods::GET) && !served.runs_inline(methods::GET));
+    assert!(!served.is_heavy("Nonexistent"));
+}
+
 /// Answers `Counter.Self` with a fixed count.
 struct Seven;
 

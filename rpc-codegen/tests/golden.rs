@@ -40,6 +40,9 @@ fn generated_code_matches_the_golden_files() {
     rpc_codegen::Builder::new()
         .out_dir(&out)
         .emit_rerun_if_changed(false)
+        .inline("echo.Echo/Stats")
+        .heavy("fixtures.store.KVStore/Put")
+        .heavy("fixtures.store.KVStore/Type")
         .compile(&protos, &[&fixtures])
         .unwrap();
     let generated = files(&out, "rs");
@@ -89,12 +92,52 @@ fn first_difference(want: &str, got: &str) -> Option<String> {
 
 /// Writes `source` as `<name>` in a fresh directory and compiles it.
 fn compile_one(name: &str, source: &str) -> io::Result<PathBuf> {
+    compile_one_with(name, source, rpc_codegen::Builder::new())
+}
+
+/// Like `compile_one`, with `builder`'s declarations.
+fn compile_one_with(name: &str, source: &str, builder: rpc_codegen::Builder) -> io::Result<PathBuf> {
     let dir = scratch(name);
     fs::write(dir.join(name), source).unwrap();
     let out = dir.join("out");
     fs::create_dir_all(&out).unwrap();
-    rpc_codegen::Builder::new().out_dir(&out).emit_rerun_if_changed(false).compile(&[name], &[&dir])?;
+    builder.out_dir(&out).emit_rerun_if_changed(false).compile(&[name], &[&dir])?;
     Ok(out)
+}
+
+const ROOM: &str = r#"
+syntax = "proto3";
+package chat;
+message Msg { string text = 1; }
+service Room {
+  rpc Send(Msg) returns (Msg);
+  rpc Count(Msg) returns (Msg);
+}
+"#;
+
+#[test]
+fn a_method_declared_inline_or_heavy_must_exist() {
+    let typo = rpc_codegen::Builder::new().inline("chat.Room/Cuont");
+    let message = compile_one_with("typo.proto", ROOM, typo).unwrap_err().to_string();
+    assert!(message.contains("`chat.Room/Cuont` is declared inline"), "{message}");
+    assert!(message.contains("it has Send, Count"), "{message}");
+
+    let no_service = rpc_codegen::Builder::new().heavy("Room/Send");
+    let err = compile_one_with("no_service.proto", ROOM, no_service).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    let message = err.to_string();
+    assert!(message.contains("`Room/Send` is declared heavy"), "{message}");
+    assert!(message.contains("the services are chat.Room"), "{message}");
+
+    let both = rpc_codegen::Builder::new().inline("chat.Room/Count").heavy("chat.Room/Count");
+    let message = compile_one_with("both.proto", ROOM, both).unwrap_err().to_string();
+    assert!(message.contains("`chat.Room/Count` is declared both inline and heavy"), "{message}");
+
+    let right = rpc_codegen::Builder::new().inline("chat.Room/Count").heavy("chat.Room/Send");
+    let out = compile_one_with("right.proto", ROOM, right).unwrap();
+    let code = fs::read_to_string(out.join("chat.rs")).unwrap();
+    assert!(code.contains("matches!(method, methods::COUNT)"), "{code}");
+    assert!(code.contains("matches!(method, methods::SEND)"), "{code}");
 }
 
 const STREAMING: &str = r#"

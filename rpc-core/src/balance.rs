@@ -162,22 +162,20 @@ impl Default for Config {
 }
 
 /// A [`Transport`] that spreads calls over the instances of a discovered
-/// service; cheap to clone and share between threads.
+/// service; cheap to clone and share between threads. One made by
+/// [`Balanced::with_key`] sends every call where its key hashes instead.
 #[derive(Clone)]
 pub struct Balanced {
     /// Shared by every clone and by the prober thread (weakly).
     shared: Arc<Shared>,
+    /// The stable hash of the key every call is routed by, if any (see `with_key`).
+    key: Option<u64>,
 }
 
-/// A [`Transport`] that sends every call to the instance a key hashes to (the
-/// next one around the ring while that one is out of rotation).
-#[derive(Clone)]
-pub struct Keyed {
-    /// The balancer.
-    balanced: Balanced,
-    /// The key's stable hash.
-    hash: u64,
-}
+/// A [`Balanced`] made by [`Balanced::with_key`]: every call goes to the
+/// instance the key hashes to (the next one around the ring while that one is
+/// out of rotation).
+pub type Keyed = Balanced;
 
 /// What every clone of a balancer, its calls and its prober share.
 struct Shared {
@@ -226,7 +224,7 @@ impl Balanced {
             prober: OnceLock::new(),
             prober_asleep: AtomicBool::new(true),
         };
-        Balanced { shared: Arc::new(shared) }
+        Balanced { shared: Arc::new(shared), key: None }
     }
 
     /// Discovers `service` in `registry` and balances over it.
@@ -248,7 +246,7 @@ impl Balanced {
     /// on its part of the ring move. The hash is stable across processes, so
     /// every consumer sends a key to the same instance.
     pub fn with_key(&self, key: impl Hash) -> Keyed {
-        Keyed { balanced: self.clone(), hash: ring::stable_hash(key) }
+        Balanced { shared: self.shared.clone(), key: Some(ring::stable_hash(key)) }
     }
 
     /// The instances calls may go to now: those discovered, minus those out
@@ -273,25 +271,7 @@ impl Balanced {
         body: &[u8],
         timeout: Option<Duration>,
     ) -> Result<Bytes, Error> {
-        self.shared.call(None, timeout, |ch, left| ch.call_raw(service, method, body, left))
-    }
-}
-
-impl Keyed {
-    /// Calls with an already-encoded body, as [`Balanced::call_raw`].
-    ///
-    /// # Errors
-    ///
-    /// As [`Balanced::call_raw`].
-    pub fn call_raw(
-        &self,
-        service: &str,
-        method: &str,
-        body: &[u8],
-        timeout: Option<Duration>,
-    ) -> Result<Bytes, Error> {
-        let shared = &self.balanced.shared;
-        shared.call(Some(self.hash), timeout, |ch, left| ch.call_raw(service, method, body, left))
+        self.shared.call(self.key, timeout, |ch, left| ch.call_raw(service, method, body, left))
     }
 }
 
@@ -303,7 +283,7 @@ impl Transport for Balanced {
         request: &M,
         timeout: Option<Duration>,
     ) -> Result<Bytes, Error> {
-        self.shared.call(None, timeout, |ch, left| ch.call(service, method, request, left))
+        self.shared.call(self.key, timeout, |ch, left| ch.call(service, method, request, left))
     }
 
     fn call_with<M: Message>(
@@ -315,32 +295,7 @@ impl Transport for Balanced {
         callback: Callback,
     ) {
         let body = Bytes::from(request.encode_to_vec());
-        AsyncCall::start(&self.shared, None, service, method, body, timeout, callback);
-    }
-}
-
-impl Transport for Keyed {
-    fn call<M: Message>(
-        &self,
-        service: &str,
-        method: &str,
-        request: &M,
-        timeout: Option<Duration>,
-    ) -> Result<Bytes, Error> {
-        let shared = &self.balanced.shared;
-        shared.call(Some(self.hash), timeout, |ch, left| ch.call(service, method, request, left))
-    }
-
-    fn call_with<M: Message>(
-        &self,
-        service: &str,
-        method: &str,
-        request: &M,
-        timeout: Option<Duration>,
-        callback: Callback,
-    ) {
-        let body = Bytes::from(request.encode_to_vec());
-        AsyncCall::start(&self.balanced.shared, Some(self.hash), service, method, body, timeout, callback);
+        AsyncCall::start(&self.shared, self.key, service, method, body, timeout, callback);
     }
 }
 
@@ -349,13 +304,8 @@ impl std::fmt::Debug for Balanced {
         f.debug_struct("Balanced")
             .field("service", &self.service())
             .field("strategy", &self.shared.config.strategy)
+            .field("key", &self.key)
             .finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for Keyed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keyed").field("service", &self.balanced.service()).field("hash", &self.hash).finish()
     }
 }
 

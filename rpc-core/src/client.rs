@@ -35,8 +35,10 @@ use crate::frame;
 use crate::Error;
 
 mod connection;
+mod reply;
 
 use connection::{lock, CallName, Conn, Pending, Waiter};
+pub use reply::ReplyFuture;
 
 /// Runs when a push frame arrives: `(service, method, body)`. Called on the
 /// connection's reader thread, so it should hand work off rather than block.
@@ -124,7 +126,10 @@ pub trait Transport: Send + Sync {
     ) -> Result<Bytes, Error>;
 
     /// Starts a call and returns at once; `callback` gets the outcome on a
-    /// reader thread (or on this thread if the call could not be sent).
+    /// reader thread, or on this thread, before `call_with` returns, if the
+    /// call could not be sent (so a callback that starts the next call may
+    /// recur on one stack while sends fail: hand the next call off, or use
+    /// [`call_future`](Self::call_future)).
     fn call_with<M: Message>(
         &self,
         service: &str,
@@ -133,6 +138,20 @@ pub trait Transport: Send + Sync {
         timeout: Option<Duration>,
         callback: Callback,
     );
+
+    /// Starts a call and returns a future of its encoded reply, for async code;
+    /// see [`ReplyFuture`]. The call is sent at once.
+    fn call_future<M: Message>(
+        &self,
+        service: &str,
+        method: &str,
+        request: &M,
+        timeout: Option<Duration>,
+    ) -> ReplyFuture<Bytes> {
+        let (future, callback) = ReplyFuture::new(Ok);
+        self.call_with(service, method, request, timeout, callback);
+        future
+    }
 }
 
 /// A client of one server address, cheap to clone and share between threads.

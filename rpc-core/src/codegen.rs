@@ -1,6 +1,6 @@
 //! What generated service code imports, so it names only `rpc_core::codegen::*`.
 
-pub use crate::client::{Callback, Channel, Transport};
+pub use crate::client::{Callback, Channel, ReplyFuture, Transport};
 pub use crate::server::{Context, Service};
 pub use crate::{Code, Error, Status};
 pub use bytes::Bytes;

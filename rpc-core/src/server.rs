@@ -37,6 +37,7 @@ use crate::{Error, Status};
 
 mod event_loop;
 mod pool;
+mod proxy_header;
 
 use event_loop::{Command, LoopShared};
 pub use pool::current_deadline;
@@ -70,6 +71,7 @@ const WORKER_EXIT_WAIT: Duration = Duration::from_secs(2);
 /// | `frame_timeout` | 30 s |
 /// | `idle_timeout` | 90 s |
 /// | `shutdown_grace` | 10 s |
+/// | `proxy_protocol_from` | none |
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Threads that run handlers.
@@ -123,6 +125,14 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// How long a graceful shutdown waits for in-flight calls.
     pub shutdown_grace: Duration,
+    /// Peers (load balancers such as nginx with `proxy_protocol on;`) whose connections
+    /// may start with a PROXY protocol v1 header naming the client's address, which
+    /// [`Connection::client_addr`] then returns. A connection from one of them that
+    /// starts with `P` and not a well-formed header (at most 107 bytes) is closed with
+    /// a go-away naming the fault; one that starts with a frame is its own client, and
+    /// so is every connection from other peers, whose headers are not read. Empty (the
+    /// default): no header is read from anyone.
+    pub proxy_protocol_from: Vec<std::net::IpAddr>,
 }
 
 impl Default for Config {
@@ -145,6 +155,7 @@ impl Default for Config {
             frame_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             shutdown_grace: Duration::from_secs(10),
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -225,6 +236,12 @@ impl Context {
         self.deadline
     }
 
+    /// The client's address: the one a trusted load balancer named in its PROXY
+    /// header (`Config::proxy_protocol_from`), else the connection's peer.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.connection.client_addr()
+    }
+
     /// Time left before the deadline; `None` when the caller set none.
     pub fn remaining(&self) -> Option<Duration> {
         self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
@@ -238,6 +255,8 @@ pub(crate) struct ConnShared {
     pub(crate) id: ConnectionId,
     /// The client's address.
     pub(crate) peer: SocketAddr,
+    /// The address a trusted load balancer's PROXY header named, once read.
+    pub(crate) client: std::sync::OnceLock<SocketAddr>,
     /// The loop that owns the socket.
     pub(crate) owner: Arc<LoopShared>,
     /// False once the loop has closed the socket.
@@ -282,9 +301,15 @@ impl Connection {
         self.inner.id
     }
 
-    /// The client's address.
+    /// The address the connection comes from (a load balancer's, when one is in front).
     pub fn peer_addr(&self) -> SocketAddr {
         self.inner.peer
+    }
+
+    /// The client's address: the one a trusted load balancer named in its PROXY header
+    /// (`Config::proxy_protocol_from`), else [`Connection::peer_addr`].
+    pub fn client_addr(&self) -> SocketAddr {
+        self.inner.client.get().copied().unwrap_or(self.inner.peer)
     }
 
     /// Whether the connection is still open (false once closed, or evicted for

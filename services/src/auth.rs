@@ -5,6 +5,15 @@
 //! string carries its own parameters, so hashes made with older settings still verify
 //! after [`Config`] changes.
 //!
+//! Every hash fills a block of memory as large as its cost says (19 MiB by default).
+//! Allocating it per hash made the allocator keep the freed blocks, so a burst of
+//! logins left the process gigabytes larger; instead each thread keeps one buffer and
+//! reuses it ([`argon2::Argon2::hash_password_into_with_memory`]). The user service runs
+//! hashes on a small lane of threads (one per core), so the buffers together stay a few
+//! tens of MiB. A stored hash names its own cost, so one with a cost past
+//! [`MAX_MEMORY_KIB`], [`MAX_ITERATIONS`] or [`MAX_PARALLELISM`] is refused rather than
+//! computed.
+//!
 //! ```
 //! use services::auth;
 //!
@@ -14,10 +23,24 @@
 //! assert!(!auth::verify_password("wrong horse", &stored).unwrap());
 //! ```
 
+use std::cell::RefCell;
 use std::sync::Mutex;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use subtle::ConstantTimeEq;
+
+/// The most memory a hash may use, in KiB (64 MiB, over three times the default): a
+/// stored hash naming more is refused, so that no row can make a thread allocate without
+/// bound.
+pub const MAX_MEMORY_KIB: u32 = 64 * 1024;
+/// The most passes a hash may make (the default makes 2).
+pub const MAX_ITERATIONS: u32 = 16;
+/// The most lanes a hash may have (the default has 1).
+pub const MAX_PARALLELISM: u32 = 4;
+
+/// Bytes of the hash in a PHC string made here.
+const OUTPUT_LEN: usize = 32;
 
 /// The cost of a new hash. The default is the OWASP recommendation for argon2id: 19 MiB
 /// of memory, 2 passes, 1 lane.
@@ -41,11 +64,26 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// argon2's parameters for this cost.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Params`] when the cost is out of argon2's range or past this module's
+    /// ceilings ([`MAX_MEMORY_KIB`], [`MAX_ITERATIONS`], [`MAX_PARALLELISM`]).
+    pub fn params(&self) -> Result<Params, Error> {
+        let params = Params::new(self.memory_kib, self.iterations, self.parallelism, Some(OUTPUT_LEN))
+            .map_err(|e| Error::Params(e.to_string()))?;
+        within_ceiling(&params)?;
+        Ok(params)
+    }
+}
+
 /// Hashing or verification failed for a reason other than a wrong password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The cost parameters are out of argon2's range.
+    /// The cost parameters are out of argon2's range, or past this module's ceilings.
     #[error("invalid argon2 parameters: {0}")]
     Params(String),
     /// The stored hash is not a PHC string this module can read.
@@ -54,6 +92,38 @@ pub enum Error {
     /// The hash computation itself failed.
     #[error("password hashing failed: {0}")]
     Hash(String),
+}
+
+/// Refuses a cost past the ceilings.
+fn within_ceiling(params: &Params) -> Result<(), Error> {
+    let (m, t, p) = (params.m_cost(), params.t_cost(), params.p_cost());
+    if m > MAX_MEMORY_KIB || t > MAX_ITERATIONS || p > MAX_PARALLELISM {
+        return Err(Error::Params(format!(
+            "m={m},t={t},p={p} is past the ceiling m={MAX_MEMORY_KIB},t={MAX_ITERATIONS},p={MAX_PARALLELISM}"
+        )));
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// This thread's argon2 memory, kept between hashes and grown to the largest cost
+    /// seen (at most [`MAX_MEMORY_KIB`]).
+    static BLOCKS: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Computes argon2 of `password` and `salt` into `out`, in this thread's buffer.
+fn compute(hasher: &Argon2<'_>, password: &[u8], salt: &[u8], out: &mut [u8]) -> Result<(), Error> {
+    within_ceiling(hasher.params())?;
+    let needed = hasher.params().block_count();
+    BLOCKS.with(|blocks| {
+        let mut blocks = blocks.borrow_mut();
+        if blocks.len() < needed {
+            blocks.resize(needed, Block::default());
+        }
+        hasher
+            .hash_password_into_with_memory(password, salt, out, &mut blocks[..needed])
+            .map_err(|e| Error::Hash(e.to_string()))
+    })
 }
 
 /// Hashes `password` with argon2id, the default [`Config`] and a fresh random salt.
@@ -69,14 +139,22 @@ pub fn hash_password(password: &str) -> Result<String, Error> {
 ///
 /// # Errors
 ///
-/// [`Error::Params`] when the cost is out of range (for example less than 8 KiB per lane).
+/// [`Error::Params`] when the cost is out of range (for example less than 8 KiB per lane,
+/// or more than [`MAX_MEMORY_KIB`]).
 pub fn hash_password_with(password: &str, config: &Config) -> Result<String, Error> {
-    let params = Params::new(config.memory_kib, config.iterations, config.parallelism, None)
-        .map_err(|e| Error::Params(e.to_string()))?;
-    let hasher = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    let params = config.params()?;
+    let hasher = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     let salt_bytes: [u8; 16] = rand::random();
     let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| Error::Hash(e.to_string()))?;
-    let hash = hasher.hash_password(password.as_bytes(), &salt).map_err(|e| Error::Hash(e.to_string()))?;
+    let mut out = [0u8; OUTPUT_LEN];
+    compute(&hasher, password.as_bytes(), &salt_bytes, &mut out)?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: (&params).try_into().map_err(|e: argon2::password_hash::Error| Error::Hash(e.to_string()))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&out).map_err(|e| Error::Hash(e.to_string()))?),
+    };
     Ok(hash.to_string())
 }
 
@@ -85,14 +163,27 @@ pub fn hash_password_with(password: &str, config: &Config) -> Result<String, Err
 ///
 /// # Errors
 ///
-/// [`Error::MalformedHash`] when `stored` cannot be parsed; a wrong password is `Ok(false)`.
+/// [`Error::MalformedHash`] when `stored` cannot be parsed, and [`Error::Params`] when it
+/// names a cost past the ceilings; a wrong password is `Ok(false)`.
 pub fn verify_password(password: &str, stored: &str) -> Result<bool, Error> {
-    let parsed = PasswordHash::new(stored).map_err(|e| Error::MalformedHash(e.to_string()))?;
-    match Argon2::default().verify_password(password.as_bytes(), &parsed) {
-        Ok(()) => Ok(true),
-        Err(argon2::password_hash::Error::Password) => Ok(false),
-        Err(e) => Err(Error::MalformedHash(e.to_string())),
-    }
+    let malformed = |e: argon2::password_hash::Error| Error::MalformedHash(e.to_string());
+    let parsed = PasswordHash::new(stored).map_err(malformed)?;
+    let algorithm = Algorithm::try_from(parsed.algorithm).map_err(malformed)?;
+    let version = match parsed.version {
+        Some(v) => Version::try_from(v).map_err(|e| Error::MalformedHash(e.to_string()))?,
+        None => Version::default(),
+    };
+    let params = Params::try_from(&parsed).map_err(malformed)?;
+    within_ceiling(&params)?;
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Err(Error::MalformedHash("no salt or no hash".into()));
+    };
+    let mut salt_buf = [0u8; 64];
+    let salt = salt.decode_b64(&mut salt_buf).map_err(malformed)?;
+    let mut out = [0u8; Output::MAX_LENGTH];
+    let out = &mut out[..expected.len()];
+    compute(&Argon2::new(algorithm, version, params), password.as_bytes(), salt, out)?;
+    Ok(bool::from(out.ct_eq(expected.as_bytes())))
 }
 
 /// Spends as long as verifying a password against a real hash made at cost `config`
@@ -165,6 +256,36 @@ mod tests {
     #[test]
     fn malformed_hash_is_an_error_not_a_mismatch() {
         assert!(matches!(verify_password("x", "plaintext-password"), Err(Error::MalformedHash(_))));
+    }
+
+    #[test]
+    fn hashes_agree_with_the_argon2_crate_both_ways() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let ours = hash_password_with("correct horse", &cheap()).unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(Argon2::default().verify_password(b"correct horse", &parsed).is_ok());
+        // A hash made by the crate's own allocating path (as stored rows were) verifies here.
+        let params = cheap().params().unwrap();
+        let theirs = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(b"correct horse", &SaltString::encode_b64(b"sixteen byte slt").unwrap())
+            .unwrap()
+            .to_string();
+        assert_eq!(verify_password("correct horse", &theirs), Ok(true));
+        assert_eq!(verify_password("correct horsE", &theirs), Ok(false));
+    }
+
+    #[test]
+    fn a_stored_hash_past_the_ceiling_is_refused_not_computed() {
+        let stored = hash_password_with("correct horse", &cheap()).unwrap();
+        // 4 TiB of memory: computing it would take the machine down.
+        let absurd = stored.replace("m=256,", "m=4294967295,");
+        assert!(matches!(verify_password("correct horse", &absurd), Err(Error::Params(_))), "{absurd}");
+        let slow = stored.replace("t=1,", "t=100000,");
+        assert!(matches!(verify_password("correct horse", &slow), Err(Error::Params(_))));
+        let wide = stored.replace("m=256,t=1,p=1$", "m=1024,t=1,p=64$");
+        assert!(matches!(verify_password("correct horse", &wide), Err(Error::Params(_))));
+        let config = Config { memory_kib: MAX_MEMORY_KIB + 1, ..cheap() };
+        assert!(matches!(hash_password_with("x", &config), Err(Error::Params(_))));
     }
 
     #[test]

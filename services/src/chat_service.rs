@@ -16,7 +16,7 @@ use rpc_core::Status;
 
 use crate::api::{self, chat_service_rpc};
 use crate::conversation::ConversationId;
-use crate::convert::{caller, conversation_id, message, presence_status, state, store_status};
+use crate::convert::{caller, conversation_id, message, presence_status, state, store_status, write_status};
 use crate::ids::UserId;
 use crate::proxies::{by_proxy, Proxies};
 use crate::store::{Anchor, Cursor, NewMessage};
@@ -95,7 +95,7 @@ impl chat_service_rpc::ChatService for ChatService {
                 client_msg_id: &request.client_msg_id,
                 body: &request.body,
             })
-            .map_err(store_status)?;
+            .map_err(write_status)?;
         // A retry is pushed again: the first attempt may have stored the message and died
         // before pushing it. Clients drop a pushed sequence they have already seen.
         self.fan_out(&sent.message);

@@ -9,7 +9,8 @@
 //! or send explains, it Syncs the gap; when the connection is lost it resumes the session
 //! with the session token its login was given (never sending the password again) and
 //! Syncs. A send carries a client message id (a per-process random prefix and a
-//! counter), reused when the send is retried, so a retry is never stored twice.
+//! counter), reused when the send is retried (on an unknown outcome or while the system
+//! is unavailable, for up to 20 s), so a retry is never stored twice.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{BufRead, Write};
@@ -40,8 +41,13 @@ commands:
   friend add NAME|ID            befriend a user
   friend remove NAME|ID         end a friendship
   friend list                   friends with online state
-  group create NAME             create a group (you own it)
-  group join ID                 join a group
+  group create NAME [public] [shared]
+                                create a group (you own it): private unless
+                                public; members read from their join on
+                                unless shared (then all history)
+  group join ID                 join a group (a private one needs an invitation)
+  group invite ID NAME|ID       let a user join your group (for 7 days)
+  group remove ID NAME|ID       remove a member (owner only)
   group leave ID                leave a group
   group list                    your groups
   group members ID              a group's members
@@ -182,6 +188,14 @@ fn failure(command: &str, e: &rpc_core::Error) -> (String, String, String) {
         other => other.to_string(),
     };
     (command.to_owned(), e.code().as_str().to_owned(), message)
+}
+
+/// Whether a failed `SendMessage` should be sent again with the same client message id:
+/// its outcome is unknown (DeadlineExceeded, or a time-out or lost connection here: it
+/// may have been stored, and only a retry tells), or the system was unavailable.
+fn send_may_succeed_later(error: &rpc_core::Error) -> bool {
+    error.outcome() == rpc_core::Outcome::Unknown
+        || matches!(error.code(), rpc_core::Code::Unavailable | rpc_core::Code::DeadlineExceeded)
 }
 
 /// A failed command: (command, code, message).
@@ -391,7 +405,8 @@ impl Client {
                 state.seen_by = Some(whose);
             }
         }
-        let request = api::LoginRequest { name: name.into(), password: password.into() };
+        let request =
+            api::LoginRequest { name: name.into(), password: password.into(), ..Default::default() };
         let response = self.gateway.login(&request).map_err(|e| failure("login", &e))?;
         self.state().session_token = response.session_token.as_ref().map(|t| t.token.clone());
         self.opened(response, false)
@@ -544,21 +559,15 @@ impl Client {
             client_msg_id: self.next_msg_id(),
             body: body.into(),
         };
-        // Lost on the way, or the system is restarting: the same client message id makes
-        // a retry safe, so keep trying for a while rather than fail a message the user
-        // would type again under a new id.
+        // Lost on the way, the system restarting, or the outcome unknown (it may have been
+        // stored): the same client message id makes a retry safe, so keep trying for a
+        // while rather than fail a message the user would type again under a new id.
         let give_up = Instant::now() + SEND_RETRY_FOR;
         let mut pause = Duration::from_millis(200);
         let response = loop {
             match self.gateway.send_message(&request) {
                 Ok(response) => break response,
-                Err(e)
-                    if Instant::now() < give_up
-                        && matches!(
-                            e.code(),
-                            rpc_core::Code::Unavailable | rpc_core::Code::DeadlineExceeded
-                        ) =>
-                {
+                Err(e) if Instant::now() < give_up && send_may_succeed_later(&e) => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_secs(2));
                     if self.state().session_token.is_some() {
@@ -629,7 +638,11 @@ impl Client {
         match words {
             ["help"] => ok(json!({"event": "help", "text": HELP}), HELP.to_owned()),
             ["register", name, password] => {
-                let request = api::RegisterRequest { name: (*name).into(), password: (*password).into() };
+                let request = api::RegisterRequest {
+                    name: (*name).into(),
+                    password: (*password).into(),
+                    ..Default::default()
+                };
                 let user = self
                     .gateway
                     .register(&request)
@@ -720,16 +733,40 @@ impl Client {
             }
             ["friend", ..] => return Err(usage("friend", "friend add|remove NAME|ID, friend list")),
             ["group", "create", ..] if words.len() > 2 => {
-                let name = rest_after(2);
+                let request = create_group_request(&rest_after(2));
                 let group = self
                     .gateway
-                    .create_group(&api::CreateGroupRequest { name })
+                    .create_group(&request)
                     .map_err(|e| failure("group create", &e))?
                     .group
                     .unwrap_or_default();
                 ok(
                     json!({"event": "group_created", "group": group_json(&group)}),
-                    format!("created group {} (id {})", group.name, group.id),
+                    format!("created group {} (id {}, {})", group.name, group.id, group_kind(&group)),
+                );
+            }
+            ["group", "invite", id, who] => {
+                let group_id = id.parse().map_err(|_| usage("group invite", "group invite ID NAME|ID"))?;
+                let user_id = self.user_id("group invite", who)?;
+                let response = self
+                    .gateway
+                    .invite(&api::InviteRequest { group_id, user_id })
+                    .map_err(|e| failure("group invite", &e))?;
+                ok(
+                    json!({"event": "invited", "group_id": group_id, "user_id": user_id,
+                           "expires_at_ms": response.expires_at_ms}),
+                    format!("invited {} into group {group_id}", self.name_of(user_id)),
+                );
+            }
+            ["group", "remove", id, who] => {
+                let group_id = id.parse().map_err(|_| usage("group remove", "group remove ID NAME|ID"))?;
+                let user_id = self.user_id("group remove", who)?;
+                self.gateway
+                    .remove_member(&api::RemoveMemberRequest { group_id, user_id })
+                    .map_err(|e| failure("group remove", &e))?;
+                ok(
+                    json!({"event": "member_removed", "group_id": group_id, "user_id": user_id}),
+                    format!("removed {} from group {group_id}", self.name_of(user_id)),
                 );
             }
             ["group", "join", id] => {
@@ -785,7 +822,11 @@ impl Client {
                 ok(json!({"event": "members", "group_id": group_id, "members": members}), text);
             }
             ["group", ..] => {
-                return Err(usage("group", "group create NAME, group join|leave|members ID, group list"))
+                return Err(usage(
+                    "group",
+                    "group create NAME [public] [shared], group join|leave|members ID, \
+                     group invite|remove ID NAME|ID, group list",
+                ))
             }
             ["send", kind, target, _, ..] => {
                 let id = self.conversation("send", kind, target)?;
@@ -885,7 +926,38 @@ fn contact_json(contact: &api::Contact) -> Value {
 }
 
 fn group_json(group: &api::Group) -> Value {
-    json!({"id": group.id, "name": group.name, "owner_id": group.owner_id})
+    let history =
+        if group.history == api::HistoryVisibility::HistoryShared as i32 { "shared" } else { "joined" };
+    json!({"id": group.id, "name": group.name, "owner_id": group.owner_id, "public": group.public,
+           "history": history})
+}
+
+/// "public" or "private", and which history members read, for people.
+fn group_kind(group: &api::Group) -> String {
+    let access = if group.public { "public" } else { "private" };
+    let history = if group.history == api::HistoryVisibility::HistoryShared as i32 {
+        "all history shared"
+    } else {
+        "members read from their join on"
+    };
+    format!("{access}, {history}")
+}
+
+/// `group create`'s arguments: the name, then any of the words `public` and `shared` at
+/// its end (a name of one word is taken as the name even if it is one of those).
+fn create_group_request(args: &str) -> api::CreateGroupRequest {
+    let mut request = api::CreateGroupRequest::default();
+    let mut name = args.trim_end();
+    while let Some((head, last)) = name.rsplit_once(char::is_whitespace) {
+        match last {
+            "public" => request.public = true,
+            "shared" => request.history = api::HistoryVisibility::HistoryShared as i32,
+            _ => break,
+        }
+        name = head.trim_end();
+    }
+    request.name = name.to_owned();
+    request
 }
 
 /// Runs the client: commands from stdin until `quit` or the end of input.
@@ -920,7 +992,20 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::Seen;
+    use super::{create_group_request, Seen};
+    use crate::api::HistoryVisibility;
+
+    #[test]
+    fn group_create_reads_public_and_shared_off_the_end_of_the_name() {
+        let plain = create_group_request("lunch club");
+        assert_eq!((plain.name.as_str(), plain.public, plain.history), ("lunch club", false, 0));
+        let open = create_group_request("lunch club public shared");
+        assert_eq!(open.name, "lunch club");
+        assert!(open.public);
+        assert_eq!(open.history, HistoryVisibility::HistoryShared as i32);
+        let named = create_group_request("public");
+        assert_eq!((named.name.as_str(), named.public), ("public", false), "a one-word name stays the name");
+    }
 
     #[test]
     fn seen_sequences_absorb_into_the_contiguous_prefix() {

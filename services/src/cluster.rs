@@ -4,8 +4,10 @@
 //! services and N chat services as detached children of the current `chatroom` binary
 //! (each in its own process group, output in log files under the state directory), all
 //! under a ZooKeeper root and Redis prefix of their own, waits until each serves, then
-//! generates `nginx.conf` (stream module, one upstream of the running proxies) and starts
-//! nginx in front of them on one client port. Every process is recorded in
+//! generates `nginx.conf` (stream module, one upstream of the running proxies; each
+//! connection to a proxy starts with a PROXY protocol header naming the client, so that
+//! limits per address see the client's address, not nginx's) and starts nginx in front
+//! of them on one client port. Every process is recorded in
 //! `STATE/cluster.json` (role, pid, start time, address) as soon as it starts.
 //!
 //! `down` stops exactly the recorded processes, in stages: nginx first (no new clients),
@@ -298,7 +300,7 @@ pub fn nginx_conf(dir: &Path, listen: SocketAddr, proxies: &[SocketAddr]) -> Str
         conf.push_str(&format!("        server {proxy};\n"));
     }
     conf.push_str(&format!(
-        "    }}\n    server {{\n        listen {listen} reuseport;\n        proxy_pass proxies;\n    }}\n}}\n"
+        "    }}\n    server {{\n        listen {listen} reuseport;\n        proxy_pass proxies;\n        proxy_protocol on;\n    }}\n}}\n"
     ));
     conf
 }
@@ -440,9 +442,8 @@ fn start_all(args: &UpArgs, dir: &Path, logs: &Path, state: &mut State) -> anyho
         for i in 1..=n {
             let mut cmd = Command::new(&exe);
             cmd.args([role, "--listen", "127.0.0.1:0", "--mysql", &args.mysql]);
-            if role == "chat-service" {
-                cmd.args(["--redis", &args.redis, "--redis-prefix", &redis_prefix]);
-            }
+            // The chat services keep presence there, the user services count logins.
+            cmd.args(["--redis", &args.redis, "--redis-prefix", &redis_prefix]);
             common(&mut cmd);
             let s = spawn(&mut cmd, role, &format!("{role}-{i}"), logs)?;
             launch(state, s)?;
@@ -454,7 +455,9 @@ fn start_all(args: &UpArgs, dir: &Path, logs: &Path, state: &mut State) -> anyho
         let mut cmd = Command::new(&exe);
         cmd.args(["proxy", "--listen", "127.0.0.1:0", "--delivery-listen", "127.0.0.1:0"])
             .args(["--instance-id", &instance_id, "--lease-ttl-secs", &args.lease_ttl_secs.to_string()])
-            .args(["--redis", &args.redis, "--redis-prefix", &redis_prefix]);
+            .args(["--redis", &args.redis, "--redis-prefix", &redis_prefix])
+            // nginx names each client in a PROXY header (see `nginx_conf`).
+            .args(["--proxy-protocol-from", "127.0.0.1"]);
         common(&mut cmd);
         let mut s = spawn(&mut cmd, "proxy", &name, logs)?;
         s.process.instance_id = Some(instance_id);

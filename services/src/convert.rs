@@ -1,7 +1,7 @@
 //! Translations between the store's records and the wire messages of [`crate::api`],
 //! and from every local error to the [`Status`] that crosses the wire.
 
-use rpc_core::Status;
+use rpc_core::{Code, Outcome, Status};
 
 use crate::api;
 use crate::conversation::ConversationId;
@@ -16,6 +16,7 @@ pub fn store_status(error: store::Error) -> Status {
         store::Error::NotFound(m) => Status::not_found(m),
         store::Error::AlreadyExists(m) => Status::already_exists(m),
         store::Error::PermissionDenied(m) => Status::permission_denied(m),
+        store::Error::ResourceExhausted(m) => Status::resource_exhausted(m),
         store::Error::InvalidArgument(m) => Status::invalid_argument(m),
         store::Error::Unavailable(m) => {
             tracing::warn!(error = %m, "store unavailable");
@@ -25,6 +26,60 @@ pub fn store_status(error: store::Error) -> Status {
             tracing::error!(error = %other, "store failed");
             Status::internal("the database failed")
         }
+    }
+}
+
+/// The status a failed write of a message answers a caller with: as [`store_status`],
+/// but a backend failure leaves the outcome unknown, since a write whose answer was lost
+/// (a connection broken during the commit) may have been committed.
+pub fn write_status(error: store::Error) -> Status {
+    let answered = matches!(
+        error,
+        store::Error::NotFound(_)
+            | store::Error::AlreadyExists(_)
+            | store::Error::PermissionDenied(_)
+            | store::Error::ResourceExhausted(_)
+            | store::Error::InvalidArgument(_)
+    );
+    let status = store_status(error);
+    if answered {
+        status
+    } else {
+        status.with_outcome(Outcome::Unknown)
+    }
+}
+
+/// What the proxy answers a client whose `SendMessage` the chat service did not confirm,
+/// keeping the promise of `chat.proto`: DeadlineExceeded, outcome unknown, when the
+/// message may have been stored; any other status only when it certainly was not.
+///
+/// Not stored: the call never reached a chat service (its outcome is "not run"; the
+/// answer says "ran", since the proxy ran and stored nothing, and a handler's "not run"
+/// would cross the wire as unknown), or the chat service judged the request and refused
+/// it. Anything else (a time-out, a lost connection, the chat service or its database
+/// failing) leaves it open.
+pub fn send_status(error: rpc_core::Error) -> Status {
+    let status = error.into_status();
+    let refused = matches!(
+        status.code,
+        Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::ResourceExhausted
+            | Code::Unimplemented
+    );
+    match status.outcome() {
+        Outcome::NotRun => Status::new(status.code, status.message),
+        Outcome::Ran if refused => status,
+        _ => Status::deadline_exceeded(format!(
+            "the message may have been stored ({}); send it again with the same client_msg_id",
+            status.message
+        ))
+        .with_outcome(Outcome::Unknown),
     }
 }
 
@@ -60,7 +115,33 @@ pub fn group(group: store::Group) -> api::Group {
         name: group.name,
         owner_id: group.owner.0,
         created_at_ms: group.created_at_ms,
+        public: group.public,
+        history: history_visibility(group.history) as i32,
     }
+}
+
+/// A wire history visibility.
+pub fn history_visibility(history: store::HistoryVisibility) -> api::HistoryVisibility {
+    match history {
+        store::HistoryVisibility::Joined => api::HistoryVisibility::HistoryJoined,
+        store::HistoryVisibility::Shared => api::HistoryVisibility::HistoryShared,
+    }
+}
+
+/// The settings a `CreateGroupRequest` asks for.
+///
+/// # Errors
+///
+/// InvalidArgument for a history visibility this server does not know.
+pub fn group_settings(request: &api::CreateGroupRequest) -> Result<store::GroupSettings, Status> {
+    let history = match api::HistoryVisibility::try_from(request.history) {
+        Ok(api::HistoryVisibility::HistoryJoined) => store::HistoryVisibility::Joined,
+        Ok(api::HistoryVisibility::HistoryShared) => store::HistoryVisibility::Shared,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!("unknown history visibility {}", request.history)))
+        }
+    };
+    Ok(store::GroupSettings { public: request.public, history })
 }
 
 /// A wire conversation, a one-to-one pair ordered.
@@ -129,6 +210,33 @@ mod tests {
         assert!(conversation_id(None).is_err());
         let zero = api::Conversation { kind: Some(api::conversation::Kind::GroupId(0)) };
         assert!(conversation_id(Some(zero)).is_err());
+    }
+
+    #[test]
+    fn a_send_is_answered_not_stored_only_when_it_was_not() {
+        let refused = send_status(Status::permission_denied("not a member").into());
+        assert_eq!((refused.code, refused.outcome()), (Code::PermissionDenied, Outcome::Ran));
+        let never_sent = send_status(rpc_core::Error::NoInstances { service: "chat".into() });
+        assert_eq!((never_sent.code, never_sent.outcome()), (Code::Unavailable, Outcome::Ran));
+        let queued_too_long = Status::deadline_exceeded("expired in the queue").with_outcome(Outcome::NotRun);
+        assert_eq!(send_status(queued_too_long.into()).outcome(), Outcome::Ran);
+        let open = [
+            rpc_core::Error::Timeout { service: "chat".into(), method: "Send".into(), elapsed_ms: 10 },
+            rpc_core::Error::ConnectionLost { addr: ([127, 0, 0, 1], 1).into(), reason: "reset".into() },
+            Status::internal("the handler panicked").into(),
+            Status::unavailable("the database is unavailable").into(),
+            write_status(store::Error::Unavailable("lost during commit".into())).into(),
+        ];
+        for error in open {
+            let status = send_status(error);
+            assert_eq!(
+                (status.code, status.outcome()),
+                (Code::DeadlineExceeded, Outcome::Unknown),
+                "{status}"
+            );
+            assert!(status.message.contains("same client_msg_id"), "{status}");
+        }
+        assert_eq!(write_status(store::Error::AlreadyExists("id".into())).outcome(), Outcome::Ran);
     }
 
     #[test]

@@ -59,14 +59,16 @@ fn group(id: u64) -> api::Conversation {
 impl Bot {
     fn register(addr: SocketAddr, name: String) -> anyhow::Result<Bot> {
         let (gateway, pushes) = connect(addr)?;
-        let request = api::RegisterRequest { name: name.clone(), password: PASSWORD.into() };
+        let request =
+            api::RegisterRequest { name: name.clone(), password: PASSWORD.into(), ..Default::default() };
         let user = gateway.register(&request).context("register")?.user.unwrap_or_default();
         println!("{name:>10} | registered (id {})", user.id);
         Ok(Bot { name, user, gateway, pushes, session_token: String::new() })
     }
 
     fn login(&mut self) -> anyhow::Result<api::LoginResponse> {
-        let request = api::LoginRequest { name: self.name.clone(), password: PASSWORD.into() };
+        let request =
+            api::LoginRequest { name: self.name.clone(), password: PASSWORD.into(), ..Default::default() };
         let login = self.gateway.login(&request).context("login")?;
         self.session_token = login.session_token.as_ref().map(|t| t.token.clone()).unwrap_or_default();
         let unread: u64 = login.conversations.iter().map(|c| c.unread).sum();
@@ -186,18 +188,23 @@ fn script(addr: SocketAddr) -> anyhow::Result<()> {
     ann.say(direct(&ann.user, &ben.user), &ben.name, "welcome back", 4)?;
     ben.expect_messages(1, &names)?;
 
-    println!("\n== a group: ann creates it, ben and cat join, then cat logs out");
+    println!("\n== a private group: ann creates it and invites ben and cat, who join; then cat logs out");
     let club = ann
         .gateway
-        .create_group(&api::CreateGroupRequest { name: "lunch club".into() })
+        .create_group(&api::CreateGroupRequest { name: "lunch club".into(), ..Default::default() })
         .context("create group")?
         .group
         .unwrap_or_default();
-    println!("{:>10} | created group {:?} (id {})", ann.name, club.name, club.id);
+    println!("{:>10} | created private group {:?} (id {})", ann.name, club.name, club.id);
+    for guest in [&ben, &cat] {
+        let invite = api::InviteRequest { group_id: club.id, user_id: guest.user.id };
+        ann.gateway.invite(&invite).context("invite")?;
+        println!("{:>10} | invited {} into group {}", ann.name, guest.name, club.id);
+    }
     ben.gateway.join_group(&api::JoinGroupRequest { group_id: club.id }).context("join")?;
     println!("{:>10} | joined group {}", ben.name, club.id);
     cat.gateway
-        .login(&api::LoginRequest { name: cat.name.clone(), password: PASSWORD.into() })
+        .login(&api::LoginRequest { name: cat.name.clone(), password: PASSWORD.into(), ..Default::default() })
         .context("login")?;
     cat.gateway.join_group(&api::JoinGroupRequest { group_id: club.id }).context("join")?;
     println!("{:>10} | joined group {} and logged out", cat.name, club.id);

@@ -19,14 +19,17 @@
 //!   lease, behind the [`Presence`] trait, in memory ([`presence::Memory`]) or Redis
 //!   ([`presence::Redis`]).
 //! * [`auth`] hashes and verifies passwords (argon2id); [`limits`] checks names,
-//!   passwords, message bodies and group names; [`session_token`] makes the tokens
-//!   that resume a session without the password.
+//!   passwords, message bodies and group names; [`throttle`] limits login and
+//!   registration attempts per account and per source address, in memory or Redis;
+//!   [`session_token`] makes the tokens that resume a session without the password.
 //! * [`ConversationId`], [`UserId`] and [`GroupId`] name things across all of these.
 //!
 //! Threads and sockets belong to rpc-core's servers and channels: the services' methods
-//! run on server worker threads; the proxy adds one lease-renewal thread. Stores and
-//! presence tables are `Send + Sync`; the MySQL and Redis implementations keep their own
-//! connection pools.
+//! run on server worker threads (password hashes on the heavy lane); the proxy adds one
+//! lease-renewal thread; the MySQL store adds its group-commit threads
+//! (`mysql-commit-N`, `store/mysql/batch.rs`); the CLI client adds one thread that
+//! prints pushes. Stores and presence tables are `Send + Sync`; the MySQL and Redis
+//! implementations keep their own connection pools.
 
 pub mod api;
 pub mod auth;
@@ -45,6 +48,7 @@ mod served;
 pub mod session_token;
 pub mod standalone;
 pub mod store;
+pub mod throttle;
 pub mod user_service;
 
 /// Worker threads per server of the chat system's processes. The handlers mostly wait on

@@ -22,6 +22,10 @@ pub const BODY_MAX_BYTES: usize = 4096;
 pub const GROUP_NAME_MAX: usize = 64;
 /// The longest client message id, in characters.
 pub const CLIENT_MSG_ID_MAX: usize = 64;
+/// The most invitations a group may have waiting at once (expired ones do not count).
+pub const GROUP_INVITATIONS_MAX: usize = 100;
+/// How long an invitation into a group stays good: seven days, in milliseconds.
+pub const INVITATION_TTL_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 
 /// How many messages a history page holds when the client does not say.
 pub const HISTORY_PAGE_DEFAULT: usize = 50;

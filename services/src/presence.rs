@@ -79,6 +79,25 @@ pub trait Presence: Send + Sync {
     /// [`Error::InvalidTtl`] for a TTL under one millisecond; backend failures.
     fn renew_all(&self, users: &[UserId], owner: &str, ttl: Duration) -> Result<Vec<UserId>, Error>;
 
+    /// Takes `user`'s lease for `owner` for `ttl` only if no other proxy holds a live one,
+    /// and returns that proxy otherwise (taking nothing). A proxy calls it for a session
+    /// whose lease renewal found missing: the table lost it (a backend restarted empty),
+    /// or it lapsed while the proxy could not renew. A lapsed lease taken back is no
+    /// longer lapsed, so no sweep hands it out.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTtl`] for a TTL under one millisecond; backend failures.
+    fn reclaim(&self, user: UserId, owner: &str, ttl: Duration) -> Result<Option<String>, Error>;
+
+    /// How many times a connection to the backend broke while in use, for a backend
+    /// reached over the network (0 for one in memory). A proxy renews its leases at once
+    /// when the count moves, because a backend that went away may have come back without
+    /// them.
+    fn breaks(&self) -> u64 {
+        0
+    }
+
     /// Ends `user`'s lease if `owner` still holds it; returns whether it did.
     ///
     /// # Errors

@@ -14,8 +14,10 @@
 //! leases the sessions stand on and the presence announcements for the chat service, and
 //! says in its module head how it orders them without holding a lock across a presence
 //! round trip. A login claims the user's lease for this proxy; a thread ([`Renewal`])
-//! renews the leases of all sessions every third of the TTL; logout or a closed
-//! connection releases the lease. The same thread sweeps the presence table every
+//! renews the leases of all sessions every third of the TTL (and within a sweep period
+//! after a renewal failed or the connection to the presence table broke), taking back
+//! the leases nobody holds any more (a presence backend that restarted empty); logout
+//! or a closed connection releases the lease. The same thread sweeps the presence table every
 //! [`Config::sweep_every`] for leases that lapsed, whichever proxy held them (one that
 //! crashed never says goodbye), and tells those users' friends they went offline; the
 //! table hands each lapsed lease to exactly one sweeping proxy. A presence announcement
@@ -219,10 +221,22 @@ impl Proxy {
         ended
     }
 
-    /// Renews the leases of every session once, and ends the sessions whose lease this
-    /// proxy no longer holds.
-    pub fn renew_leases(&self) {
-        self.inner.sessions.renew();
+    /// Renews the leases of every session once, takes back those nobody holds, and ends
+    /// the sessions whose lease another proxy holds ([`Sessions::renew`]). Returns
+    /// whether the renewal reached the presence table.
+    pub fn renew_leases(&self) -> bool {
+        match self.inner.sessions.renew() {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!(%error, "lease renewal failed; trying again soon");
+                false
+            }
+        }
+    }
+
+    /// How many times the connection to the presence table broke ([`Presence::breaks`]).
+    pub fn presence_breaks(&self) -> u64 {
+        self.inner.presence.breaks()
     }
 
     /// Takes the leases that lapsed in the presence table and announces their users

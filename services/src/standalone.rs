@@ -17,7 +17,7 @@ use crate::chat_service::ChatService;
 use crate::proxies::Proxies;
 use crate::served::{serve, Served};
 use crate::user_service::UserService;
-use crate::{auth, presence, proxy, session_token, store, Presence, Store};
+use crate::{auth, presence, proxy, session_token, store, throttle, Presence, Store};
 
 /// The file the store keeps in the data directory.
 pub const DB_FILE: &str = "chatroom.db";
@@ -33,6 +33,8 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// Cost of new password hashes.
     pub hashing: auth::Config,
+    /// Login and registration limits, counted in memory.
+    pub throttle: throttle::Config,
     /// Lifetime and number per user of session tokens.
     pub tokens: session_token::Config,
     /// Settings of each of the three servers.
@@ -46,6 +48,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
             lease_ttl: Duration::from_secs(30),
             hashing: auth::Config::default(),
+            throttle: throttle::Config::default(),
             tokens: session_token::Config::default(),
             server: server::Config { workers: crate::SERVER_WORKERS, ..server::Config::default() },
         }
@@ -126,6 +129,7 @@ impl Standalone {
 
         let user_service = UserService::new(store.clone())
             .with_hashing(config.hashing.clone())
+            .with_throttle(throttle::Limits::in_memory(config.throttle.clone()))
             .with_tokens(config.tokens.clone());
         let users = serve(UserServiceServer(user_service), &registry, loopback, config.server.clone())?;
         let chat_service = ChatService::new(store, presence.clone(), Proxies::discover(&registry)?);

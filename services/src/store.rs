@@ -12,6 +12,11 @@
 //! * friendship is symmetric: adding or removing it changes both sides at once;
 //! * only participants send to or read a conversation: the two users of a one-to-one
 //!   pair, or the current members of a group;
+//! * a group is private unless created public: joining it takes an invitation from a
+//!   member, and to anyone outside it a private group answers exactly as a missing one
+//!   does (`NotFound`), so its id reveals nothing;
+//! * a member of a group whose history is [`HistoryVisibility::Joined`] reads only the
+//!   messages stored after their latest join, in history and in sync alike;
 //! * each conversation's sequence numbers are assigned in the transaction that stores the
 //!   message, so they are 1, 2, 3, ... without gaps even under concurrent writers from
 //!   several processes;
@@ -58,7 +63,8 @@ pub use self::mysql::MySql;
 pub use self::schema::VERSION as SCHEMA_VERSION;
 pub use self::sqlite::Sqlite;
 pub use self::types::{
-    Anchor, ConversationState, Credentials, Cursor, Group, Message, NewMessage, NewToken, Page, Sent, User,
+    Anchor, ConversationState, Credentials, Cursor, Group, GroupSettings, HistoryVisibility, Invitation,
+    Message, NewMessage, NewToken, Page, Sent, User,
 };
 
 /// Durable chat state. Every method is one transaction (or one read); implementations are
@@ -154,30 +160,59 @@ pub trait Store: Send + Sync {
     ///
     /// [`Error::InvalidArgument`] when `name` breaks [`crate::limits::check_group_name`],
     /// [`Error::NotFound`] when `owner` does not exist.
-    fn create_group(&self, owner: UserId, name: &str) -> Result<Group, Error>;
+    fn create_group(&self, owner: UserId, name: &str, settings: GroupSettings) -> Result<Group, Error>;
 
-    /// The group with this id.
+    /// The group with this id. This does not check who asks.
     ///
     /// # Errors
     ///
     /// [`Error::NotFound`] when there is no such group.
     fn group(&self, id: GroupId) -> Result<Group, Error>;
 
-    /// Adds `user` to `group`. Messages already in the group count as read for them.
+    /// Adds `user` to `group`. Messages already in the group count as read for them. A
+    /// private group needs an invitation for `user` that has not expired; joining uses
+    /// it up. With [`HistoryVisibility::Joined`] the user reads from this join on.
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`] when the user or group does not exist,
-    /// [`Error::AlreadyExists`] when the user is a member already.
+    /// [`Error::NotFound`] when the user or group does not exist, or the group is
+    /// private and holds no invitation for the user (the same answer as for a missing
+    /// group), [`Error::AlreadyExists`] when the user is a member already.
     fn join_group(&self, user: UserId, group: GroupId) -> Result<Group, Error>;
 
     /// Removes `user` from `group`. When the owner leaves, the longest-standing remaining
-    /// member becomes owner.
+    /// member becomes owner. Invitations `user` made into the group are withdrawn.
     ///
     /// # Errors
     ///
     /// [`Error::NotFound`] when the group does not exist or `user` is not a member.
     fn leave_group(&self, user: UserId, group: GroupId) -> Result<(), Error>;
+
+    /// Lets `user` join `group` (see [`join_group`](Store::join_group)): `inviter`, a
+    /// member, invites them for [`crate::limits::INVITATION_TTL_MS`]. Inviting someone
+    /// already invited renews the invitation in the inviter's name. A group holds at most
+    /// [`crate::limits::GROUP_INVITATIONS_MAX`] invitations that have not expired.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when the group does not exist, or is private and `inviter` is
+    /// not a member, or `user` does not exist; [`Error::PermissionDenied`] when the group
+    /// is public and `inviter` is not a member; [`Error::AlreadyExists`] when `user` is a
+    /// member already; [`Error::ResourceExhausted`] when the group's invitations are at
+    /// their bound.
+    fn invite(&self, inviter: UserId, group: GroupId, user: UserId) -> Result<Invitation, Error>;
+
+    /// `owner` removes `member` from `group`, as if `member` had left (their invitations
+    /// are withdrawn too). They may rejoin only as anyone else may: a public group
+    /// freely, a private one with a new invitation.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when the group does not exist, or is private and `owner` is not
+    /// a member, or `member` is not a member; [`Error::PermissionDenied`] when `owner` is
+    /// not the group's owner; [`Error::InvalidArgument`] when the owner names themself
+    /// (they leave instead).
+    fn remove_member(&self, owner: UserId, group: GroupId, member: UserId) -> Result<(), Error>;
 
     /// The groups `user` belongs to, ordered by id.
     ///
@@ -187,7 +222,8 @@ pub trait Store: Send + Sync {
     fn groups_of(&self, user: UserId) -> Result<Vec<Group>, Error>;
 
     /// The members of `group` in the order they joined. This does not check who asks:
-    /// callers acting for a client check membership first.
+    /// callers acting for a client check membership first, and answer
+    /// a non-member of a private group as if it did not exist.
     ///
     /// # Errors
     ///
@@ -218,11 +254,14 @@ pub trait Store: Send + Sync {
 
     /// A page of at most `limit` messages of a conversation, in ascending sequence order
     /// (`limit` is read through [`crate::limits::page_size`] with the history bounds).
+    /// In a group with [`HistoryVisibility::Joined`] it holds only messages stored after
+    /// the user's latest join.
     ///
     /// # Errors
     ///
-    /// [`Error::PermissionDenied`] when `user` is not a participant, [`Error::NotFound`]
-    /// when the group does not exist.
+    /// [`Error::PermissionDenied`] when `user` is not a participant (of a one-to-one
+    /// pair or a public group), [`Error::NotFound`] when the group does not exist or is
+    /// private and `user` is not a member.
     fn history(
         &self,
         user: UserId,
@@ -252,7 +291,8 @@ pub trait Store: Send + Sync {
     /// The messages `user` has not seen, across all their conversations, at most `limit`
     /// of them (read through [`crate::limits::page_size`] with the sync bounds). For a
     /// conversation listed in `cursors` it starts after the cursor's sequence number, for
-    /// the others after the user's read cursor. Cursors for conversations the user is
+    /// the others after the user's read cursor; never before the user's latest join in
+    /// a group with [`HistoryVisibility::Joined`]. Cursors for conversations the user is
     /// not in are ignored. Conversations come in the order of
     /// [`conversations`](Store::conversations).
     ///
@@ -297,7 +337,51 @@ pub(crate) fn unknown_token() -> Error {
     Error::NotFound("the session token is unknown, expired or revoked".into())
 }
 
-/// The error for a user outside a conversation.
+/// The error for `user`, not a member, asking about `group`: PermissionDenied for a
+/// public group, and for a private one the same NotFound as for a missing group.
+pub(crate) fn member_or_hidden(user: UserId, group: &Group) -> Error {
+    if group.public {
+        Error::PermissionDenied(format!("user {user} is not a member of group {}", group.id))
+    } else {
+        Error::no_group(group.id)
+    }
+}
+
+/// The answer to a non-member leaving: a private group stays hidden.
+pub(crate) fn not_a_member(user: UserId, group: &Group) -> Error {
+    if group.public {
+        Error::NotFound(format!("user {user} is not a member of group {}", group.id))
+    } else {
+        Error::no_group(group.id)
+    }
+}
+
+/// The rules of a removal that need no more than the group: only the owner removes,
+/// and not themself.
+pub(crate) fn check_removal(group: &Group, owner: UserId, member: UserId) -> Result<(), Error> {
+    if group.owner != owner {
+        return Err(Error::PermissionDenied(format!(
+            "only the owner of group {} may remove members",
+            group.id
+        )));
+    }
+    if member == owner {
+        return Err(Error::InvalidArgument(
+            "the owner cannot remove themself; leave the group instead".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The answer when a group's invitations are at their bound.
+pub(crate) fn too_many_invitations(group: GroupId) -> Error {
+    Error::ResourceExhausted(format!(
+        "group {group} has {} invitations waiting, the most it may have; wait for some to be used or expire",
+        crate::limits::GROUP_INVITATIONS_MAX
+    ))
+}
+
+/// The error for a user outside a one-to-one conversation.
 pub(crate) fn not_participant(user: UserId, conversation: ConversationId) -> Error {
     match conversation {
         ConversationId::Group(group) => {
@@ -348,11 +432,16 @@ pub(crate) fn history_page(mut rows: Vec<Message>, limit: usize, anchor: Anchor)
     Page { messages: rows, has_more }
 }
 
-/// The sync algorithm shared by the backends. `rows` are the user's conversations with
-/// a backend key each, in answer order; `fetch(key, conversation, after, n)` returns up to
-/// `n` messages with a sequence number above `after`, ascending.
+/// One of a user's conversations as the backends read it: a backend key, the state, and
+/// the highest sequence number hidden from the user (their join into a group with
+/// [`HistoryVisibility::Joined`]; 0 when everything is visible).
+pub(crate) type StateRow<K> = (K, ConversationState, u64);
+
+/// The sync algorithm shared by the backends. `rows` are the user's conversations in
+/// answer order; `fetch(key, conversation, after, n)` returns up to `n` messages with a
+/// sequence number above `after`, ascending.
 pub(crate) fn collect_sync<K: Copy>(
-    rows: &[(K, ConversationState)],
+    rows: &[StateRow<K>],
     cursors: &[Cursor],
     limit: usize,
     mut fetch: impl FnMut(K, ConversationId, u64, usize) -> Result<Vec<Message>, Error>,
@@ -360,12 +449,13 @@ pub(crate) fn collect_sync<K: Copy>(
     let mut remaining =
         crate::limits::page_size(limit, crate::limits::SYNC_PAGE_DEFAULT, crate::limits::SYNC_PAGE_MAX);
     let mut page = Page::default();
-    for &(key, state) in rows {
+    for &(key, state, hidden) in rows {
         let after = cursors
             .iter()
             .rev()
             .find(|c| c.conversation.normalized() == state.conversation)
-            .map_or(state.read_seq, |c| c.seq);
+            .map_or(state.read_seq, |c| c.seq)
+            .max(hidden);
         if state.last_seq <= after {
             continue;
         }

@@ -5,16 +5,17 @@
 //! each `*Call` is the session's, never a client's claim. Online state is not its
 //! business: the proxy adds it from the presence table before answering a client.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use rpc_core::server::Context;
 use rpc_core::Status;
 
 use crate::api::{self, user_service_rpc};
-use crate::convert::{caller, group, store_status, user};
+use crate::convert::{caller, group, group_settings, store_status, user};
 use crate::ids::{GroupId, UserId};
 use crate::store::NewToken;
-use crate::{auth, limits, session_token, Store};
+use crate::{auth, limits, session_token, throttle, Store};
 
 /// Implements [`user_service_rpc::UserService`]; serve it with
 /// [`api::UserServiceServer`].
@@ -23,14 +24,30 @@ pub struct UserService {
     store: Arc<dyn Store>,
     /// The argon2id cost of new password hashes.
     hashing: auth::Config,
+    /// Login and registration limits, asked before any password is hashed.
+    throttle: throttle::Limits,
     /// How long session tokens last and how many each user keeps.
     tokens: session_token::Config,
 }
 
 impl UserService {
-    /// A user service over `store`, hashing new passwords at the default cost.
+    /// A user service over `store`, hashing new passwords at the default cost, with the
+    /// default limits counted in this process's memory.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        UserService { store, hashing: auth::Config::default(), tokens: session_token::Config::default() }
+        let throttle = throttle::Limits::in_memory(throttle::Config::default());
+        UserService {
+            store,
+            hashing: auth::Config::default(),
+            throttle,
+            tokens: session_token::Config::default(),
+        }
+    }
+
+    /// Limits logins and registrations with `limits` instead (a cluster counts in Redis,
+    /// so that every instance sees every attempt).
+    pub fn with_throttle(mut self, limits: throttle::Limits) -> Self {
+        self.throttle = limits;
+        self
     }
 
     /// Issues session tokens with `config`'s lifetime and number per user instead.
@@ -60,6 +77,7 @@ impl std::fmt::Debug for UserService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UserService")
             .field("hashing", &self.hashing)
+            .field("throttle", &self.throttle)
             .field("tokens", &self.tokens)
             .finish_non_exhaustive()
     }
@@ -80,14 +98,24 @@ fn limit_status(error: limits::Error) -> Status {
     Status::invalid_argument(error.to_string())
 }
 
+/// The address an attempt is counted against: the client's, as the proxy passed it in
+/// `source`, or the caller's own when it passed none.
+fn source(ctx: &Context, source: &str) -> Result<IpAddr, Status> {
+    if source.is_empty() {
+        return Ok(ctx.client_addr().ip());
+    }
+    source.parse().map_err(|_| Status::invalid_argument(format!("source {source:?} is not an IP address")))
+}
+
 impl user_service_rpc::UserService for UserService {
     fn register(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         request: api::RegisterRequest,
     ) -> Result<api::RegisterResponse, Status> {
         limits::check_name(&request.name).map_err(limit_status)?;
         limits::check_password(&request.password).map_err(limit_status)?;
+        self.throttle.begin_register(source(ctx, &request.source)?)?;
         let hash = auth::hash_password_with(&request.password, &self.hashing).map_err(|e| {
             tracing::error!(error = %e, "password hashing failed");
             Status::internal("password hashing failed")
@@ -99,9 +127,12 @@ impl user_service_rpc::UserService for UserService {
 
     fn verify_login(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         request: api::LoginRequest,
     ) -> Result<api::VerifyLoginResponse, Status> {
+        let from = source(ctx, &request.source)?;
+        // Before the store and the hash: a refused attempt costs next to nothing.
+        self.throttle.begin_login(&request.name, from)?;
         let credentials = match self.store.credentials(&request.name) {
             Ok(credentials) => credentials,
             Err(crate::store::Error::NotFound(_)) => {
@@ -111,7 +142,10 @@ impl user_service_rpc::UserService for UserService {
             Err(e) => return Err(store_status(e)),
         };
         match auth::verify_password(&request.password, &credentials.password_hash) {
-            Ok(true) => Ok(api::VerifyLoginResponse { user: Some(user(credentials.user)) }),
+            Ok(true) => {
+                self.throttle.login_succeeded(&request.name, from);
+                Ok(api::VerifyLoginResponse { user: Some(user(credentials.user)) })
+            }
             Ok(false) => Err(wrong_credentials()),
             Err(e) => {
                 tracing::error!(user = %credentials.user.id, error = %e, "stored password hash is malformed");
@@ -155,11 +189,12 @@ impl user_service_rpc::UserService for UserService {
         request: api::ChangePasswordCall,
     ) -> Result<api::ChangePasswordResponse, Status> {
         let me = caller(request.user_id)?;
+        let call_source = request.source;
         let request = request.request.ok_or_else(|| Status::invalid_argument("no passwords given"))?;
         limits::check_password(&request.new_password).map_err(limit_status)?;
         // The old password is checked exactly as a login checks it, limits and all.
         let name = self.store.user(me).map_err(store_status)?.name;
-        let login = api::LoginRequest { name, password: request.old_password };
+        let login = api::LoginRequest { name, password: request.old_password, source: call_source };
         let checked = self.verify_login(ctx, login)?.user.map(|u| u.id);
         if checked != Some(me.0) {
             return Err(Status::internal("the password check answered for another user"));
@@ -230,8 +265,9 @@ impl user_service_rpc::UserService for UserService {
         request: api::CreateGroupCall,
     ) -> Result<api::CreateGroupResponse, Status> {
         let me = caller(request.user_id)?;
-        let name = request.request.map(|r| r.name).unwrap_or_default();
-        let created = self.store.create_group(me, &name).map_err(store_status)?;
+        let request = request.request.unwrap_or_default();
+        let settings = group_settings(&request)?;
+        let created = self.store.create_group(me, &request.name, settings).map_err(store_status)?;
         Ok(api::CreateGroupResponse { group: Some(group(created)) })
     }
 
@@ -300,8 +336,31 @@ impl user_service_rpc::UserService for UserService {
         let id = GroupId(request.request.map_or(0, |r| r.group_id));
         let members = self.store.group_members(id).map_err(store_status)?;
         if !members.iter().any(|m| m.id == me) {
-            return Err(Status::permission_denied(format!("user {me} is not a member of group {id}")));
+            let found = self.store.group(id).map_err(store_status)?;
+            return Err(store_status(crate::store::member_or_hidden(me, &found)));
         }
         Ok(api::UsersResponse { users: members.into_iter().map(user).collect() })
+    }
+
+    fn invite(&self, _ctx: &Context, request: api::InviteCall) -> Result<api::InviteResponse, Status> {
+        let me = caller(request.user_id)?;
+        let request = request.request.unwrap_or_default();
+        let invitee = caller(request.user_id)?;
+        let invitation = self.store.invite(me, GroupId(request.group_id), invitee).map_err(store_status)?;
+        tracing::info!(group = %invitation.group, user = %invitee, inviter = %me, "invited");
+        Ok(api::InviteResponse { expires_at_ms: invitation.expires_at_ms })
+    }
+
+    fn remove_member(
+        &self,
+        _ctx: &Context,
+        request: api::RemoveMemberCall,
+    ) -> Result<api::RemoveMemberResponse, Status> {
+        let me = caller(request.user_id)?;
+        let request = request.request.unwrap_or_default();
+        let member = caller(request.user_id)?;
+        self.store.remove_member(me, GroupId(request.group_id), member).map_err(store_status)?;
+        tracing::info!(group = request.group_id, user = %member, owner = %me, "member removed");
+        Ok(api::RemoveMemberResponse {})
     }
 }

@@ -451,7 +451,11 @@ fn setup(
             .iter()
             .enumerate()
             .map(|(i, name)| {
-                let body = api::RegisterRequest { name: name.clone(), password: password.to_owned() };
+                let body = api::RegisterRequest {
+                    name: name.clone(),
+                    password: password.to_owned(),
+                    ..Default::default()
+                };
                 (i, "Register", body.encode_to_vec())
             })
             .collect();
@@ -467,7 +471,8 @@ fn setup(
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            let body = api::LoginRequest { name: name.clone(), password: password.to_owned() };
+            let body =
+                api::LoginRequest { name: name.clone(), password: password.to_owned(), ..Default::default() };
             (i, "Login", body.encode_to_vec())
         })
         .collect();
@@ -677,7 +682,10 @@ fn make_groups(
             (
                 members[0],
                 "CreateGroup",
-                api::CreateGroupRequest { name: format!("bench {g}") }.encode_to_vec(),
+                // Public, so that members join without an invitation each: one call
+                // per member, as before groups could be private.
+                api::CreateGroupRequest { name: format!("bench {g}"), public: true, ..Default::default() }
+                    .encode_to_vec(),
             )
         })
         .collect();

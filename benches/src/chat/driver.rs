@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 use prost::Message as _;
 use rpc_core::frame::{Frame, Kind};
-use rpc_core::{Code, Status};
+use rpc_core::{Code, Outcome, Status};
 use services::api;
 use services::ConversationId;
 
@@ -759,6 +759,7 @@ impl Loop {
             let body = api::LoginRequest {
                 name: soak.plan.names[user].clone(),
                 password: soak.plan.password.clone(),
+                ..Default::default()
             }
             .encode_to_vec();
             soak.in_flight += usize::from(self.soak_call(user, SoakCall::Login, &body));
@@ -1078,10 +1079,13 @@ impl Loop {
         match pending {
             Pending::Job(phase, n) => self.job_done(phase, n, Err(status.clone())),
             Pending::Send(mut out) => {
-                let retryable = matches!(
-                    status.code,
-                    Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Internal
-                );
+                // An unknown outcome (DeadlineExceeded from the proxy) may have been stored:
+                // only a retry with the same client message id tells.
+                let retryable = status.outcome() == Outcome::Unknown
+                    || matches!(
+                        status.code,
+                        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Internal
+                    );
                 if retry && retryable && out.attempt < SEND_ATTEMPTS {
                     self.counters.retries += 1;
                     out.attempt += 1;

@@ -203,6 +203,11 @@ impl Drop for System {
     }
 }
 
+/// Every simulated user logs in from 127.0.0.1: the per-address login and registration
+/// limits are turned off (the per-account back-off stays; the users know their passwords).
+const UNTHROTTLED: [(&str, &str); 2] =
+    [("CHATROOM_LOGIN_ADDRESS_BURST", "0"), ("CHATROOM_REGISTER_ADDRESS_BURST", "0")];
+
 /// A free loopback port (free a moment ago).
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -250,6 +255,7 @@ fn start_standalone(options: &Options, seed: Option<&Seed>) -> anyhow::Result<Sy
         .args(["standalone", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(data_dir.path())
         .env("RUST_LOG", "warn")
+        .envs(UNTHROTTLED)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -301,6 +307,7 @@ fn start_cluster(options: &Options, seed: Option<&Seed>) -> anyhow::Result<Syste
         .args(["--user-services", &options.user_services.to_string()])
         .args(["--chat-services", &options.chat_services.to_string()])
         .args(["--mysql", &url])
+        .envs(UNTHROTTLED)
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot run {}", options.chatroom.display()))?;

@@ -47,10 +47,13 @@ pub mod echo_rpc {
     /// The server side of `echo.Echo`: implement it and serve it with [`EchoServer`].
     ///
     /// Methods run on the server's worker threads, many at once, so they may block on
-    /// I/O (or on the event loop, for those `runs_inline` names; on the heavy lane, for
-    /// those `is_heavy` names); a returned [`Status`] travels to the caller as it is.
+    /// I/O, unless the code was generated with the method declared inline (run on the
+    /// event loop) or heavy (run on the heavy lane): each method's docs say where it runs.
+    /// A returned [`Status`] travels to the caller as it is.
     pub trait Echo: Send + Sync + 'static {
         /// Returns the request's payload and text unchanged.
+        ///
+        /// Runs on the server's workers.
         fn say(
             &self,
             ctx: &Context,
@@ -58,6 +61,8 @@ pub mod echo_rpc {
         ) -> Result<super::EchoReply, Status>;
         /// Counts the calls this server has answered. Cheap, so the server runs it
         /// on its event loop rather than a worker.
+        ///
+        /// Runs on the server's event loop (declared inline): it must be cheap and never block.
         fn stats(
             &self,
             ctx: &Context,
@@ -65,15 +70,18 @@ pub mod echo_rpc {
         ) -> Result<super::StatsReply, Status>;
         /// Whether `method` (one of the [`methods`] constants) is cheap and never
         /// blocks, so the server's event loop may run it itself instead of handing
-        /// it to a worker. The default, `false`, suits almost every method: a slow
-        /// inline method stalls every connection on its loop.
-        fn runs_inline(&self, _method: &str) -> bool {
-            false
+        /// it to a worker: by default, the methods declared inline when this code
+        /// was generated (`rpc_codegen::Builder::inline`). Override it only to
+        /// decide at run time; a slow inline method stalls every connection on its
+        /// loop.
+        fn runs_inline(&self, method: &str) -> bool {
+            matches!(method, methods::STATS)
         }
         /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
         /// password hash, so that it runs on the server's small heavy lane, where a
         /// burst of it waits (bounded, refused past the bound) without delaying the
-        /// other methods. The default, `false`, runs it on the workers.
+        /// other methods: by default, the methods declared heavy when this code was
+        /// generated (`rpc_codegen::Builder::heavy`).
         fn is_heavy(&self, _method: &str) -> bool {
             false
         }
@@ -165,8 +173,9 @@ pub mod echo_rpc {
         /// Starts a `Say` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::say`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one if the call
-        /// could not be sent), so it should hand work off rather than block.
+        /// callback runs on the transport's reader thread (or on this one, before this
+        /// returns, if the call could not be sent), so it should hand work off rather
+        /// than block.
         pub fn say_with(
             &self,
             request: &super::EchoRequest,
@@ -180,6 +189,19 @@ pub mod echo_rpc {
                     self.timeout,
                     Box::new(move |body| callback(body.and_then(decode_response))),
                 );
+        }
+        /// Sends a `Say` call and returns a future of its reply, for async code.
+        ///
+        /// Like [`Self::say`], but awaited; works on any executor. The call is sent
+        /// at once; dropping the future does not cancel it (see [`ReplyFuture`]).
+        pub fn say_async(
+            &self,
+            request: &super::EchoRequest,
+        ) -> ReplyFuture<super::EchoReply> {
+            let (future, callback) = ReplyFuture::new(decode_response);
+            self.transport
+                .call_with(SERVICE_NAME, methods::SAY, request, self.timeout, callback);
+            future
         }
         /// Counts the calls this server has answered. Cheap, so the server runs it
         /// on its event loop rather than a worker.
@@ -202,8 +224,9 @@ pub mod echo_rpc {
         /// Starts a `Stats` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::stats`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one if the call
-        /// could not be sent), so it should hand work off rather than block.
+        /// callback runs on the transport's reader thread (or on this one, before this
+        /// returns, if the call could not be sent), so it should hand work off rather
+        /// than block.
         pub fn stats_with(
             &self,
             request: &super::StatsRequest,
@@ -217,6 +240,25 @@ pub mod echo_rpc {
                     self.timeout,
                     Box::new(move |body| callback(body.and_then(decode_response))),
                 );
+        }
+        /// Sends a `Stats` call and returns a future of its reply, for async code.
+        ///
+        /// Like [`Self::stats`], but awaited; works on any executor. The call is sent
+        /// at once; dropping the future does not cancel it (see [`ReplyFuture`]).
+        pub fn stats_async(
+            &self,
+            request: &super::StatsRequest,
+        ) -> ReplyFuture<super::StatsReply> {
+            let (future, callback) = ReplyFuture::new(decode_response);
+            self.transport
+                .call_with(
+                    SERVICE_NAME,
+                    methods::STATS,
+                    request,
+                    self.timeout,
+                    callback,
+                );
+            future
         }
     }
 }

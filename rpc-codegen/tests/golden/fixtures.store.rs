@@ -55,24 +55,33 @@ pub mod kv_store_rpc {
     /// The server side of `fixtures.store.KVStore`: implement it and serve it with [`KvStoreServer`].
     ///
     /// Methods run on the server's worker threads, many at once, so they may block on
-    /// I/O (or on the event loop, for those `runs_inline` names; on the heavy lane, for
-    /// those `is_heavy` names); a returned [`Status`] travels to the caller as it is.
+    /// I/O, unless the code was generated with the method declared inline (run on the
+    /// event loop) or heavy (run on the heavy lane): each method's docs say where it runs.
+    /// A returned [`Status`] travels to the caller as it is.
     pub trait KvStore: Send + Sync + 'static {
         /// Reads one value. `values[key]` must exist.
+        ///
+        /// Runs on the server's workers.
         fn get(
             &self,
             ctx: &Context,
             request: super::GetRequest,
         ) -> Result<super::GetReply, Status>;
         /// Stores one value.
+        ///
+        /// Runs on the server's heavy lane (declared heavy).
         fn put(&self, ctx: &Context, request: super::PutRequest) -> Result<(), Status>;
         /// Answers the `Delete` rpc.
+        ///
+        /// Runs on the server's workers.
         fn delete(
             &self,
             ctx: &Context,
             request: super::super::common::Id,
         ) -> Result<(), Status>;
         /// Named after a Rust keyword on purpose.
+        ///
+        /// Runs on the server's heavy lane (declared heavy).
         fn r#type(
             &self,
             ctx: &Context,
@@ -80,17 +89,20 @@ pub mod kv_store_rpc {
         ) -> Result<super::super::common::Id, Status>;
         /// Whether `method` (one of the [`methods`] constants) is cheap and never
         /// blocks, so the server's event loop may run it itself instead of handing
-        /// it to a worker. The default, `false`, suits almost every method: a slow
-        /// inline method stalls every connection on its loop.
+        /// it to a worker: by default, the methods declared inline when this code
+        /// was generated (`rpc_codegen::Builder::inline`). Override it only to
+        /// decide at run time; a slow inline method stalls every connection on its
+        /// loop.
         fn runs_inline(&self, _method: &str) -> bool {
             false
         }
         /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
         /// password hash, so that it runs on the server's small heavy lane, where a
         /// burst of it waits (bounded, refused past the bound) without delaying the
-        /// other methods. The default, `false`, runs it on the workers.
-        fn is_heavy(&self, _method: &str) -> bool {
-            false
+        /// other methods: by default, the methods declared heavy when this code was
+        /// generated (`rpc_codegen::Builder::heavy`).
+        fn is_heavy(&self, method: &str) -> bool {
+            matches!(method, methods::PUT | methods::TYPE)
         }
     }
     /// Serves any implementation of [`KvStore`] as the `fixtures.store.KVStore` service.
@@ -188,8 +200,9 @@ pub mod kv_store_rpc {
         /// Starts a `Get` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::get`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one if the call
-        /// could not be sent), so it should hand work off rather than block.
+        /// callback runs on the transport's reader thread (or on this one, before this
+        /// returns, if the call could not be sent), so it should hand work off rather
+        /// than block.
         pub fn get_with(
             &self,
             request: &super::GetRequest,
@@ -203,6 +216,19 @@ pub mod kv_store_rpc {
                     self.timeout,
                     Box::new(move |body| callback(body.and_then(decode_response))),
                 );
+        }
+        /// Sends a `Get` call and returns a future of its reply, for async code.
+        ///
+        /// Like [`Self::get`], but awaited; works on any executor. The call is sent
+        /// at once; dropping the future does not cancel it (see [`ReplyFuture`]).
+        pub fn get_async(
+            &self,
+            request: &super::GetRequest,
+        ) -> ReplyFuture<super::GetReply> {
+            let (future, callback) = ReplyFuture::new(decode_response);
+            self.transport
+                .call_with(SERVICE_NAME, methods::GET, request, self.timeout, callback);
+            future
         }
         /// Stores one value.
         ///
@@ -221,8 +247,9 @@ pub mod kv_store_rpc {
         /// Starts a `Put` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::put`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one if the call
-        /// could not be sent), so it should hand work off rather than block.
+        /// callback runs on the transport's reader thread (or on this one, before this
+        /// returns, if the call could not be sent), so it should hand work off rather
+        /// than block.
         pub fn put_with(
             &self,
             request: &super::PutRequest,
@@ -236,6 +263,16 @@ pub mod kv_store_rpc {
                     self.timeout,
                     Box::new(move |body| callback(body.and_then(decode_response))),
                 );
+        }
+        /// Sends a `Put` call and returns a future of its reply, for async code.
+        ///
+        /// Like [`Self::put`], but awaited; works on any executor. The call is sent
+        /// at once; dropping the future does not cancel it (see [`ReplyFuture`]).
+        pub fn put_async(&self, request: &super::PutRequest) -> ReplyFuture<()> {
+            let (future, callback) = ReplyFuture::new(decode_response);
+            self.transport
+                .call_with(SERVICE_NAME, methods::PUT, request, self.timeout, callback);
+            future
         }
         /// Calls `Delete` and waits for the reply, up to the client's timeout.
         ///
@@ -252,8 +289,9 @@ pub mod kv_store_rpc {
         /// Starts a `Delete` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::delete`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one if the call
-        /// could not be sent), so it should hand work off rather than block.
+        /// callback runs on the transport's reader thread (or on this one, before this
+        /// returns, if the call could not be sent), so it should hand work off rather
+        /// than block.
         pub fn delete_with(
             &self,
             request: &super::super::common::Id,
@@ -267,6 +305,25 @@ pub mod kv_store_rpc {
                     self.timeout,
                     Box::new(move |body| callback(body.and_then(decode_response))),
                 );
+        }
+        /// Sends a `Delete` call and returns a future of its reply, for async code.
+        ///
+        /// Like [`Self::delete`], but awaited; works on any executor. The call is sent
+        /// at once; dropping the future does not cancel it (see [`ReplyFuture`]).
+        pub fn delete_async(
+            &self,
+            request: &super::super::common::Id,
+        ) -> ReplyFuture<()> {
+            let (future, callback) = ReplyFuture::new(decode_response);
+            self.transport
+                .call_with(
+                    SERVICE_NAME,
+                    methods::DELETE,
+                    request,
+                    self.timeout,
+                    callback,
+                );
+            future
         }
         /// Named after a Rust keyword on purpose.
         ///
@@ -285,8 +342,9 @@ pub mod kv_store_rpc {
         /// Starts a `Type` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::type`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one if the call
-        /// could not be sent), so it should hand work off rather than block.
+        /// callback runs on the transport's reader thread (or on this one, before this
+        /// returns, if the call could not be sent), so it should hand work off rather
+        /// than block.
         pub fn type_with(
             &self,
             request: &(),
@@ -302,6 +360,16 @@ pub mod kv_store_rpc {
                     self.timeout,
                     Box::new(move |body| callback(body.and_then(decode_response))),
                 );
+        }
+        /// Sends a `Type` call and returns a future of its reply, for async code.
+        ///
+        /// Like [`Self::type`], but awaited; works on any executor. The call is sent
+        /// at once; dropping the future does not cancel it (see [`ReplyFuture`]).
+        pub fn type_async(&self, request: &()) -> ReplyFuture<super::super::common::Id> {
+            let (future, callback) = ReplyFuture::new(decode_response);
+            self.transport
+                .call_with(SERVICE_NAME, methods::TYPE, request, self.timeout, callback);
+            future
         }
     }
 }
@@ -322,22 +390,28 @@ pub mod store_rpc {
     /// The server side of `fixtures.store.Store`: implement it and serve it with [`StoreServer`].
     ///
     /// Methods run on the server's worker threads, many at once, so they may block on
-    /// I/O (or on the event loop, for those `runs_inline` names; on the heavy lane, for
-    /// those `is_heavy` names); a returned [`Status`] travels to the caller as it is.
+    /// I/O, unless the code was generated with the method declared inline (run on the
+    /// event loop) or heavy (run on the heavy lane): each method's docs say where it runs.
+    /// A returned [`Status`] travels to the caller as it is.
     pub trait Store: Send + Sync + 'static {
         /// Answers the `Ping` rpc.
+        ///
+        /// Runs on the server's workers.
         fn ping(&self, ctx: &Context, request: ()) -> Result<super::StoreClient, Status>;
         /// Whether `method` (one of the [`methods`] constants) is cheap and never
         /// blocks, so the server's event loop may run it itself instead of handing
-        /// it to a worker. The default, `false`, suits almost every method: a slow
-        /// inline method stalls every connection on its loop.
+        /// it to a worker: by default, the methods declared inline when this code
+        /// was generated (`rpc_codegen::Builder::inline`). Override it only to
+        /// decide at run time; a slow inline method stalls every connection on its
+        /// loop.
         fn runs_inline(&self, _method: &str) -> bool {
             false
         }
         /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
         /// password hash, so that it runs on the server's small heavy lane, where a
         /// burst of it waits (bounded, refused past the bound) without delaying the
-        /// other methods. The default, `false`, runs it on the workers.
+        /// other methods: by default, the methods declared heavy when this code was
+        /// generated (`rpc_codegen::Builder::heavy`).
         fn is_heavy(&self, _method: &str) -> bool {
             false
         }
@@ -420,8 +494,9 @@ pub mod store_rpc {
         /// Starts a `Ping` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::ping`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one if the call
-        /// could not be sent), so it should hand work off rather than block.
+        /// callback runs on the transport's reader thread (or on this one, before this
+        /// returns, if the call could not be sent), so it should hand work off rather
+        /// than block.
         pub fn ping_with(
             &self,
             request: &(),
@@ -435,6 +510,16 @@ pub mod store_rpc {
                     self.timeout,
                     Box::new(move |body| callback(body.and_then(decode_response))),
                 );
+        }
+        /// Sends a `Ping` call and returns a future of its reply, for async code.
+        ///
+        /// Like [`Self::ping`], but awaited; works on any executor. The call is sent
+        /// at once; dropping the future does not cancel it (see [`ReplyFuture`]).
+        pub fn ping_async(&self, request: &()) -> ReplyFuture<super::StoreClient> {
+            let (future, callback) = ReplyFuture::new(decode_response);
+            self.transport
+                .call_with(SERVICE_NAME, methods::PING, request, self.timeout, callback);
+            future
         }
     }
 }
@@ -451,20 +536,24 @@ pub mod empty_rpc {
     /// The server side of `fixtures.store.Empty`: implement it and serve it with [`EmptyServer`].
     ///
     /// Methods run on the server's worker threads, many at once, so they may block on
-    /// I/O (or on the event loop, for those `runs_inline` names; on the heavy lane, for
-    /// those `is_heavy` names); a returned [`Status`] travels to the caller as it is.
+    /// I/O, unless the code was generated with the method declared inline (run on the
+    /// event loop) or heavy (run on the heavy lane): each method's docs say where it runs.
+    /// A returned [`Status`] travels to the caller as it is.
     pub trait Empty: Send + Sync + 'static {
         /// Whether `method` (one of the [`methods`] constants) is cheap and never
         /// blocks, so the server's event loop may run it itself instead of handing
-        /// it to a worker. The default, `false`, suits almost every method: a slow
-        /// inline method stalls every connection on its loop.
+        /// it to a worker: by default, the methods declared inline when this code
+        /// was generated (`rpc_codegen::Builder::inline`). Override it only to
+        /// decide at run time; a slow inline method stalls every connection on its
+        /// loop.
         fn runs_inline(&self, _method: &str) -> bool {
             false
         }
         /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
         /// password hash, so that it runs on the server's small heavy lane, where a
         /// burst of it waits (bounded, refused past the bound) without delaying the
-        /// other methods. The default, `false`, runs it on the workers.
+        /// other methods: by default, the methods declared heavy when this code was
+        /// generated (`rpc_codegen::Builder::heavy`).
         fn is_heavy(&self, _method: &str) -> bool {
             false
         }
@@ -545,22 +634,28 @@ pub mod counter_rpc {
     /// The server side of `fixtures.store.Counter`: implement it and serve it with [`CounterServer`].
     ///
     /// Methods run on the server's worker threads, many at once, so they may block on
-    /// I/O (or on the event loop, for those `runs_inline` names; on the heavy lane, for
-    /// those `is_heavy` names); a returned [`Status`] travels to the caller as it is.
+    /// I/O, unless the code was generated with the method declared inline (run on the
+    /// event loop) or heavy (run on the heavy lane): each method's docs say where it runs.
+    /// A returned [`Status`] travels to the caller as it is.
     pub trait Counter: Send + Sync + 'static {
         /// Answers the `Self` rpc.
+        ///
+        /// Runs on the server's workers.
         fn self_(&self, ctx: &Context, request: ()) -> Result<i64, Status>;
         /// Whether `method` (one of the [`methods`] constants) is cheap and never
         /// blocks, so the server's event loop may run it itself instead of handing
-        /// it to a worker. The default, `false`, suits almost every method: a slow
-        /// inline method stalls every connection on its loop.
+        /// it to a worker: by default, the methods declared inline when this code
+        /// was generated (`rpc_codegen::Builder::inline`). Override it only to
+        /// decide at run time; a slow inline method stalls every connection on its
+        /// loop.
         fn runs_inline(&self, _method: &str) -> bool {
             false
         }
         /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
         /// password hash, so that it runs on the server's small heavy lane, where a
         /// burst of it waits (bounded, refused past the bound) without delaying the
-        /// other methods. The default, `false`, runs it on the workers.
+        /// other methods: by default, the methods declared heavy when this code was
+        /// generated (`rpc_codegen::Builder::heavy`).
         fn is_heavy(&self, _method: &str) -> bool {
             false
         }
@@ -643,8 +738,9 @@ pub mod counter_rpc {
         /// Starts a `Self` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::self_`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one if the call
-        /// could not be sent), so it should hand work off rather than block.
+        /// callback runs on the transport's reader thread (or on this one, before this
+        /// returns, if the call could not be sent), so it should hand work off rather
+        /// than block.
         pub fn self_with(
             &self,
             request: &(),
@@ -658,6 +754,16 @@ pub mod counter_rpc {
                     self.timeout,
                     Box::new(move |body| callback(body.and_then(decode_response))),
                 );
+        }
+        /// Sends a `Self` call and returns a future of its reply, for async code.
+        ///
+        /// Like [`Self::self_`], but awaited; works on any executor. The call is sent
+        /// at once; dropping the future does not cancel it (see [`ReplyFuture`]).
+        pub fn self_async(&self, request: &()) -> ReplyFuture<i64> {
+            let (future, callback) = ReplyFuture::new(decode_response);
+            self.transport
+                .call_with(SERVICE_NAME, methods::SELF, request, self.timeout, callback);
+            future
         }
     }
 }

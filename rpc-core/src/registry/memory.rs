@@ -234,9 +234,19 @@ mod tests {
 
     #[test]
     fn registrations_outliving_the_registry_are_harmless() {
+        // While a clone of the registry lives, deregistering still removes the instance.
         let registry = Memory::new();
+        let kept = registry.clone();
         let a = registry.register("s", &instance("a", 1)).unwrap();
         drop(registry);
         a.deregister().unwrap();
+        assert!(kept.instances("s").unwrap().is_empty());
+        // Once every handle is gone, the registration holds nothing alive and
+        // deregistering (or dropping) it is a no-op rather than a panic.
+        let b = kept.register("s", &instance("b", 2)).unwrap();
+        let weak = Arc::downgrade(&kept.inner);
+        drop(kept);
+        assert!(weak.upgrade().is_none(), "a registration keeps its registry alive");
+        b.deregister().unwrap();
     }
 }

@@ -13,6 +13,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::pool::{self, Call, Jobs};
+use super::proxy_header;
 use super::{Config, ConnShared, Connection, ConnectionId, Context, Service};
 use crate::fast_hash::FastMap;
 use crate::frame::{self, FrameError, Kind};
@@ -144,6 +145,9 @@ struct Conn {
     want_write: bool,
     /// Whether the connection is already in the loop's dirty list.
     dirty: bool,
+    /// The peer is a trusted load balancer, and neither a PROXY header nor a frame has
+    /// been read yet.
+    proxy_header: bool,
 }
 
 impl Conn {
@@ -395,6 +399,7 @@ impl EventLoop {
         let handle = Connection::new(ConnShared {
             id,
             peer,
+            client: std::sync::OnceLock::new(),
             owner: self.shared.clone(),
             open: AtomicBool::new(true),
             unwritten: AtomicUsize::new(0),
@@ -423,6 +428,7 @@ impl EventLoop {
                 evicted: None,
                 want_write: false,
                 dirty: false,
+                proxy_header: self.config.proxy_protocol_from.contains(&peer.ip()),
             },
         );
     }
@@ -893,6 +899,22 @@ struct Dispatch<'a> {
 impl Dispatch<'_> {
     /// Decodes and handles every whole frame in `conn.inbuf`.
     fn frames(&mut self, conn: &mut Conn) {
+        if conn.proxy_header && conn.inbuf.first().is_some_and(|&b| b != proxy_header::FIRST_BYTE) {
+            // A frame, not a header: the peer speaks for itself.
+            conn.proxy_header = false;
+        }
+        if conn.proxy_header {
+            match proxy_header::take(&mut conn.inbuf) {
+                Ok(None) => return,
+                Ok(Some(client)) => {
+                    conn.proxy_header = false;
+                    if let Some(client) = client {
+                        let _ = conn.handle.shared().client.set(client);
+                    }
+                }
+                Err(malformed) => return violation(conn, &malformed.to_string()),
+            }
+        }
         loop {
             if conn.closing {
                 // After a go-away nothing more from this peer is acted on.

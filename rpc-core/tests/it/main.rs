@@ -5,6 +5,7 @@
 mod balance;
 mod client_faults;
 mod isolation;
+mod proxy_header;
 mod registry;
 mod server_limits;
 mod support;

@@ -26,7 +26,7 @@ use services::chat_service::ChatService;
 use services::proxies::Proxies;
 use services::standalone::{self, Standalone};
 use services::user_service::UserService;
-use services::{auth, presence, proxy, serve, session_token, store, Presence, Store};
+use services::{auth, presence, proxy, serve, session_token, store, throttle, Presence, Store};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -54,6 +54,8 @@ enum Command {
         #[arg(long, env = "CHATROOM_LEASE_TTL_SECS", default_value_t = 30)]
         lease_ttl_secs: u64,
         #[command(flatten)]
+        throttle: ThrottleArgs,
+        #[command(flatten)]
         tokens: TokenArgs,
         #[command(flatten)]
         serving: ServeArgs,
@@ -73,6 +75,12 @@ enum Command {
         /// How long a user stays online without this proxy renewing the lease.
         #[arg(long, env = "CHATROOM_LEASE_TTL_SECS", default_value_t = 30)]
         lease_ttl_secs: u64,
+        /// Load balancers (comma-separated IP addresses) whose connections to the client
+        /// port may start with a PROXY protocol v1 header naming the client, as nginx's
+        /// `proxy_protocol on;` sends; the limits per address then count the client's
+        /// address instead of the balancer's. `cluster up` sets it for its nginx.
+        #[arg(long, env = "CHATROOM_PROXY_PROTOCOL_FROM", value_delimiter = ',')]
+        proxy_protocol_from: Vec<std::net::IpAddr>,
         #[command(flatten)]
         zk: ZkArgs,
         #[command(flatten)]
@@ -91,6 +99,12 @@ enum Command {
         mysql: MySqlArgs,
         #[command(flatten)]
         hashing: HashingArgs,
+        /// Redis, where every user service counts login attempts (under the prefix,
+        /// then `throttle:`).
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[command(flatten)]
+        throttle: ThrottleArgs,
         #[command(flatten)]
         tokens: TokenArgs,
         #[command(flatten)]
@@ -221,13 +235,63 @@ impl TokenArgs {
     }
 }
 
+/// Limits on login and registration attempts (see `services::throttle`); the defaults
+/// stop a guessing attack. A benchmark that logs thousands of users in from one address
+/// sets the per-address bursts to 0 (off).
+#[derive(Debug, Args)]
+struct ThrottleArgs {
+    /// Failed logins of one account (since its last success) that cost no wait.
+    #[arg(long, env = "CHATROOM_LOGIN_FREE_FAILURES", default_value_t = throttle::Config::default().account.free_failures)]
+    login_free_failures: u32,
+    /// The wait after the first failure past the free ones, in ms; it doubles with
+    /// each further failure. 0 turns the per-account back-off off.
+    #[arg(long, env = "CHATROOM_LOGIN_BACKOFF_MS", default_value_t = 1000)]
+    login_backoff_ms: u64,
+    /// The longest wait between one account's logins, in seconds.
+    #[arg(long, env = "CHATROOM_LOGIN_BACKOFF_CAP_SECS", default_value_t = 300)]
+    login_backoff_cap_secs: u64,
+    /// Logins one address may try at once; 0 turns the per-address limit off.
+    #[arg(long, env = "CHATROOM_LOGIN_ADDRESS_BURST", default_value_t = throttle::Config::default().address_login.burst)]
+    login_address_burst: u32,
+    /// Then one more login per this many ms (a successful login gives its own back).
+    #[arg(long, env = "CHATROOM_LOGIN_ADDRESS_EVERY_MS", default_value_t = 10_000)]
+    login_address_every_ms: u64,
+    /// Registrations one address may make at once; 0 turns the limit off.
+    #[arg(long, env = "CHATROOM_REGISTER_ADDRESS_BURST", default_value_t = throttle::Config::default().address_register.burst)]
+    register_address_burst: u32,
+    /// Then one more registration per this many seconds.
+    #[arg(long, env = "CHATROOM_REGISTER_ADDRESS_EVERY_SECS", default_value_t = 300)]
+    register_address_every_secs: u64,
+}
+
+impl ThrottleArgs {
+    fn config(&self) -> throttle::Config {
+        throttle::Config {
+            account: throttle::Backoff {
+                free_failures: self.login_free_failures,
+                base: Duration::from_millis(self.login_backoff_ms),
+                cap: Duration::from_secs(self.login_backoff_cap_secs),
+            },
+            address_login: throttle::Bucket {
+                burst: self.login_address_burst,
+                every: Duration::from_millis(self.login_address_every_ms),
+            },
+            address_register: throttle::Bucket {
+                burst: self.register_address_burst,
+                every: Duration::from_secs(self.register_address_every_secs),
+            },
+            ..throttle::Config::default()
+        }
+    }
+}
+
 /// Where Redis is.
 #[derive(Debug, Args)]
 struct RedisArgs {
-    /// Redis URL for the presence table.
+    /// Redis URL for the presence table (and, in a user service, the login throttle).
     #[arg(long = "redis", env = "CHATROOM_REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     redis_url: String,
-    /// Put before every presence key, so that several systems can share one Redis.
+    /// Put before every key, so that several systems can share one Redis.
     #[arg(long = "redis-prefix", env = "CHATROOM_REDIS_PREFIX", default_value = "chatroom:presence:")]
     redis_prefix: String,
 }
@@ -327,12 +391,13 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Standalone { listen, data_dir, lease_ttl_secs, tokens, serving } => {
+        Command::Standalone { listen, data_dir, lease_ttl_secs, throttle, tokens, serving } => {
             let stop = Stop::catch()?;
             let config = standalone::Config {
                 data_dir,
                 listen,
                 lease_ttl: Duration::from_secs(lease_ttl_secs.max(1)),
+                throttle: throttle.config(),
                 tokens: tokens.config(),
                 server: serving.config(),
                 ..standalone::Config::default()
@@ -352,6 +417,7 @@ fn main() -> anyhow::Result<()> {
             delivery_listen,
             instance_id,
             lease_ttl_secs,
+            proxy_protocol_from,
             zk,
             redis: redis_args,
             serving,
@@ -366,7 +432,8 @@ fn main() -> anyhow::Result<()> {
                 config.instance_id = id;
             }
             let the_proxy = proxy::Proxy::new(config, &registry, redis(&redis_args)?)?;
-            let running = proxy::serve(the_proxy, &registry, listen, delivery_listen, serving.config())?;
+            let server_config = server::Config { proxy_protocol_from, ..serving.config() };
+            let running = proxy::serve(the_proxy, &registry, listen, delivery_listen, server_config)?;
             stop.serving();
             println!(
                 "ChatRoom proxy {} is running; clients connect to {}",
@@ -378,11 +445,28 @@ fn main() -> anyhow::Result<()> {
             // Closes the ZooKeeper session (its entries went with the deregistration).
             drop(registry);
         }
-        Command::UserService { listen, zk, mysql: mysql_args, hashing, tokens, serving } => {
+        Command::UserService {
+            listen,
+            zk,
+            mysql: mysql_args,
+            hashing,
+            redis: redis_args,
+            throttle,
+            tokens,
+            serving,
+        } => {
             let stop = Stop::catch()?;
             let registry = zk.connect()?;
+            let counters = throttle::Redis::with_config(&throttle::redis::Config {
+                url: redis_args.redis_url.clone(),
+                key_prefix: format!("{}throttle:", redis_args.redis_prefix),
+                ..throttle::redis::Config::default()
+            })
+            .context("cannot open the login throttle's Redis")?;
+            let limits = throttle::Limits::new(throttle.config(), Arc::new(counters));
             let users = UserService::new(mysql(&mysql_args)?)
                 .with_hashing(hashing.config()?)
+                .with_throttle(limits)
                 .with_tokens(tokens.config());
             let service = UserServiceServer(users);
             let served = serve(service, &registry, listen, serving.config())?;

@@ -91,6 +91,19 @@ impl Presence for Memory {
             .collect())
     }
 
+    fn reclaim(&self, user: UserId, owner: &str, ttl: Duration) -> Result<Option<String>, Error> {
+        let now = Instant::now();
+        let expires = deadline(now, ttl)?;
+        let mut leases = self.lock();
+        if let Some(holder) = leases.get(&user).and_then(|lease| lease.live_owner(now)) {
+            if holder != owner {
+                return Ok(Some(holder.to_owned()));
+            }
+        }
+        leases.insert(user, Lease { owner: owner.to_owned(), expires });
+        Ok(None)
+    }
+
     fn release(&self, user: UserId, owner: &str) -> Result<bool, Error> {
         let now = Instant::now();
         let mut leases = self.lock();

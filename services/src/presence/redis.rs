@@ -19,7 +19,27 @@
 //!
 //! The sweep script builds lease key names from the prefix instead of receiving them in
 //! `KEYS`, so it suits one Redis server (or a primary with replicas), not Redis Cluster.
+//!
+//! # Connections, and retrying on a fresh one
+//!
+//! Connections are pooled. When Redis restarts, every idle connection in the pool is
+//! dead, and each would fail the next request made on it. So a request whose pooled
+//! connection breaks (reset, closed, refused; not a timeout, which a slow server also
+//! causes) empties the pool, counts a break ([`Presence::breaks`]) and is sent once more
+//! on a fresh connection. A broken connection cannot say whether the command ran before
+//! it broke, so only requests whose second run answers as the first would are sent again:
+//!
+//! * `lookup` (`MGET`) and the connection check (`PING`) only read;
+//! * renewing (one or all) and [`Presence::reclaim`] leave the same lease and give the
+//!   same answer when run twice;
+//! * claiming and releasing are made so: each call carries a random id, and its script
+//!   records its answer under that id in `{prefix}call:{user}` for a minute, so a second
+//!   run with the same id answers as the first did (the previous holder, or whether it
+//!   released) and changes nothing;
+//! * sweeping is not sent again: a sweep that ran took its leases out of the table, and
+//!   running it again would answer with others. The proxies sweep every second anyway.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -60,15 +80,56 @@ macro_rules! now_ms {
     };
 }
 
+/// How long a claim's or a release's answer is kept for a retry of the same call, in
+/// milliseconds: far longer than a retry can take (an I/O time-out and a connect).
+const CALL_MEMO_MS: u64 = 60_000;
+
+/// Lua: `replayed` is the answer recorded in the memo KEYS[4] by an earlier run of the
+/// call with id ARGV[4], or nil when this call has not run.
+macro_rules! replayed {
+    () => {
+        "local replayed = nil
+local memo = redis.call('GET', KEYS[4])
+if memo and string.sub(memo, 1, #ARGV[4] + 1) == ARGV[4] .. '=' then
+  replayed = string.sub(memo, #ARGV[4] + 2)
+end
+"
+    };
+}
+
 /// Gives the lease KEYS[1] to ARGV[1] for ARGV[2] ms and returns the previous holder, if
 /// any; schedules user ARGV[3] in the expiries KEYS[2] and names the owner in KEYS[3].
+/// Records the answer for call ARGV[4] in KEYS[4], and answers a second run from it.
 const CLAIM: &str = concat!(
+    replayed!(),
+    r"if replayed then
+  if replayed == '' then return false end
+  return replayed
+end
+",
     now_ms!(),
     r"local previous = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[1])
+redis.call('SET', KEYS[4], ARGV[4] .. '=' .. (previous or ''), 'PX', ARGV[5])
 return previous
+"
+);
+
+/// Gives the lease KEYS[1] to ARGV[1] for ARGV[2] ms as [`CLAIM`] does, but only if
+/// nobody else holds it; returns the holder then, else nothing.
+const RECLAIM: &str = concat!(
+    r"local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then
+  return holder
+end
+",
+    now_ms!(),
+    r"redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[1])
+return false
 "
 );
 
@@ -87,15 +148,23 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 
 /// Deletes the lease KEYS[1] if ARGV[1] holds it, with user ARGV[3]'s entries in the
 /// expiries KEYS[2] and owners KEYS[3] (a released lease is announced by its releaser,
-/// not by a sweep); returns 1 if it did, else 0.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return 0
+/// not by a sweep); returns 1 if it did, else 0. Records the answer for call ARGV[4] in
+/// KEYS[4], and answers a second run from it.
+const RELEASE: &str = concat!(
+    replayed!(),
+    r"if replayed then
+  return tonumber(replayed)
 end
-redis.call('ZREM', KEYS[2], ARGV[3])
-redis.call('HDEL', KEYS[3], ARGV[3])
-return redis.call('DEL', KEYS[1])
-";
+local released = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  redis.call('HDEL', KEYS[3], ARGV[3])
+  released = redis.call('DEL', KEYS[1])
+end
+redis.call('SET', KEYS[4], ARGV[4] .. '=' .. released, 'PX', ARGV[5])
+return released
+"
+);
 
 /// Takes up to ARGV[2] users whose score in the expiries KEYS[1] has passed and whose
 /// lease key (ARGV[1] .. user) is gone; removes them from KEYS[1] and the owners KEYS[2]
@@ -129,8 +198,11 @@ pub struct Redis {
     /// Opens connections.
     client: Client,
     /// Idle connections, reused so that each call does not pay for a connect. A
-    /// connection that failed is dropped rather than returned.
+    /// connection that failed is dropped rather than returned, and one that broke takes
+    /// the others with it.
     idle: Mutex<Vec<Connection>>,
+    /// How many times a pooled connection broke ([`Presence::breaks`]).
+    breaks: AtomicU64,
     /// Put before every key.
     key_prefix: String,
     /// For new connections.
@@ -141,6 +213,8 @@ pub struct Redis {
     claim: Script,
     /// [`RENEW`].
     renew: Script,
+    /// [`RECLAIM`].
+    reclaim: Script,
     /// [`RELEASE`].
     release: Script,
     /// [`SWEEP`].
@@ -175,11 +249,13 @@ impl Redis {
         let presence = Redis {
             client,
             idle: Mutex::new(Vec::new()),
+            breaks: AtomicU64::new(0),
             key_prefix: config.key_prefix.clone(),
             connect_timeout: config.connect_timeout,
             io_timeout: config.io_timeout,
             claim: Script::new(CLAIM),
             renew: Script::new(RENEW),
+            reclaim: Script::new(RECLAIM),
             release: Script::new(RELEASE),
             sweep: Script::new(SWEEP),
         };
@@ -201,6 +277,11 @@ impl Redis {
         format!("{}owners", self.key_prefix)
     }
 
+    /// Where a claim or release of `user` records its answer for a retry of the call.
+    fn memo_key(&self, user: UserId) -> String {
+        format!("{}call:{}", self.key_prefix, user.0)
+    }
+
     /// `script` on `user`'s lease: KEYS are the lease, the expiries and the owners; ARGV
     /// `owner`, then `ms` if given, then the user id.
     fn invocation<'a>(
@@ -217,23 +298,77 @@ impl Redis {
         invocation
     }
 
+    /// `invocation` made a call that a retry may repeat: it gets the memo key of `user`
+    /// (KEYS\[4\]), a fresh call id (ARGV\[4\]) and the memo's lifetime (ARGV\[5\]).
+    fn once<'a>(
+        &self,
+        mut invocation: ::redis::ScriptInvocation<'a>,
+        user: UserId,
+    ) -> ::redis::ScriptInvocation<'a> {
+        invocation.key(self.memo_key(user)).arg(format!("{:016x}", rand::random::<u64>())).arg(CALL_MEMO_MS);
+        invocation
+    }
+
     /// Runs `f` on an idle connection (or a new one), and keeps the connection for the
-    /// next call only if `f` succeeded.
-    fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, RedisError>) -> Result<T, Error> {
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut conn = match idle {
-            Some(conn) => conn,
-            None => {
-                let conn = self.client.get_connection_with_timeout(self.connect_timeout).map_err(classify)?;
-                conn.set_read_timeout(Some(self.io_timeout)).map_err(classify)?;
-                conn.set_write_timeout(Some(self.io_timeout)).map_err(classify)?;
-                conn
+    /// next call only if `f` succeeded. When a pooled connection breaks, the pool is
+    /// emptied and `f` runs once more on a fresh connection; only pass an `f` that may
+    /// run twice (see the module head).
+    fn with_conn<T>(&self, f: impl FnMut(&mut Connection) -> Result<T, RedisError>) -> Result<T, Error> {
+        self.run(f, true)
+    }
+
+    /// [`Redis::with_conn`] for an `f` that must not run twice: a broken pooled
+    /// connection still empties the pool, but the call fails.
+    fn with_conn_once<T>(&self, f: impl FnMut(&mut Connection) -> Result<T, RedisError>) -> Result<T, Error> {
+        self.run(f, false)
+    }
+
+    fn run<T>(
+        &self,
+        mut f: impl FnMut(&mut Connection) -> Result<T, RedisError>,
+        retry: bool,
+    ) -> Result<T, Error> {
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if let Some(mut conn) = pooled {
+            match f(&mut conn) {
+                Ok(value) => {
+                    self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+                    return Ok(value);
+                }
+                Err(error) if broken(&error) => {
+                    // The server went away (a restart, a failover): the other idle
+                    // connections point at the same dead server.
+                    self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    self.breaks.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%error, retry, "a pooled redis connection broke; the pool is emptied");
+                    if !retry {
+                        return Err(classify(error));
+                    }
+                }
+                Err(error) => return Err(classify(error)),
             }
-        };
+        }
+        let mut conn = self.connect()?;
         let value = f(&mut conn).map_err(classify)?;
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
         Ok(value)
     }
+
+    /// A new connection with the configured time-outs.
+    fn connect(&self) -> Result<Connection, Error> {
+        let conn = self.client.get_connection_with_timeout(self.connect_timeout).map_err(classify)?;
+        conn.set_read_timeout(Some(self.io_timeout)).map_err(classify)?;
+        conn.set_write_timeout(Some(self.io_timeout)).map_err(classify)?;
+        Ok(conn)
+    }
+}
+
+/// Whether `error` says the connection is dead (closed, reset, refused), as opposed to
+/// slow (a time-out) or a refusal of the command.
+fn broken(error: &RedisError) -> bool {
+    error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || (error.is_io_error() && !error.is_timeout())
 }
 
 /// What comes between the key prefix and the user id in a lease's key.
@@ -251,8 +386,18 @@ fn classify(e: RedisError) -> Error {
 impl Presence for Redis {
     fn claim(&self, user: UserId, owner: &str, ttl: Duration) -> Result<Option<String>, Error> {
         let ms = ttl_millis(ttl)?;
-        let invocation = self.invocation(&self.claim, user, owner, Some(ms));
+        let invocation = self.once(self.invocation(&self.claim, user, owner, Some(ms)), user);
         self.with_conn(|conn| invocation.invoke(conn))
+    }
+
+    fn reclaim(&self, user: UserId, owner: &str, ttl: Duration) -> Result<Option<String>, Error> {
+        let ms = ttl_millis(ttl)?;
+        let invocation = self.invocation(&self.reclaim, user, owner, Some(ms));
+        self.with_conn(|conn| invocation.invoke(conn))
+    }
+
+    fn breaks(&self) -> u64 {
+        self.breaks.load(Ordering::Relaxed)
     }
 
     fn renew(&self, user: UserId, owner: &str, ttl: Duration) -> Result<bool, Error> {
@@ -278,7 +423,7 @@ impl Presence for Redis {
     }
 
     fn release(&self, user: UserId, owner: &str) -> Result<bool, Error> {
-        let invocation = self.invocation(&self.release, user, owner, None);
+        let invocation = self.once(self.invocation(&self.release, user, owner, None), user);
         let released: i64 = self.with_conn(|conn| invocation.invoke(conn))?;
         Ok(released == 1)
     }
@@ -297,7 +442,8 @@ impl Presence for Redis {
         }
         let mut invocation = self.sweep.key(self.expiries_key());
         invocation.key(self.owners_key()).arg(format!("{}{USER}", self.key_prefix)).arg(limit);
-        let flat: Vec<String> = self.with_conn(|conn| invocation.invoke(conn))?;
+        // Not sent twice: a sweep that ran took its leases out of the table.
+        let flat: Vec<String> = self.with_conn_once(|conn| invocation.invoke(conn))?;
         let mut lapsed = Vec::with_capacity(flat.len() / 2);
         for pair in flat.chunks_exact(2) {
             match pair[0].parse() {

@@ -8,7 +8,7 @@ use rpc_core::Status;
 use super::sessions::{Login, LoginError};
 use super::Proxy;
 use crate::api::{self, gateway_rpc};
-use crate::convert::{presence_status, rpc_status};
+use crate::convert::{presence_status, rpc_status, send_status};
 use crate::ids::UserId;
 
 impl Proxy {
@@ -128,15 +128,19 @@ impl Proxy {
 impl gateway_rpc::Gateway for Proxy {
     fn register(
         &self,
-        _ctx: &Context,
-        request: api::RegisterRequest,
+        ctx: &Context,
+        mut request: api::RegisterRequest,
     ) -> Result<api::RegisterResponse, Status> {
         self.open()?;
+        // The user service limits registrations per client address; it learns it here.
+        request.source = ctx.client_addr().ip().to_string();
         self.inner.users.register(&request).map_err(rpc_status)
     }
 
-    fn login(&self, ctx: &Context, request: api::LoginRequest) -> Result<api::LoginResponse, Status> {
+    fn login(&self, ctx: &Context, mut request: api::LoginRequest) -> Result<api::LoginResponse, Status> {
         self.open()?;
+        // The user service throttles logins per client address; it learns it here.
+        request.source = ctx.client_addr().ip().to_string();
         // A login on a connection that already has a session ends that session first.
         self.inner.sessions.end(ctx.connection().id());
         let user = self.inner.users.verify_login(&request).map_err(rpc_status)?.user;
@@ -169,7 +173,8 @@ impl gateway_rpc::Gateway for Proxy {
         request: api::ChangePasswordRequest,
     ) -> Result<api::ChangePasswordResponse, Status> {
         let user_id = self.session(ctx)?.0;
-        let call = api::ChangePasswordCall { user_id, request: Some(request) };
+        let source = ctx.client_addr().ip().to_string();
+        let call = api::ChangePasswordCall { user_id, request: Some(request), source };
         let response = self.inner.users.change_password(&call).map_err(rpc_status)?;
         // One session per user: any other session of the user was replaced and kicked
         // when this one opened. What other clients keep is a token, and those are revoked
@@ -280,13 +285,31 @@ impl gateway_rpc::Gateway for Proxy {
         Ok(api::GroupMembersResponse { members: self.contacts(members)? })
     }
 
+    fn invite(&self, ctx: &Context, request: api::InviteRequest) -> Result<api::InviteResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner.users.invite(&api::InviteCall { user_id, request: Some(request) }).map_err(rpc_status)
+    }
+
+    fn remove_member(
+        &self,
+        ctx: &Context,
+        request: api::RemoveMemberRequest,
+    ) -> Result<api::RemoveMemberResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        self.inner
+            .users
+            .remove_member(&api::RemoveMemberCall { user_id, request: Some(request) })
+            .map_err(rpc_status)
+    }
+
     fn send_message(
         &self,
         ctx: &Context,
         request: api::SendMessageRequest,
     ) -> Result<api::SendMessageResponse, Status> {
         let sender_id = self.session(ctx)?.0;
-        self.inner.chat.send(&api::SendCall { sender_id, request: Some(request) }).map_err(rpc_status)
+        // "Not stored" only when it was not: see `send_status`.
+        self.inner.chat.send(&api::SendCall { sender_id, request: Some(request) }).map_err(send_status)
     }
 
     fn history(&self, ctx: &Context, request: api::HistoryRequest) -> Result<api::HistoryResponse, Status> {

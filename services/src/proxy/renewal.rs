@@ -1,6 +1,11 @@
 //! The proxy's one thread of its own: it renews the leases of every session every third
 //! of the lease TTL, and every [`Config::sweep_every`](super::Config::sweep_every) sends
 //! failed presence announcements again and sweeps lapsed leases.
+//!
+//! A renewal that failed is tried again after a sweep period rather than a third of the
+//! TTL, and a connection to the presence table that broke (as when Redis restarts) brings
+//! the next renewal forward to the next tick: a backend that came back empty has lost
+//! every lease, and the sooner they are taken back, the fewer pushes miss their users.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Weak};
@@ -22,6 +27,7 @@ impl Proxy {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let renew_every = self.inner.config.lease_ttl / 3;
         let sweep_every = self.inner.config.sweep_every.max(Duration::from_millis(1));
+        let mut seen_breaks = self.presence_breaks();
         let thread = std::thread::Builder::new().name("lease-renewal".into()).spawn(move || {
             let mut next_renewal = Instant::now() + renew_every;
             let mut next_sweep = Instant::now() + sweep_every;
@@ -35,9 +41,12 @@ impl Proxy {
                 let proxy = Proxy { inner };
                 // Renewal first: a sweep that took long must not let this proxy's own
                 // leases lapse.
-                if Instant::now() >= next_renewal {
-                    proxy.renew_leases();
-                    next_renewal = Instant::now() + renew_every;
+                let breaks = proxy.presence_breaks();
+                if Instant::now() >= next_renewal || breaks != seen_breaks {
+                    seen_breaks = breaks;
+                    let reached = proxy.renew_leases();
+                    next_renewal =
+                        Instant::now() + if reached { renew_every } else { sweep_every.min(renew_every) };
                 }
                 if Instant::now() >= next_sweep {
                     proxy.retry_announcements();

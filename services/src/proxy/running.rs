@@ -94,7 +94,10 @@ pub fn serve(
     delivery_listen: std::net::SocketAddr,
     server_config: server::Config,
 ) -> Result<Running, rpc_core::Error> {
-    let delivery = Builder::new(server_config.clone())
+    // Only clients come through a load balancer: the chat services call the delivery
+    // port directly, without a PROXY header.
+    let delivery_config = server::Config { proxy_protocol_from: Vec::new(), ..server_config.clone() };
+    let delivery = Builder::new(delivery_config)
         .service(Traced::new(api::DeliveryServer(proxy.clone()), |_| None))
         .bind(delivery_listen)?;
     let registration = registry

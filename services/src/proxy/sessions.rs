@@ -5,11 +5,12 @@
 //! A *session* is a user bound to one connection, with an *epoch*: a number no other
 //! session of this proxy had. A login claims the user's lease for this proxy and binds a
 //! session; ending a session unbinds it and releases the lease; renewal extends the lease
-//! of every session and ends those whose lease was lost; a kick from the proxy that
-//! claimed a lease since ends the session here. One session per user: a login replaces
-//! the user's session on another connection here (kicked) or on another proxy (the caller
-//! asks that proxy to kick it). Announcements tell the user's friends; each operation makes
-//! them and hands them to an [`Announcer`].
+//! of every session, takes back a lease nobody holds, and ends the sessions whose lease
+//! another proxy holds; a kick from the proxy that claimed a lease since ends the session
+//! here. One session per user: a login replaces the user's session on another connection
+//! here (kicked) or on another proxy (the caller asks that proxy to kick it).
+//! Announcements tell the user's friends; each operation makes them and hands them to an
+//! [`Announcer`].
 //!
 //! # The lock, and lanes
 //!
@@ -24,7 +25,8 @@
 //! waiting for it on a condition variable. A lane is held across the round trip, but only
 //! an operation on the same user's lease waits for it, and that one would have to be
 //! ordered after it anyway. An operation holds at most one lane at a time, so lanes cannot
-//! wait for each other in a circle. Renewal and sweeping hold no lane.
+//! wait for each other in a circle. Sweeping holds no lane; renewal holds only the lane
+//! of a user whose lease it found lost (to take it back), one at a time.
 //!
 //! Two rules carry the reasoning below:
 //!
@@ -68,12 +70,18 @@
 //!
 //! *Renewal against logout and login*: [`Sessions::renew`] takes (user, epoch) pairs under
 //! the lock, renews outside it, and reconciles under it. Renewal only extends a lease this
-//! proxy holds; it never creates one, and reconciliation never binds. So a session that
-//! ended meanwhile is not brought back: a release after the renewal removes the renewed
-//! lease, and a release before it makes the renewal report the lease lost, for a session
-//! that no longer exists. A lease found lost ends a session only while it still has the
-//! epoch taken before the renewal: a session bound since comes from a newer claim than the
-//! one the renewal saw lost, and is spared.
+//! proxy holds, and reconciliation never binds. So a session that ended meanwhile is not
+//! brought back: a release after the renewal removes the renewed lease, and a release
+//! before it makes the renewal report the lease lost, for a session that no longer exists.
+//! A lease found lost is looked at again in its user's lane (the only lane renewal takes,
+//! one at a time), and only while the session still has the epoch taken before the
+//! renewal: a session bound since comes from a newer claim than the one the renewal saw
+//! lost, and is spared. If another proxy holds the lease now, the session ends. If nobody
+//! does (the presence table lost it, or it lapsed while this proxy could not renew), the
+//! proxy takes it back ([`Presence::reclaim`], which never takes a live lease from another
+//! proxy) and the session goes on. A session that ends while its lease is taken back is
+//! unbound under the lock, and its release waits for the lane, then finds no session and
+//! releases the lease taken back: rule 2 again.
 //!
 //! *Sweeping*: [`Sessions::sweep`] hands over leases that lapsed, whichever proxy held
 //! them, and the presence table gives each to exactly one sweeper. A session whose own
@@ -200,6 +208,9 @@ struct State<C> {
     epoch: u64,
     /// Announcements not yet taken by the chat service.
     announcements: Announcements,
+    /// When the last renewal that reached the presence table started (or the sessions
+    /// were made): until a lease TTL after it, no lease of this proxy can have lapsed.
+    renewed_at: Instant,
 }
 
 /// One user's session.
@@ -267,6 +278,7 @@ impl<C: Link> Sessions<C> {
             waiting: 0,
             epoch: 0,
             announcements: Announcements::default(),
+            renewed_at: Instant::now(),
         };
         let shared = Arc::new(Shared { state: Mutex::new(state), lane_left: Condvar::new() });
         Sessions { config, presence, announcer, shared }
@@ -390,38 +402,82 @@ impl<C: Link> Sessions<C> {
         ended.len()
     }
 
-    /// Renews the lease of every session once, and ends (kicks, without releasing) the
-    /// sessions whose lease this proxy no longer holds. Returns how many it ended.
-    pub fn renew(&self) -> usize {
-        let snapshot: HashMap<UserId, u64> =
-            self.shared.lock().by_user.iter().map(|(&user, session)| (user, session.epoch)).collect();
+    /// Renews the lease of every session once. A session whose lease another proxy holds
+    /// now ends (kicked, without releasing); one whose lease nobody holds takes it back
+    /// and goes on (see the module head). Returns how many sessions it ended.
+    ///
+    /// # Errors
+    ///
+    /// When the presence table cannot be reached; nothing changed then, and the caller
+    /// should try again soon.
+    pub fn renew(&self) -> Result<usize, presence::Error> {
+        let (snapshot, renewed_at): (HashMap<UserId, u64>, Instant) = {
+            let state = self.shared.lock();
+            (state.by_user.iter().map(|(&user, session)| (user, session.epoch)).collect(), state.renewed_at)
+        };
+        let started = Instant::now();
         if snapshot.is_empty() {
-            return 0;
+            self.shared.lock().renewed_at = started;
+            return Ok(0);
         }
         let users: Vec<UserId> = snapshot.keys().copied().collect();
-        let lost = match self.presence.renew_all(&users, &self.config.owner, self.config.lease_ttl) {
-            Ok(lost) => lost,
-            Err(error) => {
-                tracing::warn!(%error, "lease renewal failed");
-                return 0;
+        let lost = self.presence.renew_all(&users, &self.config.owner, self.config.lease_ttl)?;
+        self.shared.lock().renewed_at = started;
+        // A lease renewed (or claimed) less than a TTL ago cannot have lapsed, so one missing
+        // now was lost by the table and nobody announced its user offline. After a longer
+        // gap it may have lapsed and been swept, and its user's friends told.
+        let may_have_lapsed = started.saturating_duration_since(renewed_at) >= self.config.lease_ttl;
+        let mut ended = 0;
+        for user in lost {
+            // Only the session the renewal saw: one bound since stands on a newer claim.
+            if let Some(&epoch) = snapshot.get(&user) {
+                ended += usize::from(self.take_back(user, epoch, may_have_lapsed));
             }
-        };
-        let mut ended = Vec::new();
-        {
-            let mut state = self.shared.lock();
-            for user in lost {
-                // Only the session the renewal saw: one bound since stands on a newer claim.
-                let current = state.by_user.get(&user).map(|s| s.epoch);
-                if current.is_some() && current == snapshot.get(&user).copied() {
-                    ended.extend(state.unbind_user(user).map(|session| (user, session)));
+        }
+        Ok(ended)
+    }
+
+    /// Looks again, in `user`'s lane, at the lease that renewal found this proxy no longer
+    /// holds, if the user's session still has `epoch`: takes it back when nobody holds it
+    /// (and tells the user's friends the user is online when `may_have_lapsed`, since a
+    /// sweep may have told them otherwise), or ends the session when another proxy holds
+    /// it. Returns whether it ended the session.
+    fn take_back(&self, user: UserId, epoch: u64, may_have_lapsed: bool) -> bool {
+        let current = |state: &State<C>| state.by_user.get(&user).map(|s| s.epoch) == Some(epoch);
+        let lane = self.lane(user);
+        if !current(&self.shared.lock()) {
+            return false;
+        }
+        match self.presence.reclaim(user, &self.config.owner, self.config.lease_ttl) {
+            Ok(None) => {
+                tracing::info!(%user, "presence lease found missing; claimed again");
+                let online = may_have_lapsed.then(|| self.shared.lock().announcements.make(user, true));
+                drop(lane);
+                if let Some(online) = online {
+                    self.send(online, None);
                 }
+                false
+            }
+            Ok(Some(holder)) => {
+                let session = {
+                    let mut state = self.shared.lock();
+                    if current(&state) {
+                        state.unbind_user(user)
+                    } else {
+                        None
+                    }
+                };
+                drop(lane);
+                let Some(session) = session else { return false };
+                tracing::info!(%user, proxy = %holder, "presence lease held elsewhere; closing the session");
+                session.connection.kick(LEASE_LOST);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%user, %error, "cannot take a lost lease back; trying at the next renewal");
+                false
             }
         }
-        for (user, session) in &ended {
-            tracing::info!(%user, "presence lease lost; closing the session");
-            session.connection.kick(LEASE_LOST);
-        }
-        ended.len()
     }
 
     /// Kicks `user`'s session here, which a login on proxy `new_owner` replaced, and tells

@@ -1,8 +1,10 @@
 //! What can go wrong in a [`Store`](super::Store).
 //!
-//! The first five variants are answers about the request and map one to one onto the
+//! The first six variants are answers about the request and map one to one onto the
 //! wire statuses of the same names; the rest are the backend failing and map onto
 //! Unavailable or Internal.
+
+use crate::ids::GroupId;
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +21,9 @@ pub enum Error {
     /// The caller is not a participant of the conversation or group it named.
     #[error("{0}")]
     PermissionDenied(String),
+    /// A per-group bound was reached, e.g. too many pending invitations.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The request breaks a rule that does not depend on stored data: a limit from
     /// [`crate::limits`], befriending oneself, messaging oneself.
     #[error("{0}")]
@@ -66,5 +71,13 @@ impl From<mysql::Error> for Error {
 impl From<crate::limits::Error> for Error {
     fn from(e: crate::limits::Error) -> Self {
         Error::InvalidArgument(e.to_string())
+    }
+}
+
+impl Error {
+    /// The answer for a group that does not exist, and also for a private group asked
+    /// about by someone outside it, so that nobody learns which private groups exist.
+    pub(crate) fn no_group(id: GroupId) -> Self {
+        Error::NotFound(format!("group {id} does not exist"))
     }
 }

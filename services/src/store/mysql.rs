@@ -39,13 +39,15 @@ use mysql::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn, Tran
 use super::schema::{self, MYSQL, MYSQL_VERSION_TABLE};
 use super::{
     check_new_message, collect_sync, duplicate, history_page, name_key, now_ms, Anchor, ConversationState,
-    Credentials, Cursor, Error, Group, Message, NewMessage, NewToken, Page, Sent, Store, User,
+    Credentials, Cursor, Error, Group, GroupSettings, Invitation, Message, NewMessage, NewToken, Page, Sent,
+    Store, User,
 };
 use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};
 use crate::limits;
 
 mod batch;
+mod groups;
 mod queries;
 mod tokens;
 
@@ -53,8 +55,8 @@ use self::batch::Commits;
 
 use self::queries::{
     check_participant, check_sender, conversation_row, conversation_states, create_pair, find_sent,
-    group_from, messages_after, messages_before, next_seq, raise_cursor, require_group, require_user,
-    user_from, GroupRow, UserRow, USER_COLUMNS,
+    messages_after, messages_before, next_seq, raise_cursor, require_group, require_user, user_from, UserRow,
+    USER_COLUMNS,
 };
 
 /// Where and how to connect.
@@ -71,6 +73,12 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How long a call waits for a free pooled connection.
     pub checkout_timeout: Duration,
+    /// How long one read or write on a connection may block before the store gives the
+    /// connection up and reports [`Error::Unavailable`] (a lost connection, so a send's
+    /// outcome is unknown), so that a frozen database server holds no thread for ever.
+    /// Longer than a lock wait (`innodb_lock_wait_timeout`, set to
+    /// [`LOCK_WAIT_SECS`] on every connection), which ends a statement first.
+    pub io_timeout: Duration,
     /// Threads that store concurrent sends together, one transaction per batch (see
     /// `batch.rs`); each holds a pooled connection while it commits.
     pub committers: usize,
@@ -85,6 +93,7 @@ impl Default for Config {
             max_connections: 32,
             connect_timeout: Duration::from_secs(5),
             checkout_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(30),
             committers: 4,
             max_batch: 64,
         }
@@ -115,10 +124,15 @@ const CONVERSATION_IDS: usize = 100_000;
 /// statement of its own to say so.
 const SESSION_INIT: &str = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED";
 
+/// How long a statement waits for a row lock before MariaDB ends it (the server's
+/// default is 50 s); a lock wait that ends is retried like a deadlock (`ATTEMPTS`).
+pub const LOCK_WAIT_SECS: u32 = 20;
+
 /// How many times a transaction that hit a deadlock or lock-wait time-out is tried.
 const ATTEMPTS: u32 = 5;
 
 const ER_DUP_ENTRY: u16 = 1062;
+const ER_DUP_FIELDNAME: u16 = 1060;
 const ER_BAD_DB_ERROR: u16 = 1049;
 const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
 const ER_LOCK_DEADLOCK: u16 = 1213;
@@ -166,7 +180,12 @@ impl MySql {
         let pool_opts = PoolOpts::default().with_constraints(constraints).with_reset_connection(false);
         let builder = OptsBuilder::from_opts(opts)
             .tcp_connect_timeout(Some(config.connect_timeout))
-            .init(vec![SESSION_INIT])
+            .read_timeout(Some(config.io_timeout))
+            .write_timeout(Some(config.io_timeout))
+            .init(vec![
+                SESSION_INIT.to_owned(),
+                format!("SET SESSION innodb_lock_wait_timeout = {LOCK_WAIT_SECS}"),
+            ])
             // Room for the batch statements (six sizes of four kinds) beside the others.
             .stmt_cache_size(128)
             .pool_opts(pool_opts);
@@ -390,7 +409,13 @@ fn migrate_locked(conn: &mut PooledConn) -> Result<(), Error> {
     }
     for migration in MYSQL.iter().filter(|m| m.version > current) {
         for statement in migration.statements {
-            conn.query_drop(statement)?;
+            match conn.query_drop(statement) {
+                // A column added by an earlier run that was cut short.
+                Err(e) if server_code(&e) == Some(ER_DUP_FIELDNAME) => {
+                    tracing::info!(version = migration.version, error = %e, "column already added")
+                }
+                other => other?,
+            }
         }
         conn.exec_drop(
             "INSERT INTO schema_version (version, description, applied_at_ms) VALUES (?, ?, ?)",
@@ -542,24 +567,10 @@ impl Store for MySql {
         Ok(rows.into_iter().map(user_from).collect())
     }
 
-    fn create_group(&self, owner: UserId, name: &str) -> Result<Group, Error> {
+    fn create_group(&self, owner: UserId, name: &str, settings: GroupSettings) -> Result<Group, Error> {
         limits::check_group_name(name)?;
-        let created_at_ms = now_ms();
-        self.transact(|tx| {
-            require_user(tx, owner)?;
-            tx.exec_drop(
-                "INSERT INTO chat_groups (name, owner_id, created_at_ms) VALUES (?, ?, ?)",
-                (name, owner.0, created_at_ms),
-            )?;
-            let id =
-                GroupId(tx.last_insert_id().ok_or_else(|| Error::Corrupt("no id for the new group".into()))?);
-            tx.exec_drop(
-                "INSERT INTO group_members (group_id, user_id, joined_at_ms) VALUES (?, ?, ?)",
-                (id.0, owner.0, created_at_ms),
-            )?;
-            tx.exec_drop("INSERT INTO conversations (group_id, last_seq) VALUES (?, 0)", (id.0,))?;
-            Ok(Group { id, name: name.to_owned(), owner, created_at_ms })
-        })
+        let now = now_ms();
+        self.transact(|tx| groups::create(tx, owner, name, settings, now))
     }
 
     fn group(&self, id: GroupId) -> Result<Group, Error> {
@@ -568,19 +579,7 @@ impl Store for MySql {
 
     fn join_group(&self, user: UserId, group: GroupId) -> Result<Group, Error> {
         let now = now_ms();
-        let outcome = self.transact(|tx| {
-            let found = require_group(tx, group, true)?;
-            require_user(tx, user)?;
-            tx.exec_drop(
-                "INSERT INTO group_members (group_id, user_id, joined_at_ms) VALUES (?, ?, ?)",
-                (group.0, user.0, now),
-            )?;
-            let (id, last_seq) = conversation_row(tx, ConversationId::Group(group), false)?
-                .ok_or_else(|| Error::Corrupt(format!("group {group} has no conversation row")))?;
-            raise_cursor(tx, user, id, last_seq)?;
-            Ok(found)
-        });
-        match outcome {
+        match self.transact(|tx| groups::join(tx, user, group, now)) {
             Err(e) if is_duplicate(&e) => {
                 Err(Error::AlreadyExists(format!("user {user} is already a member of group {group}")))
             }
@@ -589,33 +588,20 @@ impl Store for MySql {
     }
 
     fn leave_group(&self, user: UserId, group: GroupId) -> Result<(), Error> {
-        self.transact(|tx| {
-            let found = require_group(tx, group, true)?;
-            tx.exec_drop("DELETE FROM group_members WHERE group_id = ? AND user_id = ?", (group.0, user.0))?;
-            if tx.affected_rows() == 0 {
-                return Err(Error::NotFound(format!("user {user} is not a member of group {group}")));
-            }
-            if found.owner == user {
-                let heir: Option<u64> = tx.exec_first(
-                    "SELECT user_id FROM group_members WHERE group_id = ? ORDER BY id LIMIT 1",
-                    (group.0,),
-                )?;
-                if let Some(heir) = heir {
-                    tx.exec_drop("UPDATE chat_groups SET owner_id = ? WHERE id = ?", (heir, group.0))?;
-                }
-            }
-            Ok(())
-        })
+        self.transact(|tx| groups::leave(tx, user, group))
+    }
+
+    fn invite(&self, inviter: UserId, group: GroupId, user: UserId) -> Result<Invitation, Error> {
+        let now = now_ms();
+        self.transact(|tx| groups::invite(tx, inviter, group, user, now))
+    }
+
+    fn remove_member(&self, owner: UserId, group: GroupId, member: UserId) -> Result<(), Error> {
+        self.transact(|tx| groups::remove_member(tx, owner, group, member))
     }
 
     fn groups_of(&self, user: UserId) -> Result<Vec<Group>, Error> {
-        let rows: Vec<GroupRow> = self.conn()?.exec(
-            "SELECT g.id, g.name, g.owner_id, g.created_at_ms FROM group_members gm
-             JOIN chat_groups g ON g.id = gm.group_id
-             WHERE gm.user_id = ? ORDER BY g.id",
-            (user.0,),
-        )?;
-        Ok(rows.into_iter().map(group_from).collect())
+        groups::of_user(&mut self.conn()?, user)
     }
 
     fn group_members(&self, group: GroupId) -> Result<Vec<User>, Error> {
@@ -662,14 +648,14 @@ impl Store for MySql {
         let conversation = conversation.normalized();
         let limit = limits::page_size(limit, limits::HISTORY_PAGE_DEFAULT, limits::HISTORY_PAGE_MAX);
         let mut conn = self.conn()?;
-        check_participant(&mut conn, user, conversation)?;
+        let hidden = check_participant(&mut conn, user, conversation)?;
         let Some((id, _)) = conversation_row(&mut conn, conversation, false)? else {
             return Ok(Page::default());
         };
         let rows = match anchor {
-            Anchor::Latest => messages_before(&mut conn, id, conversation, u64::MAX, limit + 1)?,
-            Anchor::Before(seq) => messages_before(&mut conn, id, conversation, seq, limit + 1)?,
-            Anchor::After(seq) => messages_after(&mut conn, id, conversation, seq, limit + 1)?,
+            Anchor::Latest => messages_before(&mut conn, id, conversation, u64::MAX, hidden, limit + 1)?,
+            Anchor::Before(seq) => messages_before(&mut conn, id, conversation, seq, hidden, limit + 1)?,
+            Anchor::After(seq) => messages_after(&mut conn, id, conversation, seq.max(hidden), limit + 1)?,
         };
         Ok(history_page(rows, limit, anchor))
     }
@@ -691,7 +677,7 @@ impl Store for MySql {
     }
 
     fn conversations(&self, user: UserId) -> Result<Vec<ConversationState>, Error> {
-        Ok(conversation_states(&mut self.conn()?, user)?.into_iter().map(|(_, state)| state).collect())
+        Ok(conversation_states(&mut self.conn()?, user)?.into_iter().map(|(_, state, _)| state).collect())
     }
 
     fn sync(&self, user: UserId, cursors: &[Cursor], limit: usize) -> Result<Page, Error> {

@@ -2,9 +2,10 @@
 //!
 //! `docs/SCHEMA.md` explains the tables; this file is what runs. A store applies, in
 //! order, every migration above the highest version in `schema_version`, and records each
-//! one there. Each statement is idempotent on its own (`IF NOT EXISTS`), so a migration
-//! that was cut short (MySQL commits each DDL statement by itself) completes when run
-//! again. Never edit a released migration: add a new one.
+//! one there. Each statement is idempotent on its own (`IF NOT EXISTS`, or for an added
+//! MySQL column, the runner skipping "duplicate column name"), so a migration that was
+//! cut short (MySQL commits each DDL statement by itself) completes when run again.
+//! Never edit a released migration: add a new one.
 
 /// One step of the schema.
 pub(crate) struct Migration {
@@ -17,7 +18,7 @@ pub(crate) struct Migration {
 }
 
 /// The newest schema version this program knows.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Creates the version table itself, before anything else is read.
 pub(crate) const SQLITE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
@@ -89,6 +90,26 @@ pub(crate) const SQLITE: &[Migration] = &[
     },
     Migration {
         version: 2,
+        description: "private groups, invitations, history visibility",
+        // SQLite runs a migration in one transaction, so the column additions (which
+        // have no IF NOT EXISTS) are all done or none.
+        statements: &[
+            // Groups made before this version become private; their members stay.
+            "ALTER TABLE chat_groups ADD COLUMN is_public INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE chat_groups ADD COLUMN shared_history INTEGER NOT NULL DEFAULT 0",
+            // Existing members keep seeing everything they could see.
+            "ALTER TABLE group_members ADD COLUMN visible_after_seq INTEGER NOT NULL DEFAULT 0",
+            "CREATE TABLE IF NOT EXISTS group_invitations (
+                group_id INTEGER NOT NULL REFERENCES chat_groups (id),
+                user_id INTEGER NOT NULL REFERENCES users (id),
+                inviter_id INTEGER NOT NULL REFERENCES users (id),
+                expires_at_ms INTEGER NOT NULL,
+                PRIMARY KEY (group_id, user_id)
+            ) WITHOUT ROWID",
+        ],
+    },
+    Migration {
+        version: 3,
         description: "session tokens",
         statements: &[
             "CREATE TABLE IF NOT EXISTS session_tokens (
@@ -192,6 +213,29 @@ pub(crate) const MYSQL: &[Migration] = &[
     },
     Migration {
         version: 2,
+        description: "private groups, invitations, history visibility",
+        // MySQL has no ADD COLUMN IF NOT EXISTS; a column that a cut-short run already
+        // added is skipped by the migration runner (duplicate column name).
+        statements: &[
+            // Groups made before this version become private; their members stay.
+            "ALTER TABLE chat_groups ADD COLUMN is_public TINYINT UNSIGNED NOT NULL DEFAULT 0",
+            "ALTER TABLE chat_groups ADD COLUMN shared_history TINYINT UNSIGNED NOT NULL DEFAULT 0",
+            // Existing members keep seeing everything they could see.
+            "ALTER TABLE group_members ADD COLUMN visible_after_seq BIGINT UNSIGNED NOT NULL DEFAULT 0",
+            "CREATE TABLE IF NOT EXISTS group_invitations (
+                group_id BIGINT UNSIGNED NOT NULL,
+                user_id BIGINT UNSIGNED NOT NULL,
+                inviter_id BIGINT UNSIGNED NOT NULL,
+                expires_at_ms BIGINT NOT NULL,
+                PRIMARY KEY (group_id, user_id),
+                CONSTRAINT group_invitations_group FOREIGN KEY (group_id) REFERENCES chat_groups (id),
+                CONSTRAINT group_invitations_user FOREIGN KEY (user_id) REFERENCES users (id),
+                CONSTRAINT group_invitations_inviter FOREIGN KEY (inviter_id) REFERENCES users (id)
+            ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+        ],
+    },
+    Migration {
+        version: 3,
         description: "session tokens",
         statements: &["CREATE TABLE IF NOT EXISTS session_tokens (
             id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,

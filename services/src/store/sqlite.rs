@@ -17,18 +17,20 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use super::schema::{self, SQLITE, SQLITE_VERSION_TABLE};
 use super::{
     check_new_message, collect_sync, duplicate, history_page, name_key, now_ms, Anchor, ConversationState,
-    Credentials, Cursor, Error, Group, Message, NewMessage, NewToken, Page, Sent, Store, User,
+    Credentials, Cursor, Error, Group, GroupSettings, Invitation, Message, NewMessage, NewToken, Page, Sent,
+    Store, User,
 };
 use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};
 use crate::limits;
 
+mod groups;
 mod queries;
 mod tokens;
 
 use self::queries::{
-    check_participant, conversation_row, conversation_states, find_sent, group_from_row, is_unique_violation,
-    messages_after, messages_before, raise_cursor, require_group, require_user, user_from_row, USER_COLUMNS,
+    check_participant, conversation_row, conversation_states, find_sent, is_unique_violation, messages_after,
+    messages_before, raise_cursor, require_group, require_user, user_from_row, USER_COLUMNS,
 };
 
 /// How long a write waits for another connection's write lock before failing.
@@ -244,22 +246,10 @@ impl Store for Sqlite {
         })
     }
 
-    fn create_group(&self, owner: UserId, name: &str) -> Result<Group, Error> {
+    fn create_group(&self, owner: UserId, name: &str, settings: GroupSettings) -> Result<Group, Error> {
         limits::check_group_name(name)?;
-        let created_at_ms = now_ms();
-        self.write(|tx| {
-            require_user(tx, owner)?;
-            tx.prepare_cached("INSERT INTO chat_groups (name, owner_id, created_at_ms) VALUES (?1, ?2, ?3)")?
-                .execute(params![name, owner, created_at_ms])?;
-            let id = GroupId(tx.last_insert_rowid() as u64);
-            tx.prepare_cached(
-                "INSERT INTO group_members (group_id, user_id, joined_at_ms) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![id, owner, created_at_ms])?;
-            tx.prepare_cached("INSERT INTO conversations (group_id, last_seq) VALUES (?1, 0)")?
-                .execute([id])?;
-            Ok(Group { id, name: name.to_owned(), owner, created_at_ms })
-        })
+        let now = now_ms();
+        self.write(|tx| groups::create(tx, owner, name, settings, now))
     }
 
     fn group(&self, id: GroupId) -> Result<Group, Error> {
@@ -268,80 +258,28 @@ impl Store for Sqlite {
 
     fn join_group(&self, user: UserId, group: GroupId) -> Result<Group, Error> {
         let now = now_ms();
-        self.write(|tx| {
-            let found = require_group(tx, group)?;
-            require_user(tx, user)?;
-            let inserted = tx
-                .prepare_cached(
-                    "INSERT INTO group_members (group_id, user_id, joined_at_ms)
-                     VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![group, user, now]);
-            match inserted {
-                Ok(_) => {}
-                Err(e) if is_unique_violation(&e) => {
-                    return Err(Error::AlreadyExists(format!(
-                        "user {user} is already a member of group {group}"
-                    )))
-                }
-                Err(e) => return Err(e.into()),
-            }
-            let (id, last_seq) = conversation_row(tx, ConversationId::Group(group))?
-                .ok_or_else(|| Error::Corrupt(format!("group {group} has no conversation row")))?;
-            raise_cursor(tx, user, id, last_seq)?;
-            Ok(found)
-        })
+        self.write(|tx| groups::join(tx, user, group, now))
     }
 
     fn leave_group(&self, user: UserId, group: GroupId) -> Result<(), Error> {
-        self.write(|tx| {
-            let found = require_group(tx, group)?;
-            let removed = tx
-                .prepare_cached("DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2")?
-                .execute(params![group, user])?;
-            if removed == 0 {
-                return Err(Error::NotFound(format!("user {user} is not a member of group {group}")));
-            }
-            if found.owner == user {
-                let heir: Option<u64> = tx
-                    .prepare_cached(
-                        "SELECT user_id FROM group_members WHERE group_id = ?1
-                         ORDER BY id LIMIT 1",
-                    )?
-                    .query_row([group], |row| row.get(0))
-                    .optional()?;
-                if let Some(heir) = heir {
-                    tx.prepare_cached("UPDATE chat_groups SET owner_id = ?1 WHERE id = ?2")?
-                        .execute(params![heir, group])?;
-                }
-            }
-            Ok(())
-        })
+        self.write(|tx| groups::leave(tx, user, group))
+    }
+
+    fn invite(&self, inviter: UserId, group: GroupId, user: UserId) -> Result<Invitation, Error> {
+        let now = now_ms();
+        self.write(|tx| groups::invite(tx, inviter, group, user, now))
+    }
+
+    fn remove_member(&self, owner: UserId, group: GroupId, member: UserId) -> Result<(), Error> {
+        self.write(|tx| groups::remove_member(tx, owner, group, member))
     }
 
     fn groups_of(&self, user: UserId) -> Result<Vec<Group>, Error> {
-        self.read(|tx| {
-            let mut stmt = tx.prepare_cached(
-                "SELECT g.id, g.name, g.owner_id, g.created_at_ms FROM group_members gm
-                 JOIN chat_groups g ON g.id = gm.group_id
-                 WHERE gm.user_id = ?1 ORDER BY g.id",
-            )?;
-            let rows = stmt.query_map([user], group_from_row)?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
+        self.read(|tx| groups::of_user(tx, user))
     }
 
     fn group_members(&self, group: GroupId) -> Result<Vec<User>, Error> {
-        self.read(|tx| {
-            require_group(tx, group)?;
-            let mut stmt = tx.prepare_cached(
-                "SELECT u.id, u.name, u.created_at_ms FROM group_members gm
-                 JOIN users u ON u.id = gm.user_id
-                 WHERE gm.group_id = ?1 ORDER BY gm.id",
-            )?;
-            let rows = stmt.query_map([group], user_from_row)?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
+        self.read(|tx| groups::members(tx, group))
     }
 
     fn send(&self, message: &NewMessage<'_>) -> Result<Sent, Error> {
@@ -415,14 +353,14 @@ impl Store for Sqlite {
         let conversation = conversation.normalized();
         let limit = limits::page_size(limit, limits::HISTORY_PAGE_DEFAULT, limits::HISTORY_PAGE_MAX);
         self.read(|tx| {
-            check_participant(tx, user, conversation)?;
+            let hidden = check_participant(tx, user, conversation)?;
             let Some((id, _)) = conversation_row(tx, conversation)? else {
                 return Ok(Page::default());
             };
             let rows = match anchor {
-                Anchor::Latest => messages_before(tx, id, conversation, None, limit + 1)?,
-                Anchor::Before(seq) => messages_before(tx, id, conversation, Some(seq), limit + 1)?,
-                Anchor::After(seq) => messages_after(tx, id, conversation, seq, limit + 1)?,
+                Anchor::Latest => messages_before(tx, id, conversation, None, hidden, limit + 1)?,
+                Anchor::Before(seq) => messages_before(tx, id, conversation, Some(seq), hidden, limit + 1)?,
+                Anchor::After(seq) => messages_after(tx, id, conversation, seq.max(hidden), limit + 1)?,
             };
             Ok(history_page(rows, limit, anchor))
         })
@@ -446,7 +384,7 @@ impl Store for Sqlite {
     }
 
     fn conversations(&self, user: UserId) -> Result<Vec<ConversationState>, Error> {
-        self.read(|tx| Ok(conversation_states(tx, user)?.into_iter().map(|(_, state)| state).collect()))
+        self.read(|tx| Ok(conversation_states(tx, user)?.into_iter().map(|(_, state, _)| state).collect()))
     }
 
     fn sync(&self, user: UserId, cursors: &[Cursor], limit: usize) -> Result<Page, Error> {

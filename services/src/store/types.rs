@@ -49,6 +49,45 @@ pub struct Group {
     pub owner: UserId,
     /// When the group was created, in milliseconds since the Unix epoch.
     pub created_at_ms: i64,
+    /// True when anyone may join; a private group is joined only by invitation.
+    pub public: bool,
+    /// Which messages a member may read.
+    pub history: HistoryVisibility,
+}
+
+/// Which of a group's messages a member may read. Chosen at creation; it never changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HistoryVisibility {
+    /// Messages stored after the member's latest join only: someone who leaves and
+    /// joins again sees only what came after they came back.
+    #[default]
+    Joined,
+    /// Every message of the group, from before the member joined too.
+    Shared,
+}
+
+/// How a new group admits members and shows its history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GroupSettings {
+    /// True when anyone may join; false (the default) when joining takes an invitation
+    /// from a member.
+    pub public: bool,
+    /// Which messages members may read; [`HistoryVisibility::Joined`] by default.
+    pub history: HistoryVisibility,
+}
+
+/// A member's invitation of a user into a group, good until it expires, the user joins,
+/// or the member who made it leaves the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Invitation {
+    /// The group.
+    pub group: GroupId,
+    /// The invited user.
+    pub user: UserId,
+    /// The member who invited them (the latest one, when several did).
+    pub inviter: UserId,
+    /// When it expires, in milliseconds since the Unix epoch.
+    pub expires_at_ms: i64,
 }
 
 /// A stored message.

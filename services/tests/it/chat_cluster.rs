@@ -39,14 +39,32 @@ pub struct Cluster {
     zk_root: String,
     /// Flags every process shares.
     common: Vec<String>,
+    /// The Redis every process keeps presence in.
+    redis: String,
 }
 
 impl Cluster {
+    /// Processes on the shared backends.
     pub fn new() -> Cluster {
+        Cluster::with_redis(&redis_url())
+    }
+
+    /// Processes on the shared ZooKeeper and MariaDB, and the Redis at `redis`.
+    pub fn with_redis(redis: &str) -> Cluster {
         let database = unique_name("chatroom_test");
         let zk_root = format!("/{}", unique_name("chatroom_test"));
         let common = vec!["--zk".into(), zk(), "--zk-root".into(), zk_root.clone()];
-        Cluster { children: Vec::new(), database, zk_root, common }
+        Cluster { children: Vec::new(), database, zk_root, common, redis: redis.to_owned() }
+    }
+
+    /// The key prefix of the processes' presence table.
+    pub fn redis_prefix(&self) -> String {
+        format!("{}:", self.database)
+    }
+
+    /// The process id of the process started as `name`.
+    pub fn pid(&mut self, name: &str) -> u32 {
+        self.child(name).id()
     }
 
     /// Starts `chatroom <args>` and returns the address it printed last on its first line.
@@ -55,12 +73,15 @@ impl Cluster {
             .args(args)
             .args(&self.common)
             .env("CHATROOM_MYSQL_URL", with_database(&mysql_url(), &self.database))
-            .env("CHATROOM_REDIS_URL", redis_url())
-            .env("CHATROOM_REDIS_PREFIX", format!("{}:", self.database))
+            .env("CHATROOM_REDIS_URL", &self.redis)
+            .env("CHATROOM_REDIS_PREFIX", self.redis_prefix())
             .env("RUST_LOG", "warn")
             // Full-cost argon2 takes most of a second per hash in a debug build.
             .env("CHATROOM_HASH_MEMORY_KIB", "256")
             .env("CHATROOM_HASH_ITERATIONS", "1")
+            // Every user comes from 127.0.0.1; the throttle has tests of its own.
+            .env("CHATROOM_LOGIN_ADDRESS_BURST", "0")
+            .env("CHATROOM_REGISTER_ADDRESS_BURST", "0")
             .stdout(Stdio::piped())
             .spawn()
             .expect("the chatroom binary starts");

@@ -28,8 +28,13 @@ use services::api::{self, GatewayClient};
 use services::cluster::{self, Process, State};
 use services::{presence, Presence, UserId};
 
-use crate::chat_standalone::{direct, gateway_at, group, user_at, System, PASSWORD};
+use crate::chat_standalone::{direct, gateway_at, group, public_group, user_at, System, PASSWORD};
 use crate::support::{mysql_url, redis_url, unique_name, wait_until, with_database};
+
+/// The scenarios log many users in from 127.0.0.1: the per-address limits are off (the
+/// throttle has tests of its own, `throttle_cluster`).
+pub const UNTHROTTLED: &[(&str, &str)] =
+    &[("CHATROOM_LOGIN_ADDRESS_BURST", "0"), ("CHATROOM_REGISTER_ADDRESS_BURST", "0")];
 
 /// Where ZooKeeper is for the test.
 fn zk() -> String {
@@ -72,10 +77,15 @@ impl Cluster {
     /// Starts a cluster; fails the test, naming the command that starts the backends, if
     /// it cannot.
     pub fn up(shape: Shape) -> Cluster {
-        Cluster::try_up(shape).unwrap_or_else(|e| panic!("{e}"))
+        Cluster::up_with(shape, UNTHROTTLED)
     }
 
-    fn try_up(shape: Shape) -> Result<Cluster, String> {
+    /// Starts a cluster whose processes also get the environment `env`.
+    pub fn up_with(shape: Shape, env: &[(&str, &str)]) -> Cluster {
+        Cluster::try_up(shape, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_up(shape: Shape, env: &[(&str, &str)]) -> Result<Cluster, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let database = unique_name("chatroom_test");
         let watchdog = watchdog(dir.path(), &database)?;
@@ -111,6 +121,7 @@ impl Cluster {
                 // Full-cost argon2 takes most of a second per hash in a debug build.
                 .env("CHATROOM_HASH_MEMORY_KIB", "256")
                 .env("CHATROOM_HASH_ITERATIONS", "1")
+                .envs(env.iter().copied())
                 .output()
                 .map_err(|e| format!("cannot run the chatroom binary: {e}"))?;
             if up.status.success() {
@@ -128,6 +139,11 @@ impl Cluster {
             }
         }
         Err(failure)
+    }
+
+    /// What `up` recorded: every process with its address.
+    pub fn state(&self) -> &State {
+        &self.state
     }
 
     /// Where clients connect (nginx).
@@ -240,7 +256,7 @@ fn free_port() -> u16 {
 static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
 
 fn shared() -> &'static Cluster {
-    let shared = SHARED.get_or_init(|| Cluster::try_up(Shape::default()));
+    let shared = SHARED.get_or_init(|| Cluster::try_up(Shape::default(), UNTHROTTLED));
     shared.as_ref().unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -284,7 +300,7 @@ fn users_on_different_proxies_chat_one_to_one_and_in_a_group() {
     assert_eq!(reply.message.unwrap().seq, 2);
     assert_eq!(alice_client.wait_messages(1)[0].body, "to the other");
 
-    let id = alice_client.gateway.create_group(&api::CreateGroupRequest { name: "both".into() }).unwrap();
+    let id = alice_client.gateway.create_group(&public_group("both")).unwrap();
     let id = id.group.unwrap().id;
     bob_client.gateway.join_group(&api::JoinGroupRequest { group_id: id }).unwrap();
     for (client, _) in &others {
@@ -358,9 +374,11 @@ impl Receiver {
         let gateway = gateway_at(addr, move |event| {
             let _ = tx.lock().unwrap().send(event);
         });
-        let request = api::RegisterRequest { name: name.into(), password: PASSWORD.into() };
+        let request =
+            api::RegisterRequest { name: name.into(), password: PASSWORD.into(), ..Default::default() };
         gateway.register(&request).expect("registers");
-        let request = api::LoginRequest { name: name.into(), password: PASSWORD.into() };
+        let request =
+            api::LoginRequest { name: name.into(), password: PASSWORD.into(), ..Default::default() };
         let user = gateway.login(&request).expect("logs in").user.unwrap();
         let receiver = Receiver {
             gateway,
@@ -464,7 +482,7 @@ fn a_chat_service_killed_while_messages_flow_loses_nothing_and_stores_nothing_tw
     let receivers: Vec<(Receiver, api::User)> =
         (0..2).map(|i| Receiver::login(system.addr(), &system.name(&format!("r{i}")))).collect();
     let senders: Vec<_> = (0..SENDERS).map(|i| system.user(&format!("s{i}"))).collect();
-    let group_id = senders[0].0.gateway.create_group(&api::CreateGroupRequest { name: "flow".into() });
+    let group_id = senders[0].0.gateway.create_group(&public_group("flow"));
     let group_id = group_id.unwrap().group.unwrap().id;
     for (client, _) in &senders[1..] {
         client.gateway.join_group(&api::JoinGroupRequest { group_id }).unwrap();
@@ -681,7 +699,8 @@ fn a_proxy_killed_with_sigkill_loses_nothing_and_leaves_nobody_online() {
     // The one who stayed away finds everything when they come back, later, with the
     // password.
     let (client, user, _) = gone;
-    let request = api::LoginRequest { name: user.name.clone(), password: PASSWORD.into() };
+    let request =
+        api::LoginRequest { name: user.name.clone(), password: PASSWORD.into(), ..Default::default() };
     retry("the last user logs in again", deadline, || client.gateway.login(&request));
     let cursor = api::Cursor { conversation: Some(direct(&watcher_user, user)), seq: 1 };
     let synced = client.gateway.sync(&api::SyncRequest { cursors: vec![cursor], limit: 0 }).unwrap();

@@ -75,7 +75,8 @@ fn users_of_a_killed_proxy_resume_on_the_other_without_a_password_check() {
     let login = |addr, name: &str| {
         let client = connect(addr);
         client.register(name);
-        let request = api::LoginRequest { name: name.into(), password: PASSWORD.into() };
+        let request =
+            api::LoginRequest { name: name.into(), password: PASSWORD.into(), ..Default::default() };
         let login = client.gateway.login(&request).expect("logs in");
         (client, login.user.unwrap(), login.session_token.expect("a token"))
     };

@@ -43,6 +43,8 @@ pub fn config(dir: &std::path::Path) -> standalone::Config {
         lease_ttl: Duration::from_secs(5),
         // Full-cost argon2 is slow in debug builds and proves nothing more here.
         hashing: auth::Config { memory_kib: 256, iterations: 1, parallelism: 1 },
+        // The scenarios log many users in from 127.0.0.1; the throttle has tests of its own.
+        throttle: services::throttle::Config::unlimited(),
         ..standalone::Config::default()
     }
 }
@@ -134,12 +136,14 @@ pub fn user_at(addr: std::net::SocketAddr, name: &str) -> (Client, api::User) {
 
 impl Client {
     pub fn register(&self, name: &str) -> api::User {
-        let request = api::RegisterRequest { name: name.into(), password: PASSWORD.into() };
+        let request =
+            api::RegisterRequest { name: name.into(), password: PASSWORD.into(), ..Default::default() };
         self.gateway.register(&request).expect("registers").user.unwrap()
     }
 
     pub fn login(&self, name: &str) -> api::LoginResponse {
-        let request = api::LoginRequest { name: name.into(), password: PASSWORD.into() };
+        let request =
+            api::LoginRequest { name: name.into(), password: PASSWORD.into(), ..Default::default() };
         self.gateway.login(&request).expect("logs in")
     }
 
@@ -180,6 +184,11 @@ pub fn direct(a: &api::User, b: &api::User) -> api::Conversation {
     api::Conversation { kind: Some(api::conversation::Kind::Direct(pair)) }
 }
 
+/// A request for a public group: anyone joins it, with no invitation.
+pub fn public_group(name: &str) -> api::CreateGroupRequest {
+    api::CreateGroupRequest { name: name.into(), public: true, ..Default::default() }
+}
+
 pub fn group(id: u64) -> api::Conversation {
     api::Conversation { kind: Some(api::conversation::Kind::GroupId(id)) }
 }
@@ -197,13 +206,22 @@ pub fn accounts_and_sessions_answer_with_clear_errors(system: &System) {
     );
     let alice = system.register(&client, "alice");
     assert_eq!(alice.name, system.name("alice"));
-    let taken = api::RegisterRequest { name: system.name("alice").to_uppercase(), password: PASSWORD.into() };
+    let taken = api::RegisterRequest {
+        name: system.name("alice").to_uppercase(),
+        password: PASSWORD.into(),
+        ..Default::default()
+    };
     assert_eq!(code(client.gateway.register(&taken)), Code::AlreadyExists);
-    let bad_name = api::RegisterRequest { name: "a".into(), password: PASSWORD.into() };
+    let bad_name = api::RegisterRequest { name: "a".into(), password: PASSWORD.into(), ..Default::default() };
     assert_eq!(code(client.gateway.register(&bad_name)), Code::InvalidArgument);
-    let short_password = api::RegisterRequest { name: system.name("bob"), password: "short".into() };
+    let short_password =
+        api::RegisterRequest { name: system.name("bob"), password: "short".into(), ..Default::default() };
     assert_eq!(code(client.gateway.register(&short_password)), Code::InvalidArgument);
-    let wrong = api::LoginRequest { name: system.name("alice"), password: "not the password".into() };
+    let wrong = api::LoginRequest {
+        name: system.name("alice"),
+        password: "not the password".into(),
+        ..Default::default()
+    };
     assert_eq!(code(client.gateway.login(&wrong)), Code::Unauthenticated);
 
     let login = client.login(&system.name("Alice"));
@@ -224,7 +242,7 @@ pub fn calls_before_login_get_unauthenticated(system: &System) {
     let add = api::AddFriendRequest { friend: Some(api::add_friend_request::Friend::UserId(1)) };
     assert_eq!(code(gateway.add_friend(&add)), unauthenticated, "add_friend");
     assert_eq!(code(gateway.list_friends(&api::ListFriendsRequest {})), unauthenticated, "list_friends");
-    let create = api::CreateGroupRequest { name: "g".into() };
+    let create = api::CreateGroupRequest { name: "g".into(), ..Default::default() };
     assert_eq!(code(gateway.create_group(&create)), unauthenticated, "create_group");
     assert_eq!(code(gateway.join_group(&api::JoinGroupRequest { group_id: 1 })), unauthenticated);
     assert_eq!(code(gateway.list_groups(&api::ListGroupsRequest {})), unauthenticated, "list_groups");
@@ -236,7 +254,8 @@ pub fn calls_before_login_get_unauthenticated(system: &System) {
     assert_eq!(code(gateway.ack(&ack)), unauthenticated, "ack");
 
     // A failed login leaves the connection without a session; the connection still works.
-    let wrong = api::LoginRequest { name: system.name("anyone"), password: PASSWORD.into() };
+    let wrong =
+        api::LoginRequest { name: system.name("anyone"), password: PASSWORD.into(), ..Default::default() };
     assert_eq!(code(gateway.login(&wrong)), unauthenticated, "login as nobody");
     assert_eq!(code(gateway.sync(&api::SyncRequest::default())), unauthenticated, "sync after it");
     let me = system.register(&client, "anyone");
@@ -249,7 +268,8 @@ pub fn a_duplicate_name_is_refused_whatever_the_case_and_the_connection(system: 
     let original = system.register(&first, "dup");
     for taken in [system.name("dup"), system.name("DUP"), system.name("Dup").to_uppercase()] {
         // From another connection, which behind nginx is often another proxy.
-        let request = api::RegisterRequest { name: taken.clone(), password: PASSWORD.into() };
+        let request =
+            api::RegisterRequest { name: taken.clone(), password: PASSWORD.into(), ..Default::default() };
         let refused = system.connect().gateway.register(&request).expect_err("a taken name is refused");
         assert_eq!(refused.code(), Code::AlreadyExists, "{taken}");
     }
@@ -300,8 +320,7 @@ pub fn only_members_send_to_a_group_and_members_get_it_pushed(system: &System) {
     let (alice_client, _alice) = system.user("alice");
     let (bob_client, _bob) = system.user("bob");
     let (carol_client, _carol) = system.user("carol");
-    let created =
-        alice_client.gateway.create_group(&api::CreateGroupRequest { name: "team".into() }).unwrap();
+    let created = alice_client.gateway.create_group(&public_group("team")).unwrap();
     let id = created.group.unwrap().id;
     bob_client.gateway.join_group(&api::JoinGroupRequest { group_id: id }).unwrap();
 
@@ -352,7 +371,7 @@ pub fn a_second_login_kicks_the_first_session(system: &System) {
 
 /// Logs `name` in on `client` with `password`, returning the session token.
 fn login_with(client: &Client, name: &str, password: &str) -> api::SessionToken {
-    let request = api::LoginRequest { name: name.into(), password: password.into() };
+    let request = api::LoginRequest { name: name.into(), password: password.into(), ..Default::default() };
     let login = client.gateway.login(&request).expect("logs in");
     login.session_token.expect("a login gives a session token")
 }
@@ -418,7 +437,8 @@ pub fn a_password_change_revokes_every_session_token(system: &System) {
     let other = system.connect();
     assert_eq!(code(resume(&other, &laptop_token)), unauthenticated(), "the other device's token is revoked");
     assert_eq!(code(resume(&other, &phone_token)), unauthenticated(), "this session's old token too");
-    let old_login = api::LoginRequest { name: carol.name.clone(), password: PASSWORD.into() };
+    let old_login =
+        api::LoginRequest { name: carol.name.clone(), password: PASSWORD.into(), ..Default::default() };
     assert_eq!(code(other.gateway.login(&old_login)), unauthenticated(), "the old password is refused");
 
     // The fresh token resumes; the new password logs in.
@@ -466,8 +486,10 @@ fn a_restart_keeps_users_friends_groups_and_messages() {
         let befriend =
             api::AddFriendRequest { friend: Some(api::add_friend_request::Friend::UserId(bob.id)) };
         alice_client.gateway.add_friend(&befriend).unwrap();
-        let group =
-            alice_client.gateway.create_group(&api::CreateGroupRequest { name: "kept".into() }).unwrap();
+        let group = alice_client
+            .gateway
+            .create_group(&api::CreateGroupRequest { name: "kept".into(), ..Default::default() })
+            .unwrap();
         let group_id = group.group.unwrap().id;
         alice_client.send(direct(&alice, &bob), "a-1", "still there?").unwrap();
         let to_group = api::Conversation { kind: Some(api::conversation::Kind::GroupId(group_id)) };
@@ -498,10 +520,15 @@ pub fn bad_input_gets_clear_errors_and_the_proxy_keeps_serving(system: &System) 
     let (alice_client, alice) = system.user("alice");
     let bob = system.register(&system.connect(), "bob");
 
-    let unknown = api::LoginRequest { name: system.name("nobody"), password: PASSWORD.into() };
+    let unknown =
+        api::LoginRequest { name: system.name("nobody"), password: PASSWORD.into(), ..Default::default() };
     let refused = system.connect().gateway.login(&unknown).expect_err("an unknown user cannot log in");
     assert_eq!(refused.code(), Code::Unauthenticated);
-    let wrong = api::LoginRequest { name: alice.name.clone(), password: "not the password".into() };
+    let wrong = api::LoginRequest {
+        name: alice.name.clone(),
+        password: "not the password".into(),
+        ..Default::default()
+    };
     let also_refused = system.connect().gateway.login(&wrong).expect_err("a wrong password is refused");
     assert_eq!(refused.into_status().message, also_refused.into_status().message, "the same answer for both");
 
@@ -544,7 +571,7 @@ pub fn friends_groups_and_history_work_through_the_gateway(system: &System) {
     let nobody = api::FindUserRequest { name: system.name("nobody"), ..Default::default() };
     assert_eq!(code(alice_client.gateway.find_user(&nobody)), Code::NotFound);
 
-    let id = alice_client.gateway.create_group(&api::CreateGroupRequest { name: "g".into() }).unwrap();
+    let id = alice_client.gateway.create_group(&public_group("g")).unwrap();
     let id = id.group.unwrap().id;
     bob_client.gateway.join_group(&api::JoinGroupRequest { group_id: id }).unwrap();
     assert_eq!(
@@ -576,7 +603,7 @@ pub fn friends_groups_and_history_work_through_the_gateway(system: &System) {
 /// on the cluster behind nginx in `chat_nginx`.
 macro_rules! chat_suite {
     ($start:path) => {
-        chat_suite!(@tests $start;
+        chat_suite!(@tests $start; chat_standalone;
             accounts_and_sessions_answer_with_clear_errors,
             calls_before_login_get_unauthenticated,
             a_duplicate_name_is_refused_whatever_the_case_and_the_connection,
@@ -591,12 +618,18 @@ macro_rules! chat_suite {
             a_session_token_resumes_the_session_until_logout,
             a_password_change_revokes_every_session_token,
         );
+        chat_suite!(@tests $start; chat_groups;
+            a_private_group_is_joined_only_by_invitation,
+            the_owner_removes_a_member_who_then_cannot_read_or_send,
+            a_late_joiner_reads_from_their_join_on_unless_history_is_shared,
+            a_public_group_is_open_to_anyone,
+        );
     };
-    (@tests $start:path; $($name:ident,)*) => {
+    (@tests $start:path; $module:ident; $($name:ident,)*) => {
         $(
             #[test]
             fn $name() {
-                $crate::chat_standalone::$name(&$start());
+                $crate::$module::$name(&$start());
             }
         )*
     };

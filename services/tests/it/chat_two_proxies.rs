@@ -25,7 +25,7 @@ use services::proxies::Proxies;
 use services::user_service::UserService;
 use services::{auth, presence, proxy, serve, store, Presence, Served, Store, UserId};
 
-use crate::chat_standalone::{connect, direct, group, user_at, PASSWORD};
+use crate::chat_standalone::{connect, direct, group, public_group, user_at, PASSWORD};
 use crate::support::wait_until;
 
 /// The whole cluster, in-process. Fields drop in order: proxies first.
@@ -120,7 +120,7 @@ fn users_on_different_proxies_chat_one_to_one_and_in_a_group() {
     let got = alice_client.wait_messages(1);
     assert_eq!((got[0].seq, got[0].body.as_str()), (2, "hello from B"));
 
-    let id = alice_client.gateway.create_group(&api::CreateGroupRequest { name: "ab".into() }).unwrap();
+    let id = alice_client.gateway.create_group(&public_group("ab")).unwrap();
     let id = id.group.unwrap().id;
     for member in [&bob_client, &carol_client] {
         member.gateway.join_group(&api::JoinGroupRequest { group_id: id }).unwrap();
@@ -296,7 +296,7 @@ fn a_connection_reset_while_its_login_runs_leaves_nobody_online() {
     // connection (SO_LINGER 0). The proxy ends the connection at once (a reset, unlike a
     // half-close, does not wait for its calls), before the login has bound a session.
     let mut raw = TcpStream::connect(client.local_addr()).unwrap();
-    let login = api::LoginRequest { name: "alice".into(), password: PASSWORD.into() };
+    let login = api::LoginRequest { name: "alice".into(), password: PASSWORD.into(), ..Default::default() };
     let mut frame = BytesMut::new();
     rpc_core::frame::put_request(
         &mut frame,

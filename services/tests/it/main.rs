@@ -8,7 +8,8 @@
 //! own, created for it and dropped after it; every Redis test uses keys under a prefix of
 //! its own.
 //!
-//! `chat_standalone` runs the chat scenarios end to end against the standalone system;
+//! `chat_standalone` runs the chat scenarios end to end against the standalone system
+//! (with the private-group scenarios of `chat_groups`);
 //! `chat_two_proxies` runs the cross-proxy ones against two in-process proxies;
 //! `chat_cluster` runs the `chatroom` binary's processes against MariaDB, Redis and
 //! ZooKeeper (`CHATROOM_ZK`, default `127.0.0.1:2181`), including graceful stops on
@@ -16,11 +17,15 @@
 //! (`chatroom cluster up`), and kills a chat service and a proxy with SIGKILL;
 //! `chat_resume` kills a proxy with SIGKILL and resumes its users' sessions on the other
 //! with their session tokens, counting the user service's password checks.
+//! `redis_faults` restarts, and kills and empties, a Redis of its own under the
+//! processes of `chat_cluster`; `send_outcomes` stops their only chat service with
+//! SIGSTOP while messages are sent.
 //!
 //! [`Store`]: services::Store
 //! [`Presence`]: services::Presence
 
 mod chat_cluster;
+mod chat_groups;
 #[macro_use]
 mod chat_standalone;
 mod chat_nginx;
@@ -29,6 +34,8 @@ mod chat_two_proxies;
 mod client_cli;
 mod cluster_up_down;
 mod proto;
+mod redis_faults;
+mod send_outcomes;
 mod support;
 
 #[macro_use]
@@ -40,3 +47,7 @@ mod store_sqlite;
 mod presence_suite;
 mod presence_memory;
 mod presence_redis;
+
+mod throttle_e2e;
+#[macro_use]
+mod throttle_suite;

@@ -67,8 +67,9 @@ fn leases_are_prefixed_keys_with_an_expiry_and_a_schedule() {
     f.presence.claim(UserId(42), "proxy-a", Duration::from_secs(30)).unwrap();
     let mut keys = f.keys();
     keys.sort();
-    let [expiries, owners, lease] = ["expiries", "owners", "user:42"].map(|k| format!("{}{k}", f.prefix));
-    assert_eq!(keys, [expiries.clone(), owners.clone(), lease.clone()]);
+    let [memo, expiries, owners, lease] =
+        ["call:42", "expiries", "owners", "user:42"].map(|k| format!("{}{k}", f.prefix));
+    assert_eq!(keys, [memo.clone(), expiries.clone(), owners.clone(), lease.clone()]);
     let client = redis::Client::open(f.url.as_str()).unwrap();
     let mut conn = client.get_connection().unwrap();
     let ttl_ms: i64 = redis::cmd("PTTL").arg(&lease).query(&mut conn).unwrap();
@@ -82,9 +83,11 @@ fn leases_are_prefixed_keys_with_an_expiry_and_a_schedule() {
     assert!((now_ms + 29_000..=now_ms + 30_000).contains(&(due as u64)), "{due} vs now {now_ms}");
     let last: String = redis::cmd("HGET").arg(&owners).arg("42").query(&mut conn).unwrap();
     assert_eq!(last, "proxy-a");
-    // A release leaves nothing behind.
+    // A release leaves nothing behind but its answer, kept for a retry for a minute.
     assert!(f.presence.release(UserId(42), "proxy-a").unwrap());
-    assert_eq!(f.keys(), Vec::<String>::new());
+    assert_eq!(f.keys(), std::slice::from_ref(&memo));
+    let memo_ms: i64 = redis::cmd("PTTL").arg(&memo).query(&mut conn).unwrap();
+    assert!((0..=60_000).contains(&memo_ms), "{memo_ms}");
 }
 
 #[test]

@@ -27,6 +27,8 @@ fn compiles_with_the_expected_services() {
         "LeaveGroup",
         "ListGroups",
         "GroupMembers",
+        "Invite",
+        "RemoveMember",
         "SendMessage",
         "History",
         "Sync",

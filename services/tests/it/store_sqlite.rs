@@ -27,6 +27,10 @@ impl Fixture for SqliteFixture {
     fn reopen(&self) -> Box<dyn Store> {
         Box::new(Sqlite::open(self.dir.path().join("data").join("chat.db")).expect("reopen sqlite store"))
     }
+
+    fn execute(&self, sql: &str) {
+        rusqlite::Connection::open(self.store.path()).unwrap().execute(sql, []).unwrap();
+    }
 }
 
 store_suite!(fixture);
@@ -40,6 +44,43 @@ fn file_is_in_wal_mode() {
     let version: u32 =
         conn.query_row("SELECT MAX(version) FROM schema_version", [], |row| row.get(0)).unwrap();
     assert_eq!(version, services::store::SCHEMA_VERSION);
+}
+
+/// A database from before private groups, made by undoing versions 3 and 2 on a fresh one, is
+/// migrated when opened: its groups become private with their members kept, who read
+/// everything they could read before.
+#[test]
+fn a_version_1_database_gets_private_groups() {
+    use crate::store_suite::{group_of, names, send, user, OPEN};
+    use services::store::{Anchor, Error, HistoryVisibility};
+    let f = fixture();
+    let store = &f.store;
+    let (alice, bob, carol) = (user(store, "alice"), user(store, "bob"), user(store, "carol"));
+    let group = store.create_group(alice.id, "old", OPEN).unwrap();
+    send(store, &alice, group_of(&group), "a-1", "from the old days");
+    store.join_group(bob.id, group.id).unwrap();
+    let conn = rusqlite::Connection::open(f.store.path()).unwrap();
+    conn.execute_batch(
+        "DROP TABLE session_tokens;
+         DELETE FROM schema_version WHERE version = 3;
+         DROP TABLE group_invitations;
+         ALTER TABLE chat_groups DROP COLUMN is_public;
+         ALTER TABLE chat_groups DROP COLUMN shared_history;
+         ALTER TABLE group_members DROP COLUMN visible_after_seq;
+         DELETE FROM schema_version WHERE version = 2;",
+    )
+    .unwrap();
+
+    let reopened = Sqlite::open(f.store.path()).expect("migrates");
+    let migrated = reopened.group(group.id).unwrap();
+    assert!(!migrated.public);
+    assert_eq!(migrated.history, HistoryVisibility::Joined);
+    assert_eq!(names(&reopened.group_members(group.id).unwrap()), ["alice", "bob"]);
+    let page = reopened.history(bob.id, group_of(&group), Anchor::Latest, 10).unwrap();
+    assert_eq!(page.messages.len(), 1, "bob still reads what he joined to");
+    assert!(matches!(reopened.join_group(carol.id, group.id), Err(Error::NotFound(_))));
+    reopened.invite(bob.id, group.id, carol.id).unwrap();
+    reopened.join_group(carol.id, group.id).unwrap();
 }
 
 #[test]

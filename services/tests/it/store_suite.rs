@@ -2,17 +2,21 @@
 //! `store_suite!(fixture_fn)` turns every case into a `#[test]` for one implementation.
 
 use services::limits;
-use services::store::{Anchor, Cursor, Error, Group, NewMessage, Page, Store, User};
+use services::store::{
+    Anchor, Cursor, Error, Group, GroupSettings, HistoryVisibility, NewMessage, Page, Store, User,
+};
 use services::{ConversationId, GroupId, UserId};
 
 // The cases, by subject; the helpers below are shared by all of them.
 mod accounts;
+mod private_groups;
 mod reading;
 mod sending;
 mod social;
 mod tokens;
 
 pub use self::accounts::*;
+pub use self::private_groups::*;
 pub use self::reading::*;
 pub use self::sending::*;
 pub use self::social::*;
@@ -25,6 +29,9 @@ pub trait Fixture: Sync {
     /// A second, independent handle on the same database, as another process (or a
     /// restarted one) would open it.
     fn reopen(&self) -> Box<dyn Store>;
+    /// Runs one SQL statement on the database directly, as an operator would (the
+    /// cases use it to move time stamps into the past).
+    fn execute(&self, sql: &str);
 }
 
 /// Generates one `#[test]` per case, each with a fresh fixture from `$fixture()`.
@@ -40,6 +47,12 @@ macro_rules! store_suite {
             groups_create_join_list_and_members,
             group_rules,
             owner_leaving_hands_the_group_on,
+            a_private_group_takes_an_invitation,
+            non_members_cannot_tell_a_private_group_from_a_missing_one,
+            invitations_are_bounded_renewed_expired_and_withdrawn,
+            the_owner_removes_members_who_then_cannot_read_or_send,
+            joined_history_starts_at_the_latest_join,
+            shared_history_shows_everything,
             direct_messages_are_numbered_per_conversation,
             send_rules,
             bodies_are_stored_exactly,
@@ -72,6 +85,10 @@ macro_rules! store_suite {
         )*
     };
 }
+
+/// Groups as they were before they could be private: anyone joins and reads everything.
+/// The cases about other subjects use these, so that they test only their subject.
+pub const OPEN: GroupSettings = GroupSettings { public: true, history: HistoryVisibility::Shared };
 
 pub const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
 
@@ -125,6 +142,11 @@ pub fn assert_exists<T: std::fmt::Debug>(result: Result<T, Error>) {
 #[track_caller]
 pub fn assert_denied<T: std::fmt::Debug>(result: Result<T, Error>) {
     assert!(matches!(result, Err(Error::PermissionDenied(_))), "expected PermissionDenied, got {result:?}");
+}
+
+#[track_caller]
+pub fn assert_exhausted<T: std::fmt::Debug>(result: Result<T, Error>) {
+    assert!(matches!(result, Err(Error::ResourceExhausted(_))), "expected ResourceExhausted, got {result:?}");
 }
 
 #[track_caller]

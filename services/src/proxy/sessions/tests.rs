@@ -86,6 +86,7 @@ enum Op {
     Release,
     Lookup,
     RenewAll,
+    Reclaim,
 }
 
 /// The next call of an operation stops at the gate, says so, and waits to be let go.
@@ -171,6 +172,10 @@ impl Presence for Gated {
         self.run(Op::RenewAll, || self.memory.renew_all(users, owner, ttl))
     }
 
+    fn reclaim(&self, user: UserId, owner: &str, ttl: Duration) -> Result<Option<String>, presence::Error> {
+        self.run(Op::Reclaim, || self.memory.reclaim(user, owner, ttl))
+    }
+
     fn release(&self, user: UserId, owner: &str) -> Result<bool, presence::Error> {
         self.run(Op::Release, || self.memory.release(user, owner))
     }
@@ -193,9 +198,14 @@ struct Rig {
 
 impl Rig {
     fn new() -> Rig {
+        Rig::with_ttl(TTL)
+    }
+
+    /// A rig whose leases last `lease_ttl`.
+    fn with_ttl(lease_ttl: Duration) -> Rig {
         let presence = Arc::new(Gated::default());
         let announced = Recorder::default();
-        let config = Config { owner: ME.into(), lease_ttl: TTL };
+        let config = Config { owner: ME.into(), lease_ttl };
         let sessions = Sessions::new(config, presence.clone(), Box::new(announced.clone()));
         Rig { sessions: Arc::new(sessions), presence, announced }
     }
@@ -360,7 +370,7 @@ fn renewal_renews_every_session_and_ends_only_those_whose_lease_was_lost() {
     let _ = rig.sessions.login(ALICE, &c1).unwrap();
     let _ = rig.sessions.login(BOB, &c2).unwrap();
     rig.claim_elsewhere(BOB);
-    assert_eq!(rig.sessions.renew(), 1);
+    assert_eq!(rig.sessions.renew().unwrap(), 1);
     assert_eq!(rig.presence.renewed.lock().unwrap().clone(), [vec![ALICE, BOB]]);
     assert_eq!(rig.sessions.user_of(c1.id), Some(ALICE));
     assert_eq!(c1.kicked(), None);
@@ -370,8 +380,58 @@ fn renewal_renews_every_session_and_ends_only_those_whose_lease_was_lost() {
     assert!(rig.announced.made().is_empty());
     // With no session left to renew, nothing is asked of the table.
     let _ = rig.sessions.end(c1.id);
-    assert_eq!(rig.sessions.renew(), 0);
+    assert_eq!(rig.sessions.renew().unwrap(), 0);
     assert_eq!(rig.presence.renewed.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn renewal_takes_back_a_lease_the_table_lost_and_keeps_the_session_without_announcing() {
+    let rig = Rig::new();
+    let c1 = Conn::new(1);
+    let login = rig.sessions.login(ALICE, &c1).unwrap();
+    rig.sessions.announce_online(&login);
+    // The table loses alice's lease, as a presence backend restarted empty does.
+    assert!(rig.presence.memory.release(ALICE, ME).unwrap());
+    assert_eq!(rig.sessions.renew().unwrap(), 0);
+    assert_eq!(rig.holder(ALICE).as_deref(), Some(ME), "taken back");
+    assert_eq!(rig.sessions.user_of(c1.id), Some(ALICE));
+    assert_eq!(c1.kicked(), None);
+    assert_eq!(rig.announced.made(), [(ALICE, true)], "renewed within the TTL: nobody was told otherwise");
+}
+
+#[test]
+fn renewal_takes_back_a_lease_that_lapsed_and_was_swept_and_announces_the_user_online() {
+    let ttl = Duration::from_millis(50);
+    let rig = Rig::with_ttl(ttl);
+    let c1 = Conn::new(1);
+    let _ = rig.sessions.login(ALICE, &c1).unwrap();
+    // The proxy stalls past the TTL; a sweep (here or elsewhere) announces alice offline.
+    thread::sleep(ttl * 2);
+    assert_eq!(rig.sessions.sweep(10, Instant::now() + STUCK), 1);
+    assert_eq!(rig.announced.made(), [(ALICE, false)]);
+    assert_eq!(rig.sessions.renew().unwrap(), 0);
+    assert_eq!(rig.sessions.user_of(c1.id), Some(ALICE));
+    assert_eq!(rig.holder(ALICE).as_deref(), Some(ME));
+    assert_eq!(rig.announced.made(), [(ALICE, false), (ALICE, true)], "friends hear she is back");
+}
+
+#[test]
+fn a_session_that_ends_while_its_lease_is_taken_back_leaves_no_lease() {
+    let rig = Rig::new();
+    let c1 = Conn::new(1);
+    let _ = rig.sessions.login(ALICE, &c1).unwrap();
+    assert!(rig.presence.memory.release(ALICE, ME).unwrap());
+    let reclaim = rig.presence.hold(Op::Reclaim, true);
+    let renewal = rig.spawn(|s| s.renew());
+    reclaim.reached();
+    // Alice logs out while her lease is being taken back; the release waits for the lane.
+    let logout = rig.spawn(|s| s.end(ConnectionId(1)));
+    rig.until_waiting(1);
+    reclaim.release();
+    assert_eq!(finishes(renewal).unwrap(), 0);
+    assert_eq!(finishes(logout), Some(ALICE));
+    assert_eq!(rig.holder(ALICE), None, "the lease taken back was released");
+    assert_eq!(rig.announced.made(), [(ALICE, false)]);
 }
 
 #[test]
@@ -624,7 +684,7 @@ fn a_renewal_in_flight_blocks_no_login_or_logout_and_resurrects_nothing() {
     assert_eq!(finishes(rig.spawn(|s| s.end(ConnectionId(1)))), Some(ALICE));
     renew_all.release();
     // Alice's lease was gone when the renewal ran: lost, for a session that is gone too.
-    assert_eq!(finishes(renewal), 0);
+    assert_eq!(finishes(renewal).unwrap(), 0);
     assert_eq!(rig.holder(ALICE), None);
     assert!(rig.sessions.connection_of(ALICE).is_none());
     assert_eq!(rig.sessions.user_of(c2.id), Some(BOB));
@@ -645,7 +705,7 @@ fn a_lease_renewal_found_lost_ends_only_the_session_that_still_owns_it() {
     let login = rig.sessions.login(ALICE, &c2).unwrap();
     assert_eq!(login.elsewhere.as_deref(), Some(OTHER));
     renew_all.release();
-    assert_eq!(finishes(renewal), 0);
+    assert_eq!(finishes(renewal).unwrap(), 0);
     assert_eq!(c2.kicked(), None, "the newer session is spared");
     assert_eq!(rig.sessions.user_of(c2.id), Some(ALICE));
     assert_eq!(c1.kicked().as_deref(), Some(REPLACED));

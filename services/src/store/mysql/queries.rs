@@ -6,23 +6,27 @@ use mysql::prelude::Queryable;
 use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};
 use crate::store::{
-    conversation_from_columns, not_participant, ConversationState, Error, Group, Message, User,
+    conversation_from_columns, member_or_hidden, not_participant, ConversationState, Error, Group,
+    HistoryVisibility, Message, StateRow, User,
 };
 
 pub(super) type UserRow = (u64, String, i64);
-pub(super) type GroupRow = (u64, String, u64, i64);
+pub(super) type GroupRow = (u64, String, u64, i64, bool, bool);
 pub(super) type MessageRow = (u64, u64, String, String, i64);
 
 pub(super) const USER_COLUMNS: &str = "id, name, created_at_ms";
-pub(super) const GROUP_COLUMNS: &str = "id, name, owner_id, created_at_ms";
+/// A group's columns, prefixed with `g.` so that they serve joins too.
+pub(super) const GROUP_COLUMNS: &str =
+    "g.id, g.name, g.owner_id, g.created_at_ms, g.is_public, g.shared_history";
 pub(super) const MESSAGE_COLUMNS: &str = "seq, sender_id, client_msg_id, body, sent_at_ms";
 
 pub(super) fn user_from((id, name, created_at_ms): UserRow) -> User {
     User { id: UserId(id), name, created_at_ms }
 }
 
-pub(super) fn group_from((id, name, owner, created_at_ms): GroupRow) -> Group {
-    Group { id: GroupId(id), name, owner: UserId(owner), created_at_ms }
+pub(super) fn group_from((id, name, owner, created_at_ms, public, shared): GroupRow) -> Group {
+    let history = if shared { HistoryVisibility::Shared } else { HistoryVisibility::Joined };
+    Group { id: GroupId(id), name, owner: UserId(owner), created_at_ms, public, history }
 }
 
 pub(super) fn message_from(
@@ -47,32 +51,38 @@ pub(super) fn require_user(q: &mut impl Queryable, id: UserId) -> Result<User, E
 pub(super) fn require_group(q: &mut impl Queryable, id: GroupId, lock: bool) -> Result<Group, Error> {
     let suffix = if lock { " FOR UPDATE" } else { "" };
     let row: Option<GroupRow> =
-        q.exec_first(format!("SELECT {GROUP_COLUMNS} FROM chat_groups WHERE id = ?{suffix}"), (id.0,))?;
-    row.map(group_from).ok_or_else(|| Error::NotFound(format!("group {id} does not exist")))
+        q.exec_first(format!("SELECT {GROUP_COLUMNS} FROM chat_groups g WHERE g.id = ?{suffix}"), (id.0,))?;
+    row.map(group_from).ok_or_else(|| Error::no_group(id))
+}
+
+/// The highest sequence number hidden from `user` in `group` (see
+/// [`check_participant`]), or `None` when they are not a member.
+pub(super) fn membership(q: &mut impl Queryable, user: UserId, group: GroupId) -> Result<Option<u64>, Error> {
+    Ok(q.exec_first(
+        "SELECT visible_after_seq FROM group_members WHERE group_id = ? AND user_id = ?",
+        (group.0, user.0),
+    )?)
 }
 
 pub(super) fn is_member(q: &mut impl Queryable, user: UserId, group: GroupId) -> Result<bool, Error> {
-    let row: Option<u8> =
-        q.exec_first("SELECT 1 FROM group_members WHERE group_id = ? AND user_id = ?", (group.0, user.0))?;
-    Ok(row.is_some())
+    Ok(membership(q, user, group)?.is_some())
 }
 
-/// Fails unless `user` may read and write `conversation` (which must be normalised).
+/// Fails unless `user` may read and write `conversation` (which must be normalised), and
+/// returns the highest sequence number hidden from them: in a group with
+/// [`HistoryVisibility::Joined`], the group's newest message when they last joined;
+/// otherwise 0.
 pub(super) fn check_participant(
     q: &mut impl Queryable,
     user: UserId,
     conversation: ConversationId,
-) -> Result<(), Error> {
+) -> Result<u64, Error> {
     match conversation {
-        ConversationId::Direct { low, high } if low == user || high == user => Ok(()),
+        ConversationId::Direct { low, high } if low == user || high == user => Ok(0),
         ConversationId::Direct { .. } => Err(not_participant(user, conversation)),
         ConversationId::Group(group) => {
-            require_group(q, group, false)?;
-            if is_member(q, user, group)? {
-                Ok(())
-            } else {
-                Err(not_participant(user, conversation))
-            }
+            let found = require_group(q, group, false)?;
+            membership(q, user, group)?.ok_or_else(|| member_or_hidden(user, &found))
         }
     }
 }
@@ -87,7 +97,7 @@ pub(super) fn check_sender(
     match conversation {
         ConversationId::Group(group) if is_member(q, user, group)? => Ok(()),
         // Not a member: find out whether the group exists, for the right error.
-        _ => check_participant(q, user, conversation),
+        _ => check_participant(q, user, conversation).map(drop),
     }
 }
 
@@ -204,56 +214,54 @@ pub(super) fn messages_after(
     Ok(rows.into_iter().map(|row| message_from(conversation, row)).collect())
 }
 
-/// Up to `n` messages of conversation row `id` before `before`, newest first.
+/// Up to `n` messages of conversation row `id` before `before` and after `hidden`,
+/// newest first.
 pub(super) fn messages_before(
     q: &mut impl Queryable,
     id: u64,
     conversation: ConversationId,
     before: u64,
+    hidden: u64,
     n: usize,
 ) -> Result<Vec<Message>, Error> {
     let rows: Vec<MessageRow> = q.exec(
         format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages \
-             WHERE conversation_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+             WHERE conversation_id = ? AND seq < ? AND seq > ? ORDER BY seq DESC LIMIT ?"
         ),
-        (id, before, n as u64),
+        (id, before, hidden, n as u64),
     )?;
     Ok(rows.into_iter().map(|row| message_from(conversation, row)).collect())
 }
 
-/// The user's conversations with their row ids, in the documented order.
-pub(super) fn conversation_states(
-    q: &mut impl Queryable,
-    user: UserId,
-) -> Result<Vec<(u64, ConversationState)>, Error> {
-    type Row = (u64, Option<u64>, Option<u64>, Option<u64>, u64, u64, u8);
+/// The user's conversations with their row ids and hidden prefixes, in the documented
+/// order.
+pub(super) fn conversation_states(q: &mut impl Queryable, user: UserId) -> Result<Vec<StateRow<u64>>, Error> {
+    type Row = (u64, Option<u64>, Option<u64>, Option<u64>, u64, u64, u64, u8);
     let rows: Vec<Row> = q.exec(
         "SELECT c.id, c.user_low, c.user_high, c.group_id, c.last_seq,
-                COALESCE(r.read_seq, 0), 0 AS part
+                COALESCE(r.read_seq, 0), 0 AS hidden, 0 AS part
          FROM conversations c
          LEFT JOIN read_cursors r ON r.conversation_id = c.id AND r.user_id = ?
          WHERE c.user_low = ? OR c.user_high = ?
          UNION ALL
          SELECT c.id, c.user_low, c.user_high, c.group_id, c.last_seq,
-                COALESCE(r.read_seq, 0), 1 AS part
+                COALESCE(r.read_seq, 0), gm.visible_after_seq, 1 AS part
          FROM group_members gm
          JOIN conversations c ON c.group_id = gm.group_id
          LEFT JOIN read_cursors r ON r.conversation_id = c.id AND r.user_id = ?
          WHERE gm.user_id = ?
-         ORDER BY 7, 1",
+         ORDER BY 8, 1",
         (user.0, user.0, user.0, user.0, user.0),
     )?;
     rows.into_iter()
-        .map(|(id, low, high, group, last_seq, read_seq, _)| {
-            Ok((
-                id,
-                ConversationState {
-                    conversation: conversation_from_columns(low, high, group)?,
-                    last_seq,
-                    read_seq: read_seq.min(last_seq),
-                },
-            ))
+        .map(|(id, low, high, group, last_seq, read_seq, hidden, _)| {
+            let state = ConversationState {
+                conversation: conversation_from_columns(low, high, group)?,
+                last_seq,
+                read_seq: read_seq.min(last_seq),
+            };
+            Ok((id, state, hidden))
         })
         .collect()
 }

@@ -8,7 +8,8 @@ use rusqlite::{params, ErrorCode, OptionalExtension, Row, ToSql, Transaction};
 use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};
 use crate::store::{
-    conversation_from_columns, not_participant, ConversationState, Error, Group, Message, User,
+    conversation_from_columns, member_or_hidden, not_participant, ConversationState, Error, Group,
+    HistoryVisibility, Message, StateRow, User,
 };
 
 /// Ids are bound as SQLite integers, which are signed. An id above `i64::MAX` (which a
@@ -44,7 +45,9 @@ pub(super) fn is_unique_violation(e: &rusqlite::Error) -> bool {
 }
 
 pub(super) const USER_COLUMNS: &str = "id, name, created_at_ms";
-pub(super) const GROUP_COLUMNS: &str = "id, name, owner_id, created_at_ms";
+/// A group's columns, prefixed with `g.` so that they serve joins too.
+pub(super) const GROUP_COLUMNS: &str =
+    "g.id, g.name, g.owner_id, g.created_at_ms, g.is_public, g.shared_history";
 
 pub(super) fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User { id: UserId(row.get(0)?), name: row.get(1)?, created_at_ms: row.get(2)? })
@@ -56,6 +59,8 @@ pub(super) fn group_from_row(row: &Row<'_>) -> rusqlite::Result<Group> {
         name: row.get(1)?,
         owner: UserId(row.get(2)?),
         created_at_ms: row.get(3)?,
+        public: row.get(4)?,
+        history: if row.get::<_, bool>(5)? { HistoryVisibility::Shared } else { HistoryVisibility::Joined },
     })
 }
 
@@ -84,36 +89,40 @@ pub(super) fn require_user(tx: &Transaction<'_>, id: UserId) -> Result<User, Err
 }
 
 pub(super) fn require_group(tx: &Transaction<'_>, id: GroupId) -> Result<Group, Error> {
-    tx.prepare_cached(&format!("SELECT {GROUP_COLUMNS} FROM chat_groups WHERE id = ?1"))?
+    tx.prepare_cached(&format!("SELECT {GROUP_COLUMNS} FROM chat_groups g WHERE g.id = ?1"))?
         .query_row([id], group_from_row)
         .optional()?
-        .ok_or_else(|| Error::NotFound(format!("group {id} does not exist")))
+        .ok_or_else(|| Error::no_group(id))
+}
+
+/// The highest sequence number hidden from `user` in `group` (see
+/// [`check_participant`]), or `None` when they are not a member.
+pub(super) fn membership(tx: &Transaction<'_>, user: UserId, group: GroupId) -> Result<Option<u64>, Error> {
+    Ok(tx
+        .prepare_cached("SELECT visible_after_seq FROM group_members WHERE group_id = ?1 AND user_id = ?2")?
+        .query_row(params![group, user], |row| row.get(0))
+        .optional()?)
 }
 
 pub(super) fn is_member(tx: &Transaction<'_>, user: UserId, group: GroupId) -> Result<bool, Error> {
-    Ok(tx
-        .prepare_cached("SELECT 1 FROM group_members WHERE group_id = ?1 AND user_id = ?2")?
-        .query_row(params![group, user], |_| Ok(()))
-        .optional()?
-        .is_some())
+    Ok(membership(tx, user, group)?.is_some())
 }
 
-/// Fails unless `user` may read and write `conversation` (which must be normalised).
+/// Fails unless `user` may read and write `conversation` (which must be normalised), and
+/// returns the highest sequence number hidden from them: in a group with
+/// [`HistoryVisibility::Joined`], the group's newest message when they last joined;
+/// otherwise 0.
 pub(super) fn check_participant(
     tx: &Transaction<'_>,
     user: UserId,
     conversation: ConversationId,
-) -> Result<(), Error> {
+) -> Result<u64, Error> {
     match conversation {
-        ConversationId::Direct { low, high } if low == user || high == user => Ok(()),
+        ConversationId::Direct { low, high } if low == user || high == user => Ok(0),
         ConversationId::Direct { .. } => Err(not_participant(user, conversation)),
         ConversationId::Group(group) => {
-            require_group(tx, group)?;
-            if is_member(tx, user, group)? {
-                Ok(())
-            } else {
-                Err(not_participant(user, conversation))
-            }
+            let found = require_group(tx, group)?;
+            membership(tx, user, group)?.ok_or_else(|| member_or_hidden(user, &found))
         }
     }
 }
@@ -191,43 +200,44 @@ pub(super) fn messages_after(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Up to `n` messages of conversation row `id` before `before` (or the newest), newest
-/// first.
+/// Up to `n` messages of conversation row `id` before `before` (or the newest) and after
+/// `hidden`, newest first.
 pub(super) fn messages_before(
     tx: &Transaction<'_>,
     id: i64,
     conversation: ConversationId,
     before: Option<u64>,
+    hidden: u64,
     n: usize,
 ) -> Result<Vec<Message>, Error> {
     let mut stmt = tx.prepare_cached(
         "SELECT seq, sender_id, client_msg_id, body, sent_at_ms FROM messages
-         WHERE conversation_id = ?1 AND (?2 IS NULL OR seq < ?2) ORDER BY seq DESC LIMIT ?3",
+         WHERE conversation_id = ?1 AND (?2 IS NULL OR seq < ?2) AND seq > ?3
+         ORDER BY seq DESC LIMIT ?4",
     )?;
-    let rows = stmt
-        .query_map(params![id, before.map(seq_param), n as u64], |row| message_from_row(conversation, row))?;
+    let rows = stmt.query_map(params![id, before.map(seq_param), seq_param(hidden), n as u64], |row| {
+        message_from_row(conversation, row)
+    })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The user's conversations with their row ids, in the documented order.
-pub(super) fn conversation_states(
-    tx: &Transaction<'_>,
-    user: UserId,
-) -> Result<Vec<(i64, ConversationState)>, Error> {
+/// The user's conversations with their row ids and hidden prefixes, in the documented
+/// order.
+pub(super) fn conversation_states(tx: &Transaction<'_>, user: UserId) -> Result<Vec<StateRow<i64>>, Error> {
     let mut stmt = tx.prepare_cached(
         "SELECT c.id, c.user_low, c.user_high, c.group_id, c.last_seq,
-                COALESCE(r.read_seq, 0), 0 AS part
+                COALESCE(r.read_seq, 0), 0 AS hidden, 0 AS part
          FROM conversations c
          LEFT JOIN read_cursors r ON r.conversation_id = c.id AND r.user_id = ?1
          WHERE c.user_low = ?1 OR c.user_high = ?1
          UNION ALL
          SELECT c.id, c.user_low, c.user_high, c.group_id, c.last_seq,
-                COALESCE(r.read_seq, 0), 1 AS part
+                COALESCE(r.read_seq, 0), gm.visible_after_seq, 1 AS part
          FROM group_members gm
          JOIN conversations c ON c.group_id = gm.group_id
          LEFT JOIN read_cursors r ON r.conversation_id = c.id AND r.user_id = ?1
          WHERE gm.user_id = ?1
-         ORDER BY 7, 1",
+         ORDER BY 8, 1",
     )?;
     let rows = stmt.query_map([user], |row| {
         Ok((
@@ -237,13 +247,15 @@ pub(super) fn conversation_states(
             row.get::<_, Option<u64>>(3)?,
             row.get::<_, u64>(4)?,
             row.get::<_, u64>(5)?,
+            row.get::<_, u64>(6)?,
         ))
     })?;
     let mut states = Vec::new();
     for row in rows {
-        let (id, low, high, group, last_seq, read_seq) = row?;
+        let (id, low, high, group, last_seq, read_seq, hidden) = row?;
         let conversation = conversation_from_columns(low, high, group)?;
-        states.push((id, ConversationState { conversation, last_seq, read_seq: read_seq.min(last_seq) }));
+        let state = ConversationState { conversation, last_seq, read_seq: read_seq.min(last_seq) };
+        states.push((id, state, hidden));
     }
     Ok(states)
 }

@@ -117,7 +117,7 @@ pub fn data_survives_reopening(f: &dyn Fixture) {
         let alice = user(store, "alice");
         let bob = user(store, "bob");
         store.add_friend(alice.id, bob.id).unwrap();
-        let group = store.create_group(alice.id, "g").unwrap();
+        let group = store.create_group(alice.id, "g", OPEN).unwrap();
         store.join_group(bob.id, group.id).unwrap();
         send(store, &alice, direct(&alice, &bob), "a1", "kept");
         send(store, &bob, group_of(&group), "b1", "kept too");

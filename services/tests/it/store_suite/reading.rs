@@ -48,7 +48,7 @@ pub fn history_is_for_participants_only(f: &dyn Fixture) {
     let bob = user(store, "bob");
     let eve = user(store, "eve");
     send(store, &alice, direct(&alice, &bob), "d1", "private");
-    let group = store.create_group(alice.id, "g").unwrap();
+    let group = store.create_group(alice.id, "g", OPEN).unwrap();
     store.join_group(bob.id, group.id).unwrap();
     send(store, &bob, group_of(&group), "g1", "members only");
 
@@ -114,7 +114,7 @@ pub fn sync_returns_missed_messages_across_conversations(f: &dyn Fixture) {
     let alice = user(store, "alice");
     let bob = user(store, "bob");
     let carol = user(store, "carol");
-    let group = store.create_group(carol.id, "g").unwrap();
+    let group = store.create_group(carol.id, "g", OPEN).unwrap();
     store.join_group(bob.id, group.id).unwrap();
     assert_eq!(store.sync(bob.id, &[], 0).unwrap(), Page::default(), "nothing to sync");
 
@@ -210,7 +210,7 @@ pub fn joining_a_group_starts_with_nothing_unread(f: &dyn Fixture) {
     let store = f.store();
     let alice = user(store, "alice");
     let dave = user(store, "dave");
-    let group = store.create_group(alice.id, "g").unwrap();
+    let group = store.create_group(alice.id, "g", OPEN).unwrap();
     for n in 1..=5 {
         send(store, &alice, group_of(&group), &format!("m{n}"), "before dave");
     }

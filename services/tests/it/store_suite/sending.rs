@@ -30,7 +30,7 @@ pub fn direct_messages_are_numbered_per_conversation(f: &dyn Fixture) {
         1,
         "each conversation counts alone"
     );
-    let group = store.create_group(alice.id, "g").unwrap();
+    let group = store.create_group(alice.id, "g", OPEN).unwrap();
     assert_eq!(send(store, &alice, group_of(&group), "a4", "hi group"), 1);
     assert_eq!(send(store, &alice, direct(&alice, &bob), "a5", "back"), 4);
 
@@ -46,7 +46,7 @@ pub fn send_rules(f: &dyn Fixture) {
     let alice = user(store, "alice");
     let bob = user(store, "bob");
     let carol = user(store, "carol");
-    let group = store.create_group(bob.id, "g").unwrap();
+    let group = store.create_group(bob.id, "g", OPEN).unwrap();
     let msg = |sender: &User, conversation, id: &'static str, body: &'static str| {
         store.send(&NewMessage { sender: sender.id, conversation, client_msg_id: id, body })
     };
@@ -185,7 +185,7 @@ pub fn concurrent_senders_get_distinct_gap_free_seqs(f: &dyn Fixture) {
     let stores: [&dyn Store; 2] = [f.store(), &*other];
     let store = f.store();
     let owner = user(store, "owner");
-    let group = store.create_group(owner.id, "busy").unwrap();
+    let group = store.create_group(owner.id, "busy", OPEN).unwrap();
     const THREADS: usize = 6;
     const EACH: usize = 20;
     let senders: Vec<User> = (0..THREADS)

@@ -59,11 +59,11 @@ pub fn groups_create_join_list_and_members(f: &dyn Fixture) {
     let bob = user(store, "bob");
     let carol = user(store, "carol");
 
-    let rust = store.create_group(alice.id, "Rust fans 🦀").unwrap();
+    let rust = store.create_group(alice.id, "Rust fans 🦀", OPEN).unwrap();
     assert_eq!(rust.owner, alice.id);
     assert_eq!(rust.name, "Rust fans 🦀");
     assert_eq!(store.group(rust.id).unwrap(), rust);
-    let tea = store.create_group(bob.id, "tea").unwrap();
+    let tea = store.create_group(bob.id, "tea", OPEN).unwrap();
     assert_ne!(rust.id, tea.id);
 
     assert_eq!(store.join_group(carol.id, rust.id).unwrap(), rust);
@@ -86,7 +86,7 @@ pub fn group_rules(f: &dyn Fixture) {
     let store = f.store();
     let alice = user(store, "alice");
     let bob = user(store, "bob");
-    let group = store.create_group(alice.id, "g").unwrap();
+    let group = store.create_group(alice.id, "g", OPEN).unwrap();
 
     assert_exists(store.join_group(alice.id, group.id));
     assert_not_found(store.join_group(bob.id, GroupId(999_999)));
@@ -95,9 +95,9 @@ pub fn group_rules(f: &dyn Fixture) {
     assert_not_found(store.leave_group(bob.id, GroupId(999_999)));
     assert_not_found(store.group(GroupId(999_999)));
     assert_not_found(store.group_members(GroupId(999_999)));
-    assert_not_found(store.create_group(UserId(999_999), "nobody's"));
+    assert_not_found(store.create_group(UserId(999_999), "nobody's", OPEN));
     for bad in ["", "   ", "tab\there", &"g".repeat(65)] {
-        let err = store.create_group(alice.id, bad).unwrap_err();
+        let err = store.create_group(alice.id, bad, OPEN).unwrap_err();
         assert!(matches!(err, Error::InvalidArgument(_)), "{bad:?}: {err:?}");
     }
     assert_eq!(store.groups_of(alice.id).unwrap(), [group]);
@@ -108,7 +108,7 @@ pub fn owner_leaving_hands_the_group_on(f: &dyn Fixture) {
     let alice = user(store, "alice");
     let bob = user(store, "bob");
     let carol = user(store, "carol");
-    let group = store.create_group(alice.id, "g").unwrap();
+    let group = store.create_group(alice.id, "g", OPEN).unwrap();
     store.join_group(bob.id, group.id).unwrap();
     store.join_group(carol.id, group.id).unwrap();
 
