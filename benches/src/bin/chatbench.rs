@@ -1090,18 +1090,24 @@ fn storm_run(
         }
     }
     let verdict = tally::verdict(acks.iter(), &conversations.members, |user, c| seen.get(&user)?.get(&c));
-    let mut back_ms: Vec<f64> = resumed
-        .iter()
-        .map(|&(_, back)| back.saturating_duration_since(killed_at).as_secs_f64() * 1000.0)
-        .collect();
+    let back: Vec<Duration> =
+        resumed.iter().map(|&(_, back)| back.saturating_duration_since(killed_at)).collect();
+    let dup = verdict.dup + counters.dup;
+    print_storm(n, victims, &back, &counters, verdict.lost, dup);
+    Ok(back.len() == victims && verdict.lost == 0 && dup == 0 && counters.acked > 0)
+}
+
+/// Prints what a storm saw: who came back when (`back`, from the kill), the other users'
+/// latency, the check, and the commonest errors.
+fn print_storm(n: usize, victims: usize, back: &[Duration], counters: &Counters, lost: u64, dup: u64) {
+    let mut back_ms: Vec<f64> = back.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     back_ms.sort_by(f64::total_cmp);
     let at = |q: f64| back_ms.get(((back_ms.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied();
     let latency = Latency::of(&counters.latency);
-    let all_back = resumed.len() == victims;
-    println!("storm     {n} users: {victims} on the killed proxy, {} on the other", survivors.len());
+    println!("storm     {n} users: {victims} on the killed proxy, {} on the other", n - victims);
     println!(
         "back      {} of {victims} resumed and synced; after the kill: p50 {:.0} ms, p99 {:.0} ms, last {:.0} ms",
-        resumed.len(),
+        back_ms.len(),
         at(0.5).unwrap_or(f64::NAN),
         at(0.99).unwrap_or(f64::NAN),
         back_ms.last().copied().unwrap_or(f64::NAN),
@@ -1110,18 +1116,10 @@ fn storm_run(
         "others    {} messages acknowledged, {} delivered; send-to-push p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
         counters.acked, counters.delivered, latency.p50, latency.p99, latency.p999
     );
-    println!(
-        "check     {} lost, {} duplicated, {} failed sends",
-        verdict.lost,
-        verdict.dup + counters.dup,
-        counters.failed
-    );
-    if !counters.errors.is_empty() {
-        let mut errors: Vec<_> = counters.errors.iter().collect();
-        errors.sort_by(|a, b| b.1.cmp(a.1));
-        for (what, count) in errors.iter().take(5) {
-            println!("error     {count} x {what}");
-        }
+    println!("check     {lost} lost, {dup} duplicated, {} failed sends", counters.failed);
+    let mut errors: Vec<_> = counters.errors.iter().collect();
+    errors.sort_by(|a, b| b.1.cmp(a.1));
+    for (what, count) in errors.iter().take(5) {
+        println!("error     {count} x {what}");
     }
-    Ok(all_back && verdict.lost == 0 && verdict.dup + counters.dup == 0 && counters.acked > 0)
 }
