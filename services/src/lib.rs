@@ -44,6 +44,7 @@ pub mod limits;
 pub mod presence;
 pub mod proxies;
 pub mod proxy;
+mod redis_pool;
 mod served;
 pub mod session_token;
 pub mod standalone;

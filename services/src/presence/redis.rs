@@ -22,7 +22,7 @@
 //!
 //! # Connections, and retrying on a fresh one
 //!
-//! Connections are pooled. When Redis restarts, every idle connection in the pool is
+//! Connections are pooled (`redis_pool.rs`, shared with the login throttle). When Redis restarts, every idle connection in the pool is
 //! dead, and each would fail the next request made on it. So a request whose pooled
 //! connection breaks (reset, closed, refused; not a timeout, which a slow server also
 //! causes) empties the pool, counts a break ([`Presence::breaks`]) and is sent once more
@@ -39,14 +39,13 @@
 //! * sweeping is not sent again: a sweep that ran took its leases out of the table, and
 //!   running it again would answer with others. The proxies sweep every second anyway.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
-use ::redis::{Client, Connection, RedisError, Script};
+use ::redis::{Connection, RedisError, Script};
 
 use super::{ttl_millis, Error, Lapsed, Presence};
 use crate::ids::UserId;
+use crate::redis_pool::{unreachable, Pool};
 
 /// Where Redis is and how the keys are named.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,20 +194,10 @@ return lapsed
 
 /// Presence leases in Redis.
 pub struct Redis {
-    /// Opens connections.
-    client: Client,
-    /// Idle connections, reused so that each call does not pay for a connect. A
-    /// connection that failed is dropped rather than returned, and one that broke takes
-    /// the others with it.
-    idle: Mutex<Vec<Connection>>,
-    /// How many times a pooled connection broke ([`Presence::breaks`]).
-    breaks: AtomicU64,
+    /// The connections; its breaks are [`Presence::breaks`].
+    pool: Pool,
     /// Put before every key.
     key_prefix: String,
-    /// For new connections.
-    connect_timeout: Duration,
-    /// For every command.
-    io_timeout: Duration,
     /// [`CLAIM`]; `redis::Script` sends `EVALSHA` and loads the script on `NOSCRIPT`.
     claim: Script,
     /// [`RENEW`].
@@ -245,14 +234,9 @@ impl Redis {
     /// [`Error::Unavailable`] when Redis cannot be reached, [`Error::Redis`] for a
     /// malformed URL or a refusal (for example a wrong password).
     pub fn with_config(config: &Config) -> Result<Self, Error> {
-        let client = Client::open(config.url.as_str())?;
         let presence = Redis {
-            client,
-            idle: Mutex::new(Vec::new()),
-            breaks: AtomicU64::new(0),
+            pool: Pool::new(&config.url, config.connect_timeout, config.io_timeout)?,
             key_prefix: config.key_prefix.clone(),
-            connect_timeout: config.connect_timeout,
-            io_timeout: config.io_timeout,
             claim: Script::new(CLAIM),
             renew: Script::new(RENEW),
             reclaim: Script::new(RECLAIM),
@@ -314,61 +298,14 @@ impl Redis {
     /// emptied and `f` runs once more on a fresh connection; only pass an `f` that may
     /// run twice (see the module head).
     fn with_conn<T>(&self, f: impl FnMut(&mut Connection) -> Result<T, RedisError>) -> Result<T, Error> {
-        self.run(f, true)
+        self.pool.run(f, true).map_err(classify)
     }
 
     /// [`Redis::with_conn`] for an `f` that must not run twice: a broken pooled
     /// connection still empties the pool, but the call fails.
     fn with_conn_once<T>(&self, f: impl FnMut(&mut Connection) -> Result<T, RedisError>) -> Result<T, Error> {
-        self.run(f, false)
+        self.pool.run(f, false).map_err(classify)
     }
-
-    fn run<T>(
-        &self,
-        mut f: impl FnMut(&mut Connection) -> Result<T, RedisError>,
-        retry: bool,
-    ) -> Result<T, Error> {
-        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        if let Some(mut conn) = pooled {
-            match f(&mut conn) {
-                Ok(value) => {
-                    self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
-                    return Ok(value);
-                }
-                Err(error) if broken(&error) => {
-                    // The server went away (a restart, a failover): the other idle
-                    // connections point at the same dead server.
-                    self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
-                    self.breaks.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(%error, retry, "a pooled redis connection broke; the pool is emptied");
-                    if !retry {
-                        return Err(classify(error));
-                    }
-                }
-                Err(error) => return Err(classify(error)),
-            }
-        }
-        let mut conn = self.connect()?;
-        let value = f(&mut conn).map_err(classify)?;
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
-        Ok(value)
-    }
-
-    /// A new connection with the configured time-outs.
-    fn connect(&self) -> Result<Connection, Error> {
-        let conn = self.client.get_connection_with_timeout(self.connect_timeout).map_err(classify)?;
-        conn.set_read_timeout(Some(self.io_timeout)).map_err(classify)?;
-        conn.set_write_timeout(Some(self.io_timeout)).map_err(classify)?;
-        Ok(conn)
-    }
-}
-
-/// Whether `error` says the connection is dead (closed, reset, refused), as opposed to
-/// slow (a time-out) or a refusal of the command.
-fn broken(error: &RedisError) -> bool {
-    error.is_connection_dropped()
-        || error.is_connection_refusal()
-        || (error.is_io_error() && !error.is_timeout())
 }
 
 /// What comes between the key prefix and the user id in a lease's key.
@@ -376,7 +313,7 @@ const USER: &str = "user:";
 
 /// Sorts connection failures into [`Error::Unavailable`].
 fn classify(e: RedisError) -> Error {
-    if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
+    if unreachable(&e) {
         Error::Unavailable(e.to_string())
     } else {
         Error::Redis(e)
@@ -397,7 +334,7 @@ impl Presence for Redis {
     }
 
     fn breaks(&self) -> u64 {
-        self.breaks.load(Ordering::Relaxed)
+        self.pool.breaks()
     }
 
     fn renew(&self, user: UserId, owner: &str, ttl: Duration) -> Result<bool, Error> {

@@ -7,12 +7,12 @@
 //! services count at once, and each sets the key's expiry to when the counter no longer
 //! matters plus the configured `forget_after`: nothing is left behind.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
-use ::redis::{Client, Connection, RedisError, Script};
+use ::redis::{Connection, RedisError, Script};
 
 use super::{Backoff, Bucket, Error, Throttle};
+use crate::redis_pool::{unreachable, Pool};
 
 /// Where Redis is and how the keys are named.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,17 +110,10 @@ return -1
 
 /// Throttle counters in Redis.
 pub struct Redis {
-    /// Opens connections.
-    client: Client,
-    /// Idle connections, reused so that each call does not pay for a connect. A
-    /// connection that failed is dropped rather than returned.
-    idle: Mutex<Vec<Connection>>,
+    /// The connections.
+    pool: Pool,
     /// Put before every key.
     key_prefix: String,
-    /// For new connections.
-    connect_timeout: Duration,
-    /// For every command.
-    io_timeout: Duration,
     /// [`take_script`].
     take: Script,
     /// [`give_back_script`].
@@ -144,11 +137,8 @@ impl Redis {
     /// malformed URL or a refusal (for example a wrong password).
     pub fn with_config(config: &Config) -> Result<Self, Error> {
         let throttle = Redis {
-            client: Client::open(config.url.as_str())?,
-            idle: Mutex::new(Vec::new()),
+            pool: Pool::new(&config.url, config.connect_timeout, config.io_timeout)?,
             key_prefix: config.key_prefix.clone(),
-            connect_timeout: config.connect_timeout,
-            io_timeout: config.io_timeout,
             take: Script::new(&take_script()),
             give_back: Script::new(&give_back_script()),
             begin_attempt: Script::new(BEGIN_ATTEMPT),
@@ -161,22 +151,11 @@ impl Redis {
         format!("{}{key}", self.key_prefix)
     }
 
-    /// Runs `f` on an idle connection (or a new one), and keeps the connection for the
-    /// next call only if `f` succeeded.
-    fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, RedisError>) -> Result<T, Error> {
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut conn = match idle {
-            Some(conn) => conn,
-            None => {
-                let conn = self.client.get_connection_with_timeout(self.connect_timeout).map_err(classify)?;
-                conn.set_read_timeout(Some(self.io_timeout)).map_err(classify)?;
-                conn.set_write_timeout(Some(self.io_timeout)).map_err(classify)?;
-                conn
-            }
-        };
-        let value = f(&mut conn).map_err(classify)?;
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
-        Ok(value)
+    /// Runs `f` on a pooled connection, and once more on a fresh one when the pooled
+    /// one turns out broken (Redis restarted). A step whose answer was lost may so count
+    /// twice: one token or one failure more, which errs on the side of refusing.
+    fn with_conn<T>(&self, f: impl FnMut(&mut Connection) -> Result<T, RedisError>) -> Result<T, Error> {
+        self.pool.run(f, true).map_err(classify)
     }
 
     /// Runs a bucket script on `key`.
@@ -205,7 +184,7 @@ fn wait(ms: i64) -> Option<Duration> {
 
 /// Sorts connection failures into [`Error::Unavailable`].
 fn classify(e: RedisError) -> Error {
-    if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
+    if unreachable(&e) {
         Error::Unavailable(e.to_string())
     } else {
         Error::Redis(e)
