@@ -6,7 +6,8 @@
 //! everything, and the sequences above it seen already (its own sends, pushes that
 //! overtook an earlier message): every message is printed once, and nothing is skipped.
 //! At login it Syncs what it missed; when a pushed message leaves a gap no earlier push
-//! or send explains, it Syncs the gap; when the connection is lost it logs in again and
+//! or send explains, it Syncs the gap; when the connection is lost it resumes the session
+//! with the session token its login was given (never sending the password again) and
 //! Syncs. A send carries a client message id (a per-process random prefix and a
 //! counter), reused when the send is retried (on an unknown outcome or while the system
 //! is unavailable, for up to 20 s), so a retry is never stored twice.
@@ -35,6 +36,7 @@ commands:
   register NAME PASSWORD        create an account
   login NAME PASSWORD           open a session (syncs what you missed)
   logout                        close the session
+  passwd OLD NEW                change your password (other devices must log in again)
   find NAME                     look a user up
   friend add NAME|ID            befriend a user
   friend remove NAME|ID         end a friendship
@@ -102,8 +104,9 @@ impl Out {
 /// What the client remembers across calls and reconnects.
 #[derive(Default)]
 struct State {
-    /// Name and password of the current session, to log in again after a reconnect.
-    credentials: Option<(String, String)>,
+    /// The session token of the current session, to resume it after a reconnect without
+    /// the password (which the client does not keep).
+    session_token: Option<String>,
     me: Option<api::User>,
     /// What has been seen of each conversation, by the user `seen_by`.
     seen: BTreeMap<ConversationId, Seen>,
@@ -269,7 +272,8 @@ impl Client {
                 );
             }
             Some(api::push::Event::Kicked(kicked)) => {
-                self.state().credentials = None;
+                // Another session replaced this one: resuming would kick it in turn.
+                self.state().session_token = None;
                 self.out.emit(
                     json!({"event": "kicked", "reason": kicked.reason}),
                     format!("* kicked: {}", kicked.reason),
@@ -369,15 +373,17 @@ impl Client {
     }
 
     fn on_disconnect(&self, reason: &str) {
-        let credentials = self.state().credentials.clone();
+        let logged_in = self.state().session_token.is_some();
         self.out
             .emit(json!({"event": "disconnected", "reason": reason}), format!("* connection lost: {reason}"));
-        let Some((name, password)) = credentials else { return };
+        if !logged_in {
+            return;
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut pause = Duration::from_millis(100);
         while Instant::now() < deadline {
             std::thread::sleep(pause);
-            match self.login(&name, &password, true) {
+            match self.resume() {
                 Ok(()) => return,
                 Err((_, code, _)) if code == "Unavailable" || code == "DeadlineExceeded" => {
                     pause = (pause * 2).min(Duration::from_secs(2));
@@ -390,7 +396,7 @@ impl Client {
         }
     }
 
-    fn login(&self, name: &str, password: &str, again: bool) -> Result<(), Failed> {
+    fn login(&self, name: &str, password: &str) -> Result<(), Failed> {
         {
             let mut state = self.state();
             let whose = name.to_ascii_lowercase();
@@ -402,10 +408,35 @@ impl Client {
         let request =
             api::LoginRequest { name: name.into(), password: password.into(), ..Default::default() };
         let response = self.gateway.login(&request).map_err(|e| failure("login", &e))?;
+        self.state().session_token = response.session_token.as_ref().map(|t| t.token.clone());
+        self.opened(response, false)
+    }
+
+    /// Opens the session again with the session token of the last login, after a lost
+    /// connection. When the token is refused (it expired, or the password changed
+    /// elsewhere) the client forgets it: the user logs in again.
+    fn resume(&self) -> Result<(), Failed> {
+        let Some(session_token) = self.state().session_token.clone() else {
+            return Err(("resume".into(), "Unauthenticated".into(), "not logged in".into()));
+        };
+        let response = match self.gateway.resume(&api::ResumeRequest { session_token }) {
+            Ok(response) => response,
+            Err(e) => {
+                if e.code() == rpc_core::Code::Unauthenticated {
+                    self.state().session_token = None;
+                }
+                return Err(failure("resume", &e));
+            }
+        };
+        self.opened(response, true)
+    }
+
+    /// Takes in the answer to a login or resume: who is logged in, friends, groups and
+    /// where each conversation starts; prints it, then Syncs.
+    fn opened(&self, response: api::LoginResponse, again: bool) -> Result<(), Failed> {
         let user = response.user.clone().unwrap_or_default();
         {
             let mut state = self.state();
-            state.credentials = Some((name.to_owned(), password.to_owned()));
             state.me = Some(user.clone());
             // A conversation not followed yet starts after what the user acknowledged.
             for conversation in &response.conversations {
@@ -539,9 +570,8 @@ impl Client {
                 Err(e) if Instant::now() < give_up && send_may_succeed_later(&e) => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_secs(2));
-                    let credentials = self.state().credentials.clone();
-                    if let Some((name, password)) = credentials {
-                        let _ = self.login(&name, &password, true);
+                    if self.state().session_token.is_some() {
+                        let _ = self.resume();
                     }
                 }
                 Err(e) => return Err(failure("send", &e)),
@@ -626,16 +656,27 @@ impl Client {
                 );
             }
             ["register", ..] => return Err(usage("register", "register NAME PASSWORD")),
-            ["login", name, password] => self.login(name, password, false)?,
+            ["login", name, password] => self.login(name, password)?,
             ["login", ..] => return Err(usage("login", "login NAME PASSWORD")),
             ["logout"] => {
                 self.gateway.logout(&api::LogoutRequest {}).map_err(|e| failure("logout", &e))?;
                 let mut state = self.state();
-                state.credentials = None;
+                state.session_token = None;
                 state.me = None;
                 drop(state);
                 ok(json!({"event": "logged_out"}), "logged out".to_owned());
             }
+            ["passwd", old, new] => {
+                let request =
+                    api::ChangePasswordRequest { old_password: (*old).into(), new_password: (*new).into() };
+                let response = self.gateway.change_password(&request).map_err(|e| failure("passwd", &e))?;
+                self.state().session_token = response.session_token.map(|t| t.token);
+                ok(
+                    json!({"event": "password_changed"}),
+                    "password changed; other devices must log in again".to_owned(),
+                );
+            }
+            ["passwd", ..] => return Err(usage("passwd", "passwd OLD NEW")),
             ["find", name] => {
                 let response = self
                     .gateway

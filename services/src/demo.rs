@@ -1,6 +1,6 @@
 //! `chatroom demo`: three bots hold a short scripted conversation through the gateway,
-//! printed as it happens, so a newcomer sees one-to-one chat, a group, presence and offline
-//! delivery work. It starts a standalone system in a temporary data directory, or uses a
+//! printed as it happens, so a newcomer sees one-to-one chat, a group, presence, a
+//! connection resumed with its session token, and offline delivery work. It starts a standalone system in a temporary data directory, or uses a
 //! running one (`--server`).
 
 use std::net::SocketAddr;
@@ -29,6 +29,8 @@ struct Bot {
     user: api::User,
     gateway: GatewayClient,
     pushes: mpsc::Receiver<api::push::Event>,
+    /// The session token of the bot's last login, to resume after a lost connection.
+    session_token: String,
 }
 
 fn connect(addr: SocketAddr) -> anyhow::Result<(GatewayClient, mpsc::Receiver<api::push::Event>)> {
@@ -61,13 +63,14 @@ impl Bot {
             api::RegisterRequest { name: name.clone(), password: PASSWORD.into(), ..Default::default() };
         let user = gateway.register(&request).context("register")?.user.unwrap_or_default();
         println!("{name:>10} | registered (id {})", user.id);
-        Ok(Bot { name, user, gateway, pushes })
+        Ok(Bot { name, user, gateway, pushes, session_token: String::new() })
     }
 
-    fn login(&self) -> anyhow::Result<api::LoginResponse> {
+    fn login(&mut self) -> anyhow::Result<api::LoginResponse> {
         let request =
             api::LoginRequest { name: self.name.clone(), password: PASSWORD.into(), ..Default::default() };
         let login = self.gateway.login(&request).context("login")?;
+        self.session_token = login.session_token.as_ref().map(|t| t.token.clone()).unwrap_or_default();
         let unread: u64 = login.conversations.iter().map(|c| c.unread).sum();
         println!(
             "{:>10} | logged in: {} friends, {} groups, {unread} unread",
@@ -76,6 +79,18 @@ impl Bot {
             login.groups.len()
         );
         Ok(login)
+    }
+
+    /// Drops the connection, as a network failure would, and opens the session again on
+    /// a new one with the session token: no password is sent.
+    fn reconnect(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        let (gateway, pushes) = connect(addr)?;
+        (self.gateway, self.pushes) = (gateway, pushes);
+        let request = api::ResumeRequest { session_token: self.session_token.clone() };
+        let resumed = self.gateway.resume(&request).context("resume")?;
+        let unread: u64 = resumed.conversations.iter().map(|c| c.unread).sum();
+        println!("{:>10} | resumed with the session token (no password): {unread} unread", self.name);
+        Ok(())
     }
 
     fn say(&self, to: api::Conversation, what: &str, body: &str, n: u64) -> anyhow::Result<()> {
@@ -145,9 +160,9 @@ fn script(addr: SocketAddr) -> anyhow::Result<()> {
     let tag: u16 = rand::thread_rng().gen();
     let [ann, ben, cat] = ["ann", "ben", "cat"].map(|n| format!("{n}{tag:04x}"));
     println!("\n== three bots register; ann and ben log in, cat stays offline");
-    let ann = Bot::register(addr, ann)?;
-    let ben = Bot::register(addr, ben)?;
-    let cat = Bot::register(addr, cat)?;
+    let mut ann = Bot::register(addr, ann)?;
+    let mut ben = Bot::register(addr, ben)?;
+    let mut cat = Bot::register(addr, cat)?;
     let people = [ann.user.clone(), ben.user.clone(), cat.user.clone()];
     let names =
         move |id: u64| people.iter().find(|u| u.id == id).map_or(format!("#{id}"), |u| u.name.clone());
@@ -167,6 +182,11 @@ fn script(addr: SocketAddr) -> anyhow::Result<()> {
     ben.expect_messages(1, &names)?;
     ben.say(direct(&ann.user, &ben.user), &ann.name, "sure, noon", 1)?;
     ann.expect_messages(1, &names)?;
+
+    println!("\n== ben's connection breaks; he comes back with his session token");
+    ben.reconnect(addr)?;
+    ann.say(direct(&ann.user, &ben.user), &ben.name, "welcome back", 4)?;
+    ben.expect_messages(1, &names)?;
 
     println!("\n== a private group: ann creates it and invites ben and cat, who join; then cat logs out");
     let club = ann

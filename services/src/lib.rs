@@ -23,7 +23,8 @@
 //!   handshake, and every channel between the processes proves it.
 //! * [`auth`] hashes and verifies passwords (argon2id); [`limits`] checks names,
 //!   passwords, message bodies and group names; [`throttle`] limits login and
-//!   registration attempts per account and per source address, in memory or Redis.
+//!   registration attempts per account and per source address, in memory or Redis;
+//!   [`session_token`] makes the tokens that resume a session without the password.
 //! * [`ConversationId`], [`UserId`] and [`GroupId`] name things across all of these.
 //!
 //! Threads and sockets belong to rpc-core's servers and channels: the services' methods
@@ -49,6 +50,7 @@ pub mod proxy;
 mod redis_pool;
 pub mod secret;
 mod served;
+pub mod session_token;
 pub mod standalone;
 pub mod store;
 pub mod throttle;

@@ -1,7 +1,7 @@
 //! The proxy (gateway): the rpc-core server clients connect to.
 //!
 //! It is the only place where a connection becomes a user: every `Gateway` call but
-//! `Register` and `Login` looks the caller up by its connection and fails with
+//! `Register`, `Login` and `Resume` looks the caller up by its connection and fails with
 //! Unauthenticated when there is no session, and every call it forwards to the user and
 //! chat services (through load-balanced stubs over the instances found in the registry)
 //! carries the session's user id, never one the client sent.
@@ -33,14 +33,18 @@
 //!
 //! The parts: [`sessions`] (the state), [`announcements`] (the record of announcements
 //! in flight), `gateway` and `delivery` (the two services, forwarding to [`Sessions`] and
-//! to the service stubs), `renewal` (the thread) and `running` (serving and shutdown).
+//! to the service stubs), `tokens` (each session's token, for `Logout` to revoke),
+//! `kicks` (the thread that kicks sessions replaced on other proxies, so that no worker
+//! waits on a crashed one), `renewal` (the thread) and `running` (serving and shutdown).
 
 pub mod announcements;
 mod delivery;
 mod gateway;
+mod kicks;
 mod renewal;
 mod running;
 pub mod sessions;
+mod tokens;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -132,8 +136,10 @@ struct Inner {
     chat: ChatServiceClient<Balanced>,
     /// The lease table, read for the contacts' online state.
     presence: Arc<dyn Presence>,
-    /// The other proxies, to kick a session one of them holds.
-    proxies: Proxies,
+    /// Kicks of sessions on other proxies that logins here replaced.
+    kicks: kicks::Kicks,
+    /// The session token of each connection's session, for `Logout` to revoke.
+    tokens: tokens::Tokens,
     /// Set when shutdown starts: every call is refused with Unavailable from then on, so
     /// no session starts while the proxy ends them.
     closing: AtomicBool,
@@ -169,11 +175,20 @@ impl Proxy {
             .with_timeout(config.call_timeout);
         let chat = ChatServiceClient::new(balanced(chat_service_rpc::SERVICE_NAME)?)
             .with_timeout(config.call_timeout);
-        let proxies = Proxies::discover(registry)?.with_credential(credential);
+        let proxies = Arc::new(Proxies::discover(registry)?.with_credential(credential));
+        let kicks = kicks::Kicks::start(proxies, config.instance_id.clone()).map_err(rpc_core::Error::Io)?;
         let leases = sessions::Config { owner: config.instance_id.clone(), lease_ttl: config.lease_ttl };
         let sessions = Sessions::new(leases, presence.clone(), Box::new(ToChatService(chat.clone())));
-        let inner =
-            Inner { config, sessions, users, chat, presence, proxies, closing: AtomicBool::new(false) };
+        let inner = Inner {
+            config,
+            sessions,
+            users,
+            chat,
+            presence,
+            kicks,
+            tokens: tokens::Tokens::default(),
+            closing: AtomicBool::new(false),
+        };
         Ok(Proxy { inner: Arc::new(inner) })
     }
 
@@ -192,8 +207,10 @@ impl Proxy {
         &self.inner.sessions
     }
 
-    /// Ends the session on a connection that closed, as a logout would.
+    /// Ends the session on a connection that closed, as a logout would, but leaves its
+    /// session token working: the client resumes with it.
     pub fn disconnected(&self, connection: ConnectionId) {
+        self.inner.tokens.remove(connection);
         self.inner.sessions.end(connection);
     }
 

@@ -20,7 +20,7 @@ use crate::proxies::Proxies;
 use crate::secret::{self, ClusterSecret};
 use crate::served::{serve, Served};
 use crate::user_service::UserService;
-use crate::{auth, presence, proxy, store, throttle, Presence, Store};
+use crate::{auth, presence, proxy, session_token, store, throttle, Presence, Store};
 
 /// The file the store keeps in the data directory.
 pub const DB_FILE: &str = "chatroom.db";
@@ -38,6 +38,8 @@ pub struct Config {
     pub hashing: auth::Config,
     /// Login and registration limits, counted in memory.
     pub throttle: throttle::Config,
+    /// Lifetime and number per user of session tokens.
+    pub tokens: session_token::Config,
     /// Settings of each of the three servers.
     pub server: server::Config,
     /// The secret the three prove to each other. `None`: the one in the data directory's
@@ -54,6 +56,7 @@ impl Default for Config {
             lease_ttl: Duration::from_secs(30),
             hashing: auth::Config::default(),
             throttle: throttle::Config::default(),
+            tokens: session_token::Config::default(),
             server: server::Config { workers: crate::SERVER_WORKERS, ..server::Config::default() },
             cluster_secret: None,
         }
@@ -145,7 +148,8 @@ impl Standalone {
 
         let user_service = UserService::new(store.clone())
             .with_hashing(config.hashing.clone())
-            .with_throttle(throttle::Limits::in_memory(config.throttle.clone()));
+            .with_throttle(throttle::Limits::in_memory(config.throttle.clone()))
+            .with_tokens(config.tokens.clone());
         let users = serve(UserServiceServer(user_service), &registry, loopback, internal())?;
         let proxies = Proxies::discover(&registry)?.with_credential(Some(secret.credential()));
         let chat_service = ChatService::new(store, presence.clone(), proxies);

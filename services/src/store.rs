@@ -64,7 +64,7 @@ pub use self::schema::VERSION as SCHEMA_VERSION;
 pub use self::sqlite::Sqlite;
 pub use self::types::{
     Anchor, ConversationState, Credentials, Cursor, Group, GroupSettings, HistoryVisibility, Invitation,
-    Message, NewMessage, Page, Sent, User,
+    Message, NewMessage, NewToken, Page, Sent, User,
 };
 
 /// Durable chat state. Every method is one transaction (or one read); implementations are
@@ -84,6 +84,39 @@ pub trait Store: Send + Sync {
     ///
     /// [`Error::NotFound`] when there is no such user.
     fn credentials(&self, name: &str) -> Result<Credentials, Error>;
+
+    /// Replaces `user`'s password hash and, in the same transaction, revokes every
+    /// session token of theirs, so that no session opened before the change can resume.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when the hash is empty, [`Error::NotFound`] when there
+    /// is no such user.
+    fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<(), Error>;
+
+    /// Stores a session token's hash, then deletes the user's expired tokens and all but
+    /// the newest [`NewToken::keep`] of the others (at least this one is kept).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when there is no such user.
+    fn add_session_token(&self, token: &NewToken) -> Result<(), Error>;
+
+    /// The user whose session token hashes to `hash`. An expired token is deleted and
+    /// answered as unknown.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when no unexpired token has this hash (never issued, expired,
+    /// revoked or pushed out by newer ones).
+    fn session_token_user(&self, hash: &[u8; 32]) -> Result<User, Error>;
+
+    /// Deletes the session token that hashes to `hash`; false when there was none.
+    ///
+    /// # Errors
+    ///
+    /// Only backend failures.
+    fn revoke_session_token(&self, hash: &[u8; 32]) -> Result<bool, Error>;
 
     /// The user with this id.
     ///
@@ -297,6 +330,11 @@ pub(crate) fn check_new_message(message: &NewMessage<'_>) -> Result<Conversation
         }
     }
     Ok(conversation)
+}
+
+/// The answer for a session token that does not (or no longer) open a session.
+pub(crate) fn unknown_token() -> Error {
+    Error::NotFound("the session token is unknown, expired or revoked".into())
 }
 
 /// The error for `user`, not a member, asking about `group`: PermissionDenied for a

@@ -14,7 +14,8 @@ use rpc_core::Status;
 use crate::api::{self, user_service_rpc};
 use crate::convert::{caller, group, group_settings, store_status, user};
 use crate::ids::{GroupId, UserId};
-use crate::{auth, limits, throttle, Store};
+use crate::store::NewToken;
+use crate::{auth, limits, session_token, throttle, Store};
 
 /// Implements [`user_service_rpc::UserService`]; serve it with
 /// [`api::UserServiceServer`].
@@ -25,6 +26,8 @@ pub struct UserService {
     hashing: auth::Config,
     /// Login and registration limits, asked before any password is hashed.
     throttle: throttle::Limits,
+    /// How long session tokens last and how many each user keeps.
+    tokens: session_token::Config,
 }
 
 impl UserService {
@@ -32,7 +35,12 @@ impl UserService {
     /// default limits counted in this process's memory.
     pub fn new(store: Arc<dyn Store>) -> Self {
         let throttle = throttle::Limits::in_memory(throttle::Config::default());
-        UserService { store, hashing: auth::Config::default(), throttle }
+        UserService {
+            store,
+            hashing: auth::Config::default(),
+            throttle,
+            tokens: session_token::Config::default(),
+        }
     }
 
     /// Limits logins and registrations with `limits` instead (a cluster counts in Redis,
@@ -40,6 +48,22 @@ impl UserService {
     pub fn with_throttle(mut self, limits: throttle::Limits) -> Self {
         self.throttle = limits;
         self
+    }
+
+    /// Issues session tokens with `config`'s lifetime and number per user instead.
+    pub fn with_tokens(mut self, config: session_token::Config) -> Self {
+        self.tokens = config;
+        self
+    }
+
+    /// A new session token for `user`, stored hashed.
+    fn issue_token_for(&self, user: UserId) -> Result<api::SessionToken, Status> {
+        let (token, hash) = session_token::generate();
+        let ttl_ms = i64::try_from(self.tokens.ttl.as_millis()).unwrap_or(i64::MAX);
+        let expires_at_ms = crate::store::now_ms().saturating_add(ttl_ms);
+        let new = NewToken { user, hash, expires_at_ms, keep: self.tokens.keep_per_user };
+        self.store.add_session_token(&new).map_err(store_status)?;
+        Ok(api::SessionToken { token, expires_at_ms })
     }
 
     /// Hashes new passwords at `config`'s cost instead (tests lower it).
@@ -54,6 +78,7 @@ impl std::fmt::Debug for UserService {
         f.debug_struct("UserService")
             .field("hashing", &self.hashing)
             .field("throttle", &self.throttle)
+            .field("tokens", &self.tokens)
             .finish_non_exhaustive()
     }
 }
@@ -62,6 +87,11 @@ impl std::fmt::Debug for UserService {
 /// it does not reveal which names exist.
 fn wrong_credentials() -> Status {
     Status::unauthenticated("wrong name or password")
+}
+
+/// The one answer to a session token that opens no session, whatever the reason.
+fn unknown_token() -> Status {
+    Status::unauthenticated("the session token is unknown, expired or revoked; log in with the password")
 }
 
 fn limit_status(error: limits::Error) -> Status {
@@ -122,6 +152,60 @@ impl user_service_rpc::UserService for UserService {
                 Err(Status::internal("the stored password hash is malformed"))
             }
         }
+    }
+
+    fn issue_token(&self, _ctx: &Context, request: api::IssueTokenCall) -> Result<api::SessionToken, Status> {
+        self.issue_token_for(caller(request.user_id)?)
+    }
+
+    fn resume_session(
+        &self,
+        _ctx: &Context,
+        request: api::ResumeRequest,
+    ) -> Result<api::VerifyLoginResponse, Status> {
+        let hash = session_token::hash(&request.session_token).ok_or_else(unknown_token)?;
+        match self.store.session_token_user(&hash) {
+            Ok(found) => Ok(api::VerifyLoginResponse { user: Some(user(found)) }),
+            Err(crate::store::Error::NotFound(_)) => Err(unknown_token()),
+            Err(e) => Err(store_status(e)),
+        }
+    }
+
+    fn revoke_token(
+        &self,
+        _ctx: &Context,
+        request: api::RevokeTokenCall,
+    ) -> Result<api::RevokeTokenResponse, Status> {
+        let revoked = match session_token::hash(&request.session_token) {
+            Some(hash) => self.store.revoke_session_token(&hash).map_err(store_status)?,
+            None => false,
+        };
+        Ok(api::RevokeTokenResponse { revoked })
+    }
+
+    fn change_password(
+        &self,
+        ctx: &Context,
+        request: api::ChangePasswordCall,
+    ) -> Result<api::ChangePasswordResponse, Status> {
+        let me = caller(request.user_id)?;
+        let call_source = request.source;
+        let request = request.request.ok_or_else(|| Status::invalid_argument("no passwords given"))?;
+        limits::check_password(&request.new_password).map_err(limit_status)?;
+        // The old password is checked exactly as a login checks it, limits and all.
+        let name = self.store.user(me).map_err(store_status)?.name;
+        let login = api::LoginRequest { name, password: request.old_password, source: call_source };
+        let checked = self.verify_login(ctx, login)?.user.map(|u| u.id);
+        if checked != Some(me.0) {
+            return Err(Status::internal("the password check answered for another user"));
+        }
+        let hash = auth::hash_password_with(&request.new_password, &self.hashing).map_err(|e| {
+            tracing::error!(error = %e, "password hashing failed");
+            Status::internal("password hashing failed")
+        })?;
+        self.store.set_password_hash(me, &hash).map_err(store_status)?;
+        tracing::info!(user = %me, "password changed; session tokens revoked");
+        Ok(api::ChangePasswordResponse { session_token: Some(self.issue_token_for(me)?) })
     }
 
     fn profile(&self, _ctx: &Context, request: api::UserCall) -> Result<api::ProfileResponse, Status> {
@@ -231,11 +315,16 @@ impl user_service_rpc::UserService for UserService {
         Ok(api::GroupsWithMembersResponse { groups: out })
     }
 
-    /// Register and VerifyLogin compute an argon2 hash (19 MiB and tens of
-    /// milliseconds at full cost): they run on the server's heavy lane, so that a
+    /// Register, VerifyLogin and ChangePassword compute argon2 hashes (19 MiB and tens
+    /// of milliseconds each at full cost): they run on the server's heavy lane, so that a
     /// burst of logins waits there, bounded, and never delays the cheap calls.
     fn is_heavy(&self, method: &str) -> bool {
-        matches!(method, user_service_rpc::methods::REGISTER | user_service_rpc::methods::VERIFY_LOGIN)
+        matches!(
+            method,
+            user_service_rpc::methods::REGISTER
+                | user_service_rpc::methods::VERIFY_LOGIN
+                | user_service_rpc::methods::CHANGE_PASSWORD
+        )
     }
 
     fn group_members(

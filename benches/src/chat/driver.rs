@@ -23,6 +23,7 @@ use services::api;
 use services::ConversationId;
 
 use super::conn::{Conn, GATEWAY};
+use super::storm::{ResumePlan, Resumer};
 use super::tally::{self, Ack, Counters, Seen};
 
 /// The waker's token; user tokens are their index.
@@ -127,6 +128,9 @@ pub enum Command {
     Sync,
     /// Run a soak; answered when it is over.
     Soak(SoakPlan),
+    /// From now on, bring back users whose connection is lost with `Resume` (whatever
+    /// else the loop is doing); answered at once.
+    Resume(ResumePlan),
     /// Stop and hand back what was seen.
     Finish,
 }
@@ -146,6 +150,8 @@ pub enum Reply {
     Synced,
     /// The soak is over; this many calls were still unanswered.
     Soaked(usize),
+    /// Lost users will be brought back.
+    Resuming,
     /// The loop stopped.
     Finished(Box<Report>),
 }
@@ -159,6 +165,8 @@ pub struct Report {
     pub acks: Vec<Ack>,
     /// What each local user saw, by conversation.
     pub seen: Vec<HashMap<ConversationId, Seen>>,
+    /// Users brought back with `Resume`: when each was lost and when it was back.
+    pub resumed: Vec<(Instant, Instant)>,
 }
 
 /// The main thread's end of a loop.
@@ -231,6 +239,10 @@ enum Pending {
     Sync(u32),
     /// A call of a soak other than a send.
     Soak(SoakCall),
+    /// A `Resume` after a lost connection.
+    Resume,
+    /// A `Sync` page (`round`) after a `Resume`.
+    Resync(u32),
 }
 
 /// The calls a soak makes besides sends.
@@ -345,6 +357,8 @@ struct Loop {
     /// per conversation (a soak keeps no per-message record, so it can run for hours).
     online: Vec<bool>,
     latest: Vec<HashMap<ConversationId, u64>>,
+    /// During a storm: who to bring back after a lost connection.
+    resumer: Option<Resumer>,
 }
 
 impl Loop {
@@ -372,6 +386,7 @@ impl Loop {
             last_ping_sweep: Instant::now(),
             online: Vec::new(),
             latest: Vec::new(),
+            resumer: None,
         }
     }
 
@@ -408,6 +423,7 @@ impl Loop {
                         counters: std::mem::take(&mut self.counters),
                         acks: std::mem::take(&mut self.acks),
                         seen: std::mem::take(&mut self.seen),
+                        resumed: self.resumer.take().map(|r| r.back).unwrap_or_default(),
                     };
                     let _ = self.replies.send(Reply::Finished(Box::new(report)));
                     return;
@@ -443,9 +459,65 @@ impl Loop {
         let Some(mut conn) = self.conns[i].take() else { return };
         let _ = self.poll.registry().deregister(conn.stream_mut());
         self.counters.disconnects += 1;
-        eprintln!("chatbench: user connection {i} lost: {error}");
+        if self.resumer.is_none() {
+            // In a storm thousands are lost at once, and counted.
+            eprintln!("chatbench: user connection {i} lost: {error}");
+        }
         for (_, pending) in conn.pending.drain() {
             self.fail(pending, &Status::unavailable("connection lost"), i, false);
+        }
+        if let Some(resumer) = &mut self.resumer {
+            resumer.lost(i, Instant::now());
+        }
+    }
+
+    /// Connects the lost users whose turn it is again and sends their `Resume`.
+    fn tick_resume(&mut self, now: Instant) {
+        let Some(resumer) = &mut self.resumer else { return };
+        let addr = resumer.plan.addr;
+        for user in resumer.due(now) {
+            if let Err(e) = self.connect_one(addr, user) {
+                self.count_error(&format!("reconnect: {e}"));
+                if let Some(resumer) = &mut self.resumer {
+                    resumer.lost(user, Instant::now());
+                }
+                continue;
+            }
+            let token = self.resumer.as_ref().map(|r| r.token(user).to_owned()).unwrap_or_default();
+            let body = api::ResumeRequest { session_token: token }.encode_to_vec();
+            self.with_conn(user, |c, _| c.call("Resume", &body, Pending::Resume));
+        }
+    }
+
+    /// Sends a resumed user's `round`-th `Sync` from what it saw; false if it cannot.
+    fn resync(&mut self, user: usize, round: u32) -> bool {
+        if self.conns[user].is_none() || round >= SYNC_ROUNDS {
+            return false;
+        }
+        let cursors = self.seen[user]
+            .iter()
+            .map(|(&c, seen)| api::Cursor {
+                conversation: Some(tally::wire_conversation(c)),
+                seq: seen.watermark,
+            })
+            .collect();
+        let body = api::SyncRequest { cursors, limit: 1000 }.encode_to_vec();
+        self.with_conn(user, |c, _| c.call("Sync", &body, Pending::Resync(round)));
+        self.conns[user].is_some()
+    }
+
+    /// A `Resume` or its `Sync` failed: the connection is dropped and tried again, unless
+    /// the token was refused.
+    fn resume_failed(&mut self, user: usize, status: &Status) {
+        self.count_error(&format!("resume {:?}: {}", status.code, status.message));
+        if status.code == Code::Unauthenticated {
+            return;
+        }
+        if let Some(mut conn) = self.conns[user].take() {
+            let _ = self.poll.registry().deregister(conn.stream_mut());
+        }
+        if let Some(resumer) = &mut self.resumer {
+            resumer.lost(user, Instant::now());
         }
     }
 
@@ -508,22 +580,32 @@ impl Loop {
                 }
                 self.activity = Activity::Sync { outstanding };
             }
+            Command::Resume(plan) => {
+                self.resumer = Some(Resumer::new(plan));
+                let _ = self.replies.send(Reply::Resuming);
+            }
             Command::Finish => unreachable!("handled by run"),
         }
     }
 
     fn connect(&mut self, addr: SocketAddr) -> Result<(), String> {
         for i in 0..self.users {
-            let stream = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-            stream.set_nodelay(true).map_err(|e| e.to_string())?;
-            stream.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let mut conn = Conn::new(mio::net::TcpStream::from_std(stream));
-            self.poll
-                .registry()
-                .register(conn.stream_mut(), Token(i), Interest::READABLE | Interest::WRITABLE)
-                .map_err(|e| e.to_string())?;
-            self.conns[i] = Some(conn);
+            self.connect_one(addr, i)?;
         }
+        Ok(())
+    }
+
+    /// Connects user `i` to `addr`.
+    fn connect_one(&mut self, addr: SocketAddr, i: usize) -> Result<(), String> {
+        let stream = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut conn = Conn::new(mio::net::TcpStream::from_std(stream));
+        self.poll
+            .registry()
+            .register(conn.stream_mut(), Token(i), Interest::READABLE | Interest::WRITABLE)
+            .map_err(|e| e.to_string())?;
+        self.conns[i] = Some(conn);
         Ok(())
     }
 
@@ -541,6 +623,7 @@ impl Loop {
                 }
             }
         }
+        self.tick_resume(now);
         if matches!(self.activity, Activity::Soak(_)) {
             self.tick_soak(now);
             return;
@@ -958,6 +1041,25 @@ impl Loop {
                 );
             }
             Pending::Soak(call) => self.soak_done(user, call, Ok(body)),
+            Pending::Resume => {
+                if !self.resync(user, 0) {
+                    self.resume_failed(user, &Status::unavailable("the Sync after Resume could not be sent"));
+                }
+            }
+            Pending::Resync(round) => {
+                let Ok(response) = api::SyncResponse::decode(body) else {
+                    self.count_error("undecodable SyncResponse");
+                    return;
+                };
+                for m in &response.messages {
+                    self.received(user, m, true);
+                }
+                if !(response.has_more && self.resync(user, round + 1)) {
+                    if let Some(resumer) = &mut self.resumer {
+                        resumer.back(user, Instant::now());
+                    }
+                }
+            }
             Pending::Sync(round) => {
                 let Ok(response) = api::SyncResponse::decode(body) else {
                     self.sync_done();
@@ -999,6 +1101,12 @@ impl Loop {
                 self.sync_done();
             }
             Pending::Soak(call) => self.soak_done(user, call, Err(status.clone())),
+            Pending::Resume | Pending::Resync(_) => {
+                // A lost connection has already scheduled the next attempt.
+                if retry {
+                    self.resume_failed(user, status);
+                }
+            }
         }
     }
 

@@ -13,11 +13,14 @@
 //! - [`report`]: the numbers of one run, as text, a Markdown row and JSON.
 //! - [`soak`]: a long run's samples of every process and backend, and whether any of
 //!   them grows with the traffic.
+//! - [`storm`]: users of a killed proxy coming back with `Resume` and their session
+//!   tokens.
 
 pub mod conn;
 pub mod driver;
 pub mod plan;
 pub mod report;
 pub mod soak;
+pub mod storm;
 pub mod system;
 pub mod tally;

@@ -32,7 +32,7 @@ use services::proxies::Proxies;
 use services::secret::ClusterSecret;
 use services::standalone::{self, Standalone};
 use services::user_service::UserService;
-use services::{auth, presence, proxy, serve, store, throttle, Presence, Store};
+use services::{auth, presence, proxy, serve, session_token, store, throttle, Presence, Store};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -65,6 +65,8 @@ enum Command {
         secret: SecretArgs,
         #[command(flatten)]
         throttle: ThrottleArgs,
+        #[command(flatten)]
+        tokens: TokenArgs,
         #[command(flatten)]
         serving: ServeArgs,
     },
@@ -117,6 +119,8 @@ enum Command {
         throttle: ThrottleArgs,
         #[command(flatten)]
         secret: SecretArgs,
+        #[command(flatten)]
+        tokens: TokenArgs,
         #[command(flatten)]
         serving: ServeArgs,
     },
@@ -276,6 +280,26 @@ impl HashingArgs {
     }
 }
 
+/// Session tokens: how long they last, how many each user keeps.
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// How long a session token resumes sessions after the login that issued it.
+    #[arg(long, env = "CHATROOM_SESSION_TOKEN_TTL_SECS", default_value_t = session_token::Config::default().ttl.as_secs())]
+    session_token_ttl_secs: u64,
+    /// How many session tokens each user keeps (the newest); older ones stop working.
+    #[arg(long, env = "CHATROOM_SESSION_TOKENS_PER_USER", default_value_t = session_token::Config::default().keep_per_user)]
+    session_tokens_per_user: usize,
+}
+
+impl TokenArgs {
+    fn config(&self) -> session_token::Config {
+        session_token::Config {
+            ttl: Duration::from_secs(self.session_token_ttl_secs.max(1)),
+            keep_per_user: self.session_tokens_per_user.max(1),
+        }
+    }
+}
+
 /// Limits on login and registration attempts (see `services::throttle`); the defaults
 /// stop a guessing attack. A benchmark that logs thousands of users in from one address
 /// sets the per-address bursts to 0 (off).
@@ -432,13 +456,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Standalone { listen, data_dir, lease_ttl_secs, throttle, secret, serving } => {
+        Command::Standalone { listen, data_dir, lease_ttl_secs, throttle, tokens, secret, serving } => {
             let stop = Stop::catch()?;
             let config = standalone::Config {
                 data_dir,
                 listen,
                 lease_ttl: Duration::from_secs(lease_ttl_secs.max(1)),
                 throttle: throttle.config(),
+                tokens: tokens.config(),
                 server: serving.config(),
                 cluster_secret: secret.load()?,
                 ..standalone::Config::default()
@@ -497,6 +522,7 @@ fn main() -> anyhow::Result<()> {
             redis: redis_args,
             throttle,
             secret,
+            tokens,
             serving,
         } => {
             let stop = Stop::catch()?;
@@ -509,8 +535,10 @@ fn main() -> anyhow::Result<()> {
             })
             .context("cannot open the login throttle's Redis")?;
             let limits = throttle::Limits::new(throttle.config(), Arc::new(counters));
-            let users =
-                UserService::new(mysql(&mysql_args)?).with_hashing(hashing.config()?).with_throttle(limits);
+            let users = UserService::new(mysql(&mysql_args)?)
+                .with_hashing(hashing.config()?)
+                .with_throttle(limits)
+                .with_tokens(tokens.config());
             let service = UserServiceServer(users);
             let served = serve(service, &registry, listen, SecretArgs::internal(&serving, &secret))?;
             stop.serving();

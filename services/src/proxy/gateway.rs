@@ -1,10 +1,11 @@
-//! `Gateway`, the service clients call: login and logout go to [`Sessions`], everything
-//! else to the user and chat services with the session's user id.
+//! `Gateway`, the service clients call: login, resume and logout go to [`Sessions`]
+//! (after the user service checked the password or the session token), everything else
+//! to the user and chat services with the session's user id.
 
 use rpc_core::server::Context;
 use rpc_core::Status;
 
-use super::sessions::{LoginError, REPLACED};
+use super::sessions::{Login, LoginError};
 use super::Proxy;
 use crate::api::{self, gateway_rpc};
 use crate::convert::{presence_status, rpc_status, send_status};
@@ -31,7 +32,12 @@ impl Proxy {
     }
 
     /// What a client sees right after logging in.
-    fn login_view(&self, user: api::User, replaced_session: bool) -> Result<api::LoginResponse, Status> {
+    fn login_view(
+        &self,
+        user: api::User,
+        replaced_session: bool,
+        session_token: Option<api::SessionToken>,
+    ) -> Result<api::LoginResponse, Status> {
         let call = api::UserCall { user_id: user.id };
         let friends = self.inner.users.list_friends(&call).map_err(rpc_status)?.users;
         let friends = self.contacts(friends)?;
@@ -40,26 +46,82 @@ impl Proxy {
             groups.push(api::GroupDetail { group: g.group, members: self.contacts(g.members)? });
         }
         let conversations = self.inner.chat.conversations(&call).map_err(rpc_status)?.conversations;
-        Ok(api::LoginResponse { user: Some(user), friends, groups, conversations, replaced_session })
+        Ok(api::LoginResponse {
+            user: Some(user),
+            friends,
+            groups,
+            conversations,
+            replaced_session,
+            session_token,
+        })
+    }
+
+    /// Opens a session for `user`, whom the user service just authenticated on the
+    /// call's connection: with the password (`resumed_with` is `None`; a session token is
+    /// issued and returned) or with the session token `resumed_with`. Both claim the
+    /// user's lease, replace a session open elsewhere and answer with the same view.
+    fn start_session(
+        &self,
+        ctx: &Context,
+        user: Option<api::User>,
+        resumed_with: Option<String>,
+    ) -> Result<api::LoginResponse, Status> {
+        let sessions = &self.inner.sessions;
+        let connection = ctx.connection();
+        let user =
+            user.ok_or_else(|| Status::internal("the user service answered a login without a user"))?;
+        let id = UserId(user.id);
+        let started = match resumed_with {
+            None => sessions.login(id, connection),
+            Some(_) => sessions.resume(id, connection),
+        };
+        let login = started.map_err(|error| match error {
+            LoginError::Closed => Status::unavailable("the connection closed during the login"),
+            LoginError::Presence(error) => presence_status(error),
+        })?;
+        if let Some(other) = login.elsewhere.clone() {
+            self.kick_elsewhere(id, other);
+        }
+        match self.session_view(user, &login, resumed_with.is_none()) {
+            Ok(view) => {
+                let resumed = resumed_with.is_some();
+                tracing::info!(user = %id, connection = %connection.id(), replaced = login.replaced, resumed, "logged in");
+                let token = view.session_token.as_ref().map(|t| t.token.clone()).or(resumed_with);
+                if let Some(token) = token {
+                    self.inner.tokens.set(connection.id(), token);
+                }
+                sessions.announce_online(&login);
+                Ok(view)
+            }
+            Err(status) => {
+                // Only this login's session: another login may have bound since.
+                sessions.end_login(&login, connection.id());
+                Err(status)
+            }
+        }
+    }
+
+    /// The answer to a login or resume that bound `login`, with a new session token when
+    /// `issue_token` is set.
+    fn session_view(
+        &self,
+        user: api::User,
+        login: &Login,
+        issue_token: bool,
+    ) -> Result<api::LoginResponse, Status> {
+        let token = if issue_token {
+            let call = api::IssueTokenCall { user_id: user.id };
+            Some(self.inner.users.issue_token(&call).map_err(rpc_status)?)
+        } else {
+            None
+        };
+        self.login_view(user, login.replaced, token)
     }
 
     /// Asks proxy `other`, whose lease on `user` a login here took over, to kick its
-    /// session; without waiting.
+    /// session; without waiting (see `kicks`).
     fn kick_elsewhere(&self, user: UserId, other: String) {
-        let Some(client) = self.inner.proxies.client(&other) else {
-            tracing::debug!(%user, proxy = %other, "previous proxy is gone");
-            return;
-        };
-        let request = api::KickRequest {
-            user_id: user.0,
-            new_proxy_id: self.inner.config.instance_id.clone(),
-            reason: REPLACED.to_owned(),
-        };
-        client.kick_with(&request, move |outcome| {
-            if let Err(error) = outcome {
-                tracing::warn!(%user, proxy = %other, %error, "cannot kick the previous session");
-            }
-        });
+        self.inner.kicks.kick(user, other);
     }
 }
 
@@ -79,39 +141,49 @@ impl gateway_rpc::Gateway for Proxy {
         self.open()?;
         // The user service throttles logins per client address; it learns it here.
         request.source = ctx.client_addr().ip().to_string();
-        let sessions = &self.inner.sessions;
-        let connection = ctx.connection();
         // A login on a connection that already has a session ends that session first.
-        sessions.end(connection.id());
+        self.inner.sessions.end(ctx.connection().id());
         let user = self.inner.users.verify_login(&request).map_err(rpc_status)?.user;
-        let user =
-            user.ok_or_else(|| Status::internal("the user service answered a login without a user"))?;
-        let id = UserId(user.id);
-        let login = sessions.login(id, connection).map_err(|error| match error {
-            LoginError::Closed => Status::unavailable("the connection closed during the login"),
-            LoginError::Presence(error) => presence_status(error),
-        })?;
-        if let Some(other) = login.elsewhere.clone() {
-            self.kick_elsewhere(id, other);
-        }
-        match self.login_view(user, login.replaced) {
-            Ok(view) => {
-                tracing::info!(user = %id, connection = %connection.id(), replaced = login.replaced, "logged in");
-                sessions.announce_online(&login);
-                Ok(view)
-            }
-            Err(status) => {
-                // Only this login's session: another login may have bound since.
-                sessions.end_login(&login, connection.id());
-                Err(status)
-            }
-        }
+        self.start_session(ctx, user, None)
+    }
+
+    fn resume(&self, ctx: &Context, request: api::ResumeRequest) -> Result<api::LoginResponse, Status> {
+        self.open()?;
+        // As for a login: a session already on this connection ends first.
+        self.inner.sessions.end(ctx.connection().id());
+        let user = self.inner.users.resume_session(&request).map_err(rpc_status)?.user;
+        self.start_session(ctx, user, Some(request.session_token))
     }
 
     fn logout(&self, ctx: &Context, _request: api::LogoutRequest) -> Result<api::LogoutResponse, Status> {
         self.session(ctx)?;
-        self.inner.sessions.end(ctx.connection().id());
+        let connection = ctx.connection().id();
+        if let Some(session_token) = self.inner.tokens.get(connection) {
+            // Revoked first: when that fails, the session stays and the client may retry.
+            self.inner.users.revoke_token(&api::RevokeTokenCall { session_token }).map_err(rpc_status)?;
+            self.inner.tokens.remove(connection);
+        }
+        self.inner.sessions.end(connection);
         Ok(api::LogoutResponse {})
+    }
+
+    fn change_password(
+        &self,
+        ctx: &Context,
+        request: api::ChangePasswordRequest,
+    ) -> Result<api::ChangePasswordResponse, Status> {
+        let user_id = self.session(ctx)?.0;
+        let source = ctx.client_addr().ip().to_string();
+        let call = api::ChangePasswordCall { user_id, request: Some(request), source };
+        let response = self.inner.users.change_password(&call).map_err(rpc_status)?;
+        // One session per user: any other session of the user was replaced and kicked
+        // when this one opened. What other clients keep is a token, and those are revoked
+        // now; this session's new token is the one `Logout` revokes.
+        if let Some(token) = &response.session_token {
+            self.inner.tokens.set(ctx.connection().id(), token.token.clone());
+        }
+        tracing::info!(user = user_id, "password changed");
+        Ok(response)
     }
 
     fn find_user(

@@ -326,8 +326,8 @@ impl<C: Link> Sessions<C> {
     }
 
     /// Resumes `user`'s session on `connection`, a new connection of a client whose old one
-    /// broke. The API has no resume token yet, so the caller authenticates the user as
-    /// for a login, and a resume is a login: the same claim, replacement and errors.
+    /// broke; the caller authenticated the user with a session token instead of the
+    /// password. Otherwise a resume is a login: the same claim, replacement and errors.
     ///
     /// # Errors
     ///

@@ -39,8 +39,8 @@ use mysql::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn, Tran
 use super::schema::{self, MYSQL, MYSQL_VERSION_TABLE};
 use super::{
     check_new_message, collect_sync, duplicate, history_page, name_key, now_ms, Anchor, ConversationState,
-    Credentials, Cursor, Error, Group, GroupSettings, Invitation, Message, NewMessage, Page, Sent, Store,
-    User,
+    Credentials, Cursor, Error, Group, GroupSettings, Invitation, Message, NewMessage, NewToken, Page, Sent,
+    Store, User,
 };
 use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};
@@ -49,6 +49,7 @@ use crate::limits;
 mod batch;
 mod groups;
 mod queries;
+mod tokens;
 
 use self::batch::Commits;
 
@@ -490,6 +491,26 @@ impl Store for MySql {
         let (id, name_found, created_at_ms, password_hash) =
             row.ok_or_else(|| Error::NotFound(format!("no user named {name:?}")))?;
         Ok(Credentials { user: user_from((id, name_found, created_at_ms)), password_hash })
+    }
+
+    fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<(), Error> {
+        if password_hash.is_empty() {
+            return Err(Error::InvalidArgument("password hash is empty".into()));
+        }
+        self.transact(|tx| tokens::set_password_hash(tx, user, password_hash))
+    }
+
+    fn add_session_token(&self, token: &NewToken) -> Result<(), Error> {
+        self.transact(|tx| tokens::add(tx, token))
+    }
+
+    fn session_token_user(&self, hash: &[u8; 32]) -> Result<User, Error> {
+        // One statement unless the token expired: then its deletion follows.
+        tokens::user(&mut self.conn()?, hash)
+    }
+
+    fn revoke_session_token(&self, hash: &[u8; 32]) -> Result<bool, Error> {
+        tokens::revoke(&mut self.conn()?, hash)
     }
 
     fn user(&self, id: UserId) -> Result<User, Error> {

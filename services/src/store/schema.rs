@@ -18,7 +18,7 @@ pub(crate) struct Migration {
 }
 
 /// The newest schema version this program knows.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Creates the version table itself, before anything else is read.
 pub(crate) const SQLITE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
@@ -106,6 +106,20 @@ pub(crate) const SQLITE: &[Migration] = &[
                 expires_at_ms INTEGER NOT NULL,
                 PRIMARY KEY (group_id, user_id)
             ) WITHOUT ROWID",
+        ],
+    },
+    Migration {
+        version: 3,
+        description: "session tokens",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS session_tokens (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            token_hash BLOB NOT NULL UNIQUE,
+            user_id INTEGER NOT NULL REFERENCES users (id),
+            created_at_ms INTEGER NOT NULL,
+            expires_at_ms INTEGER NOT NULL
+        )",
+            "CREATE INDEX IF NOT EXISTS session_tokens_by_user ON session_tokens (user_id, id)",
         ],
     },
 ];
@@ -219,6 +233,20 @@ pub(crate) const MYSQL: &[Migration] = &[
                 CONSTRAINT group_invitations_inviter FOREIGN KEY (inviter_id) REFERENCES users (id)
             ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
         ],
+    },
+    Migration {
+        version: 3,
+        description: "session tokens",
+        statements: &["CREATE TABLE IF NOT EXISTS session_tokens (
+            id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            token_hash BINARY(32) NOT NULL,
+            user_id BIGINT UNSIGNED NOT NULL,
+            created_at_ms BIGINT NOT NULL,
+            expires_at_ms BIGINT NOT NULL,
+            UNIQUE KEY session_tokens_hash (token_hash),
+            KEY session_tokens_by_user (user_id, id),
+            CONSTRAINT session_tokens_user FOREIGN KEY (user_id) REFERENCES users (id)
+        ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin"],
     },
 ];
 

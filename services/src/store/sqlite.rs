@@ -17,8 +17,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use super::schema::{self, SQLITE, SQLITE_VERSION_TABLE};
 use super::{
     check_new_message, collect_sync, duplicate, history_page, name_key, now_ms, Anchor, ConversationState,
-    Credentials, Cursor, Error, Group, GroupSettings, Invitation, Message, NewMessage, Page, Sent, Store,
-    User,
+    Credentials, Cursor, Error, Group, GroupSettings, Invitation, Message, NewMessage, NewToken, Page, Sent,
+    Store, User,
 };
 use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};
@@ -26,6 +26,7 @@ use crate::limits;
 
 mod groups;
 mod queries;
+mod tokens;
 
 use self::queries::{
     check_participant, conversation_row, conversation_states, find_sent, is_unique_violation, messages_after,
@@ -162,6 +163,26 @@ impl Store for Sqlite {
             .optional()?
             .ok_or_else(|| Error::NotFound(format!("no user named {name:?}")))
         })
+    }
+
+    fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<(), Error> {
+        if password_hash.is_empty() {
+            return Err(Error::InvalidArgument("password hash is empty".into()));
+        }
+        self.write(|tx| tokens::set_password_hash(tx, user, password_hash))
+    }
+
+    fn add_session_token(&self, token: &NewToken) -> Result<(), Error> {
+        self.write(|tx| tokens::add(tx, token))
+    }
+
+    fn session_token_user(&self, hash: &[u8; 32]) -> Result<User, Error> {
+        // A write: an expired token is deleted on the way.
+        self.write(|tx| tokens::user(tx, hash))
+    }
+
+    fn revoke_session_token(&self, hash: &[u8; 32]) -> Result<bool, Error> {
+        self.write(|tx| tokens::revoke(tx, hash))
     }
 
     fn user(&self, id: UserId) -> Result<User, Error> {

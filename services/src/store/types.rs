@@ -23,6 +23,20 @@ pub struct Credentials {
     pub password_hash: String,
 }
 
+/// A session token to store. The store keeps only the token's hash: whoever reads the
+/// database cannot resume anyone's session (see [`crate::session_token`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewToken {
+    /// Whose session the token resumes.
+    pub user: UserId,
+    /// SHA-256 of the token.
+    pub hash: [u8; 32],
+    /// When the token stops working, in milliseconds since the Unix epoch.
+    pub expires_at_ms: i64,
+    /// How many of the user's tokens to keep, this one included: the newest ones.
+    pub keep: usize,
+}
+
 /// A chat group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {

@@ -35,7 +35,7 @@ pub struct Cluster {
     /// Every process started, by name.
     children: Vec<(String, Child)>,
     /// The database, for dropping it.
-    database: String,
+    pub database: String,
     /// The ZooKeeper root every process registers under.
     zk_root: String,
     /// Flags every process shares.
@@ -112,7 +112,7 @@ impl Cluster {
     }
 
     /// Kills a process at once (SIGKILL), as a crash would.
-    fn kill(&mut self, name: &str) {
+    pub fn kill(&mut self, name: &str) {
         let child = self.child(name);
         child.kill().unwrap();
         child.wait().unwrap();
@@ -129,7 +129,7 @@ impl Cluster {
     }
 
     /// A registry client on the processes' ZooKeeper root.
-    fn registry(&self) -> ZooKeeper {
+    pub fn registry(&self) -> ZooKeeper {
         let config = registry::Config { root: self.zk_root.clone(), ..registry::Config::default() };
         ZooKeeper::connect(&zk(), config)
             .expect("ZooKeeper answers (`bash scripts/services.sh up` starts it)")

@@ -7,7 +7,8 @@
 //!   the same cluster, users on different proxies (checked in the presence table)
 //!   chatting one to one and in a group.
 //! * The fault tests each start a cluster of their own: a chat service killed with SIGKILL
-//!   while messages flow, and a proxy killed with SIGKILL.
+//!   while messages flow, and a proxy killed with SIGKILL (its users resume on the other
+//!   with their session tokens).
 //!
 //! Every cluster is stopped by a watchdog (`sh`, waiting on a pipe this process holds):
 //! when the [`Cluster`] is dropped, or when the test process ends in any way, the pipe
@@ -632,14 +633,16 @@ fn a_proxy_killed_with_sigkill_loses_nothing_and_leaves_nobody_online() {
         if victims.len() >= 3 && !survivors.is_empty() {
             break;
         }
-        let (client, user) = system.user(&format!("u{i}"));
+        let client = system.connect();
+        let user = system.register(&client, &format!("u{i}"));
+        let token = client.login(&user.name).session_token.expect("a login gives a session token");
         let add = api::AddFriendRequest { friend: Some(api::add_friend_request::Friend::UserId(user.id)) };
         watcher.gateway.add_friend(&add).unwrap();
         // One message before the crash, so each has a cursor to sync from.
         watcher.send(direct(&watcher_user, &user), &format!("before-{i}"), "before").unwrap();
         assert_eq!(client.wait_messages(1)[0].seq, 1);
         if proxy_of(&user) == victim_proxy {
-            victims.push((client, user));
+            victims.push((client, user, token));
         } else {
             survivors.push((client, user));
         }
@@ -647,13 +650,13 @@ fn a_proxy_killed_with_sigkill_loses_nothing_and_leaves_nobody_online() {
     assert!(victims.len() >= 2, "nginx put at least two users on {victim_name}");
 
     cluster.kill(victim_name);
-    for (client, user) in &victims {
+    for (client, user, _) in &victims {
         wait_until(Duration::from_secs(10), &format!("{}'s session is gone", user.name), || {
             client.gateway.list_friends(&api::ListFriendsRequest {}).is_err()
         });
     }
     // Sent while they are away: stored, pushed nowhere.
-    for (i, (_, user)) in victims.iter().enumerate() {
+    for (i, (_, user, _)) in victims.iter().enumerate() {
         for n in 1..=3 {
             let sent =
                 watcher.send(direct(&watcher_user, user), &format!("away-{i}-{n}"), &format!("away {n}"));
@@ -662,13 +665,12 @@ fn a_proxy_killed_with_sigkill_loses_nothing_and_leaves_nobody_online() {
     }
 
     // All but the last come back through nginx (to the surviving proxy) on the same
-    // client, log in and pull what they missed.
+    // client, resume their sessions with their tokens and pull what they missed.
     let (gone, returners) = victims.split_last().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    for (client, user) in returners {
-        let request =
-            api::LoginRequest { name: user.name.clone(), password: PASSWORD.into(), ..Default::default() };
-        retry(&format!("{} logs in again", user.name), deadline, || client.gateway.login(&request));
+    for (client, user, token) in returners {
+        let request = api::ResumeRequest { session_token: token.token.clone() };
+        retry(&format!("{} resumes", user.name), deadline, || client.gateway.resume(&request));
         assert_ne!(proxy_of(user), victim_proxy, "{} is on a live proxy", user.name);
         let cursor = api::Cursor { conversation: Some(direct(&watcher_user, user)), seq: 1 };
         let synced = client.gateway.sync(&api::SyncRequest { cursors: vec![cursor], limit: 0 }).unwrap();
@@ -700,8 +702,9 @@ fn a_proxy_killed_with_sigkill_loses_nothing_and_leaves_nobody_online() {
     }
     assert_eq!(friends.len(), victims.len() + survivors.len());
 
-    // The one who stayed away finds everything when they come back, later.
-    let (client, user) = gone;
+    // The one who stayed away finds everything when they come back, later, with the
+    // password.
+    let (client, user, _) = gone;
     let request =
         api::LoginRequest { name: user.name.clone(), password: PASSWORD.into(), ..Default::default() };
     retry("the last user logs in again", deadline, || client.gateway.login(&request));

@@ -369,6 +369,88 @@ pub fn a_second_login_kicks_the_first_session(system: &System) {
     assert_eq!(second.wait_messages(1)[0].body, "which bob?");
 }
 
+/// Logs `name` in on `client` with `password`, returning the session token.
+fn login_with(client: &Client, name: &str, password: &str) -> api::SessionToken {
+    let request = api::LoginRequest { name: name.into(), password: password.into(), ..Default::default() };
+    let login = client.gateway.login(&request).expect("logs in");
+    login.session_token.expect("a login gives a session token")
+}
+
+fn resume(client: &Client, token: &api::SessionToken) -> Result<api::LoginResponse, rpc_core::Error> {
+    client.gateway.resume(&api::ResumeRequest { session_token: token.token.clone() })
+}
+
+pub fn a_session_token_resumes_the_session_until_logout(system: &System) {
+    let first = system.connect();
+    let bob = system.register(&first, "bob");
+    let token = login_with(&first, &bob.name, PASSWORD);
+    assert_eq!(token.token.len(), 64);
+    let in_a_day = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+        as i64
+        + 24 * 3_600_000;
+    assert!(token.expires_at_ms > in_a_day, "a token lasts more than a day: {token:?}");
+
+    // Another connection resumes the session without the password, replacing the first.
+    let second = system.connect();
+    let resumed = resume(&second, &token).expect("the token resumes the session");
+    assert_eq!(resumed.user.as_ref().map(|u| u.id), Some(bob.id));
+    assert!(resumed.replaced_session);
+    assert_eq!(resumed.session_token, None, "a resume keeps the token it was given");
+    first.wait_push("the older session is kicked", |e| matches!(e, api::push::Event::Kicked(_)));
+    let (alice_client, alice) = system.user("alice");
+    alice_client.send(direct(&alice, &bob), "a-1", "still there?").unwrap();
+    assert_eq!(second.wait_messages(1)[0].body, "still there?");
+
+    // Logging out revokes the token; closing a connection does not.
+    let third = system.connect();
+    resume(&third, &token).expect("the token still works after the second connection was replaced");
+    third.gateway.logout(&api::LogoutRequest {}).unwrap();
+    let fourth = system.connect();
+    assert_eq!(code(resume(&fourth, &token)), Code::Unauthenticated, "a logged-out token is revoked");
+    for malformed in ["", "abc", &"G".repeat(64), &token.token.to_uppercase()] {
+        let request = api::ResumeRequest { session_token: malformed.into() };
+        assert_eq!(code(fourth.gateway.resume(&request)), Code::Unauthenticated, "{malformed:?}");
+    }
+    assert_eq!(code(fourth.gateway.list_friends(&api::ListFriendsRequest {})), Code::Unauthenticated);
+}
+
+pub fn a_password_change_revokes_every_session_token(system: &System) {
+    const NEW_PASSWORD: &str = "a much better password";
+    let laptop = system.connect();
+    let carol = system.register(&laptop, "carol");
+    let laptop_token = login_with(&laptop, &carol.name, PASSWORD);
+    let phone = system.connect();
+    let phone_token = login_with(&phone, &carol.name, PASSWORD);
+    laptop.wait_push("the laptop's session is replaced", |e| matches!(e, api::push::Event::Kicked(_)));
+
+    let change = |old: &str, new: &str| {
+        let request = api::ChangePasswordRequest { old_password: old.into(), new_password: new.into() };
+        phone.gateway.change_password(&request)
+    };
+    assert_eq!(code(change("not the password", NEW_PASSWORD)), Code::Unauthenticated);
+    assert_eq!(code(change(PASSWORD, "short")), Code::InvalidArgument);
+    let fresh = change(PASSWORD, NEW_PASSWORD).expect("the password changes").session_token.unwrap();
+    assert_ne!(fresh.token, phone_token.token);
+    let unauthenticated = || Code::Unauthenticated;
+    // The session that changed the password lives on.
+    phone.gateway.list_friends(&api::ListFriendsRequest {}).expect("the session goes on");
+    let other = system.connect();
+    assert_eq!(code(resume(&other, &laptop_token)), unauthenticated(), "the other device's token is revoked");
+    assert_eq!(code(resume(&other, &phone_token)), unauthenticated(), "this session's old token too");
+    let old_login =
+        api::LoginRequest { name: carol.name.clone(), password: PASSWORD.into(), ..Default::default() };
+    assert_eq!(code(other.gateway.login(&old_login)), unauthenticated(), "the old password is refused");
+
+    // The fresh token resumes; the new password logs in.
+    let later = system.connect();
+    resume(&later, &fresh).expect("the fresh token resumes");
+    login_with(&system.connect(), &carol.name, NEW_PASSWORD);
+    assert_eq!(
+        code(system.connect().gateway.change_password(&api::ChangePasswordRequest::default())),
+        unauthenticated()
+    );
+}
+
 pub fn friends_see_each_other_come_online(system: &System) {
     let (alice_client, _alice) = system.user("alice");
     let bob_client = system.connect();
@@ -533,6 +615,8 @@ macro_rules! chat_suite {
             friends_see_each_other_come_online,
             bad_input_gets_clear_errors_and_the_proxy_keeps_serving,
             friends_groups_and_history_work_through_the_gateway,
+            a_session_token_resumes_the_session_until_logout,
+            a_password_change_revokes_every_session_token,
         );
         chat_suite!(@tests $start; chat_groups;
             a_private_group_is_joined_only_by_invitation,
@@ -553,6 +637,19 @@ macro_rules! chat_suite {
 
 mod sqlite {
     chat_suite!(super::start);
+}
+
+#[test]
+fn an_expired_session_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = services::session_token::Config { ttl: Duration::ZERO, ..Default::default() };
+    let system =
+        Standalone::start(standalone::Config { tokens, ..config(dir.path()) }).expect("standalone starts");
+    let system = System::new(system.client_addr(), Box::new((system, dir)));
+    let client = system.connect();
+    let dave = system.register(&client, "dave");
+    let token = login_with(&client, &dave.name, PASSWORD);
+    assert_eq!(code(resume(&system.connect(), &token)), Code::Unauthenticated);
 }
 
 mod mysql {

@@ -91,8 +91,13 @@ fn finish(mut client: Killed, rx: mpsc::Receiver<String>, mut seen: Vec<String>)
 /// `chatroom standalone` on a free port with its data in `dir`; returns it and the
 /// address clients connect to.
 fn standalone(dir: &std::path::Path) -> (Killed, String) {
+    standalone_at(dir, "127.0.0.1:0")
+}
+
+/// `chatroom standalone` listening on `listen`, with its data in `dir`.
+fn standalone_at(dir: &std::path::Path, listen: &str) -> (Killed, String) {
     let mut server = Command::new(BIN)
-        .args(["standalone", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["standalone", "--listen", listen, "--data-dir"])
         .arg(dir.join("data"))
         .env("RUST_LOG", "warn")
         // Every user comes from 127.0.0.1; the throttle has tests of its own.
@@ -247,4 +252,51 @@ fn a_line_that_is_not_utf8_is_answered_and_the_script_goes_on() {
     assert_eq!(events[0]["event"], "error", "{events:#?}");
     assert_eq!(events[0]["code"], "InvalidArgument");
     assert_eq!(events[1]["event"], "registered", "the next line still runs: {events:#?}");
+}
+
+#[test]
+fn a_client_resumes_its_session_after_the_server_is_killed_and_changes_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, addr) = standalone(dir.path());
+    let (bob, bob_rx) = client(
+        &addr,
+        "register bob correct-horse-battery\nlogin bob correct-horse-battery\nfind bob\nwait 1 60000\n\
+         passwd correct-horse-battery staple-battery-horse\n",
+    );
+    let mut bob_seen = Vec::new();
+    // `find` answers once the login (and its Sync) is done.
+    read_until(&bob_rx, &mut bob_seen, "bob is logged in", |l| l.contains("\"event\":\"user\""));
+
+    // The server dies; the same system comes back on the same port and data.
+    drop(server);
+    read_until(&bob_rx, &mut bob_seen, "bob's client sees the connection go", |l| {
+        l.contains("\"disconnected\"")
+    });
+    let (_server, again) = standalone_at(dir.path(), &addr);
+    assert_eq!(again, addr);
+    // The client does not know the password any more: only the token can bring it back.
+    read_until(&bob_rx, &mut bob_seen, "bob's session is resumed", |l| l.contains("\"relogged_in\""));
+
+    let (alice, alice_rx) = client(
+        &addr,
+        "register alice correct-horse-battery\nlogin alice correct-horse-battery\nsend user bob are you back?\n",
+    );
+    finish(alice, alice_rx, Vec::new());
+    let bob_events = finish(bob, bob_rx, bob_seen);
+    let position = |event: &str| bob_events.iter().position(|e| e["event"] == event);
+    assert!(position("error").is_none(), "{bob_events:#?}");
+    let message = &bob_events[position("message").unwrap_or_else(|| panic!("{bob_events:#?}"))];
+    assert_eq!(message["body"], "are you back?");
+    assert!(position("password_changed").is_some(), "{bob_events:#?}");
+
+    let (check, check_rx) =
+        client(&addr, "login bob correct-horse-battery\nlogin bob staple-battery-horse\npasswd x\n");
+    let events = finish(check, check_rx, Vec::new());
+    assert_eq!(
+        (&events[0]["command"], &events[0]["code"]),
+        (&Value::from("login"), &Value::from("Unauthenticated"))
+    );
+    assert_eq!(events[1]["event"], "logged_in", "the new password works: {events:#?}");
+    let usage = events.iter().find(|e| e["command"] == "passwd").unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(usage["code"], "Usage");
 }

@@ -14,7 +14,9 @@
 //! `chat_cluster` runs the `chatroom` binary's processes against MariaDB, Redis and
 //! ZooKeeper (`CHATROOM_ZK`, default `127.0.0.1:2181`), including graceful stops on
 //! SIGTERM; `chat_nginx` runs the same chat scenarios on a whole cluster behind nginx
-//! (`chatroom cluster up`), and kills a chat service and a proxy with SIGKILL.
+//! (`chatroom cluster up`), and kills a chat service and a proxy with SIGKILL;
+//! `chat_resume` kills a proxy with SIGKILL and resumes its users' sessions on the other
+//! with their session tokens, counting the user service's password checks.
 //! `redis_faults` restarts, and kills and empties, a Redis of its own under the
 //! processes of `chat_cluster`; `send_outcomes` stops their only chat service with
 //! SIGSTOP while messages are sent. `internal_ports` checks that the user service, the
@@ -29,6 +31,7 @@ mod chat_groups;
 #[macro_use]
 mod chat_standalone;
 mod chat_nginx;
+mod chat_resume;
 mod chat_two_proxies;
 mod client_cli;
 mod cluster_up_down;

@@ -13,12 +13,14 @@ mod private_groups;
 mod reading;
 mod sending;
 mod social;
+mod tokens;
 
 pub use self::accounts::*;
 pub use self::private_groups::*;
 pub use self::reading::*;
 pub use self::sending::*;
 pub use self::social::*;
+pub use self::tokens::*;
 
 /// A store under test, in a database of its own.
 pub trait Fixture: Sync {
@@ -67,6 +69,10 @@ macro_rules! store_suite {
             out_of_range_ids_and_seqs_are_answered_not_failed,
             data_survives_reopening,
             concurrent_opens_migrate_once,
+            session_tokens_find_their_user_until_revoked,
+            expired_session_tokens_are_refused_and_deleted,
+            each_user_keeps_only_the_newest_session_tokens,
+            a_password_change_revokes_every_session_token_of_the_user,
         );
     };
     (@cases $fixture:path; $($case:ident),* $(,)?) => {
