@@ -62,6 +62,11 @@ impl Cluster {
         Cluster { children: Vec::new(), database, zk_root, common, secret_dir, redis: redis.to_owned() }
     }
 
+    /// The secret every process proves, for a server or client the test runs itself.
+    pub fn secret(&self) -> ClusterSecret {
+        ClusterSecret::load_or_create(&self.secret_dir.path().join(secret::FILE)).unwrap()
+    }
+
     /// The key prefix of the processes' presence table.
     pub fn redis_prefix(&self) -> String {
         format!("{}:", self.database)

@@ -66,7 +66,10 @@ fn users_of_a_killed_proxy_resume_on_the_other_without_a_password_check() {
     };
     let registry = cluster.registry();
     let loopback = "127.0.0.1:0".parse().unwrap();
-    let _users = serve(users, &registry, loopback, server::Config::default()).unwrap();
+    // Like every internal port, it serves only callers proving the cluster's secret.
+    let internal =
+        server::Config { authenticator: Some(cluster.secret().authenticator()), ..server::Config::default() };
+    let _users = serve(users, &registry, loopback, internal).unwrap();
     cluster.spawn("chat-service", &["chat-service", "--listen", "127.0.0.1:0"]);
     let proxy = ["proxy", "--listen", "127.0.0.1:0"];
     let a = cluster.spawn("proxy-a", &proxy);
