@@ -315,18 +315,6 @@ impl user_service_rpc::UserService for UserService {
         Ok(api::GroupsWithMembersResponse { groups: out })
     }
 
-    /// Register, VerifyLogin and ChangePassword compute argon2 hashes (19 MiB and tens
-    /// of milliseconds each at full cost): they run on the server's heavy lane, so that a
-    /// burst of logins waits there, bounded, and never delays the cheap calls.
-    fn is_heavy(&self, method: &str) -> bool {
-        matches!(
-            method,
-            user_service_rpc::methods::REGISTER
-                | user_service_rpc::methods::VERIFY_LOGIN
-                | user_service_rpc::methods::CHANGE_PASSWORD
-        )
-    }
-
     fn group_members(
         &self,
         _ctx: &Context,

@@ -67,3 +67,19 @@ fn every_definition_has_a_comment() {
     }
     assert!(undocumented.is_empty(), "undocumented definitions:\n{}", undocumented.join("\n"));
 }
+
+/// The build script declares the user service's hashing methods heavy: they run on its
+/// heavy lane, and its other methods on the workers.
+#[test]
+fn only_the_password_hashing_methods_are_heavy() {
+    use rpc_core::server::Service;
+    use services::api::{user_service_rpc, UserServiceServer};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = services::store::Sqlite::open(dir.path().join("chatroom.db")).unwrap();
+    let users = UserServiceServer(services::user_service::UserService::new(std::sync::Arc::new(store)));
+    let heavy: Vec<&str> =
+        user_service_rpc::methods::ALL.iter().copied().filter(|m| users.is_heavy(m)).collect();
+    assert_eq!(heavy, ["Register", "VerifyLogin", "ChangePassword"]);
+    assert!(user_service_rpc::methods::ALL.iter().all(|m| !users.runs_inline(m)));
+}
