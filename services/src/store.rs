@@ -62,6 +62,7 @@ pub use self::error::Error;
 pub use self::mysql::MySql;
 pub use self::schema::VERSION as SCHEMA_VERSION;
 pub use self::sqlite::Sqlite;
+pub use self::types::password_check;
 pub use self::types::{
     Anchor, ConversationState, Credentials, Cursor, Group, GroupSettings, HistoryVisibility, Invitation,
     Message, NewMessage, NewToken, Page, Sent, User,
@@ -95,11 +96,14 @@ pub trait Store: Send + Sync {
     fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<(), Error>;
 
     /// Stores a session token's hash, then deletes the user's expired tokens and all but
-    /// the newest [`NewToken::keep`] of the others (at least this one is kept).
+    /// the newest [`NewToken::keep`] of the others (at least this one is kept); all in
+    /// one transaction that first checks, with the user's row locked, that their
+    /// password hash is still the one [`NewToken::password_check`] names.
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`] when there is no such user.
+    /// [`Error::NotFound`] when there is no such user, [`Error::PermissionDenied`] when
+    /// the password changed since the login checked it.
     fn add_session_token(&self, token: &NewToken) -> Result<(), Error>;
 
     /// The user whose session token hashes to `hash`. An expired token is deleted and
@@ -333,6 +337,11 @@ pub(crate) fn check_new_message(message: &NewMessage<'_>) -> Result<Conversation
 }
 
 /// The answer for a session token that does not (or no longer) open a session.
+/// The error for a token whose login checked a password that has changed since.
+pub(crate) fn password_changed() -> Error {
+    Error::PermissionDenied("the password changed since this login checked it; log in again".into())
+}
+
 pub(crate) fn unknown_token() -> Error {
     Error::NotFound("the session token is unknown, expired or revoked".into())
 }

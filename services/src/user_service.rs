@@ -57,12 +57,17 @@ impl UserService {
     }
 
     /// A new session token for `user`, stored hashed.
-    fn issue_token_for(&self, user: UserId) -> Result<api::SessionToken, Status> {
+    /// A new session token for `user`, issued only while their password hash is still
+    /// the one whose [`password_check`](crate::store::password_check) is `password_check`.
+    fn issue_token_for(&self, user: UserId, password_check: [u8; 32]) -> Result<api::SessionToken, Status> {
         let (token, hash) = session_token::generate();
         let ttl_ms = i64::try_from(self.tokens.ttl.as_millis()).unwrap_or(i64::MAX);
         let expires_at_ms = crate::store::now_ms().saturating_add(ttl_ms);
-        let new = NewToken { user, hash, expires_at_ms, keep: self.tokens.keep_per_user };
-        self.store.add_session_token(&new).map_err(store_status)?;
+        let new = NewToken { user, hash, expires_at_ms, keep: self.tokens.keep_per_user, password_check };
+        self.store.add_session_token(&new).map_err(|e| match e {
+            crate::store::Error::PermissionDenied(why) => Status::unauthenticated(why),
+            other => store_status(other),
+        })?;
         Ok(api::SessionToken { token, expires_at_ms })
     }
 
@@ -130,6 +135,14 @@ impl user_service_rpc::UserService for UserService {
         ctx: &Context,
         request: api::LoginRequest,
     ) -> Result<api::VerifyLoginResponse, Status> {
+        // A name no account can have (Register checks it) or a password longer than any
+        // is wrong at once: it reaches neither the throttle, which would keep the name
+        // as a key, nor the store nor the hash.
+        if limits::check_name(&request.name).is_err()
+            || request.password.chars().count() > limits::PASSWORD_MAX
+        {
+            return Err(wrong_credentials());
+        }
         let from = source(ctx, &request.source)?;
         // Before the store and the hash: a refused attempt costs next to nothing.
         self.throttle.begin_login(&request.name, from)?;
@@ -144,7 +157,8 @@ impl user_service_rpc::UserService for UserService {
         match auth::verify_password(&request.password, &credentials.password_hash) {
             Ok(true) => {
                 self.throttle.login_succeeded(&request.name, from);
-                Ok(api::VerifyLoginResponse { user: Some(user(credentials.user)) })
+                let credential = crate::store::password_check(&credentials.password_hash).to_vec();
+                Ok(api::VerifyLoginResponse { user: Some(user(credentials.user)), credential })
             }
             Ok(false) => Err(wrong_credentials()),
             Err(e) => {
@@ -155,7 +169,9 @@ impl user_service_rpc::UserService for UserService {
     }
 
     fn issue_token(&self, _ctx: &Context, request: api::IssueTokenCall) -> Result<api::SessionToken, Status> {
-        self.issue_token_for(caller(request.user_id)?)
+        let check = <[u8; 32]>::try_from(&request.credential[..])
+            .map_err(|_| Status::invalid_argument("credential must be the 32 bytes VerifyLogin answered"))?;
+        self.issue_token_for(caller(request.user_id)?, check)
     }
 
     fn resume_session(
@@ -165,7 +181,7 @@ impl user_service_rpc::UserService for UserService {
     ) -> Result<api::VerifyLoginResponse, Status> {
         let hash = session_token::hash(&request.session_token).ok_or_else(unknown_token)?;
         match self.store.session_token_user(&hash) {
-            Ok(found) => Ok(api::VerifyLoginResponse { user: Some(user(found)) }),
+            Ok(found) => Ok(api::VerifyLoginResponse { user: Some(user(found)), credential: Vec::new() }),
             Err(crate::store::Error::NotFound(_)) => Err(unknown_token()),
             Err(e) => Err(store_status(e)),
         }
@@ -205,7 +221,8 @@ impl user_service_rpc::UserService for UserService {
         })?;
         self.store.set_password_hash(me, &hash).map_err(store_status)?;
         tracing::info!(user = %me, "password changed; session tokens revoked");
-        Ok(api::ChangePasswordResponse { session_token: Some(self.issue_token_for(me)?) })
+        let check = crate::store::password_check(&hash);
+        Ok(api::ChangePasswordResponse { session_token: Some(self.issue_token_for(me, check)?) })
     }
 
     fn profile(&self, _ctx: &Context, request: api::UserCall) -> Result<api::ProfileResponse, Status> {

@@ -11,6 +11,14 @@ use crate::api::{self, gateway_rpc};
 use crate::convert::{presence_status, rpc_status, send_status};
 use crate::ids::UserId;
 
+/// How the user service authenticated a session about to open.
+enum Opened {
+    /// With the password; the check's credential (`VerifyLoginResponse::credential`).
+    Password(Vec<u8>),
+    /// With this session token.
+    Token(String),
+}
+
 impl Proxy {
     /// `users` with their online state.
     fn contacts(&self, users: Vec<api::User>) -> Result<Vec<api::Contact>, Status> {
@@ -57,15 +65,19 @@ impl Proxy {
     }
 
     /// Opens a session for `user`, whom the user service just authenticated on the
-    /// call's connection: with the password (`resumed_with` is `None`; a session token is
-    /// issued and returned) or with the session token `resumed_with`. Both claim the
-    /// user's lease, replace a session open elsewhere and answer with the same view.
+    /// call's connection: with the password (a session token is issued and returned) or
+    /// with a session token. Both claim the user's lease, replace a session open
+    /// elsewhere and answer with the same view.
     fn start_session(
         &self,
         ctx: &Context,
         user: Option<api::User>,
-        resumed_with: Option<String>,
+        opened: Opened,
     ) -> Result<api::LoginResponse, Status> {
+        let (credential, resumed_with) = match opened {
+            Opened::Password(credential) => (Some(credential), None),
+            Opened::Token(token) => (None, Some(token)),
+        };
         let sessions = &self.inner.sessions;
         let connection = ctx.connection();
         let user =
@@ -82,7 +94,7 @@ impl Proxy {
         if let Some(other) = login.elsewhere.clone() {
             self.kick_elsewhere(id, other);
         }
-        match self.session_view(user, &login, resumed_with.is_none()) {
+        match self.session_view(user, &login, credential) {
             Ok(view) => {
                 let resumed = resumed_with.is_some();
                 tracing::info!(user = %id, connection = %connection.id(), replaced = login.replaced, resumed, "logged in");
@@ -101,19 +113,20 @@ impl Proxy {
         }
     }
 
-    /// The answer to a login or resume that bound `login`, with a new session token when
-    /// `issue_token` is set.
+    /// The answer to a login or resume that bound `login`, with a new session token for a
+    /// login whose password check answered `credential`.
     fn session_view(
         &self,
         user: api::User,
         login: &Login,
-        issue_token: bool,
+        credential: Option<Vec<u8>>,
     ) -> Result<api::LoginResponse, Status> {
-        let token = if issue_token {
-            let call = api::IssueTokenCall { user_id: user.id };
-            Some(self.inner.users.issue_token(&call).map_err(rpc_status)?)
-        } else {
-            None
+        let token = match credential {
+            Some(credential) => {
+                let call = api::IssueTokenCall { user_id: user.id, credential };
+                Some(self.inner.users.issue_token(&call).map_err(rpc_status)?)
+            }
+            None => None,
         };
         self.login_view(user, login.replaced, token)
     }
@@ -143,8 +156,8 @@ impl gateway_rpc::Gateway for Proxy {
         request.source = ctx.client_addr().ip().to_string();
         // A login on a connection that already has a session ends that session first.
         self.inner.sessions.end(ctx.connection().id());
-        let user = self.inner.users.verify_login(&request).map_err(rpc_status)?.user;
-        self.start_session(ctx, user, None)
+        let verified = self.inner.users.verify_login(&request).map_err(rpc_status)?;
+        self.start_session(ctx, verified.user, Opened::Password(verified.credential))
     }
 
     fn resume(&self, ctx: &Context, request: api::ResumeRequest) -> Result<api::LoginResponse, Status> {
@@ -152,7 +165,7 @@ impl gateway_rpc::Gateway for Proxy {
         // As for a login: a session already on this connection ends first.
         self.inner.sessions.end(ctx.connection().id());
         let user = self.inner.users.resume_session(&request).map_err(rpc_status)?.user;
-        self.start_session(ctx, user, Some(request.session_token))
+        self.start_session(ctx, user, Opened::Token(request.session_token))
     }
 
     fn logout(&self, ctx: &Context, _request: api::LogoutRequest) -> Result<api::LogoutResponse, Status> {

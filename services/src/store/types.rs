@@ -35,6 +35,16 @@ pub struct NewToken {
     pub expires_at_ms: i64,
     /// How many of the user's tokens to keep, this one included: the newest ones.
     pub keep: usize,
+    /// SHA-256 of the password hash that the login issuing the token checked
+    /// ([`password_check`]): the token is added only while the user's hash is still
+    /// that one, so a login that raced a password change gets no token.
+    pub password_check: [u8; 32],
+}
+
+/// SHA-256 of a stored password hash, as [`NewToken::password_check`] holds it.
+pub fn password_check(password_hash: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(password_hash.as_bytes()).into()
 }
 
 /// A chat group.

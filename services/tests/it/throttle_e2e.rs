@@ -121,6 +121,19 @@ fn cases(client: SocketAddr, user_service: SocketAddr, secret: &ClusterSecret) {
     logins_are_limited_per_client_address(client);
     registrations_are_limited_per_client_address(client);
     verify_login_on_the_user_service_port_is_throttled_too(client, user_service, secret);
+    a_name_no_account_can_have_never_reaches_the_throttle(client);
+}
+
+/// Names over the limit (which Register enforces) are wrong at once: were they counted,
+/// the throttle would keep each whole as a key, and the address's bucket would refuse
+/// after `ADDRESS_LOGINS` attempts.
+fn a_name_no_account_can_have_never_reaches_the_throttle(server: SocketAddr) {
+    let from = fresh_address();
+    let huge = "n".repeat(64 * 1024);
+    for attempt in 0..ADDRESS_LOGINS + 3 {
+        let outcome = login_from(from, server, &huge, PASSWORD);
+        assert_code(outcome, Code::Unauthenticated, &format!("attempt {attempt} with a 64 KiB name"));
+    }
 }
 
 fn a_wrong_password_storm_waits_and_the_right_password_is_accepted_after_it(server: SocketAddr) {

@@ -5,7 +5,7 @@ use mysql::prelude::Queryable;
 
 use super::queries::{require_user, user_from, UserRow};
 use crate::ids::UserId;
-use crate::store::{now_ms, unknown_token, Error, NewToken, User};
+use crate::store::{now_ms, password_changed, password_check, unknown_token, Error, NewToken, User};
 
 /// Replaces the user's password hash and deletes all their tokens.
 pub(super) fn set_password_hash(
@@ -22,6 +22,12 @@ pub(super) fn set_password_hash(
 /// Inserts the token, then trims the user's tokens to the newest `keep` unexpired ones.
 pub(super) fn add(q: &mut impl Queryable, token: &NewToken) -> Result<(), Error> {
     require_user(q, token.user)?;
+    // Locked until the commit: a password change waits for this token, then deletes it.
+    let current: Option<String> =
+        q.exec_first("SELECT password_hash FROM users WHERE id = ? FOR UPDATE", (token.user.0,))?;
+    if current.as_deref().map(password_check) != Some(token.password_check) {
+        return Err(password_changed());
+    }
     let now = now_ms();
     q.exec_drop(
         "INSERT INTO session_tokens (token_hash, user_id, created_at_ms, expires_at_ms) VALUES (?, ?, ?, ?)",

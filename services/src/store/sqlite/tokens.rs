@@ -5,7 +5,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::queries::{require_user, user_from_row};
 use crate::ids::UserId;
-use crate::store::{now_ms, unknown_token, Error, NewToken, User};
+use crate::store::{now_ms, password_changed, password_check, unknown_token, Error, NewToken, User};
 
 /// Replaces the user's password hash and deletes all their tokens.
 pub(super) fn set_password_hash(
@@ -23,6 +23,13 @@ pub(super) fn set_password_hash(
 /// Inserts the token, then trims the user's tokens to the newest `keep` unexpired ones.
 pub(super) fn add(tx: &Transaction<'_>, token: &NewToken) -> Result<(), Error> {
     require_user(tx, token.user)?;
+    // SQLite runs one write transaction at a time: the hash cannot change under us.
+    let current: String = tx
+        .prepare_cached("SELECT password_hash FROM users WHERE id = ?1")?
+        .query_row([token.user], |row| row.get(0))?;
+    if password_check(&current) != token.password_check {
+        return Err(password_changed());
+    }
     let now = now_ms();
     tx.prepare_cached(
         "INSERT INTO session_tokens (token_hash, user_id, created_at_ms, expires_at_ms)

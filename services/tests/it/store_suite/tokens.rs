@@ -2,14 +2,20 @@
 //! at once by a password change.
 
 use services::session_token;
-use services::store::NewToken;
+use services::store::{password_check, NewToken};
 
 use super::*;
 
-/// A token for `user` that expires in an hour, with its hash.
+/// A token for `user` (whose password hash is still [`HASH`]) that expires in an hour.
 fn token(user: &User, keep: usize) -> NewToken {
     let (_, hash) = session_token::generate();
-    NewToken { user: user.id, hash, expires_at_ms: now_ms() + 3_600_000, keep }
+    NewToken {
+        user: user.id,
+        hash,
+        expires_at_ms: now_ms() + 3_600_000,
+        keep,
+        password_check: password_check(HASH),
+    }
 }
 
 fn now_ms() -> i64 {
@@ -96,6 +102,15 @@ pub fn a_password_change_revokes_every_session_token_of_the_user(f: &dyn Fixture
     }
     assert_eq!(store.session_token_user(&bobs.hash).unwrap(), bob);
     assert_eq!(store.credentials("bob").unwrap().password_hash, HASH);
+
+    // A login that checked the old password before the change gets no token after it.
+    let raced = token(&alice, 10);
+    let err = store.add_session_token(&raced).unwrap_err();
+    assert!(matches!(err, services::store::Error::PermissionDenied(_)), "{err:?}");
+    assert_not_found(store.session_token_user(&raced.hash));
+    let checked = NewToken { password_check: password_check(new_hash), ..token(&alice, 10) };
+    store.add_session_token(&checked).unwrap();
+    assert_eq!(store.session_token_user(&checked.hash).unwrap(), alice, "a login with the new password");
 
     assert_not_found(store.set_password_hash(UserId(999_999), new_hash));
     assert_invalid(store.set_password_hash(alice.id, ""));
