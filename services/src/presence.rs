@@ -79,11 +79,14 @@ pub trait Presence: Send + Sync {
     /// [`Error::InvalidTtl`] for a TTL under one millisecond; backend failures.
     fn renew_all(&self, users: &[UserId], owner: &str, ttl: Duration) -> Result<Vec<UserId>, Error>;
 
-    /// Takes `user`'s lease for `owner` for `ttl` only if no other proxy holds a live one,
-    /// and returns that proxy otherwise (taking nothing). A proxy calls it for a session
-    /// whose lease renewal found missing: the table lost it (a backend restarted empty),
-    /// or it lapsed while the proxy could not renew. A lapsed lease taken back is no
-    /// longer lapsed, so no sweep hands it out.
+    /// Takes `user`'s lease for `owner` for `ttl` only if no other proxy holds it, claimed
+    /// it last (even if it lapsed since), or released it or held it when it was swept in
+    /// the last minutes; returns that proxy otherwise (taking nothing). A proxy calls it
+    /// for a session whose lease renewal found missing: the table lost it (a backend
+    /// restarted empty), or it lapsed while the proxy could not renew. A lease a newer
+    /// login took elsewhere is never taken back for the older session, even once the
+    /// newer one ended. A lapsed lease taken back is no longer lapsed, so no sweep hands
+    /// it out.
     ///
     /// # Errors
     ///

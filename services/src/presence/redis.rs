@@ -83,6 +83,11 @@ macro_rules! now_ms {
 /// milliseconds: far longer than a retry can take (an I/O time-out and a connect).
 const CALL_MEMO_MS: u64 = 60_000;
 
+/// How long a released or swept lease is remembered (its last holder, in the key
+/// [`Redis::gone_key`]), in milliseconds, so that [`RECLAIM`] does not hand it to a
+/// proxy that lost it to another: far longer than a renewal interval.
+const GONE_MS: u64 = 300_000;
+
 /// Lua: `replayed` is the answer recorded in the memo KEYS[4] by an earlier run of the
 /// call with id ARGV[4], or nil when this call has not run.
 macro_rules! replayed {
@@ -97,8 +102,9 @@ end
 }
 
 /// Gives the lease KEYS[1] to ARGV[1] for ARGV[2] ms and returns the previous holder, if
-/// any; schedules user ARGV[3] in the expiries KEYS[2] and names the owner in KEYS[3].
-/// Records the answer for call ARGV[4] in KEYS[4], and answers a second run from it.
+/// any; schedules user ARGV[3] in the expiries KEYS[2], names the owner in KEYS[3] and
+/// forgets who last released or lost the lease (KEYS[5]). Records the answer for call
+/// ARGV[4] in KEYS[4], and answers a second run from it.
 const CLAIM: &str = concat!(
     replayed!(),
     r"if replayed then
@@ -111,17 +117,30 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[1])
+redis.call('DEL', KEYS[5])
 redis.call('SET', KEYS[4], ARGV[4] .. '=' .. (previous or ''), 'PX', ARGV[5])
 return previous
 "
 );
 
 /// Gives the lease KEYS[1] to ARGV[1] for ARGV[2] ms as [`CLAIM`] does, but only if
-/// nobody else holds it; returns the holder then, else nothing.
+/// nobody else holds it, claimed it last (the owners KEYS[3], kept until a sweep or a
+/// release) or released or lost it last (KEYS[4], see [`GONE_MS`]): returns that proxy
+/// then, else nothing. So a lease taken over by a
+/// newer login elsewhere stays gone for the older session even after the newer one
+/// released it; one lost with Redis's data is taken back.
 const RECLAIM: &str = concat!(
     r"local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then
   return holder
+end
+local last = redis.call('HGET', KEYS[3], ARGV[3])
+if last and last ~= ARGV[1] then
+  return last
+end
+local gone = redis.call('GET', KEYS[4])
+if gone and gone ~= ARGV[1] then
+  return gone
 end
 ",
     now_ms!(),
@@ -147,8 +166,9 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 
 /// Deletes the lease KEYS[1] if ARGV[1] holds it, with user ARGV[3]'s entries in the
 /// expiries KEYS[2] and owners KEYS[3] (a released lease is announced by its releaser,
-/// not by a sweep); returns 1 if it did, else 0. Records the answer for call ARGV[4] in
-/// KEYS[4], and answers a second run from it.
+/// not by a sweep), and remembers ARGV[1] as its last holder in KEYS[5] for ARGV[6] ms;
+/// returns 1 if it did, else 0. Records the answer for call ARGV[4] in KEYS[4], and
+/// answers a second run from it.
 const RELEASE: &str = concat!(
     replayed!(),
     r"if replayed then
@@ -159,6 +179,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('ZREM', KEYS[2], ARGV[3])
   redis.call('HDEL', KEYS[3], ARGV[3])
   released = redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[6])
 end
 redis.call('SET', KEYS[4], ARGV[4] .. '=' .. released, 'PX', ARGV[5])
 return released
@@ -167,9 +188,10 @@ return released
 
 /// Takes up to ARGV[2] users whose score in the expiries KEYS[1] has passed and whose
 /// lease key (ARGV[1] .. user) is gone; removes them from KEYS[1] and the owners KEYS[2]
-/// and returns them flattened as user, owner, user, owner, ... A due user whose key still
-/// lives is rescheduled at the key's real expiry; one whose key has no expiry is not a
-/// lease of ours and is dropped from the schedule.
+/// and returns them flattened as user, owner, user, owner, ... Each one's last holder is
+/// remembered in ARGV[3] .. user for ARGV[4] ms (see [`GONE_MS`]). A due user whose key
+/// still lives is rescheduled at the key's real expiry; one whose key has no expiry is
+/// not a lease of ours and is dropped from the schedule.
 const SWEEP: &str = concat!(
     now_ms!(),
     r"local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
@@ -185,6 +207,9 @@ for _, user in ipairs(due) do
     if ttl == -2 then
       table.insert(lapsed, user)
       table.insert(lapsed, owner or '')
+      if owner then
+        redis.call('SET', ARGV[3] .. user, owner, 'PX', ARGV[4])
+      end
     end
   end
 end
@@ -261,9 +286,16 @@ impl Redis {
         format!("{}owners", self.key_prefix)
     }
 
-    /// Where a claim or release of `user` records its answer for a retry of the call.
-    fn memo_key(&self, user: UserId) -> String {
-        format!("{}call:{}", self.key_prefix, user.0)
+    /// Where call `id`, a claim or release of `user`, records its answer for a retry of
+    /// the same call (one key per call: a retry after another proxy's call on the same
+    /// user still finds its own answer).
+    fn memo_key(&self, user: UserId, id: &str) -> String {
+        format!("{}call:{}:{id}", self.key_prefix, user.0)
+    }
+
+    /// Who last released `user`'s lease, or held it when it lapsed (see [`GONE_MS`]).
+    fn gone_key(&self, user: UserId) -> String {
+        format!("{}{GONE}{}", self.key_prefix, user.0)
     }
 
     /// `script` on `user`'s lease: KEYS are the lease, the expiries and the owners; ARGV
@@ -282,14 +314,17 @@ impl Redis {
         invocation
     }
 
-    /// `invocation` made a call that a retry may repeat: it gets the memo key of `user`
-    /// (KEYS\[4\]), a fresh call id (ARGV\[4\]) and the memo's lifetime (ARGV\[5\]).
+    /// `invocation` made a call that a retry may repeat: it gets the call's memo key
+    /// (KEYS\[4\]), a fresh call id (ARGV\[4\]) and the memo's lifetime (ARGV\[5\]), then
+    /// `user`'s gone key (KEYS\[5\]) and its lifetime (ARGV\[6\]).
     fn once<'a>(
         &self,
         mut invocation: ::redis::ScriptInvocation<'a>,
         user: UserId,
     ) -> ::redis::ScriptInvocation<'a> {
-        invocation.key(self.memo_key(user)).arg(format!("{:016x}", rand::random::<u64>())).arg(CALL_MEMO_MS);
+        let id = format!("{:016x}", rand::random::<u64>());
+        invocation.key(self.memo_key(user, &id)).arg(id).arg(CALL_MEMO_MS);
+        invocation.key(self.gone_key(user)).arg(GONE_MS);
         invocation
     }
 
@@ -310,6 +345,8 @@ impl Redis {
 
 /// What comes between the key prefix and the user id in a lease's key.
 const USER: &str = "user:";
+/// What comes between the key prefix and the user id in a gone key.
+const GONE: &str = "gone:";
 
 /// Sorts connection failures into [`Error::Unavailable`].
 fn classify(e: RedisError) -> Error {
@@ -329,7 +366,8 @@ impl Presence for Redis {
 
     fn reclaim(&self, user: UserId, owner: &str, ttl: Duration) -> Result<Option<String>, Error> {
         let ms = ttl_millis(ttl)?;
-        let invocation = self.invocation(&self.reclaim, user, owner, Some(ms));
+        let mut invocation = self.invocation(&self.reclaim, user, owner, Some(ms));
+        invocation.key(self.gone_key(user));
         self.with_conn(|conn| invocation.invoke(conn))
     }
 
@@ -379,6 +417,7 @@ impl Presence for Redis {
         }
         let mut invocation = self.sweep.key(self.expiries_key());
         invocation.key(self.owners_key()).arg(format!("{}{USER}", self.key_prefix)).arg(limit);
+        invocation.arg(format!("{}{GONE}", self.key_prefix)).arg(GONE_MS);
         // Not sent twice: a sweep that ran took its leases out of the table.
         let flat: Vec<String> = self.with_conn_once(|conn| invocation.invoke(conn))?;
         let mut lapsed = Vec::with_capacity(flat.len() / 2);

@@ -122,12 +122,29 @@ pub fn reclaim_takes_only_a_lease_nobody_holds(f: &dyn Fixture) {
     p.claim(UserId(2), "proxy-b", LONG).unwrap();
     assert_eq!(p.reclaim(UserId(2), "proxy-a", LONG).unwrap(), some("proxy-b"));
     assert_eq!(owners(p, &[2]), [some("proxy-b")], "never taken from a live holder");
-    // A lapsed lease is free, and once taken back it is not swept.
-    p.claim(UserId(3), "proxy-b", SHORT).unwrap();
+    // Its own lapsed lease is taken back, and once taken back it is not swept.
+    p.claim(UserId(3), "proxy-a", SHORT).unwrap();
     wait_until(SHORT * 10, "the lease lapses", || owners(p, &[3]) == [None]);
     assert_eq!(p.reclaim(UserId(3), "proxy-a", LONG).unwrap(), None);
     assert_eq!(p.sweep_lapsed(1000).unwrap(), [], "taken back, not lapsed");
     assert_eq!(owners(p, &[3]), [some("proxy-a")]);
+    // A lease another proxy claimed last is not taken for an older session: not while
+    // it lives, not once it lapsed, not once that proxy released it or it was swept.
+    p.claim(UserId(5), "proxy-a", LONG).unwrap();
+    p.claim(UserId(5), "proxy-b", SHORT).unwrap();
+    wait_until(SHORT * 10, "proxy-b's lease lapses", || owners(p, &[5]) == [None]);
+    assert_eq!(p.reclaim(UserId(5), "proxy-a", LONG).unwrap(), some("proxy-b"), "lapsed, not swept");
+    assert_eq!(sweep_until(p, 1, SHORT * 10), [lapsed(5, "proxy-b")]);
+    assert_eq!(p.reclaim(UserId(5), "proxy-a", LONG).unwrap(), some("proxy-b"), "swept");
+    p.claim(UserId(6), "proxy-a", LONG).unwrap();
+    p.claim(UserId(6), "proxy-b", LONG).unwrap();
+    assert!(p.release(UserId(6), "proxy-b").unwrap());
+    assert_eq!(p.reclaim(UserId(6), "proxy-a", LONG).unwrap(), some("proxy-b"), "released");
+    assert_eq!(owners(p, &[5, 6]), [None, None]);
+    // A new login anywhere starts over: the proxy it is on may take its lease back.
+    p.claim(UserId(6), "proxy-a", SHORT).unwrap();
+    wait_until(SHORT * 10, "the lease lapses", || owners(p, &[6]) == [None]);
+    assert_eq!(p.reclaim(UserId(6), "proxy-a", LONG).unwrap(), None);
     assert!(matches!(p.reclaim(UserId(4), "proxy-a", Duration::ZERO), Err(Error::InvalidTtl(_))));
 }
 
