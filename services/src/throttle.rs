@@ -82,8 +82,8 @@ pub struct Backoff {
 /// | `address_register` | 5 registrations, then one per 5 min |
 /// | `forget_after` | 1 h |
 ///
-/// With these, one account takes at most about 24 guesses in the first hour and 12 in each after, and one address
-/// about 360 guesses an hour over all accounts.
+/// With these, one account takes at most about 24 guesses in the first hour and 12 in
+/// each after, and one address about 360 guesses an hour over all accounts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Back-off per account name (case does not matter).
