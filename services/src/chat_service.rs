@@ -76,6 +76,10 @@ impl ChatService {
     }
 }
 
+/// How old a message may be for a resend of it (same client message id) to push it again,
+/// in milliseconds: longer than clients retry a send whose outcome was unknown.
+const REPUSH_WINDOW_MS: i64 = 60_000;
+
 impl std::fmt::Debug for ChatService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChatService").field("proxies", &self.proxies).finish_non_exhaustive()
@@ -97,8 +101,14 @@ impl chat_service_rpc::ChatService for ChatService {
             })
             .map_err(write_status)?;
         // A retry is pushed again: the first attempt may have stored the message and died
-        // before pushing it. Clients drop a pushed sequence they have already seen.
-        self.fan_out(&sent.message);
+        // before pushing it. Clients drop a pushed sequence they have already seen. Only
+        // a recent one, though: an old message's recipients have long had it (or will at
+        // their next Sync), and pushing it again on every resend would let a sender spam
+        // a group with it, or show it to members who joined after it was sent.
+        let recent = crate::store::now_ms().saturating_sub(sent.message.sent_at_ms) <= REPUSH_WINDOW_MS;
+        if !sent.duplicate || recent {
+            self.fan_out(&sent.message);
+        }
         Ok(api::SendMessageResponse { message: Some(message(sent.message)), duplicate: sent.duplicate })
     }
 
