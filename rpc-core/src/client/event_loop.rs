@@ -185,7 +185,10 @@ impl Loop {
                     continue;
                 }
                 if !entry.config.keepalive.is_zero() {
-                    tick = tick.min(entry.config.keepalive);
+                    // Half the interval: connections adopted at other times
+                    // are due between two looks.
+                    tick = tick.min(entry.config.keepalive / 2);
+                    next_tick = next_tick.min(Instant::now() + tick);
                 }
                 entries.insert(token, entry);
             }
@@ -197,8 +200,12 @@ impl Loop {
                 if event.is_writable() {
                     let _ = entry.conn.flush();
                 }
-                if let Err(reason) = entry.read(&mut scratch, now) {
-                    ended.push((token, reason));
+                // The end of the stream raises no new event once seen: read to it.
+                let to_end = event.is_read_closed() || event.is_error();
+                if event.is_readable() || to_end {
+                    if let Err(reason) = entry.read(&mut scratch, now, to_end) {
+                        ended.push((token, reason));
+                    }
                 }
             }
             written = connection::end_batch();
@@ -244,8 +251,10 @@ impl Loop {
 
 impl Entry {
     /// Reads and dispatches until the socket has nothing more; `Err` with
-    /// the reason when the connection ended.
-    fn read(&mut self, scratch: &mut [u8], now: Instant) -> Result<(), String> {
+    /// the reason when the connection ended. Unless `to_end`, a read that
+    /// does not fill the buffer took everything there was: bytes arriving
+    /// later raise a new event, so the read that would only say so is saved.
+    fn read(&mut self, scratch: &mut [u8], now: Instant, to_end: bool) -> Result<(), String> {
         loop {
             match (&self.stream).read(scratch) {
                 Ok(0) => return Err(self.conn.reason_or("closed by the server")),
@@ -253,6 +262,9 @@ impl Entry {
                     self.last_rx = now;
                     self.buf.extend_from_slice(&scratch[..n]);
                     self.conn.frames(&mut self.buf, &mut self.discard, &self.config)?;
+                    if n < scratch.len() && !to_end {
+                        return Ok(());
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
