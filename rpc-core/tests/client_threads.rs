@@ -38,7 +38,10 @@ fn check_open_files_limit() {
         .unwrap_or("unlimited");
     let needed = CONNECTIONS * 4;
     if let Ok(soft) = soft.parse::<usize>() {
-        assert!(soft >= needed, "the open-files limit ({soft}) is below {needed}: run `ulimit -n {needed}` first");
+        assert!(
+            soft >= needed,
+            "the open-files limit ({soft}) is below {needed}: run `ulimit -n {needed}` first"
+        );
     }
 }
 
@@ -57,7 +60,8 @@ fn a_thousand_connections_share_a_handful_of_threads_and_all_of_them_serve_calls
         .collect();
     for (i, channel) in channels.iter().enumerate() {
         let body = i.to_be_bytes();
-        let reply = channel.call_raw("test.Echo", "Say", &body, None).unwrap_or_else(|e| panic!("call {i}: {e}"));
+        let reply =
+            channel.call_raw("test.Echo", "Say", &body, None).unwrap_or_else(|e| panic!("call {i}: {e}"));
         assert_eq!(&reply[..], &body[..], "the answer on connection {i}");
     }
     let after = threads();
