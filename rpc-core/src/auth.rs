@@ -146,6 +146,15 @@ pub trait ClientHandshake: Send {
     /// Why the server is not trusted (it failed to prove itself, or broke the
     /// mechanism); the connection is then closed.
     fn step(&mut self, message: &Message) -> Result<Option<Message>, String>;
+
+    /// Asked when the server says `ok`: whether the server has proved itself by
+    /// now. rpc-core sends no call on the connection unless this is `Ok`, so a
+    /// server that answers `ok` before (or without) proving itself is refused.
+    ///
+    /// # Errors
+    ///
+    /// Why the server is not trusted yet.
+    fn finish(&self) -> Result<(), String>;
 }
 
 /// A listener's authentication: the mechanism it requires, how long a peer has

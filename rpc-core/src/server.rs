@@ -132,7 +132,9 @@ pub struct Config {
     /// starts with `P` and not a well-formed header (at most 107 bytes) is closed with
     /// a go-away naming the fault; one that starts with a frame is its own client, and
     /// so is every connection from other peers, whose headers are not read. Empty (the
-    /// default): no header is read from anyone.
+    /// default): no header is read from anyone. Any process that can connect from a
+    /// listed address can name any client (with a loopback address, every local
+    /// process), and addresses match exactly (`::ffff:127.0.0.1` is not `127.0.0.1`).
     pub proxy_protocol_from: Vec<std::net::IpAddr>,
     /// Who may call: with one, a connection's calls are answered
     /// `Unauthenticated` (not run) until the peer has passed its handshake

@@ -16,8 +16,8 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Write as _};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::io::{self, Read as _, Write as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -50,6 +50,14 @@ pub enum Error {
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+    /// The file belongs to another user, who could change it.
+    #[error("the cluster secret file {path} belongs to user {owner}, not to this process's user")]
+    ForeignOwner {
+        /// The file.
+        path: PathBuf,
+        /// Its owner's user id.
+        owner: u32,
     },
     /// The text is not a secret: not hex, or too short.
     #[error("the cluster secret from {from} is not valid: {why}")]
@@ -102,19 +110,29 @@ impl ClusterSecret {
         Ok(ClusterSecret { bytes: bytes.into() })
     }
 
-    /// Reads the secret from `path`, which only its owner may read.
+    /// Reads the secret from `path`, a file (not a symbolic link) of this process's
+    /// user that only its owner may read. The checks and the read are made on one open
+    /// handle, so the file cannot be swapped between them.
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] when it cannot be read, [`Error::Exposed`] when others may read it,
-    /// [`Error::Invalid`] when it does not hold a secret.
+    /// [`Error::Io`] when it cannot be read (a symbolic link included),
+    /// [`Error::Exposed`] when others may read it, [`Error::ForeignOwner`] when another
+    /// user owns it, [`Error::Invalid`] when it does not hold a secret.
     pub fn read(path: &Path) -> Result<ClusterSecret, Error> {
         let io = |source| Error::Io { path: path.to_owned(), source };
-        let mode = fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+        let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+        let mut file = fs::OpenOptions::new().read(true).custom_flags(nofollow).open(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(Error::Exposed { path: path.to_owned(), mode });
         }
-        let text = fs::read_to_string(path).map_err(io)?;
+        if meta.uid() != rustix::process::geteuid().as_raw() {
+            return Err(Error::ForeignOwner { path: path.to_owned(), owner: meta.uid() });
+        }
+        let mut text = String::new();
+        io::Read::by_ref(&mut file).take(4096).read_to_string(&mut text).map_err(io)?;
         ClusterSecret::from_hex(&text, &path.display().to_string())
     }
 
@@ -124,19 +142,35 @@ impl ClusterSecret {
     /// # Errors
     ///
     /// As [`ClusterSecret::read`], and [`Error::Io`] when the file cannot be created.
+    ///
+    /// A new secret is written whole to a file of its own first and then linked in
+    /// place, so no process ever reads a half-written secret, and a crash leaves either
+    /// no file or a whole one.
     pub fn load_or_create(path: &Path) -> Result<ClusterSecret, Error> {
         let io = |source| Error::Io { path: path.to_owned(), source };
-        let created = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
-        let mut file = match created {
-            Ok(file) => file,
-            // There already, or made by another process just now: use that one.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return ClusterSecret::read(path),
-            Err(e) => return Err(io(e)),
-        };
+        if path.exists() {
+            return ClusterSecret::read(path);
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let draft = path.with_file_name(format!(".{name}.{:016x}", rand::random::<u64>()));
         let secret = ClusterSecret::generate();
-        writeln!(file, "{}", secret.to_hex()).and_then(|()| file.sync_all()).map_err(io)?;
-        tracing::info!(path = %path.display(), "generated a new cluster secret");
-        Ok(secret)
+        let written = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&draft)
+            .and_then(|mut file| writeln!(file, "{}", secret.to_hex()).and_then(|()| file.sync_all()));
+        let linked = written.and_then(|()| fs::hard_link(&draft, path));
+        let _ = fs::remove_file(&draft);
+        match linked {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "generated a new cluster secret");
+                Ok(secret)
+            }
+            // Made by another process just now: use that one.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => ClusterSecret::read(path),
+            Err(e) => Err(io(e)),
+        }
     }
 
     /// The secret in hex, as the file holds it.
@@ -178,6 +212,18 @@ mod tests {
         fs::write(&path, ClusterSecret::generate().to_hex()).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(ClusterSecret::read(&path), Err(Error::Exposed { mode: 0o644, .. })));
+    }
+
+    #[test]
+    fn a_symbolic_link_is_refused_and_creation_leaves_no_draft() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("elsewhere");
+        ClusterSecret::load_or_create(&real).unwrap();
+        let link = dir.path().join(FILE);
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(matches!(ClusterSecret::read(&link), Err(Error::Io { .. })), "a link is not followed");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 2, "only the secret and the link, no draft: {names:?}");
     }
 
     #[test]

@@ -27,6 +27,10 @@
 
 #[path = "../chat/mod.rs"]
 mod chat;
+#[path = "chatbench/run_soak.rs"]
+mod run_soak;
+#[path = "chatbench/run_storm.rs"]
+mod run_storm;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -242,7 +246,7 @@ struct SoakArgs {
 fn main() {
     let cli = Cli::parse();
     if let Some(Sub::Storm(args)) = &cli.mode {
-        match storm(args) {
+        match run_storm::storm(args) {
             Ok(true) => {}
             Ok(false) => std::process::exit(1),
             Err(e) => {
@@ -253,7 +257,7 @@ fn main() {
         return;
     }
     if let Some(Sub::Soak(args)) = &cli.mode {
-        match soak(args) {
+        match run_soak::soak(args) {
             Ok(true) => {}
             Ok(false) => std::process::exit(1),
             Err(e) => {
@@ -593,33 +597,7 @@ fn drive(
     if unanswered > 0 {
         eprintln!("chatbench: {unanswered} sends still unanswered after the grace period");
     }
-    let until = Instant::now() + Duration::from_secs(20);
-    for handle in loops {
-        handle.send(Command::Drain { quiet: Duration::from_secs(1), until });
-    }
-    for handle in loops {
-        handle.reply();
-    }
-    for handle in loops {
-        handle.send(Command::Sync);
-    }
-    for handle in loops {
-        handle.reply();
-    }
-
-    let mut counters = Counters::default();
-    let mut acks = Vec::new();
-    let mut seen: HashMap<u64, HashMap<ConversationId, Seen>> = HashMap::new();
-    for (l, handle) in loops.iter().enumerate() {
-        handle.send(Command::Finish);
-        let Reply::Finished(report) = handle.reply() else { bail!("unexpected reply to Finish") };
-        counters.merge(&report.counters);
-        acks.extend(report.acks);
-        let users = (0..n).filter(|&i| place(i, loops.len()).0 == l);
-        for (i, user_seen) in users.zip(report.seen) {
-            seen.insert(ids[i], user_seen);
-        }
-    }
+    let Finished { counters, acks, seen, .. } = finish(loops, &ids)?;
     let verdict = tally::verdict(acks.iter(), &conversations.members, |user, c| seen.get(&user)?.get(&c));
 
     let cpu_s = cpu_after
@@ -663,6 +641,55 @@ fn drive(
         cpu_s,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     })
+}
+
+/// What every loop saw, merged at the end of a run.
+struct Finished {
+    /// Counters and histograms of all loops.
+    counters: Counters,
+    /// Every acknowledged send.
+    acks: Vec<tally::Ack>,
+    /// What each user saw, by user id and conversation.
+    seen: HashMap<u64, HashMap<ConversationId, Seen>>,
+    /// Users brought back with `Resume`: when each was lost and when it was back.
+    resumed: Vec<(Instant, Instant)>,
+}
+
+/// Ends a run: waits (up to 20 s) until no push has arrived for a second, lets every
+/// user Sync so that nothing still in flight is missed, then stops the loops and merges
+/// what they saw. `ids[i]` is user `i`'s id.
+fn finish(loops: &[Handle], ids: &[u64]) -> anyhow::Result<Finished> {
+    let until = Instant::now() + Duration::from_secs(20);
+    for handle in loops {
+        handle.send(Command::Drain { quiet: Duration::from_secs(1), until });
+    }
+    for handle in loops {
+        handle.reply();
+    }
+    for handle in loops {
+        handle.send(Command::Sync);
+    }
+    for handle in loops {
+        handle.reply();
+    }
+    let mut done = Finished {
+        counters: Counters::default(),
+        acks: Vec::new(),
+        seen: HashMap::new(),
+        resumed: Vec::new(),
+    };
+    for (l, handle) in loops.iter().enumerate() {
+        handle.send(Command::Finish);
+        let Reply::Finished(report) = handle.reply() else { bail!("unexpected reply to Finish") };
+        done.counters.merge(&report.counters);
+        done.acks.extend(report.acks);
+        done.resumed.extend(report.resumed);
+        let users = (0..ids.len()).filter(|&i| place(i, loops.len()).0 == l);
+        for (i, user_seen) in users.zip(report.seen) {
+            done.seen.insert(ids[i], user_seen);
+        }
+    }
+    Ok(done)
 }
 
 /// Creates one group per member list (its first member creates it, the others join)
@@ -709,417 +736,4 @@ fn make_groups(
         .collect();
     check(&calls(loops, joins, window), "JoinGroup")?;
     Ok(ids.into_iter().zip(member_lists.iter().cloned()).collect())
-}
-
-/// Runs `chatbench soak`: starts a cluster with seeded users, runs the traffic while
-/// sampling, and prints the trends. True when nothing grew past its limit and the
-/// traffic flowed.
-fn soak(args: &SoakArgs) -> anyhow::Result<bool> {
-    let _ = tally::base();
-    let nofile = system::raise_nofile();
-    if (args.users + 64) as u64 > nofile {
-        bail!("{} users need more open files than the limit of {nofile}", args.users);
-    }
-    let chatroom = match &args.chatroom {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("chatroom"),
-    };
-    let options = Options {
-        mode: Mode::Cluster,
-        chatroom,
-        proxies: args.proxies,
-        user_services: args.user_services,
-        chat_services: args.chat_services,
-        mysql_server: args.mysql_server.clone(),
-        state_dir: None,
-    };
-    let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-    let names: Vec<String> = (0..args.users).map(|i| format!("cs{run_id}u{i}")).collect();
-    let password = format!("chatbench-{run_id}");
-    let seed = Seed { names: names.clone(), password: password.clone() };
-    eprintln!("chatbench: soak: starting a cluster and seeding {} users", args.users);
-    let system = System::start(&options, Some(&seed))?;
-    let describe = system.describe(&options);
-    let loops_n = args.loops.max(1);
-    let loops: Vec<Handle> = (0..loops_n)
-        .map(|l| Handle::spawn(l, (0..args.users).filter(|&i| place(i, loops_n).0 == l).count()))
-        .collect::<Result<_, _>>()?;
-    let run = soak_traffic(args, &system, &loops, &names, &password);
-    drop(loops);
-    drop(system);
-    soak_verdict(args, &describe, args.users, &run?)
-}
-
-/// What a soak saw.
-struct SoakRun {
-    /// Every sample, the first when the traffic started.
-    samples: Vec<Sample>,
-    /// The event loops' counters, merged.
-    counters: Counters,
-    /// Calls still unanswered when the loops gave up waiting.
-    unanswered: usize,
-}
-
-/// Logs the users in, makes each pair friends, runs the traffic and samples until the
-/// end.
-fn soak_traffic(
-    args: &SoakArgs,
-    system: &System,
-    loops: &[Handle],
-    names: &[String],
-    password: &str,
-) -> anyhow::Result<SoakRun> {
-    let n = names.len();
-    let accounts = Accounts { names, password, seeded: true };
-    let setup = setup(system, loops, &accounts, Workload::Mixed, 32, &args.redis)?;
-    // Pairs are friends, so that logging out and in announces presence to someone.
-    let befriend = setup
-        .pairs
-        .iter()
-        .map(|&(a, b)| {
-            let friend = Some(api::add_friend_request::Friend::UserId(setup.ids[b]));
-            (a, "AddFriend", api::AddFriendRequest { friend }.encode_to_vec())
-        })
-        .collect();
-    check(&calls(loops, befriend, 32), "AddFriend")?;
-
-    let (state_dir, database) = system.cluster().context("a soak runs on the cluster it starts")?;
-    let processes = system::with_nginx_workers(system.processes());
-    let targets = soaking::cluster_targets(state_dir, processes, &args.mysql_server, database, &args.redis)?;
-    let mut probe = Probe::new(targets);
-
-    let acked = Arc::new(AtomicU64::new(0));
-    let start = Instant::now() + Duration::from_millis(200);
-    let end = start + Duration::from_secs_f64(args.duration);
-    let share = |total: f64| total / loops.len() as f64;
-    for (l, handle) in loops.iter().enumerate() {
-        let users: Vec<usize> = (0..n).filter(|&i| place(i, loops.len()).0 == l).collect();
-        handle.send(Command::Soak(SoakPlan {
-            ids: users.iter().map(|&i| setup.ids[i]).collect(),
-            names: users.iter().map(|&i| names[i].clone()).collect(),
-            password: password.to_owned(),
-            sends: users.iter().map(|&i| setup.conversations.sends[i].clone()).collect(),
-            rate: share(args.rate),
-            reads: share(args.reads),
-            churn: share(args.churn),
-            offline: Duration::from_secs_f64(args.offline),
-            end,
-            in_flight: args.in_flight.div_ceil(loops.len()),
-            body_bytes: args.body_bytes.max(16),
-            acked: acked.clone(),
-        }));
-    }
-    eprintln!(
-        "chatbench: soak: {} s of traffic ({} msg/s, {} reads/s, {} logouts/s), samples every {} s",
-        args.duration, args.rate, args.reads, args.churn, args.sample_every
-    );
-
-    let mut samples: Vec<Sample> = Vec::new();
-    let every = Duration::from_secs_f64(args.sample_every.max(1.0));
-    let mut next = start;
-    loop {
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-        let at_s = Instant::now().saturating_duration_since(start).as_secs_f64();
-        let sample = probe.sample(at_s, acked.load(Ordering::Relaxed));
-        eprintln!("chatbench: soak: {}", progress(&sample));
-        samples.push(sample);
-        if next >= end {
-            break;
-        }
-        next = (next + every).min(end);
-    }
-
-    let mut unanswered = 0;
-    for handle in loops {
-        match handle.reply() {
-            Reply::Soaked(left) => unanswered += left,
-            _ => bail!("unexpected reply to Soak"),
-        }
-    }
-    let mut counters = Counters::default();
-    for handle in loops {
-        handle.send(Command::Finish);
-        let Reply::Finished(report) = handle.reply() else { bail!("unexpected reply to Finish") };
-        counters.merge(&report.counters);
-    }
-    Ok(SoakRun { samples, counters, unanswered })
-}
-
-/// Fits the trends after the warm-up, prints the run and the tables, and says whether
-/// the soak passed: nothing grew past its limit, messages flowed, and at most 1% of
-/// the calls failed.
-fn soak_verdict(args: &SoakArgs, describe: &str, n: usize, run: &SoakRun) -> anyhow::Result<bool> {
-    let SoakRun { samples, counters, unanswered } = run;
-    let after: Vec<Sample> = samples.iter().filter(|s| s.at_s >= args.warmup).cloned().collect();
-    if let Some(path) = &args.csv {
-        std::fs::write(path, soaking::csv(samples))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    let limits = Limits { memory_mib: args.max_mib, count: args.max_count };
-    let trends = soaking::trends(&after, limits)?;
-
-    let first = after.first().expect("trends checked");
-    let last = after.last().expect("trends checked");
-    let seconds = samples.last().map_or(0.0, |s| s.at_s).max(1e-9);
-    let latency = Latency::of(&counters.latency);
-    println!("soak      {describe}; {n} users, each in a pair of friends and a group of 10");
-    println!("command   {}", std::env::args().collect::<Vec<_>>().join(" "));
-    println!(
-        "run       {:.0} s of traffic, warm-up {:.0} s, {} samples ({} after the warm-up)",
-        seconds,
-        args.warmup,
-        samples.len(),
-        after.len()
-    );
-    println!(
-        "traffic   {} messages acknowledged ({:.0}/s), {} after the warm-up; {} pushed, {} recovered by Sync",
-        counters.acked,
-        counters.acked as f64 / seconds,
-        last.messages - first.messages,
-        counters.delivered,
-        counters.from_sync
-    );
-    println!(
-        "calls     {} logouts, {} logins, {} presence pushes, {} History, {} Sync, {} Ack",
-        counters.logouts,
-        counters.logins,
-        counters.presence,
-        counters.histories,
-        counters.syncs,
-        counters.read_acks
-    );
-    println!(
-        "latency   send->push p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms",
-        latency.p50, latency.p99, latency.p999, latency.max
-    );
-    println!(
-        "failures  {} sends failed, {} retried, {} other calls failed, {} disconnects, {} unanswered at the end",
-        counters.failed, counters.retries, counters.calls_failed, counters.disconnects, unanswered
-    );
-    for (what, count) in &counters.errors {
-        println!("          {count} x {what}");
-    }
-    println!("\n{}", soaking::process_table(&trends));
-    println!("{}", soaking::backend_table(&trends));
-
-    let mut problems: Vec<String> = trends
-        .iter()
-        .filter(|t| t.failed)
-        .map(|t| {
-            let limit = match t.metric.limit {
-                soaking::Limit::Memory => args.max_mib,
-                _ => args.max_count,
-            };
-            format!(
-                "{} {} grows {:+.2} per 100k messages (limit {limit})",
-                t.metric.owner, t.metric.what, t.per_100k
-            )
-        })
-        .collect();
-    if counters.acked == 0 {
-        problems.push("no message was acknowledged".into());
-    }
-    let calls = counters.sent
-        + counters.logins
-        + counters.logouts
-        + counters.histories
-        + counters.syncs
-        + counters.read_acks;
-    let failed = counters.failed + counters.calls_failed;
-    if failed * 100 > calls {
-        problems.push(format!("{failed} of {calls} calls failed"));
-    }
-    if problems.is_empty() {
-        println!(
-            "verdict   OK: nothing grew past {} MiB or {} per 100k messages",
-            args.max_mib, args.max_count
-        );
-        Ok(true)
-    } else {
-        for p in &problems {
-            println!("verdict   FAILED: {p}");
-        }
-        Ok(false)
-    }
-}
-
-/// One line on a sample: time, messages, and each process's RSS.
-fn progress(sample: &Sample) -> String {
-    let rss: Vec<String> = sample
-        .values
-        .iter()
-        .filter(|(m, _)| m.what == soaking::RSS)
-        .map(|(m, v)| format!("{} {v:.1}", m.owner))
-        .collect();
-    format!("{:.0} s, {} msgs; RSS MiB: {}", sample.at_s, sample.messages, rss.join(", "))
-}
-
-/// Runs `chatbench storm`: a cluster of two proxies with seeded users, all logged in;
-/// the users of one proxy chat in pairs while the other proxy is killed with SIGKILL and
-/// its users come back with `Resume`. True when every one of them came back and no
-/// acknowledged message was lost or duplicated.
-fn storm(args: &StormArgs) -> anyhow::Result<bool> {
-    let _ = tally::base();
-    let nofile = system::raise_nofile();
-    if (args.users + 64) as u64 > nofile {
-        bail!("{} users need more open files than the limit of {nofile}", args.users);
-    }
-    let chatroom = match &args.chatroom {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("chatroom"),
-    };
-    let options = Options {
-        mode: Mode::Cluster,
-        chatroom,
-        proxies: 2,
-        user_services: 2,
-        chat_services: 2,
-        mysql_server: args.mysql_server.clone(),
-        state_dir: None,
-    };
-    let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-    let names: Vec<String> = (0..args.users).map(|i| format!("cx{run_id}u{i}")).collect();
-    let password = format!("chatbench-{run_id}");
-    let seed = Seed { names: names.clone(), password: password.clone() };
-    eprintln!("chatbench: storm: starting a cluster and seeding {} users", args.users);
-    let system = System::start(&options, Some(&seed))?;
-    let loops_n = args.loops.max(1);
-    let loops: Vec<Handle> = (0..loops_n)
-        .map(|l| Handle::spawn(l, (0..args.users).filter(|&i| place(i, loops_n).0 == l).count()))
-        .collect::<Result<_, _>>()?;
-    let outcome = storm_run(args, &system, &loops, &names, &password);
-    drop(loops);
-    drop(system);
-    outcome
-}
-
-fn storm_run(
-    args: &StormArgs,
-    system: &System,
-    loops: &[Handle],
-    names: &[String],
-    password: &str,
-) -> anyhow::Result<bool> {
-    let n = names.len();
-    let accounts = Accounts { names, password, seeded: true };
-    let setup = setup(system, loops, &accounts, Workload::Direct, args.setup_window, &args.redis)?;
-    let (state_dir, _) = system.cluster().context("a storm runs on the cluster it starts")?;
-    let state = services::cluster::read_state(state_dir)?;
-    let victim = state.processes.iter().find(|p| p.role == "proxy").context("the cluster has a proxy")?;
-    let victim_id = victim.instance_id.clone().context("a proxy has an instance id")?;
-    let gone: Vec<bool> = setup.proxies.iter().map(|p| p.as_deref() == Some(victim_id.as_str())).collect();
-    let survivors: Vec<usize> = (0..n).filter(|&i| !gone[i]).collect();
-    let victims = n - survivors.len();
-    if victims == 0 || survivors.len() < 2 {
-        bail!("nginx put {victims} of {n} users on {victim_id}; a storm needs users on both proxies");
-    }
-    // The survivors chat in pairs among themselves; the victims only come back.
-    let pairs: Vec<(usize, usize)> = survivors.chunks_exact(2).map(|p| (p[0], p[1])).collect();
-    let conversations = Conversations::new(&setup.ids, &pairs, &[]);
-    for (l, handle) in loops.iter().enumerate() {
-        let users = (0..n).filter(|&i| place(i, loops.len()).0 == l);
-        let tokens = users.map(|i| if gone[i] { setup.tokens[i].clone() } else { String::new() }).collect();
-        handle.send(Command::Resume(ResumePlan { addr: system.addr, tokens }));
-    }
-    for handle in loops {
-        if !matches!(handle.reply(), Reply::Resuming) {
-            bail!("unexpected reply to Resume");
-        }
-    }
-
-    let start = Instant::now() + Duration::from_millis(200);
-    let end = start + Duration::from_secs_f64(args.duration);
-    for (l, handle) in loops.iter().enumerate() {
-        let users: Vec<usize> = (0..n).filter(|&i| place(i, loops.len()).0 == l).collect();
-        handle.send(Command::Send(SendPlan {
-            ids: users.iter().map(|&i| setup.ids[i]).collect(),
-            sends: users.iter().map(|&i| conversations.sends[i].clone()).collect(),
-            rate: args.rate / loops.len() as f64,
-            start,
-            end,
-            in_flight: args.in_flight.div_ceil(loops.len()),
-            body_bytes: 64,
-        }));
-    }
-    eprintln!(
-        "chatbench: storm: {} users on {victim_id} (pid {}), {} on the other; sending for {} s, kill at {} s",
-        victims,
-        victim.pid,
-        survivors.len(),
-        args.duration,
-        args.kill_after
-    );
-    std::thread::sleep(
-        (start + Duration::from_secs_f64(args.kill_after)).saturating_duration_since(Instant::now()),
-    );
-    let killed_at = Instant::now();
-    let killed = std::process::Command::new("kill").arg("-KILL").arg(victim.pid.to_string()).status();
-    if !killed.is_ok_and(|s| s.success()) {
-        bail!("kill -KILL {} failed", victim.pid);
-    }
-    for handle in loops {
-        handle.reply();
-    }
-    let until = Instant::now() + Duration::from_secs(20);
-    for handle in loops {
-        handle.send(Command::Drain { quiet: Duration::from_secs(1), until });
-    }
-    for handle in loops {
-        handle.reply();
-    }
-    for handle in loops {
-        handle.send(Command::Sync);
-    }
-    for handle in loops {
-        handle.reply();
-    }
-
-    let mut counters = Counters::default();
-    let mut acks = Vec::new();
-    let mut resumed = Vec::new();
-    let mut seen: HashMap<u64, HashMap<ConversationId, Seen>> = HashMap::new();
-    for (l, handle) in loops.iter().enumerate() {
-        handle.send(Command::Finish);
-        let Reply::Finished(report) = handle.reply() else { bail!("unexpected reply to Finish") };
-        counters.merge(&report.counters);
-        acks.extend(report.acks);
-        resumed.extend(report.resumed);
-        let users = (0..n).filter(|&i| place(i, loops.len()).0 == l);
-        for (i, user_seen) in users.zip(report.seen) {
-            seen.insert(setup.ids[i], user_seen);
-        }
-    }
-    let verdict = tally::verdict(acks.iter(), &conversations.members, |user, c| seen.get(&user)?.get(&c));
-    let back: Vec<Duration> =
-        resumed.iter().map(|&(_, back)| back.saturating_duration_since(killed_at)).collect();
-    let dup = verdict.dup + counters.dup;
-    print_storm(n, victims, &back, &counters, verdict.lost, dup);
-    Ok(back.len() == victims && verdict.lost == 0 && dup == 0 && counters.acked > 0)
-}
-
-/// Prints what a storm saw: who came back when (`back`, from the kill), the other users'
-/// latency, the check, and the commonest errors.
-fn print_storm(n: usize, victims: usize, back: &[Duration], counters: &Counters, lost: u64, dup: u64) {
-    let mut back_ms: Vec<f64> = back.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    back_ms.sort_by(f64::total_cmp);
-    let at = |q: f64| back_ms.get(((back_ms.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied();
-    let latency = Latency::of(&counters.latency);
-    println!("storm     {n} users: {victims} on the killed proxy, {} on the other", n - victims);
-    println!(
-        "back      {} of {victims} resumed and synced; after the kill: p50 {:.0} ms, p99 {:.0} ms, last {:.0} ms",
-        back_ms.len(),
-        at(0.5).unwrap_or(f64::NAN),
-        at(0.99).unwrap_or(f64::NAN),
-        back_ms.last().copied().unwrap_or(f64::NAN),
-    );
-    println!(
-        "others    {} messages acknowledged, {} delivered; send-to-push p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
-        counters.acked, counters.delivered, latency.p50, latency.p99, latency.p999
-    );
-    println!("check     {lost} lost, {dup} duplicated, {} failed sends", counters.failed);
-    let mut errors: Vec<_> = counters.errors.iter().collect();
-    errors.sort_by(|a, b| b.1.cmp(a.1));
-    for (what, count) in errors.iter().take(5) {
-        println!("error     {count} x {what}");
-    }
 }

@@ -28,8 +28,16 @@ pub(crate) fn run(stream: &mut TcpStream, credential: &Credential, timeout: Dura
     send(stream, mechanism, &first)?;
     for _ in 0..=MAX_STEPS {
         let f = read_frame(stream, deadline)?;
+        if f.kind == Kind::Auth && f.service() != mechanism {
+            return Err(invalid(format!(
+                "the server answered with mechanism '{}', not '{mechanism}'",
+                f.service()
+            )));
+        }
         match f.kind {
             Kind::Auth if f.method() == STEP_OK => {
+                // Only a server that proved itself may end the handshake.
+                handshake.finish().map_err(denied)?;
                 stream.set_read_timeout(None)?;
                 return Ok(());
             }
@@ -77,21 +85,30 @@ fn read_frame(stream: &mut TcpStream, deadline: Instant) -> io::Result<Frame> {
     }
 }
 
+/// Fills `buf` from `stream` by `deadline`. The time left is measured again before
+/// every read, so a server that trickles its bytes cannot stretch the handshake past
+/// the deadline (one read timeout for the whole `read_exact` would restart with each
+/// byte).
 fn read_exact_by(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(io::Error::new(io::ErrorKind::TimedOut, "the authentication handshake timed out"));
+    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "the authentication handshake timed out");
+    let mut filled = 0;
+    while filled < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => return Err(denied("the server closed the connection during the handshake".into())),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err(timed_out())
+            }
+            Err(e) => return Err(e),
+        }
     }
-    stream.set_read_timeout(Some(left))?;
-    stream.read_exact(buf).map_err(|e| match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            io::Error::new(io::ErrorKind::TimedOut, "the authentication handshake timed out")
-        }
-        io::ErrorKind::UnexpectedEof => {
-            denied("the server closed the connection during the handshake".into())
-        }
-        _ => e,
-    })
+    Ok(())
 }
 
 fn denied(why: String) -> io::Error {

@@ -84,7 +84,7 @@ impl Prove for SharedSecret {
     fn start(&self) -> (Box<dyn ClientHandshake>, Message) {
         let nonce: [u8; NONCE_LEN] = rand::random();
         let hello = Message::new("hello", nonce.to_vec());
-        (Box::new(ClientSide { secret: self.clone(), nonce, answered: false }), hello)
+        (Box::new(ClientSide { secret: self.clone(), nonce, answered: false, verified: false }), hello)
     }
 }
 
@@ -131,6 +131,9 @@ struct ClientSide {
     nonce: [u8; NONCE_LEN],
     /// Whether the challenge was answered (it comes once).
     answered: bool,
+    /// Whether the server's tag in the challenge matched: only then may `ok` end
+    /// the handshake.
+    verified: bool,
 }
 
 impl ClientHandshake for ClientSide {
@@ -146,8 +149,17 @@ impl ClientHandshake for ClientSide {
         if self.secret.tag(SERVER_LABEL, &self.nonce, server_nonce).verify_slice(server_tag).is_err() {
             return Err("the server did not prove that it knows the shared secret".to_owned());
         }
+        self.verified = true;
         let tag = self.secret.tag(CLIENT_LABEL, &self.nonce, server_nonce).finalize();
         Ok(Some(Message::new("proof", tag.into_bytes().to_vec())))
+    }
+
+    fn finish(&self) -> Result<(), String> {
+        if self.verified {
+            Ok(())
+        } else {
+            Err("the server said ok without proving that it knows the shared secret".to_owned())
+        }
     }
 }
 

@@ -128,6 +128,63 @@ fn a_server_with_another_secret_is_refused_by_the_client() {
     assert_eq!(authenticator.passed(), 0);
 }
 
+/// A fake server on a raw socket: it reads the client's first frame, then runs
+/// `act` on the socket, and reports every byte the client sent after that.
+fn impostor(
+    act: impl FnOnce(&mut TcpStream) + Send + 'static,
+) -> (SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut len = [0u8; 4];
+        socket.read_exact(&mut len).unwrap();
+        let mut hello = vec![0u8; u32::from_be_bytes(len) as usize];
+        socket.read_exact(&mut hello).unwrap();
+        act(&mut socket);
+        socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut after = Vec::new();
+        let _ = socket.read_to_end(&mut after);
+        let _ = tx.send(after);
+    });
+    (addr, rx)
+}
+
+#[test]
+fn a_server_that_says_ok_without_proving_itself_gets_no_call() {
+    let (addr, sent_after) = impostor(|socket| {
+        let mut ok = BytesMut::new();
+        frame::put_auth(&mut ok, "hmac-sha256", "ok", b"");
+        socket.write_all(&ok).unwrap();
+    });
+    let err = Channel::connect(addr, with_secret(SECRET)).unwrap_err();
+    assert!(err.to_string().contains("without proving"), "{err}");
+    let after = sent_after.recv_timeout(PATIENCE).unwrap();
+    assert!(after.is_empty(), "the client sent {} bytes to an impostor", after.len());
+}
+
+#[test]
+fn a_server_that_trickles_its_challenge_cannot_stretch_the_handshake() {
+    let (addr, _) = impostor(|socket| {
+        // A whole challenge frame's length, then one byte every 100 ms: each read
+        // gets a byte well within any read timeout.
+        let mut challenge = BytesMut::new();
+        frame::put_auth(&mut challenge, "hmac-sha256", "challenge", &[7u8; 48]);
+        for byte in challenge.iter() {
+            if socket.write_all(&[*byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    // The frame takes ~9 s to trickle in: waiting for all of it would end in a wrong
+    // tag, not in the time-out that 500 ms gives.
+    let config = ClientConfig { connect_timeout: Duration::from_millis(500), ..with_secret(SECRET) };
+    let err = Channel::connect(addr, config).unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
+}
+
 #[test]
 fn a_peer_that_does_not_authenticate_in_time_is_closed() {
     let authenticator = Authenticator::shared_secret(SECRET).with_timeout(Duration::from_secs(1));

@@ -89,6 +89,8 @@ enum Command {
         /// port may start with a PROXY protocol v1 header naming the client, as nginx's
         /// `proxy_protocol on;` sends; the limits per address then count the client's
         /// address instead of the balancer's. `cluster up` sets it for its nginx.
+        /// Every process that can connect from such an address is trusted to name any
+        /// client: with 127.0.0.1 that is every local process of the machine.
         #[arg(long, env = "CHATROOM_PROXY_PROTOCOL_FROM", value_delimiter = ',')]
         proxy_protocol_from: Vec<std::net::IpAddr>,
         #[command(flatten)]

@@ -1,0 +1,145 @@
+//! `chatbench storm`: one of two proxies killed under load, its users back with `Resume`.
+
+use super::*;
+
+/// Runs `chatbench storm`: a cluster of two proxies with seeded users, all logged in;
+/// the users of one proxy chat in pairs while the other proxy is killed with SIGKILL and
+/// its users come back with `Resume`. True when every one of them came back and no
+/// acknowledged message was lost or duplicated.
+pub(crate) fn storm(args: &StormArgs) -> anyhow::Result<bool> {
+    let _ = tally::base();
+    let nofile = system::raise_nofile();
+    if (args.users + 64) as u64 > nofile {
+        bail!("{} users need more open files than the limit of {nofile}", args.users);
+    }
+    let chatroom = match &args.chatroom {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("chatroom"),
+    };
+    let options = Options {
+        mode: Mode::Cluster,
+        chatroom,
+        proxies: 2,
+        user_services: 2,
+        chat_services: 2,
+        mysql_server: args.mysql_server.clone(),
+        state_dir: None,
+    };
+    let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let names: Vec<String> = (0..args.users).map(|i| format!("cx{run_id}u{i}")).collect();
+    let password = format!("chatbench-{run_id}");
+    let seed = Seed { names: names.clone(), password: password.clone() };
+    eprintln!("chatbench: storm: starting a cluster and seeding {} users", args.users);
+    let system = System::start(&options, Some(&seed))?;
+    let loops_n = args.loops.max(1);
+    let loops: Vec<Handle> = (0..loops_n)
+        .map(|l| Handle::spawn(l, (0..args.users).filter(|&i| place(i, loops_n).0 == l).count()))
+        .collect::<Result<_, _>>()?;
+    let outcome = storm_run(args, &system, &loops, &names, &password);
+    drop(loops);
+    drop(system);
+    outcome
+}
+
+fn storm_run(
+    args: &StormArgs,
+    system: &System,
+    loops: &[Handle],
+    names: &[String],
+    password: &str,
+) -> anyhow::Result<bool> {
+    let n = names.len();
+    let accounts = Accounts { names, password, seeded: true };
+    let setup = setup(system, loops, &accounts, Workload::Direct, args.setup_window, &args.redis)?;
+    let (state_dir, _) = system.cluster().context("a storm runs on the cluster it starts")?;
+    let state = services::cluster::read_state(state_dir)?;
+    let victim = state.processes.iter().find(|p| p.role == "proxy").context("the cluster has a proxy")?;
+    let victim_id = victim.instance_id.clone().context("a proxy has an instance id")?;
+    let gone: Vec<bool> = setup.proxies.iter().map(|p| p.as_deref() == Some(victim_id.as_str())).collect();
+    let survivors: Vec<usize> = (0..n).filter(|&i| !gone[i]).collect();
+    let victims = n - survivors.len();
+    if victims == 0 || survivors.len() < 2 {
+        bail!("nginx put {victims} of {n} users on {victim_id}; a storm needs users on both proxies");
+    }
+    // The survivors chat in pairs among themselves; the victims only come back.
+    let pairs: Vec<(usize, usize)> = survivors.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+    let conversations = Conversations::new(&setup.ids, &pairs, &[]);
+    for (l, handle) in loops.iter().enumerate() {
+        let users = (0..n).filter(|&i| place(i, loops.len()).0 == l);
+        let tokens = users.map(|i| if gone[i] { setup.tokens[i].clone() } else { String::new() }).collect();
+        handle.send(Command::Resume(ResumePlan { addr: system.addr, tokens }));
+    }
+    for handle in loops {
+        if !matches!(handle.reply(), Reply::Resuming) {
+            bail!("unexpected reply to Resume");
+        }
+    }
+
+    let start = Instant::now() + Duration::from_millis(200);
+    let end = start + Duration::from_secs_f64(args.duration);
+    for (l, handle) in loops.iter().enumerate() {
+        let users: Vec<usize> = (0..n).filter(|&i| place(i, loops.len()).0 == l).collect();
+        handle.send(Command::Send(SendPlan {
+            ids: users.iter().map(|&i| setup.ids[i]).collect(),
+            sends: users.iter().map(|&i| conversations.sends[i].clone()).collect(),
+            rate: args.rate / loops.len() as f64,
+            start,
+            end,
+            in_flight: args.in_flight.div_ceil(loops.len()),
+            body_bytes: 64,
+        }));
+    }
+    eprintln!(
+        "chatbench: storm: {} users on {victim_id} (pid {}), {} on the other; sending for {} s, kill at {} s",
+        victims,
+        victim.pid,
+        survivors.len(),
+        args.duration,
+        args.kill_after
+    );
+    std::thread::sleep(
+        (start + Duration::from_secs_f64(args.kill_after)).saturating_duration_since(Instant::now()),
+    );
+    let killed_at = Instant::now();
+    let killed = std::process::Command::new("kill").arg("-KILL").arg(victim.pid.to_string()).status();
+    if !killed.is_ok_and(|s| s.success()) {
+        bail!("kill -KILL {} failed", victim.pid);
+    }
+    for handle in loops {
+        handle.reply();
+    }
+    let Finished { counters, acks, seen, resumed } = finish(loops, &setup.ids)?;
+    let verdict = tally::verdict(acks.iter(), &conversations.members, |user, c| seen.get(&user)?.get(&c));
+    let back: Vec<Duration> =
+        resumed.iter().map(|&(_, back)| back.saturating_duration_since(killed_at)).collect();
+    let dup = verdict.dup + counters.dup;
+    print_storm(n, victims, &back, &counters, verdict.lost, dup);
+    Ok(back.len() == victims && verdict.lost == 0 && dup == 0 && counters.acked > 0)
+}
+
+/// Prints what a storm saw: who came back when (`back`, from the kill), the other users'
+/// latency, the check, and the commonest errors.
+fn print_storm(n: usize, victims: usize, back: &[Duration], counters: &Counters, lost: u64, dup: u64) {
+    let mut back_ms: Vec<f64> = back.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    back_ms.sort_by(f64::total_cmp);
+    let at = |q: f64| back_ms.get(((back_ms.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied();
+    let latency = Latency::of(&counters.latency);
+    println!("storm     {n} users: {victims} on the killed proxy, {} on the other", n - victims);
+    println!(
+        "back      {} of {victims} resumed and synced; after the kill: p50 {:.0} ms, p99 {:.0} ms, last {:.0} ms",
+        back_ms.len(),
+        at(0.5).unwrap_or(f64::NAN),
+        at(0.99).unwrap_or(f64::NAN),
+        back_ms.last().copied().unwrap_or(f64::NAN),
+    );
+    println!(
+        "others    {} messages acknowledged, {} delivered; send-to-push p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
+        counters.acked, counters.delivered, latency.p50, latency.p99, latency.p999
+    );
+    println!("check     {lost} lost, {dup} duplicated, {} failed sends", counters.failed);
+    let mut errors: Vec<_> = counters.errors.iter().collect();
+    errors.sort_by(|a, b| b.1.cmp(a.1));
+    for (what, count) in errors.iter().take(5) {
+        println!("error     {count} x {what}");
+    }
+}
