@@ -3,14 +3,20 @@
 //! A caller encodes its request into a thread-local buffer and queues it on
 //! the connection; the first caller to find nobody writing writes everything
 //! queued, so concurrent callers share syscalls and no lock is held across a
-//! write. One reader thread per connection decodes responses and hands each to
-//! the thread waiting for it (or runs its callback), so any number of calls can
-//! be in flight on one socket and come back in any order. Calls started from a
-//! callback are written together after the reader has handled the whole read.
-//! Callbacks and push handlers run on the reader thread: they must not block,
-//! and must never make a blocking call (nobody would read its answer). A broken connection fails its pending calls with
-//! [`Error::ConnectionLost`]; the next call reconnects, with exponential
-//! backoff between failed attempts.
+//! write; what the socket does not take at once is written by the event loop
+//! when it has room. No thread is started per connection: a few mio event
+//! loops, shared by every channel in the process (one unless
+//! [`set_event_loops`] asks for more before the first connection opens),
+//! read every connection, hand each response to the thread waiting for it
+//! (or run its callback), time out callbacks and send keepalive pings, so any
+//! number of calls can be in flight on one socket and come back in any order.
+//! Calls started from callbacks are written together after the loop has
+//! handled a whole batch of reads. Callbacks, push handlers and disconnect
+//! handlers run on an event-loop thread, which serves every connection of the
+//! process: they must not block, and must never make a blocking call (nobody
+//! would read its answer; it fails with [`Error::BlockingOnReader`]). A broken
+//! connection fails its pending calls with [`Error::ConnectionLost`]; the next
+//! call reconnects, with exponential backoff between failed attempts.
 //!
 //! ```no_run
 //! use rpc_core::client::{Channel, Config};
@@ -35,17 +41,23 @@ use crate::frame;
 use crate::Error;
 
 mod connection;
+mod event_loop;
 mod reply;
 
 use connection::{lock, CallName, Conn, Pending, Waiter};
+pub use event_loop::set_event_loops;
 pub use reply::ReplyFuture;
 
 /// Runs when a push frame arrives: `(service, method, body)`. Called on the
-/// connection's reader thread, so it should hand work off rather than block.
+/// client's event-loop thread, which serves every connection of the process,
+/// so it must hand work off rather than block.
 pub type PushHandler = Arc<dyn Fn(&str, &str, Bytes) + Send + Sync>;
-/// Runs when a connection is lost, with the reason. Called on the reader thread.
+/// Runs when a connection is lost, with the reason. Called on the event-loop
+/// thread: it must not block.
 pub type DisconnectHandler = Arc<dyn Fn(&Error) + Send + Sync>;
-/// Completion of a call started with a callback; runs on the reader thread.
+/// Completion of a call started with a callback; runs on the event-loop
+/// thread (which it must not block), or on the caller's if the call could not
+/// be sent.
 pub type Callback = Box<dyn FnOnce(Result<Bytes, Error>) + Send>;
 
 /// Settings of a channel. Start from `Config::default()`.
@@ -71,7 +83,10 @@ pub struct Config {
     pub backoff_initial: Duration,
     /// Longest wait between connect attempts.
     pub backoff_max: Duration,
-    /// Longest a write may block on a server that does not read.
+    /// Longest a connection may go with the server taking none of the bytes
+    /// queued for it; the connection is then closed and its calls fail with
+    /// [`Error::ConnectionLost`]. Writes never block the caller: past 64 MiB
+    /// queued for one connection they fail with [`Error::Backpressure`].
     pub write_timeout: Duration,
     /// Receives push frames from the server.
     pub on_push: Option<PushHandler>,
@@ -134,7 +149,7 @@ pub trait Transport: Send + Sync {
     ) -> Result<Bytes, Error>;
 
     /// Starts a call and returns at once; `callback` gets the outcome on a
-    /// reader thread, or on this thread, before `call_with` returns, if the
+    /// client event-loop thread, or on this thread, before `call_with` returns, if the
     /// call could not be sent (so a callback that starts the next call may
     /// recur on one stack while sends fail: hand the next call off, or use
     /// [`call_future`](Self::call_future)).
@@ -183,7 +198,7 @@ struct Inner {
 }
 
 impl Drop for Inner {
-    /// The reader threads hold their connections, not the channel: close them
+    /// The event loops hold their connections, not the channel: close them
     /// when the last clone of the channel goes, or they would live on.
     fn drop(&mut self) {
         for slot in &self.slots {
@@ -321,9 +336,9 @@ impl Channel {
     /// [`Error::Timeout`] (naming the server's address as the service and
     /// `Ping` as the method) when no Pong came within `timeout`;
     /// [`Error::Connect`] or [`Error::ConnectionLost`] as for a call;
-    /// [`Error::BlockingOnReader`] on a reader thread.
+    /// [`Error::BlockingOnReader`] on a client event-loop thread.
     pub fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
-        if Conn::on_reader_thread() {
+        if Conn::on_loop_thread() {
             return Err(Error::BlockingOnReader);
         }
         let start = Instant::now();
@@ -451,7 +466,7 @@ impl Channel {
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<Bytes, Error> {
         self.check(service, method, body_len)?;
-        if Conn::on_reader_thread() {
+        if Conn::on_loop_thread() {
             return Err(Error::BlockingOnReader);
         }
         let start = Instant::now();
@@ -491,7 +506,7 @@ impl Channel {
             });
             if let Err(e) = sent {
                 if !conn.unregister(id) {
-                    // The reader failed the call first; take its completion
+                    // The event loop failed the call first; take its completion
                     // so it cannot land in this thread's next call.
                     let _ = waiter.wait(None);
                 }
@@ -500,7 +515,7 @@ impl Channel {
             match waiter.wait(deadline) {
                 Some(result) => result,
                 None => {
-                    // Timed out; unless the reader took the entry meanwhile, in
+                    // Timed out; unless the loop took the entry meanwhile, in
                     // which case its result is moments away.
                     if conn.unregister(id) {
                         Err(timed_out())
@@ -524,13 +539,13 @@ impl Channel {
         if let Err(e) = self.check(service, method, body_len) {
             return callback(Err(e));
         }
-        // A callback on a reader thread starts its call at the time of the
-        // read being handled: one clock read serves the whole batch.
+        // A callback on the event loop starts its call at the time of the
+        // reads being handled: one clock read serves the whole batch.
         let now = Conn::batch_time().unwrap_or_else(Instant::now);
         let deadline = self.deadline(now, timeout);
-        let conn = if Conn::on_reader_thread() {
+        let conn = if Conn::on_loop_thread() {
             // A callback starting a call must not connect or sleep in backoff on
-            // a reader thread; without an open connection the call moves to a
+            // the event loop; without an open connection the call moves to a
             // thread of its own.
             match self.try_open_conn() {
                 Some(c) => c,

@@ -96,8 +96,8 @@ pub enum Error {
     /// Binding or configuring a socket failed.
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
-    /// A blocking call made from a callback or push handler, which run on a
-    /// connection's reader thread: it would wait for that thread, so it fails at once.
+    /// A blocking call made from a callback or push handler, which run on the
+    /// client's event-loop thread: it would wait for that thread, so it fails at once.
     #[error("a blocking call from a callback or push handler would wait on itself; use the callback form")]
     BlockingOnReader,
 }

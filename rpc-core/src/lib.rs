@@ -7,9 +7,10 @@
 //!   wakes the loop to write replies. Everything one connection can make the
 //!   server hold or do is bounded.
 //! - [`client`]: a [`client::Channel`] multiplexes calls from many threads over
-//!   its connections; per connection, a reader thread completes the calls, be
-//!   they blocking, with a callback or a [`client::ReplyFuture`], and a writer
-//!   thread flushes what callbacks queued.
+//!   its connections; a few event-loop threads shared by the whole process
+//!   (one by default) drive every connection and complete the calls, be they
+//!   blocking, with a callback or a [`client::ReplyFuture`]: no thread per
+//!   connection.
 //! - [`registry`]: where instances of a service announce themselves
 //!   (ZooKeeper or in-process), and [`balance`] spreads calls over them.
 //! - [`auth`]: who may call a listener, proved in the connection's handshake

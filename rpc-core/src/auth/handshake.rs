@@ -1,5 +1,5 @@
 //! The client's side of the handshake, run on a new connection's socket before
-//! its reader thread starts.
+//! it is handed to the client's event loop.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -13,7 +13,7 @@ use crate::frame::{self, Frame, Kind};
 /// Proves `credential` to the server on `stream` within `timeout`.
 ///
 /// Reads exactly the handshake's frames, no byte more, so whatever the server sends
-/// next is left for the reader thread.
+/// next is left for the event loop.
 ///
 /// # Errors
 ///

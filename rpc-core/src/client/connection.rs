@@ -1,8 +1,8 @@
-//! One client connection: a write lock for callers and a reader thread that
-//! completes their calls.
+//! One client connection: a queue callers write through, and the pending calls
+//! that the connection's event loop ([`super::event_loop`]) completes.
 
 use std::cell::{Cell, RefCell};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::event_loop::{self, Loop};
 use super::{Callback, Config};
 use crate::fast_hash::FastMap;
 use crate::frame::{self, FrameError, Kind, DRAINED_REASON};
@@ -21,21 +22,40 @@ const DRAINING: u8 = 1;
 const DEAD: u8 = 2;
 /// Queued bytes past which writers get `Error::Backpressure` instead of queueing more.
 const MAX_QUEUED: usize = 64 * 1024 * 1024;
+/// `Conn::stalled_since` when the socket took everything written.
+const NOT_STALLED: u64 = u64::MAX;
 
 thread_local! {
-    /// Set while a reader thread dispatches one read's frames: the connections
-    /// written to meanwhile (by callbacks starting new calls, on any channel)
-    /// are only queued, and flushed once the whole read is handled, so those
-    /// calls share one syscall per connection.
+    /// Set while an event loop dispatches the frames of one batch of reads:
+    /// the connections written to meanwhile (by callbacks starting new calls,
+    /// on any channel) are only queued, and flushed once the whole batch is
+    /// handled, so those calls share one syscall per connection.
     static DEFERRED: RefCell<Option<Vec<Arc<Conn>>>> = const { RefCell::new(None) };
-    /// True on connection reader threads. A reader never writes to a socket
-    /// itself: a blocked write would stop it reading, and a server waiting
-    /// for us to read before it reads again would then wait forever.
-    static ON_READER: Cell<bool> = const { Cell::new(false) };
-    /// While a reader thread dispatches one read's frames: when that read
+    /// True on client event-loop threads. A blocking call made there would
+    /// wait for the very thread that has to read its answer.
+    static ON_LOOP: Cell<bool> = const { Cell::new(false) };
+    /// While an event loop dispatches one batch of reads: when the poll
     /// returned. Calls started by callbacks take it as their start time
     /// instead of reading the clock each.
     static BATCH_TIME: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Marks this thread as a client event loop.
+pub(super) fn enter_loop_thread() {
+    ON_LOOP.set(true);
+}
+
+/// Starts a batch of reads taken at `now`: writes are deferred into `list`
+/// (empty, kept between batches for its allocation) until [`end_batch`].
+pub(super) fn begin_batch(list: Vec<Arc<Conn>>, now: Instant) {
+    DEFERRED.with(|d| *d.borrow_mut() = Some(list));
+    BATCH_TIME.set(Some(now));
+}
+
+/// Ends the batch; returns the connections written meanwhile, to flush.
+pub(super) fn end_batch() -> Vec<Arc<Conn>> {
+    BATCH_TIME.set(None);
+    DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default()
 }
 
 /// The service and method of a call, kept to name it in a timeout error.
@@ -102,7 +122,8 @@ impl Pending {
 pub(crate) struct Conn {
     /// The server.
     addr: SocketAddr,
-    /// The socket. Only the thread that won `flushing` writes to it.
+    /// The socket, non-blocking. Only the thread that won `flushing` writes
+    /// to it; the event loop reads it through a clone of its own.
     stream: TcpStream,
     /// Whole frames waiting to be written.
     queued: Mutex<BytesMut>,
@@ -110,23 +131,30 @@ pub(crate) struct Conn {
     /// frames from many threads go out in one syscall and no lock is held
     /// across a write.
     flushing: AtomicBool,
-    /// Set when the writer thread should flush `queued` for the reader.
-    writer_due: Mutex<bool>,
-    /// Wakes the writer thread.
-    writer_wake: Condvar,
+    /// Set by every thread that wants a flush before it tries to win
+    /// `flushing`: the winner clears it and, once done, flushes again if it
+    /// was set meanwhile, so no wish to write (a caller's or the event loop's
+    /// on a writable socket) is lost to a thread that was just finishing.
+    flush_again: AtomicBool,
+    /// When the socket last refused bytes without taking any since, in the
+    /// loop's nanoseconds; `NOT_STALLED` when it took everything. The event
+    /// loop ends a connection stalled for longer than `Config::write_timeout`.
+    stalled_since: AtomicU64,
+    /// `Config::write_timeout`.
+    write_timeout: Duration,
     /// Calls awaiting responses, by call id.
     pending: Mutex<FastMap<u64, Pending>>,
-    /// When the connection opened; deadlines below are nanoseconds since then.
+    /// When the connection opened.
     epoch: Instant,
-    /// The earliest deadline of a pending callback (`u64::MAX` for none): the
-    /// reader must wake by then to time it out.
+    /// The earliest deadline of a pending callback, in the loop's nanoseconds
+    /// (`u64::MAX` for none): the loop must wake by then to time it out.
     earliest_deadline: AtomicU64,
-    /// When the reader's current blocking read times out by itself.
-    reader_wakes_at: AtomicU64,
     /// OPEN, DRAINING or DEAD.
     state: AtomicU8,
     /// Why the connection ended or is draining.
     reason: Mutex<Option<String>>,
+    /// The event loop that reads this connection.
+    event_loop: Arc<Loop>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -134,7 +162,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Runs the application's code (a call's callback, the push or disconnect handler) on
-/// the reader thread: a panic in it is logged, and the connection and its other calls
+/// the event loop: a panic in it is logged, and the connection and its other calls
 /// carry on.
 fn guarded(what: &str, code: impl FnOnce()) {
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(code)).is_err() {
@@ -143,36 +171,33 @@ fn guarded(what: &str, code: impl FnOnce()) {
 }
 
 impl Conn {
-    /// Connects and starts the reader thread.
+    /// Connects, runs the handshake on this thread, and hands the socket to
+    /// an event loop.
     pub(crate) fn open(addr: SocketAddr, timeout: Duration, config: &Config) -> io::Result<Arc<Conn>> {
         let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_nodelay(true)?;
-        stream.set_write_timeout(Some(config.write_timeout))?;
         if let Some(credential) = &config.credential {
+            stream.set_write_timeout(Some(config.write_timeout))?;
             crate::auth::client_handshake(&mut stream, credential, timeout)?;
         }
-        let reader = stream.try_clone()?;
+        stream.set_nonblocking(true)?;
+        let reader = mio::net::TcpStream::from_std(stream.try_clone()?);
         let conn = Arc::new(Conn {
             addr,
             stream,
             queued: Mutex::new(BytesMut::with_capacity(8 * 1024)),
             flushing: AtomicBool::new(false),
-            writer_due: Mutex::new(false),
-            writer_wake: Condvar::new(),
+            flush_again: AtomicBool::new(false),
+            stalled_since: AtomicU64::new(NOT_STALLED),
+            write_timeout: config.write_timeout,
             pending: Mutex::new(FastMap::default()),
             epoch: Instant::now(),
             earliest_deadline: AtomicU64::new(u64::MAX),
-            reader_wakes_at: AtomicU64::new(0),
             state: AtomicU8::new(OPEN),
             reason: Mutex::new(None),
+            event_loop: event_loop::pick()?,
         });
-        let c = conn.clone();
-        let config = config.clone();
-        std::thread::Builder::new()
-            .name(format!("rpc-client-{addr}"))
-            .spawn(move || c.read_loop(reader, &config))?;
-        let c = conn.clone();
-        std::thread::Builder::new().name(format!("rpc-writer-{addr}")).spawn(move || c.write_loop())?;
+        conn.event_loop.adopt(conn.clone(), reader, config.clone());
         Ok(conn)
     }
 
@@ -181,8 +206,8 @@ impl Conn {
         self.epoch > t
     }
 
-    /// When the read whose frames this reader thread is dispatching returned;
-    /// `None` on other threads and between reads.
+    /// When the poll whose reads this event loop is dispatching returned;
+    /// `None` on other threads and between batches.
     pub(crate) fn batch_time() -> Option<Instant> {
         BATCH_TIME.get()
     }
@@ -192,24 +217,23 @@ impl Conn {
         self.state.load(Ordering::Acquire) == OPEN
     }
 
+    /// Whether the connection was killed.
+    pub(super) fn is_dead(&self) -> bool {
+        self.state.load(Ordering::Acquire) == DEAD
+    }
+
     pub(crate) fn register(self: &Arc<Self>, id: u64, p: Pending) {
         let deadline = match &p {
-            Pending::Callback { deadline: Some(d), .. } => Some(self.nanos(*d)),
+            Pending::Callback { deadline: Some(d), .. } => Some(self.event_loop.nanos(*d)),
             _ => None,
         };
         lock(&self.pending).insert(id, p);
         if let Some(at) = deadline {
             self.earliest_deadline.fetch_min(at, Ordering::SeqCst);
-            if at < self.reader_wakes_at.load(Ordering::SeqCst) {
-                // The reader sleeps in a read past this deadline: a ping makes
-                // the server answer, which wakes it to recompute its timeout.
-                let mut ping = BytesMut::new();
-                frame::put_control(&mut ping, Kind::Ping, 0);
-                let _ = self.write(&ping);
-            }
+            self.event_loop.deadline_at(at);
         }
         if self.state.load(Ordering::Acquire) == DEAD {
-            // The reader may have failed everything before we registered.
+            // The loop may have failed everything before we registered.
             if let Some(p) = self.take(id) {
                 p.complete(Err(self.lost()));
             }
@@ -225,12 +249,13 @@ impl Conn {
         lock(&self.pending).remove(&id)
     }
 
-    /// `t` as nanoseconds since the connection opened.
-    fn nanos(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.epoch).as_nanos().min(u128::from(u64::MAX - 1)) as u64
+    /// The earliest deadline of a pending callback, in the loop's nanoseconds.
+    pub(super) fn earliest_deadline(&self) -> u64 {
+        self.earliest_deadline.load(Ordering::SeqCst)
     }
 
-    /// Queues one or more whole frames and sees that they are written.
+    /// Queues one or more whole frames and writes what the socket takes now;
+    /// the event loop writes the rest when the socket has room.
     pub(crate) fn write(self: &Arc<Self>, bytes: &[u8]) -> Result<(), Error> {
         {
             let mut queued = lock(&self.queued);
@@ -255,126 +280,85 @@ impl Conn {
         if deferred {
             return Ok(());
         }
-        if ON_READER.get() {
-            self.flush_later();
-            return Ok(());
-        }
         self.flush()
     }
 
-    /// Writes what is queued without blocking, from a reader thread; what the
-    /// socket does not take at once is left to the writer thread. In the
-    /// common case this saves waking the writer thread for every read.
-    #[cfg(unix)]
-    fn flush_from_reader(&self) {
-        if self.flushing.swap(true, Ordering::AcqRel) {
-            // Another thread is writing; it picks up what was queued.
-            return;
-        }
-        let mut batch = lock(&self.queued).split();
-        let mut failed = None;
-        while !batch.is_empty() {
-            match socket2::SockRef::from(&self.stream)
-                .send_with_flags(&batch, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-            {
-                Ok(0) => {
-                    failed = Some(io::Error::from(io::ErrorKind::WriteZero));
-                    break;
-                }
-                Ok(n) => batch.advance(n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
-        if let Some(e) = failed {
-            self.flushing.store(false, Ordering::Release);
-            self.kill(&format!("write failed: {e}"));
-            return;
-        }
-        let more = {
-            let mut queued = lock(&self.queued);
-            if !batch.is_empty() {
-                // Unwritten bytes go back in front of what was queued meanwhile.
-                batch.unsplit(queued.split());
-                *queued = batch;
-            }
-            !queued.is_empty()
-        };
-        self.flushing.store(false, Ordering::Release);
-        if more {
-            // The socket is full, or others queued while we wrote: the writer
-            // thread may block on it, the reader must not.
-            self.flush_later();
-        }
+    /// Whether no call may start on this thread without risking a blocked event loop.
+    pub(crate) fn on_loop_thread() -> bool {
+        ON_LOOP.get()
     }
 
-    /// Without a non-blocking send, the writer thread writes for the reader.
-    #[cfg(not(unix))]
-    fn flush_from_reader(&self) {
-        self.flush_later();
-    }
-
-    /// Asks the writer thread to flush.
-    fn flush_later(&self) {
-        *lock(&self.writer_due) = true;
-        self.writer_wake.notify_one();
-    }
-
-    /// The writer thread: flushes what reader threads queued.
-    fn write_loop(self: Arc<Conn>) {
+    /// Writes what is queued without blocking, unless another thread is
+    /// already doing so (it then writes again for us). What the socket does
+    /// not take stays queued for the event loop, which writes it when the
+    /// socket reports room.
+    pub(super) fn flush(&self) -> Result<(), Error> {
         loop {
-            {
-                let mut due = lock(&self.writer_due);
-                while !*due && self.state.load(Ordering::Acquire) != DEAD {
-                    due = self.writer_wake.wait(due).unwrap_or_else(|p| p.into_inner());
-                }
-                if self.state.load(Ordering::Acquire) == DEAD {
-                    return;
-                }
-                *due = false;
-            }
-            if self.flush().is_err() {
-                return;
-            }
-        }
-    }
-
-    /// Whether no call may start on this thread without risking a blocked reader.
-    pub(crate) fn on_reader_thread() -> bool {
-        ON_READER.get()
-    }
-
-    /// Writes everything queued, unless another thread is already doing so
-    /// (it will pick up what was queued before it finishes).
-    fn flush(&self) -> Result<(), Error> {
-        loop {
-            if self.flushing.swap(true, Ordering::AcqRel) {
+            self.flush_again.store(true, Ordering::SeqCst);
+            if self.flushing.swap(true, Ordering::SeqCst) {
                 return Ok(());
             }
+            self.flush_again.store(false, Ordering::SeqCst);
             // `split` leaves the allocation behind; once `batch` is dropped the
             // next append reclaims it, so steady-state writes allocate nothing.
-            let batch = lock(&self.queued).split();
-            let result = if batch.is_empty() { Ok(()) } else { (&self.stream).write_all(&batch) };
-            drop(batch);
-            self.flushing.store(false, Ordering::Release);
-            if let Err(e) = result {
-                let reason = if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
-                    "write timed out: the server is not reading".to_owned()
-                } else {
-                    format!("write failed: {e}")
-                };
-                self.kill(&reason);
+            let mut batch = lock(&self.queued).split();
+            let mut failed = None;
+            let mut progressed = false;
+            while !batch.is_empty() {
+                match (&self.stream).write(&batch) {
+                    Ok(0) => {
+                        failed = Some(io::Error::from(io::ErrorKind::WriteZero));
+                        break;
+                    }
+                    Ok(n) => {
+                        batch.advance(n);
+                        progressed = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if progressed {
+                self.stalled_since.store(NOT_STALLED, Ordering::Relaxed);
+            }
+            if let Some(e) = failed {
+                self.flushing.store(false, Ordering::SeqCst);
+                self.kill(&format!("write failed: {e}"));
                 return Err(self.lost());
             }
-            // Bytes queued while we wrote, by threads that saw us flushing.
-            if lock(&self.queued).is_empty() {
+            let blocked = !batch.is_empty();
+            let more = {
+                let mut queued = lock(&self.queued);
+                if blocked {
+                    // Unwritten bytes go back in front of what was queued meanwhile.
+                    batch.unsplit(queued.split());
+                    *queued = batch;
+                }
+                !queued.is_empty()
+            };
+            if blocked && self.stalled_since.load(Ordering::Relaxed) == NOT_STALLED {
+                self.stalled_since.store(self.event_loop.nanos(Instant::now()), Ordering::Relaxed);
+            }
+            self.flushing.store(false, Ordering::SeqCst);
+            // Flushing again while the socket is full would only spin: the
+            // loop hears when it has room. Bytes queued meanwhile by threads
+            // that saw us flushing are written now.
+            let again = self.flush_again.load(Ordering::SeqCst);
+            if !(again || (more && !blocked)) {
                 return Ok(());
             }
         }
+    }
+
+    /// Whether the socket has refused every byte for longer than
+    /// `Config::write_timeout` (`now` in the loop's nanoseconds).
+    pub(super) fn write_stalled(&self, now: u64) -> bool {
+        let since = self.stalled_since.load(Ordering::Relaxed);
+        since != NOT_STALLED && now.saturating_sub(since) > self.write_timeout.as_nanos() as u64
     }
 
     /// The error for calls still pending when the connection ended. When the
@@ -396,22 +380,24 @@ impl Conn {
         Error::ConnectionLost { addr: self.addr, reason }
     }
 
-    /// Marks the connection dead and shuts the socket; the reader then fails
-    /// every pending call.
+    /// Why the connection ended (or is draining), or `otherwise`.
+    pub(super) fn reason_or(&self, otherwise: &str) -> String {
+        lock(&self.reason).clone().unwrap_or_else(|| otherwise.to_owned())
+    }
+
+    /// Marks the connection dead and shuts the socket; its event loop then
+    /// fails every pending call.
     pub(crate) fn kill(&self, reason: &str) {
         if self.state.swap(DEAD, Ordering::AcqRel) != DEAD {
             lock(&self.reason).get_or_insert_with(|| reason.to_owned());
             let _ = self.stream.shutdown(Shutdown::Both);
-            let _due = lock(&self.writer_due);
-            self.writer_wake.notify_all();
         }
     }
 
-    fn read_loop(self: Arc<Conn>, mut stream: TcpStream, config: &Config) {
-        ON_READER.set(true);
-        let reason = self.read_frames(&mut stream, config);
-        self.kill(&reason);
-        let _ = stream.shutdown(Shutdown::Both);
+    /// Ends the connection for `reason`, on its event loop: fails every
+    /// pending call and tells the disconnect handler.
+    pub(super) fn end(&self, reason: &str, config: &Config) {
+        self.kill(reason);
         let error = self.lost();
         tracing::debug!(addr = %self.addr, %error, "client connection ended");
         let pending: Vec<Pending> = lock(&self.pending).drain().map(|(_, p)| p).collect();
@@ -423,88 +409,8 @@ impl Conn {
         }
     }
 
-    /// Reads and dispatches frames until the connection ends; returns why.
-    fn read_frames(self: &Arc<Self>, stream: &mut TcpStream, config: &Config) -> String {
-        let keepalive = config.keepalive;
-        let slow_tick =
-            if keepalive.is_zero() { Duration::from_secs(1) } else { keepalive.min(Duration::from_secs(1)) };
-        let mut tick = slow_tick;
-        if stream.set_read_timeout(Some(tick)).is_err() {
-            return "cannot set read timeout".to_owned();
-        }
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        let mut scratch = vec![0u8; 64 * 1024];
-        // The list of connections written during a dispatch, kept between reads.
-        let mut written: Vec<Arc<Conn>> = Vec::new();
-        let mut discard = 0usize;
-        let mut last_rx = Instant::now();
-        let mut last_ping = Instant::now();
-        loop {
-            if self.state.load(Ordering::Acquire) == DEAD {
-                return lock(&self.reason).clone().unwrap_or_else(|| "closed".to_owned());
-            }
-            // Sleep in the read no longer than the earliest callback deadline.
-            let now = self.nanos(Instant::now());
-            let mut want = slow_tick;
-            loop {
-                let earliest = self.earliest_deadline.load(Ordering::SeqCst);
-                let until = Duration::from_nanos(earliest.saturating_sub(now)).max(Duration::from_millis(1));
-                want = want.min(until);
-                self.reader_wakes_at.store(now.saturating_add(want.as_nanos() as u64), Ordering::SeqCst);
-                if self.earliest_deadline.load(Ordering::SeqCst) == earliest {
-                    break;
-                }
-            }
-            if want != tick {
-                tick = want;
-                let _ = stream.set_read_timeout(Some(tick));
-            }
-            match stream.read(&mut scratch) {
-                Ok(0) => {
-                    let goaway = lock(&self.reason).clone();
-                    return goaway.unwrap_or_else(|| "closed by the server".to_owned());
-                }
-                Ok(n) => {
-                    last_rx = Instant::now();
-                    buf.extend_from_slice(&scratch[..n]);
-                    DEFERRED.with(|d| *d.borrow_mut() = Some(std::mem::take(&mut written)));
-                    BATCH_TIME.set(Some(last_rx));
-                    let handled = self.frames(&mut buf, &mut discard, config);
-                    BATCH_TIME.set(None);
-                    written = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
-                    for conn in written.drain(..) {
-                        conn.flush_from_reader();
-                    }
-                    if let Err(reason) = handled {
-                        return reason;
-                    }
-                }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return format!("read failed: {e}"),
-            }
-            let now = Instant::now();
-            if !keepalive.is_zero() {
-                if now.duration_since(last_rx) > keepalive * 3 {
-                    return format!("no answer from the server for {} s", (keepalive * 3).as_secs());
-                }
-                if now.duration_since(last_ping) >= keepalive {
-                    last_ping = now;
-                    let mut ping = BytesMut::new();
-                    frame::put_control(&mut ping, Kind::Ping, 0);
-                    if self.write(&ping).is_err() {
-                        return "cannot send keepalive ping".to_owned();
-                    }
-                }
-            }
-            if self.nanos(now) >= self.earliest_deadline.load(Ordering::SeqCst) {
-                self.expire_callbacks(now);
-            }
-        }
-    }
-
     /// Handles every whole frame in `buf`.
-    fn frames(
+    pub(super) fn frames(
         self: &Arc<Self>,
         buf: &mut BytesMut,
         discard: &mut usize,
@@ -577,7 +483,7 @@ impl Conn {
 
     /// Fails every callback whose deadline has passed with `Error::Timeout`
     /// and recomputes the earliest remaining deadline.
-    fn expire_callbacks(&self, now: Instant) {
+    pub(super) fn expire_callbacks(&self, now: Instant) {
         let expired: Vec<Pending> = {
             let mut pending = lock(&self.pending);
             // Reset first: a callback registered meanwhile lowers it again.
@@ -589,7 +495,7 @@ impl Conn {
                     if *d <= now {
                         ids.push(*id);
                     } else {
-                        earliest = earliest.min(self.nanos(*d));
+                        earliest = earliest.min(self.event_loop.nanos(*d));
                     }
                 }
             }

@@ -18,7 +18,7 @@ use crate::Error;
 /// async-std, `futures::executor::block_on`, ...).
 ///
 /// The call is sent when the future is made, not when it is first polled; the
-/// future only waits for the answer, which the transport's reader thread
+/// future only waits for the answer, which the transport's event-loop thread
 /// delivers (decoding it there) and wakes the task. Dropping the future does
 /// not cancel the call: the server may still run it, and its answer is
 /// dropped when it comes. The deadline is the call's timeout, as for a

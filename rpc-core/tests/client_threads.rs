@@ -1,0 +1,74 @@
+//! A process's client connections share a few event-loop threads: a thousand
+//! connections do not start a thousand threads.
+//!
+//! A test binary of its own: it counts the process's threads in
+//! `/proc/self/task`, which other tests running beside it would disturb.
+
+use bytes::Bytes;
+use rpc_core::client::{Channel, Config as ClientConfig};
+use rpc_core::server::{Builder, Config, Context, Service};
+use rpc_core::Status;
+
+const CONNECTIONS: usize = 1_000;
+
+struct Echo;
+
+impl Service for Echo {
+    fn name(&self) -> &str {
+        "test.Echo"
+    }
+
+    fn call(&self, _ctx: &Context, _method: &str, body: Bytes) -> Result<Bytes, Status> {
+        Ok(body)
+    }
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Checks there is room for both ends of every connection (the client holds
+/// two descriptors per socket), naming the fix when there is not.
+fn check_open_files_limit() {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap_or("unlimited");
+    let needed = CONNECTIONS * 4;
+    if let Ok(soft) = soft.parse::<usize>() {
+        assert!(
+            soft >= needed,
+            "the open-files limit ({soft}) is below {needed}: run `ulimit -n {needed}` first"
+        );
+    }
+}
+
+#[test]
+fn a_thousand_connections_share_a_handful_of_threads_and_all_of_them_serve_calls() {
+    check_open_files_limit();
+    let config = Config { workers: 2, ..Config::default() };
+    let server = Builder::new(config).service(Echo).bind("127.0.0.1:0").unwrap();
+    let before = threads();
+
+    let channels: Vec<Channel> = (0..CONNECTIONS)
+        .map(|i| {
+            Channel::connect(server.local_addr(), ClientConfig::default())
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"))
+        })
+        .collect();
+    for (i, channel) in channels.iter().enumerate() {
+        let body = i.to_be_bytes();
+        let reply =
+            channel.call_raw("test.Echo", "Say", &body, None).unwrap_or_else(|e| panic!("call {i}: {e}"));
+        assert_eq!(&reply[..], &body[..], "the answer on connection {i}");
+    }
+    let after = threads();
+    assert!(
+        after - before < 20,
+        "{CONNECTIONS} client connections took {} threads ({before} before, {after} after)",
+        after - before
+    );
+    assert!(channels.iter().all(Channel::is_connected));
+}
