@@ -72,7 +72,7 @@ fn client_methods(rpc: &RpcNames) -> TokenStream {
         String::new(),
         // Intra-doc links take `Self::type`, not `Self::r#type`.
         format!(" Like [`Self::{}`], but many calls can be in flight from one thread. The", unraw(method)),
-        " callback runs on the transport's reader thread (or on this one, before this".to_owned(),
+        " callback runs on the client's event-loop thread (or on this one, before this".to_owned(),
         " returns, if the call could not be sent), so it should hand work off rather".to_owned(),
         " than block.".to_owned(),
     ];

@@ -110,7 +110,7 @@ impl Outcome {
     }
 }
 
-/// A finished call, sent back from the reader thread: its number, when it
+/// A finished call, sent back from the client's event-loop thread: its number, when it
 /// finished, and how.
 type Done = (u64, Instant, Result<(), String>);
 

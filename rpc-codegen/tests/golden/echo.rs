@@ -175,7 +175,7 @@ pub mod echo_rpc {
         /// Starts a `Say` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::say`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one, before this
+        /// callback runs on the client's event-loop thread (or on this one, before this
         /// returns, if the call could not be sent), so it should hand work off rather
         /// than block.
         pub fn say_with(
@@ -226,7 +226,7 @@ pub mod echo_rpc {
         /// Starts a `Stats` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::stats`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one, before this
+        /// callback runs on the client's event-loop thread (or on this one, before this
         /// returns, if the call could not be sent), so it should hand work off rather
         /// than block.
         pub fn stats_with(

@@ -202,7 +202,7 @@ pub mod kv_store_rpc {
         /// Starts a `Get` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::get`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one, before this
+        /// callback runs on the client's event-loop thread (or on this one, before this
         /// returns, if the call could not be sent), so it should hand work off rather
         /// than block.
         pub fn get_with(
@@ -249,7 +249,7 @@ pub mod kv_store_rpc {
         /// Starts a `Put` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::put`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one, before this
+        /// callback runs on the client's event-loop thread (or on this one, before this
         /// returns, if the call could not be sent), so it should hand work off rather
         /// than block.
         pub fn put_with(
@@ -291,7 +291,7 @@ pub mod kv_store_rpc {
         /// Starts a `Delete` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::delete`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one, before this
+        /// callback runs on the client's event-loop thread (or on this one, before this
         /// returns, if the call could not be sent), so it should hand work off rather
         /// than block.
         pub fn delete_with(
@@ -344,7 +344,7 @@ pub mod kv_store_rpc {
         /// Starts a `Type` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::type`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one, before this
+        /// callback runs on the client's event-loop thread (or on this one, before this
         /// returns, if the call could not be sent), so it should hand work off rather
         /// than block.
         pub fn type_with(
@@ -498,7 +498,7 @@ pub mod store_rpc {
         /// Starts a `Ping` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::ping`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one, before this
+        /// callback runs on the client's event-loop thread (or on this one, before this
         /// returns, if the call could not be sent), so it should hand work off rather
         /// than block.
         pub fn ping_with(
@@ -747,7 +747,7 @@ pub mod counter_rpc {
         /// Starts a `Self` call and returns at once; `callback` gets the outcome.
         ///
         /// Like [`Self::self_`], but many calls can be in flight from one thread. The
-        /// callback runs on the transport's reader thread (or on this one, before this
+        /// callback runs on the client's event-loop thread (or on this one, before this
         /// returns, if the call could not be sent), so it should hand work off rather
         /// than block.
         pub fn self_with(

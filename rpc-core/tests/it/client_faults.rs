@@ -1,5 +1,5 @@
 //! The client when things go wrong around a call: a server that stops while it holds
-//! calls, application code misbehaving on a connection's reader thread, and pings to
+//! calls, application code misbehaving on the client's event-loop thread, and pings to
 //! a server that cannot answer them.
 
 use std::io::{Read, Write};
@@ -116,7 +116,7 @@ fn a_panicking_callback_leaves_the_connection_serving() {
     );
     assert_eq!(&rx.recv_timeout(PATIENCE).unwrap().unwrap()[..], b"after");
 
-    // Callbacks still time out, which the reader thread does.
+    // Callbacks still time out, which the event loop does.
     ch.call_raw_with(
         "test.Echo",
         "Echo",

@@ -78,7 +78,7 @@ pub fn connect(addr: SocketAddr) -> Client {
 }
 
 /// A raw stub connected to `addr` that hands every push to `on_event`, which runs on the
-/// connection's reader thread and so must not block.
+/// client's event-loop thread and so must not block.
 pub fn gateway_at(
     addr: SocketAddr,
     on_event: impl Fn(api::push::Event) + Send + Sync + 'static,
