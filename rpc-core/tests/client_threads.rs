@@ -27,17 +27,18 @@ fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
 }
 
-/// Checks there is room for both ends of every connection (the client holds
-/// two descriptors per socket), naming the fix when there is not.
+/// Makes room for both ends of every connection (the client holds two descriptors
+/// per socket): raises the soft open-files limit up to the hard one, and names the fix
+/// when even that is too low.
 fn check_open_files_limit() {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-    let soft = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .unwrap_or("unlimited");
-    let needed = CONNECTIONS * 4;
-    if let Ok(soft) = soft.parse::<usize>() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let needed = (CONNECTIONS * 4 + 256) as u64;
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some_and(|soft| soft < needed) {
+        limit.current = Some(limit.maximum.map_or(needed, |hard| hard.min(needed)));
+        setrlimit(Resource::Nofile, limit).expect("raises the soft open-files limit");
+    }
+    if let Some(soft) = limit.current {
         assert!(
             soft >= needed,
             "the open-files limit ({soft}) is below {needed}: run `ulimit -n {needed}` first"
