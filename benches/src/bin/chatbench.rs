@@ -643,6 +643,21 @@ fn drive(
     })
 }
 
+/// What a command that starts its own cluster checks first: room for `users`
+/// connections in the open-files limit (raised as far as allowed); returns the
+/// `chatroom` binary to start, `chatroom` or the one next to this binary.
+fn prepare(users: usize, chatroom: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    let _ = tally::base();
+    let nofile = system::raise_nofile();
+    if (users + 64) as u64 > nofile {
+        bail!("{users} users need more open files than the limit of {nofile}");
+    }
+    Ok(match chatroom {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("chatroom"),
+    })
+}
+
 /// What every loop saw, merged at the end of a run.
 struct Finished {
     /// Counters and histograms of all loops.

@@ -7,15 +7,7 @@ use super::*;
 /// sampling, and prints the trends. True when nothing grew past its limit and the
 /// traffic flowed.
 pub(crate) fn soak(args: &SoakArgs) -> anyhow::Result<bool> {
-    let _ = tally::base();
-    let nofile = system::raise_nofile();
-    if (args.users + 64) as u64 > nofile {
-        bail!("{} users need more open files than the limit of {nofile}", args.users);
-    }
-    let chatroom = match &args.chatroom {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("chatroom"),
-    };
+    let chatroom = prepare(args.users, args.chatroom.as_ref())?;
     let options = Options {
         mode: Mode::Cluster,
         chatroom,
