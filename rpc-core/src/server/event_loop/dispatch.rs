@@ -1,0 +1,181 @@
+//! Frame handling for one connection's read: each whole frame decoded and answered
+//! (ping, the authentication gate, protocol violations) or turned into a call for the
+//! event loop itself, the workers or the heavy lane, within the connection's bounds.
+
+use super::*;
+
+/// `ask(service)` (application code: `runs_inline`, `is_heavy`), with a panic in
+/// it taken as "no": the call goes to a worker, which answers a panicking handler
+/// with Internal.
+fn ask(service: &dyn Service, method: &str, what: &str, ask: impl FnOnce() -> bool) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(ask)).unwrap_or_else(|_| {
+        tracing::error!(service = service.name(), method, what, "panicked; the call goes to a worker");
+        false
+    })
+}
+
+/// What frame handling needs from the loop, borrowed apart from the connection map.
+pub(super) struct Dispatch<'a> {
+    pub(super) services: &'a Services,
+    pub(super) config: &'a Config,
+    pub(super) draining: bool,
+    /// The loop's clock for this turn, the base of request deadlines.
+    pub(super) now: Instant,
+    /// Calls for the pool; the loop queues them once the read is handled.
+    pub(super) batch: &'a mut VecDeque<Call>,
+    /// Calls for the heavy lane, likewise.
+    pub(super) heavy_batch: &'a mut VecDeque<Call>,
+    /// The heavy lane, for its bounds.
+    pub(super) heavy: &'a Jobs,
+    /// Whether a whole frame was decoded.
+    pub(super) decoded: bool,
+}
+
+impl Dispatch<'_> {
+    /// Decodes and handles every whole frame in `conn.inbuf`.
+    pub(super) fn frames(&mut self, conn: &mut Conn) {
+        if conn.proxy_header && conn.inbuf.first().is_some_and(|&b| b != proxy_header::FIRST_BYTE) {
+            // A frame, not a header: the peer speaks for itself.
+            conn.proxy_header = false;
+        }
+        if conn.proxy_header {
+            match proxy_header::take(&mut conn.inbuf) {
+                Ok(None) => return,
+                Ok(Some(client)) => {
+                    conn.proxy_header = false;
+                    if let Some(client) = client {
+                        let _ = conn.handle.shared().client.set(client);
+                    }
+                }
+                Err(malformed) => return violation(conn, &malformed.to_string()),
+            }
+        }
+        loop {
+            if conn.closing {
+                // After a go-away nothing more from this peer is acted on.
+                return;
+            }
+            if conn.discard > 0 {
+                let n = conn.discard.min(conn.inbuf.len());
+                conn.inbuf.advance(n);
+                conn.discard -= n;
+                if conn.discard > 0 {
+                    return;
+                }
+            }
+            let max_frame = match conn.gate {
+                None => self.config.max_frame_size,
+                Some(_) => self.config.max_frame_size.min(auth::MAX_UNAUTHENTICATED_FRAME),
+            };
+            match frame::decode(&mut conn.inbuf, max_frame) {
+                Ok(Some(f)) => {
+                    self.decoded = true;
+                    self.frame(conn, f);
+                }
+                Ok(None) => return,
+                Err(FrameError::TooLarge { size, max }) => {
+                    let Some((kind, call_id)) = frame::peek_call(&conn.inbuf) else { return };
+                    if kind == Some(Kind::Request) {
+                        let status = Status::resource_exhausted(format!(
+                            "request of {size} bytes exceeds the server's maximum frame size of {max}"
+                        ))
+                        .with_outcome(Outcome::NotRun);
+                        frame::put_response(&mut conn.out, call_id, &Err(status));
+                    }
+                    conn.discard = frame::LENGTH_LEN + size;
+                }
+                Err(FrameError::Invalid(why)) => return violation(conn, why),
+            }
+        }
+    }
+
+    fn frame(&mut self, conn: &mut Conn, f: frame::Frame) {
+        if let Some(gate) = conn.gate.as_mut() {
+            match gate.frame(&f, &mut conn.out) {
+                auth::Gated::Handled => return,
+                auth::Gated::Passed => {
+                    conn.gate = None;
+                    return;
+                }
+                auth::Gated::Usual => {}
+                auth::Gated::Violation(why) => return violation(conn, why),
+            }
+        }
+        match f.kind {
+            Kind::Request => self.call(conn, f),
+            Kind::Ping => frame::put_control(&mut conn.out, Kind::Pong, f.call_id),
+            Kind::Pong => {}
+            Kind::Push => violation(conn, "clients may not send push frames"),
+            Kind::Response | Kind::GoAway => violation(conn, "clients may not send responses or go-away"),
+            // What a server that authenticates nobody said before the kind existed.
+            Kind::Auth => violation(conn, "unknown frame kind"),
+        }
+    }
+
+    fn call(&mut self, conn: &mut Conn, f: frame::Frame) {
+        let refuse = |conn: &mut Conn, status: Status| {
+            frame::put_response(&mut conn.out, f.call_id, &Err(status.with_outcome(Outcome::NotRun)));
+        };
+        if self.draining {
+            return refuse(conn, Status::unavailable("server is shutting down"));
+        }
+        let Some(service) = self.services.get(f.service_bytes()) else {
+            let status = Status::unimplemented(format!("unknown service '{}'", f.service()));
+            return refuse(conn, status);
+        };
+        if conn.in_flight >= self.config.max_in_flight_per_connection {
+            let status = Status::resource_exhausted(format!(
+                "more than {} calls in flight on one connection",
+                self.config.max_in_flight_per_connection
+            ));
+            return refuse(conn, status);
+        }
+        let deadline = (f.timeout_ms > 0).then(|| self.now + Duration::from_millis(f.timeout_ms.into()));
+        let ctx = Context { connection: conn.handle.clone(), call_id: f.call_id, deadline };
+        let (service_ref, method) = (service.as_ref(), f.method());
+        if ask(service_ref, method, "runs_inline", || service_ref.runs_inline(method)) {
+            let result = pool::run(service_ref, &ctx, &f);
+            frame::put_response(&mut conn.out, f.call_id, &result);
+            return;
+        }
+        let heavy = ask(service_ref, method, "is_heavy", || service_ref.is_heavy(method));
+        if heavy {
+            let max = self.config.max_heavy_queued;
+            let per_connection = (max / HEAVY_SHARE).max(1);
+            let mine = self.heavy.waiting_for(conn.handle.id()) + self.heavy_batch.len();
+            let why = if mine >= per_connection {
+                Some(format!("{per_connection} heavy calls of this connection already wait"))
+            } else if self.heavy.waiting() + self.heavy_batch.len() >= max {
+                Some(format!("{max} heavy calls already wait"))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return refuse(
+                    conn,
+                    Status::resource_exhausted(format!("{}/{method} is busy: {why}", f.service())),
+                );
+            }
+        }
+        let cost = f.wire_len();
+        // A small call cut from a big read buffer would keep all of it alive while it
+        // waits: it gets bytes of its own.
+        let f = if conn.inbuf.capacity() > KEEP_CAPACITY { f.detached() } else { f };
+        conn.in_flight += 1;
+        conn.requests += cost;
+        let call = Call { service: service.clone(), ctx, frame: f, cost };
+        if heavy {
+            self.heavy_batch.push_back(call);
+        } else {
+            self.batch.push_back(call);
+        }
+    }
+}
+
+/// Ends a connection whose peer broke the protocol: a go-away names the
+/// violation, and calls already running are still answered.
+fn violation(conn: &mut Conn, why: &str) {
+    tracing::debug!(peer = %conn.handle.peer_addr(), why, "protocol violation");
+    frame::put_goaway(&mut conn.out, &format!("protocol violation: {why}"));
+    conn.closing = true;
+}
