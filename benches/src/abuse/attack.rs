@@ -7,9 +7,15 @@
 //! written) and returns; a thread keeps it going until [`Running::stop`],
 //! which says how the attacker's connections ended: still open, closed by
 //! the server with a go-away (and its reason), closed without one, or reset.
+//!
+//! The attackers are in this file; `fate` says how a connection ended (reading
+//! what the server sent on it), and `herd` holds the thousands of connections
+//! of the idle and drip attackers on one poll.
+
+mod fate;
+mod herd;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,11 +25,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::{Buf, BytesMut};
-use mio::{Events, Interest, Poll, Token};
-use rpc_core::frame::{self, Kind};
+use mio::Events;
+use rpc_core::frame;
 
 use super::server::{big_request, BIG, BURN, ECHO, SERVICE};
 use super::Scenario;
+use fate::{is_timeout, probe, take_frames, tally, Fate};
+use herd::Herd;
 
 /// Longest wait for one connection to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -141,70 +149,6 @@ fn spawn(name: &str, body: impl FnOnce() -> String + Send + 'static) -> anyhow::
     std::thread::Builder::new().name(name.to_owned()).spawn(body).context("cannot start an attacker thread")
 }
 
-/// How one attacking connection ended.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Fate {
-    /// Still open when the attacker stopped.
-    Open,
-    /// The server sent a go-away with this reason.
-    GoAway(String),
-    /// The server closed it without a go-away.
-    Closed,
-    /// It was reset, or broke otherwise.
-    Broken(String),
-}
-
-impl std::fmt::Display for Fate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Fate::Open => f.write_str("open at the end"),
-            Fate::GoAway(reason) => write!(f, "closed by server: GoAway \"{reason}\""),
-            Fate::Closed => f.write_str("closed by server without a GoAway"),
-            Fate::Broken(why) => write!(f, "broken: {why}"),
-        }
-    }
-}
-
-impl Fate {
-    fn of_error(e: &io::Error) -> Fate {
-        match e.kind() {
-            io::ErrorKind::ConnectionReset => Fate::Broken("reset by server".to_owned()),
-            io::ErrorKind::BrokenPipe => Fate::Closed,
-            _ => Fate::Broken(e.to_string()),
-        }
-    }
-}
-
-/// Connections counted by how they ended: "9990 open at the end; 10 closed by server: ...".
-fn tally(fates: impl IntoIterator<Item = Fate>) -> String {
-    let mut counts: BTreeMap<Fate, usize> = BTreeMap::new();
-    for fate in fates {
-        *counts.entry(fate).or_default() += 1;
-    }
-    let parts: Vec<String> = counts.iter().map(|(fate, n)| format!("{n} {fate}")).collect();
-    if parts.is_empty() {
-        "no connection".to_owned()
-    } else {
-        parts.join("; ")
-    }
-}
-
-/// Takes the frames at the front of `buf`, returning the go-away's reason if one came,
-/// and counting the responses by status code in `answers`.
-fn take_frames(buf: &mut BytesMut, answers: &mut BTreeMap<&'static str, usize>) -> Option<Fate> {
-    loop {
-        match frame::decode(buf, frame::DEFAULT_MAX_FRAME) {
-            Ok(Some(f)) => match f.kind {
-                Kind::GoAway => return Some(Fate::GoAway(String::from_utf8_lossy(&f.body).into_owned())),
-                Kind::Response => *answers.entry(f.code.as_str()).or_default() += 1,
-                _ => {}
-            },
-            Ok(None) => return None,
-            Err(e) => return Some(Fate::Broken(format!("server sent a bad frame: {e}"))),
-        }
-    }
-}
-
 /// Opens a blocking connection with `TCP_NODELAY`.
 fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
@@ -219,32 +163,6 @@ fn requests(first_id: u64, n: usize, method: &str, body: &[u8]) -> BytesMut {
         frame::put_request(&mut buf, id, 0, SERVICE, method, body);
     }
     buf
-}
-
-/// Reads what the server sent on `stream` to learn whether it closed the
-/// connection: open if the server pauses for 200 ms, or still sends after
-/// `patience` or `max_bytes`.
-fn probe(stream: &mut TcpStream, patience: Duration, max_bytes: usize) -> Fate {
-    let deadline = Instant::now() + patience;
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-    let (mut buf, mut scratch, mut read) = (BytesMut::new(), vec![0u8; 64 * 1024], 0);
-    let mut answers = BTreeMap::new();
-    while Instant::now() < deadline && read < max_bytes {
-        match stream.read(&mut scratch) {
-            Ok(0) => return Fate::Closed,
-            Ok(n) => {
-                read += n;
-                buf.extend_from_slice(&scratch[..n]);
-                if let Some(fate) = take_frames(&mut buf, &mut answers) {
-                    return fate;
-                }
-            }
-            Err(e) if is_timeout(&e) => return Fate::Open,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Fate::of_error(&e),
-        }
-    }
-    Fate::Open
 }
 
 /// `no-read`: pipelines `Big` calls over a few connections and never reads a
@@ -340,128 +258,6 @@ fn burst(sizes: &Sizes, addr: SocketAddr, flag: Flag) -> anyhow::Result<JoinHand
     })
 }
 
-/// Whether a read or write on a socket with a timeout ran out of time.
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
-}
-
-/// Connections watched by one `mio::Poll`, so that thousands of them cost
-/// nothing while the server stays quiet, and a go-away is seen when it comes.
-struct Herd {
-    /// Reports the connections the server wrote to.
-    poll: Poll,
-    /// The connections by token, each with the bytes read from it and not
-    /// yet decoded; `None` once ended.
-    conns: Vec<Option<(mio::net::TcpStream, BytesMut)>>,
-    /// How the ended ones ended.
-    fates: Vec<Fate>,
-    /// Connections that could not be opened, by error.
-    failed: BTreeMap<String, usize>,
-    /// How long opening them took.
-    opening: Duration,
-    /// Connections that took a second or more to open: the server's listen
-    /// queue was full, and the kernel dropped the first SYN.
-    slow: usize,
-}
-
-impl Herd {
-    /// Opens `n` connections; gives up after 100 failures in a row.
-    fn open(addr: SocketAddr, n: usize) -> anyhow::Result<Herd> {
-        let started = Instant::now();
-        let poll = Poll::new()?;
-        let (mut conns, mut failed, mut in_a_row, mut slow) = (Vec::with_capacity(n), BTreeMap::new(), 0, 0);
-        for _ in 0..n {
-            let began = Instant::now();
-            let opened = connect(addr).and_then(|s| {
-                s.set_nonblocking(true)?;
-                let mut s = mio::net::TcpStream::from_std(s);
-                poll.registry().register(&mut s, Token(conns.len()), Interest::READABLE)?;
-                Ok(s)
-            });
-            match opened {
-                Ok(s) => {
-                    conns.push(Some((s, BytesMut::new())));
-                    in_a_row = 0;
-                    slow += usize::from(began.elapsed() >= Duration::from_secs(1));
-                }
-                Err(e) => {
-                    *failed.entry(e.to_string()).or_default() += 1;
-                    in_a_row += 1;
-                    if in_a_row == 100 {
-                        break;
-                    }
-                }
-            }
-        }
-        anyhow::ensure!(!conns.is_empty(), "cannot open any connection: {failed:?}");
-        Ok(Herd { poll, conns, fates: Vec::new(), failed, opening: started.elapsed(), slow })
-    }
-
-    /// Waits up to `timeout` for the server to write, and ends the
-    /// connections it closed.
-    fn watch(&mut self, events: &mut Events, timeout: Duration) {
-        if self.poll.poll(events, Some(timeout)).is_err() {
-            return;
-        }
-        let tokens: Vec<usize> = events.iter().map(|e| e.token().0).collect();
-        for t in tokens {
-            if let Some(fate) = self.read(t) {
-                self.end(t, fate);
-            }
-        }
-    }
-
-    /// Reads what the server sent on connection `t`: `Some` once it is over.
-    fn read(&mut self, t: usize) -> Option<Fate> {
-        let (stream, buf) = self.conns.get_mut(t)?.as_mut()?;
-        let (mut scratch, mut answers) = ([0u8; 4096], BTreeMap::new());
-        loop {
-            match stream.read(&mut scratch) {
-                Ok(0) => return Some(Fate::Closed),
-                Ok(n) => {
-                    buf.extend_from_slice(&scratch[..n]);
-                    if let Some(fate) = take_frames(buf, &mut answers) {
-                        return Some(fate);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Some(Fate::of_error(&e)),
-            }
-        }
-    }
-
-    fn end(&mut self, t: usize, fate: Fate) {
-        if let Some((mut stream, _)) = self.conns[t].take() {
-            let _ = self.poll.registry().deregister(&mut stream);
-            self.fates.push(fate);
-        }
-    }
-
-    /// "N opened in S s; M could not open (why)".
-    fn opened(&self) -> String {
-        let mut s = format!("{} opened in {:.1} s", self.conns.len(), self.opening.as_secs_f64());
-        if self.slow > 0 {
-            let _ = write!(s, " ({} took ≥ 1 s)", self.slow);
-        }
-        for (why, n) in &self.failed {
-            let _ = write!(s, "; {n} could not open ({why})");
-        }
-        s
-    }
-
-    /// How every connection ended; those still there are open.
-    fn into_fates(mut self) -> String {
-        for t in 0..self.conns.len() {
-            if let Some(fate) = self.read(t) {
-                self.end(t, fate);
-            }
-        }
-        let open = self.conns.iter().filter(|c| c.is_some()).count();
-        tally(self.fates.into_iter().chain(std::iter::repeat_n(Fate::Open, open)))
-    }
-}
-
 /// `idle`: opens `idle` connections before the victim starts, and leaves
 /// them be.
 fn idle(sizes: &Sizes, addr: SocketAddr, flag: Flag) -> anyhow::Result<JoinHandle<String>> {
@@ -505,24 +301,4 @@ fn drip(sizes: &Sizes, addr: SocketAddr, flag: Flag) -> anyhow::Result<JoinHandl
         let opened = herd.opened();
         format!("{opened}, {sent} B dripped each (frames of {} B); {}", frame.len(), herd.into_fates())
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fates_are_counted_and_go_aways_read() {
-        let fates = [Fate::Open, Fate::GoAway("too slow".into()), Fate::Open];
-        assert_eq!(tally(fates), "2 open at the end; 1 closed by server: GoAway \"too slow\"");
-        assert_eq!(tally([]), "no connection");
-
-        let mut buf = BytesMut::new();
-        frame::put_response(&mut buf, 1, &Ok(bytes::Bytes::from_static(b"x")));
-        frame::put_response(&mut buf, 2, &Err(rpc_core::Status::resource_exhausted("full")));
-        frame::put_goaway(&mut buf, "budget");
-        let mut answers = BTreeMap::new();
-        assert_eq!(take_frames(&mut buf, &mut answers), Some(Fate::GoAway("budget".into())));
-        assert_eq!(answers.len(), 2);
-    }
 }
