@@ -8,7 +8,6 @@
 //!   over one `client::Channel`, timed with hdrhistogram.
 //! - [`attack`]: one misbehaving client per scenario, on raw sockets, each
 //!   bounded in connections, calls and time.
-//! - [`os`]: the file-descriptor limit and a process's resident memory.
 //! - [`report`]: the Markdown table, the CSV and the verdict of each row.
 //!
 //! Each scenario gets a fresh server process, so memory one attack left
@@ -18,10 +17,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::os;
 use crate::run::spawn_listening;
 
 pub mod attack;
-pub mod os;
 pub mod report;
 pub mod server;
 pub mod victim;

@@ -12,11 +12,14 @@
 //! - [`run`]: the plan (which cells, how long, how many rounds), the server
 //!   processes and the interleaved schedule.
 //! - [`report`]: medians across rounds, ratios and the Markdown tables.
+//! - [`os`]: the open-files limit and a process's resident memory, for the
+//!   benches that hold many sockets or watch a server's memory.
 //! - [`abuse`]: `rpcbench abuse`, a well-behaved client's latency while
 //!   another client abuses an rpc-core server, and the server's memory.
 
 pub mod abuse;
 pub mod load;
+pub mod os;
 pub mod proto;
 pub mod report;
 pub mod run;

@@ -141,7 +141,7 @@ fn thread_cpu() -> Duration {
 ///
 /// When the address cannot be bound or a thread cannot start.
 pub fn serve(options: &Options, addr: SocketAddr, ready: impl FnOnce(SocketAddr)) -> anyhow::Result<()> {
-    super::os::raise_nofile();
+    crate::os::raise_nofile();
     let server =
         Builder::new(options.config()).service(Abuse { burn_heavy: options.burn_heavy }).bind(addr)?;
     ready(server.local_addr());

@@ -123,7 +123,8 @@ fn main() {
 /// `chatroom` binary to start, `chatroom` or the one next to this binary.
 fn prepare(users: usize, chatroom: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
     let _ = tally::base();
-    let nofile = system::raise_nofile();
+    // Every simulated user is a socket.
+    let nofile = benches::os::raise_nofile().unwrap_or(u64::MAX);
     if (users + 64) as u64 > nofile {
         bail!("{users} users need more open files than the limit of {nofile}");
     }

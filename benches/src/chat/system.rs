@@ -329,13 +329,6 @@ fn drop_database(mysql_server: &str, database: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resident memory of `pid` in KiB (`VmRSS` of `/proc/PID/status`).
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// CPU seconds (user + system) `pid` has used so far.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -391,18 +384,4 @@ fn children(pid: u32) -> Vec<u32> {
 /// CPU seconds of each target now.
 pub fn cpu_snapshot(targets: &[(String, u32)]) -> BTreeMap<String, f64> {
     targets.iter().filter_map(|(name, pid)| Some((name.clone(), cpu_seconds(*pid)?))).collect()
-}
-
-/// Raises the soft limit on open files to the hard limit: every simulated user is a
-/// socket.
-pub fn raise_nofile() -> u64 {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let limit = getrlimit(Resource::Nofile);
-    if limit.current != limit.maximum {
-        let _ = setrlimit(
-            Resource::Nofile,
-            rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum },
-        );
-    }
-    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }

@@ -4,13 +4,14 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
+use benches::os;
 use prost::Message as _;
 use services::api;
 use services::GroupId;
 
 use crate::chat::driver::{Command, Handle, Reply};
 use crate::chat::plan::{self, Conversations, Workload};
-use crate::chat::system::{self, Mode, System};
+use crate::chat::system::{Mode, System};
 use crate::loops::{calls, check};
 
 /// The users connected, logged in and placed in their conversations.
@@ -64,7 +65,7 @@ pub(crate) fn setup(
     let Accounts { names, password, seeded } = *accounts;
     let n = names.len();
     let proxy_pids = system.proxy_pids();
-    let rss = || proxy_pids.iter().filter_map(|&pid| system::rss_kib(pid)).sum::<u64>();
+    let rss = || proxy_pids.iter().filter_map(|&pid| Some(os::memory(pid).ok()?.rss_kib)).sum::<u64>();
     let rss_before = rss();
 
     for handle in loops {

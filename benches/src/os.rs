@@ -1,4 +1,4 @@
-//! What the abuse bench asks of the OS: room for many sockets, and how much
+//! What the benchmarks ask of the OS: room for many sockets, and how much
 //! memory a process holds.
 
 use anyhow::Context as _;
@@ -6,7 +6,8 @@ use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
 /// Raises this process's soft limit on open files to its hard limit and
 /// returns the new soft limit (`None` for unlimited). Ten thousand idle
-/// connections do not fit in the usual soft limit of 1,024.
+/// connections, or simulated chat users, do not fit in the usual soft limit
+/// of 1,024.
 ///
 /// A failure is not fatal: the scenario that needs the room will then fail
 /// to open its connections and say so.
