@@ -7,6 +7,9 @@
 //! transaction, which takes the write lock up front; that makes read-then-write sequences
 //! such as sequence assignment atomic even when another process opens the same file
 //! (it then waits up to [`BUSY_TIMEOUT`] for the lock).
+//!
+//! `queries.rs`, `groups.rs` and `tokens.rs` hold the statements; the rules both SQL
+//! stores keep are in `store/rules.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -14,11 +17,15 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
+use super::paging::{collect_sync, history_limit, history_page};
+use super::rules::{
+    already_friends, check_friend, check_new_message, check_new_user, check_password_hash, duplicate,
+    name_key, name_taken, no_conversation_row, no_user_named, not_friends, stored,
+};
 use super::schema::{self, SQLITE, SQLITE_VERSION_TABLE};
 use super::{
-    check_new_message, collect_sync, duplicate, history_page, name_key, now_ms, Anchor, ConversationState,
-    Credentials, Cursor, Error, Group, GroupSettings, Invitation, Message, NewMessage, NewToken, Page, Sent,
-    Store, User,
+    now_ms, Anchor, ConversationState, Credentials, Cursor, Error, Group, GroupSettings, Invitation,
+    NewMessage, NewToken, Page, Sent, Store, User,
 };
 use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};
@@ -126,10 +133,7 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
 
 impl Store for Sqlite {
     fn create_user(&self, name: &str, password_hash: &str) -> Result<User, Error> {
-        limits::check_name(name)?;
-        if password_hash.is_empty() {
-            return Err(Error::InvalidArgument("password hash is empty".into()));
-        }
+        check_new_user(name, password_hash)?;
         let created_at_ms = now_ms();
         self.write(|tx| {
             let inserted = tx
@@ -144,9 +148,7 @@ impl Store for Sqlite {
                     name: name.to_owned(),
                     created_at_ms,
                 }),
-                Err(e) if is_unique_violation(&e) => {
-                    Err(Error::AlreadyExists(format!("the name {name:?} is already taken")))
-                }
+                Err(e) if is_unique_violation(&e) => Err(name_taken(name)),
                 Err(e) => Err(e.into()),
             }
         })
@@ -161,14 +163,12 @@ impl Store for Sqlite {
                 Ok(Credentials { user: user_from_row(row)?, password_hash: row.get(3)? })
             })
             .optional()?
-            .ok_or_else(|| Error::NotFound(format!("no user named {name:?}")))
+            .ok_or_else(|| no_user_named(name))
         })
     }
 
     fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<(), Error> {
-        if password_hash.is_empty() {
-            return Err(Error::InvalidArgument("password hash is empty".into()));
-        }
+        check_password_hash(password_hash)?;
         self.write(|tx| tokens::set_password_hash(tx, user, password_hash))
     }
 
@@ -194,9 +194,7 @@ impl Store for Sqlite {
     }
 
     fn add_friend(&self, user: UserId, friend: UserId) -> Result<User, Error> {
-        if user == friend {
-            return Err(Error::InvalidArgument("you cannot add yourself as a friend".into()));
-        }
+        check_friend(user, friend)?;
         let now = now_ms();
         self.write(|tx| {
             require_user(tx, user)?;
@@ -207,11 +205,7 @@ impl Store for Sqlite {
             for (a, b) in [(user, friend), (friend, user)] {
                 match insert.execute(params![a, b, now]) {
                     Ok(_) => {}
-                    Err(e) if is_unique_violation(&e) => {
-                        return Err(Error::AlreadyExists(format!(
-                            "user {user} and user {friend} are already friends"
-                        )))
-                    }
+                    Err(e) if is_unique_violation(&e) => return Err(already_friends(user, friend)),
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -228,7 +222,7 @@ impl Store for Sqlite {
                 )?
                 .execute([user, friend])?;
             if removed == 0 {
-                return Err(Error::NotFound(format!("user {friend} is not a friend of user {user}")));
+                return Err(not_friends(user, friend));
             }
             Ok(())
         })
@@ -308,7 +302,7 @@ impl Store for Sqlite {
                     conversation_row(tx, conversation)?.map(|(id, _)| id)
                 }
             }
-            .ok_or_else(|| Error::Corrupt(format!("{conversation} has no conversation row")))?;
+            .ok_or_else(|| no_conversation_row(conversation))?;
             let seq: u64 = tx
                 .prepare_cached(
                     "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = ?1
@@ -329,17 +323,7 @@ impl Store for Sqlite {
                 sent_at_ms
             ])?;
             raise_cursor(tx, sender, id, seq)?;
-            Ok(Sent {
-                message: Message {
-                    conversation,
-                    seq,
-                    sender,
-                    client_msg_id: message.client_msg_id.to_owned(),
-                    body: message.body.to_owned(),
-                    sent_at_ms,
-                },
-                duplicate: false,
-            })
+            Ok(stored(message, conversation, seq, sent_at_ms))
         })
     }
 
@@ -351,7 +335,7 @@ impl Store for Sqlite {
         limit: usize,
     ) -> Result<Page, Error> {
         let conversation = conversation.normalized();
-        let limit = limits::page_size(limit, limits::HISTORY_PAGE_DEFAULT, limits::HISTORY_PAGE_MAX);
+        let limit = history_limit(limit);
         self.read(|tx| {
             let hidden = check_participant(tx, user, conversation)?;
             let Some((id, _)) = conversation_row(tx, conversation)? else {
