@@ -114,10 +114,7 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
     tx.execute(SQLITE_VERSION_TABLE, [])?;
     let current: u32 =
         tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |row| row.get(0))?;
-    if current > schema::VERSION {
-        return Err(Error::SchemaTooNew { found: current, supported: schema::VERSION });
-    }
-    for migration in SQLITE.iter().filter(|m| m.version > current) {
+    for migration in schema::pending(SQLITE, current)? {
         for statement in migration.statements {
             tx.execute(statement, [])?;
         }

@@ -52,10 +52,7 @@ pub(super) fn create_database_if_missing(builder: OptsBuilder, database: &str) -
 fn migrate_locked(conn: &mut PooledConn) -> Result<(), Error> {
     conn.query_drop(MYSQL_VERSION_TABLE)?;
     let current: u32 = conn.query_first("SELECT COALESCE(MAX(version), 0) FROM schema_version")?.unwrap_or(0);
-    if current > schema::VERSION {
-        return Err(Error::SchemaTooNew { found: current, supported: schema::VERSION });
-    }
-    for migration in MYSQL.iter().filter(|m| m.version > current) {
+    for migration in schema::pending(MYSQL, current)? {
         for statement in migration.statements {
             match conn.query_drop(statement) {
                 // A column added by an earlier run that was cut short.
