@@ -69,6 +69,27 @@ pub fn drop_database(database: &str) {
     }
 }
 
+/// The keys under `prefix` in the Redis at `url`.
+pub fn redis_keys(url: &str, prefix: &str) -> redis::RedisResult<Vec<String>> {
+    let mut conn = redis::Client::open(url)?.get_connection()?;
+    redis::cmd("KEYS").arg(format!("{prefix}*")).query(&mut conn)
+}
+
+/// Deletes every key under the test's `prefix` from the Redis at `url`; a failure is
+/// only reported, so that it does not hide the test's own outcome.
+pub fn delete_redis_keys(url: &str, prefix: &str) {
+    let deleted = redis_keys(url, prefix).and_then(|keys| {
+        if !keys.is_empty() {
+            let mut conn = redis::Client::open(url)?.get_connection()?;
+            redis::cmd("DEL").arg(&keys).query::<()>(&mut conn)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = deleted {
+        eprintln!("could not delete test keys {prefix}*: {e}");
+    }
+}
+
 /// A port on 127.0.0.1 that was free when asked (another process may take it before the
 /// caller binds it; the tests that need one start their own servers right away).
 pub fn free_port() -> u16 {
