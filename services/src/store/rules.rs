@@ -317,3 +317,66 @@ pub(crate) fn duplicate(original: Message, conversation: ConversationId) -> Resu
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(public: bool, history: HistoryVisibility) -> Group {
+        Group { id: GroupId(7), name: "g".into(), owner: UserId(1), created_at_ms: 0, public, history }
+    }
+
+    #[test]
+    fn an_invitation_admits_until_the_moment_it_expires() {
+        assert!(check_invitation(GroupId(7), Some(101), 100).is_ok());
+        for expires in [Some(100), Some(99), None] {
+            let err = check_invitation(GroupId(7), expires, 100).unwrap_err();
+            assert_eq!(err.to_string(), Error::no_group(GroupId(7)).to_string(), "{expires:?}");
+        }
+    }
+
+    #[test]
+    fn invitations_stop_at_their_bound_and_last_their_ttl() {
+        let last = limits::GROUP_INVITATIONS_MAX - 1;
+        assert_eq!(invitation_expiry(GroupId(7), last, 5).unwrap(), 5 + limits::INVITATION_TTL_MS);
+        let full = invitation_expiry(GroupId(7), last + 1, 5).unwrap_err();
+        assert!(matches!(full, Error::ResourceExhausted(_)), "{full}");
+        assert_eq!(invitation_expiry(GroupId(7), 0, i64::MAX).unwrap(), i64::MAX, "saturates");
+    }
+
+    #[test]
+    fn a_joiner_sees_only_what_the_history_setting_shows() {
+        assert_eq!(hidden_on_join(&group(true, HistoryVisibility::Joined), 42), 42);
+        assert_eq!(hidden_on_join(&group(true, HistoryVisibility::Shared), 42), 0);
+        for history in [HistoryVisibility::Joined, HistoryVisibility::Shared] {
+            assert_eq!(history_from_column(history_to_column(history)), history);
+        }
+    }
+
+    #[test]
+    fn a_private_group_answers_a_stranger_as_a_missing_one() {
+        let hidden = member_or_hidden(UserId(2), &group(false, HistoryVisibility::Joined));
+        assert_eq!(hidden.to_string(), Error::no_group(GroupId(7)).to_string());
+        let public = member_or_hidden(UserId(2), &group(true, HistoryVisibility::Joined));
+        assert!(matches!(public, Error::PermissionDenied(_)), "{public}");
+        let outsider = check_participant(UserId(2), ConversationId::Group(GroupId(7)), |_| {
+            Ok((group(false, HistoryVisibility::Joined), None))
+        });
+        assert_eq!(outsider.unwrap_err().to_string(), Error::no_group(GroupId(7)).to_string());
+    }
+
+    #[test]
+    fn an_expired_token_is_revoked_and_unknown() {
+        let user = User { id: UserId(1), name: "ann".into(), created_at_ms: 0 };
+        let mut revoked = false;
+        let err = token_user(Some((user.clone(), 100)), 100, || {
+            revoked = true;
+            Ok(true)
+        })
+        .unwrap_err();
+        assert!(revoked);
+        assert_eq!(err.to_string(), unknown_token().to_string());
+        let live = token_user(Some((user.clone(), 101)), 100, || panic!("a live token is kept"));
+        assert_eq!(live.unwrap(), user);
+    }
+}

@@ -16,7 +16,8 @@ use crate::proxy::announcements::Settled;
 impl<C: Link> Sessions<C> {
     /// Renews the lease of every session once. A session whose lease another proxy holds
     /// now ends (kicked, without releasing); one whose lease nobody holds takes it back
-    /// and goes on (see the module head). Returns how many sessions it ended.
+    /// and goes on (see the head of [`sessions`](super)). Returns how many sessions it
+    /// ended.
     ///
     /// # Errors
     ///

@@ -27,8 +27,8 @@ impl MySql {
     }
 
     /// As [`MySql::transact`], starting on `conn` when one is given (it is used up).
-    /// Sessions start at READ COMMITTED ([`SESSION_INIT`](super::SESSION_INIT)), so starting a transaction is
-    /// one statement.
+    /// Sessions start at READ COMMITTED ([`SESSION_INIT`](super::SESSION_INIT)), so
+    /// starting a transaction is one statement.
     pub(super) fn transact_on<T>(
         &self,
         conn: &mut Option<PooledConn>,
