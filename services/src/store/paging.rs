@@ -25,7 +25,8 @@ pub(crate) fn history_page(mut rows: Vec<Message>, limit: usize, anchor: Anchor)
 
 /// One of a user's conversations as the backends read it: a backend key, the state, and
 /// the highest sequence number hidden from the user (their join into a group with
-/// [`HistoryVisibility::Joined`]; 0 when everything is visible).
+/// [`HistoryVisibility::Joined`](super::HistoryVisibility::Joined); 0 when everything
+/// is visible).
 pub(crate) type StateRow<K> = (K, ConversationState, u64);
 
 /// The sync algorithm shared by the backends. `rows` are the user's conversations in
