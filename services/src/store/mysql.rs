@@ -41,7 +41,7 @@ use std::time::Duration;
 use mysql::prelude::Queryable;
 use mysql::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn};
 
-use super::paging::{collect_sync, history_limit, history_page};
+use super::paging::{self, collect_sync, history_limit, HistoryRows};
 use super::rules::{
     already_friends, already_member, check_friend, check_new_message, check_new_user, check_password_hash,
     name_key, name_taken, no_user_named, not_friends,
@@ -410,12 +410,12 @@ impl Store for MySql {
         let Some((id, _)) = conversation_row(&mut conn, conversation, false)? else {
             return Ok(Page::default());
         };
-        let rows = match anchor {
-            Anchor::Latest => messages_before(&mut conn, id, conversation, u64::MAX, hidden, limit + 1)?,
-            Anchor::Before(seq) => messages_before(&mut conn, id, conversation, seq, hidden, limit + 1)?,
-            Anchor::After(seq) => messages_after(&mut conn, id, conversation, seq.max(hidden), limit + 1)?,
-        };
-        Ok(history_page(rows, limit, anchor))
+        paging::history(anchor, limit, hidden, |rows, n| match rows {
+            HistoryRows::Before { before, hidden } => {
+                messages_before(&mut conn, id, conversation, before.unwrap_or(u64::MAX), hidden, n)
+            }
+            HistoryRows::After(after) => messages_after(&mut conn, id, conversation, after, n),
+        })
     }
 
     fn ack(&self, user: UserId, conversation: ConversationId, seq: u64) -> Result<u64, Error> {

@@ -1,6 +1,6 @@
-//! Paging, the same in both SQL stores: how many messages a page holds, which of the
-//! rows a history query read make its page, and which conversations a sync reads from
-//! where. A backend supplies the rows through its own SQL.
+//! Paging, the same in both SQL stores: how many messages a page holds, which rows a
+//! history query reads and which of them make its page, and which conversations a sync
+//! reads from where. A backend supplies the rows through its own SQL.
 
 use crate::conversation::ConversationId;
 use crate::limits;
@@ -12,9 +12,41 @@ pub(crate) fn history_limit(requested: usize) -> usize {
     limits::page_size(requested, limits::HISTORY_PAGE_DEFAULT, limits::HISTORY_PAGE_MAX)
 }
 
+/// The messages a history query reads, nearest to its anchor first.
+pub(crate) enum HistoryRows {
+    /// Below `before` (the newest when `None`) and above `hidden`, newest first.
+    Before {
+        /// The anchor's sequence number, if any.
+        before: Option<u64>,
+        /// The highest sequence number hidden from the reader.
+        hidden: u64,
+    },
+    /// Above this sequence number, ascending.
+    After(u64),
+}
+
+/// A page of history from `anchor` for a reader from whom the messages up to `hidden` are
+/// hidden. `read(rows, n)` returns up to `n` of the messages `rows` names, nearest to the
+/// anchor first; it is asked for one more than the page holds, to learn whether more
+/// exist.
+pub(crate) fn history(
+    anchor: Anchor,
+    limit: usize,
+    hidden: u64,
+    read: impl FnOnce(HistoryRows, usize) -> Result<Vec<Message>, Error>,
+) -> Result<Page, Error> {
+    let rows = match anchor {
+        Anchor::Latest => HistoryRows::Before { before: None, hidden },
+        Anchor::Before(seq) => HistoryRows::Before { before: Some(seq), hidden },
+        Anchor::After(seq) => HistoryRows::After(seq.max(hidden)),
+    };
+    let rows = read(rows, limit + 1)?;
+    Ok(history_page(rows, limit, anchor))
+}
+
 /// The page for a history query whose rows came back nearest-first, with one row more
 /// than `limit` fetched to learn whether more exist. Puts the page in ascending order.
-pub(crate) fn history_page(mut rows: Vec<Message>, limit: usize, anchor: Anchor) -> Page {
+fn history_page(mut rows: Vec<Message>, limit: usize, anchor: Anchor) -> Page {
     let has_more = rows.len() > limit;
     rows.truncate(limit);
     if !matches!(anchor, Anchor::After(_)) {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
-use super::paging::{collect_sync, history_limit, history_page};
+use super::paging::{self, collect_sync, history_limit, HistoryRows};
 use super::rules::{
     already_friends, check_friend, check_new_message, check_new_user, check_password_hash, duplicate,
     name_key, name_taken, no_conversation_row, no_user_named, not_friends, stored,
@@ -338,12 +338,12 @@ impl Store for Sqlite {
             let Some((id, _)) = conversation_row(tx, conversation)? else {
                 return Ok(Page::default());
             };
-            let rows = match anchor {
-                Anchor::Latest => messages_before(tx, id, conversation, None, hidden, limit + 1)?,
-                Anchor::Before(seq) => messages_before(tx, id, conversation, Some(seq), hidden, limit + 1)?,
-                Anchor::After(seq) => messages_after(tx, id, conversation, seq.max(hidden), limit + 1)?,
-            };
-            Ok(history_page(rows, limit, anchor))
+            paging::history(anchor, limit, hidden, |rows, n| match rows {
+                HistoryRows::Before { before, hidden } => {
+                    messages_before(tx, id, conversation, before, hidden, n)
+                }
+                HistoryRows::After(after) => messages_after(tx, id, conversation, after, n),
+            })
         })
     }
 
