@@ -14,7 +14,8 @@
 //!   (`src/bin/chatroom.rs`) starts either.
 //! * [`store`] holds users, friends, groups, messages and read cursors behind the
 //!   [`Store`] trait, in SQLite ([`store::Sqlite`], standalone) or MySQL/MariaDB
-//!   ([`store::MySql`], cluster). Message sequence numbers are assigned there.
+//!   ([`store::MySql`], cluster), both keeping the rules written once in
+//!   `store/rules.rs`. Message sequence numbers are assigned there.
 //! * [`presence`] maps each online user to the proxy holding their session, under a
 //!   lease, behind the [`Presence`] trait, in memory ([`presence::Memory`]) or Redis
 //!   ([`presence::Redis`]).

@@ -25,6 +25,10 @@
 //! * sending moves the sender's read cursor to the new message, and joining a group moves
 //!   the new member's cursor to the group's newest message, so neither counts as unread.
 //!
+//! Each backend keeps these rules with its own SQL; what the rules say about the rows
+//! read, and the error each broken rule answers with, is written once in `rules.rs`
+//! (and paging, the same for both, in `paging.rs`).
+//!
 //! ```
 //! use services::store::{Anchor, NewMessage, Sqlite, Store};
 //! use services::ConversationId;
@@ -49,6 +53,8 @@
 
 mod error;
 pub mod mysql;
+mod paging;
+mod rules;
 mod schema;
 pub mod sqlite;
 mod types;
@@ -60,6 +66,7 @@ use crate::ids::{GroupId, UserId};
 
 pub use self::error::Error;
 pub use self::mysql::MySql;
+pub(crate) use self::rules::member_or_hidden;
 pub use self::schema::VERSION as SCHEMA_VERSION;
 pub use self::sqlite::Sqlite;
 pub use self::types::password_check;
@@ -311,178 +318,4 @@ pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// The form of a name that uniqueness and look-ups use: names are ASCII, so lowercasing
-/// them is exact and does not depend on database collations.
-pub(crate) fn name_key(name: &str) -> String {
-    name.to_ascii_lowercase()
-}
-
-/// Checks a new message against the limits and the rules that need no stored data, and
-/// returns its conversation normalised.
-pub(crate) fn check_new_message(message: &NewMessage<'_>) -> Result<ConversationId, Error> {
-    crate::limits::check_client_msg_id(message.client_msg_id)?;
-    crate::limits::check_body(message.body)?;
-    let conversation = message.conversation.normalized();
-    if let ConversationId::Direct { low, high } = conversation {
-        if low == high {
-            return Err(Error::InvalidArgument("you cannot send a message to yourself".into()));
-        }
-        if message.sender != low && message.sender != high {
-            return Err(not_participant(message.sender, conversation));
-        }
-    }
-    Ok(conversation)
-}
-
-/// The answer for a session token that does not (or no longer) open a session.
-/// The error for a token whose login checked a password that has changed since.
-pub(crate) fn password_changed() -> Error {
-    Error::PermissionDenied("the password changed since this login checked it; log in again".into())
-}
-
-pub(crate) fn unknown_token() -> Error {
-    Error::NotFound("the session token is unknown, expired or revoked".into())
-}
-
-/// The error for `user`, not a member, asking about `group`: PermissionDenied for a
-/// public group, and for a private one the same NotFound as for a missing group.
-pub(crate) fn member_or_hidden(user: UserId, group: &Group) -> Error {
-    if group.public {
-        Error::PermissionDenied(format!("user {user} is not a member of group {}", group.id))
-    } else {
-        Error::no_group(group.id)
-    }
-}
-
-/// The answer to a non-member leaving: a private group stays hidden.
-pub(crate) fn not_a_member(user: UserId, group: &Group) -> Error {
-    if group.public {
-        Error::NotFound(format!("user {user} is not a member of group {}", group.id))
-    } else {
-        Error::no_group(group.id)
-    }
-}
-
-/// The rules of a removal that need no more than the group: only the owner removes,
-/// and not themself.
-pub(crate) fn check_removal(group: &Group, owner: UserId, member: UserId) -> Result<(), Error> {
-    if group.owner != owner {
-        return Err(Error::PermissionDenied(format!(
-            "only the owner of group {} may remove members",
-            group.id
-        )));
-    }
-    if member == owner {
-        return Err(Error::InvalidArgument(
-            "the owner cannot remove themself; leave the group instead".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// The answer when a group's invitations are at their bound.
-pub(crate) fn too_many_invitations(group: GroupId) -> Error {
-    Error::ResourceExhausted(format!(
-        "group {group} has {} invitations waiting, the most it may have; wait for some to be used or expire",
-        crate::limits::GROUP_INVITATIONS_MAX
-    ))
-}
-
-/// The error for a user outside a one-to-one conversation.
-pub(crate) fn not_participant(user: UserId, conversation: ConversationId) -> Error {
-    match conversation {
-        ConversationId::Group(group) => {
-            Error::PermissionDenied(format!("user {user} is not a member of group {group}"))
-        }
-        ConversationId::Direct { .. } => Error::PermissionDenied(format!(
-            "user {user} is not a participant of conversation {conversation}"
-        )),
-    }
-}
-
-/// The conversation a `conversations` row names: a pair, or a group, never both.
-pub(crate) fn conversation_from_columns(
-    low: Option<u64>,
-    high: Option<u64>,
-    group: Option<u64>,
-) -> Result<ConversationId, Error> {
-    match (low, high, group) {
-        (Some(low), Some(high), None) => Ok(ConversationId::Direct { low: UserId(low), high: UserId(high) }),
-        (None, None, Some(group)) => Ok(ConversationId::Group(GroupId(group))),
-        other => {
-            Err(Error::Corrupt(format!("conversation row with (user_low, user_high, group_id) = {other:?}")))
-        }
-    }
-}
-
-/// The answer to a send whose client message id is already stored: the original when it
-/// went to the same conversation, an error when the id was used for another one.
-pub(crate) fn duplicate(original: Message, conversation: ConversationId) -> Result<Sent, Error> {
-    if original.conversation == conversation {
-        Ok(Sent { message: original, duplicate: true })
-    } else {
-        Err(Error::AlreadyExists(format!(
-            "client message id {:?} was already used for a message to {}",
-            original.client_msg_id, original.conversation
-        )))
-    }
-}
-
-/// The page for a history query whose rows came back nearest-first, with one row more
-/// than `limit` fetched to learn whether more exist. Puts the page in ascending order.
-pub(crate) fn history_page(mut rows: Vec<Message>, limit: usize, anchor: Anchor) -> Page {
-    let has_more = rows.len() > limit;
-    rows.truncate(limit);
-    if !matches!(anchor, Anchor::After(_)) {
-        rows.reverse();
-    }
-    Page { messages: rows, has_more }
-}
-
-/// One of a user's conversations as the backends read it: a backend key, the state, and
-/// the highest sequence number hidden from the user (their join into a group with
-/// [`HistoryVisibility::Joined`]; 0 when everything is visible).
-pub(crate) type StateRow<K> = (K, ConversationState, u64);
-
-/// The sync algorithm shared by the backends. `rows` are the user's conversations in
-/// answer order; `fetch(key, conversation, after, n)` returns up to `n` messages with a
-/// sequence number above `after`, ascending.
-pub(crate) fn collect_sync<K: Copy>(
-    rows: &[StateRow<K>],
-    cursors: &[Cursor],
-    limit: usize,
-    mut fetch: impl FnMut(K, ConversationId, u64, usize) -> Result<Vec<Message>, Error>,
-) -> Result<Page, Error> {
-    let mut remaining =
-        crate::limits::page_size(limit, crate::limits::SYNC_PAGE_DEFAULT, crate::limits::SYNC_PAGE_MAX);
-    let mut page = Page::default();
-    for &(key, state, hidden) in rows {
-        let after = cursors
-            .iter()
-            .rev()
-            .find(|c| c.conversation.normalized() == state.conversation)
-            .map_or(state.read_seq, |c| c.seq)
-            .max(hidden);
-        if state.last_seq <= after {
-            continue;
-        }
-        // Sequence numbers have no gaps, so the number still missing is exact.
-        let missing = state.last_seq - after;
-        if remaining == 0 {
-            page.has_more = true;
-            break;
-        }
-        let take = usize::try_from(missing).unwrap_or(usize::MAX).min(remaining);
-        let got = fetch(key, state.conversation, after, take)?;
-        remaining -= got.len();
-        let short = (got.len() as u64) < missing;
-        page.messages.extend(got);
-        if short {
-            page.has_more = true;
-            break;
-        }
-    }
-    Ok(page)
 }

@@ -28,19 +28,27 @@
 //! each sender after the commit; whatever a batch cannot decide, or a failed batch, goes
 //! through the one-message path on the caller's thread. A one-to-one pair's first
 //! message creates the pair's row inside its sending transaction.
+//!
+//! The parts: `send.rs` stores one message alone, `batch.rs` stores concurrent ones
+//! together, `transact.rs` runs and retries transactions, `migrate.rs` creates the
+//! database and migrates its schema; `queries.rs`, `groups.rs` and `tokens.rs` hold the
+//! statements. The rules both SQL stores keep are in `store/rules.rs`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mysql::prelude::Queryable;
-use mysql::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn, Transaction, TxOpts};
+use mysql::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn};
 
-use super::schema::{self, MYSQL, MYSQL_VERSION_TABLE};
+use super::paging::{self, collect_sync, history_limit, HistoryRows};
+use super::rules::{
+    already_friends, already_member, check_friend, check_new_message, check_new_user, check_password_hash,
+    name_key, name_taken, no_user_named, not_friends,
+};
 use super::{
-    check_new_message, collect_sync, duplicate, history_page, name_key, now_ms, Anchor, ConversationState,
-    Credentials, Cursor, Error, Group, GroupSettings, Invitation, Message, NewMessage, NewToken, Page, Sent,
-    Store, User,
+    now_ms, Anchor, ConversationState, Credentials, Cursor, Error, Group, GroupSettings, Invitation,
+    NewMessage, NewToken, Page, Sent, Store, User,
 };
 use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};
@@ -48,16 +56,19 @@ use crate::limits;
 
 mod batch;
 mod groups;
+mod migrate;
 mod queries;
+mod send;
 mod tokens;
+mod transact;
 
 use self::batch::Commits;
-
+use self::migrate::create_database_if_missing;
 use self::queries::{
-    check_participant, check_sender, conversation_row, conversation_states, create_pair, find_sent,
-    messages_after, messages_before, next_seq, raise_cursor, require_group, require_user, user_from, UserRow,
-    USER_COLUMNS,
+    check_participant, conversation_row, conversation_states, messages_after, messages_before, raise_cursor,
+    require_group, require_user, user_from, UserRow, USER_COLUMNS,
 };
+use self::transact::is_duplicate;
 
 /// Where and how to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,9 +128,6 @@ pub struct MySql {
     commits: Option<Arc<Commits>>,
 }
 
-/// The most conversation ids [`MySql`] remembers; past it the table starts over.
-const CONVERSATION_IDS: usize = 100_000;
-
 /// Set on every new connection: every transaction runs at READ COMMITTED without a
 /// statement of its own to say so.
 const SESSION_INIT: &str = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED";
@@ -127,15 +135,6 @@ const SESSION_INIT: &str = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITT
 /// How long a statement waits for a row lock before MariaDB ends it (the server's
 /// default is 50 s); a lock wait that ends is retried like a deadlock (`ATTEMPTS`).
 pub const LOCK_WAIT_SECS: u32 = 20;
-
-/// How many times a transaction that hit a deadlock or lock-wait time-out is tried.
-const ATTEMPTS: u32 = 5;
-
-const ER_DUP_ENTRY: u16 = 1062;
-const ER_DUP_FIELDNAME: u16 = 1060;
-const ER_BAD_DB_ERROR: u16 = 1049;
-const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
-const ER_LOCK_DEADLOCK: u16 = 1213;
 
 impl MySql {
     /// Connects to `url` with the other settings at their defaults; see
@@ -213,233 +212,6 @@ impl MySql {
     fn conn(&self) -> Result<PooledConn, Error> {
         self.pool.try_get_conn(self.checkout_timeout).map_err(Error::from)
     }
-
-    fn migrate(&self) -> Result<(), Error> {
-        let mut conn = self.conn()?;
-        // Named locks are per server, so the database name is part of the lock name.
-        let lock = format!("chatroom.schema.{}", self.database);
-        let got: Option<i64> = conn.exec_first("SELECT GET_LOCK(?, 60)", (&lock,))?;
-        if got != Some(1) {
-            return Err(Error::Unavailable(format!("timed out waiting for the schema lock {lock:?}")));
-        }
-        let result = migrate_locked(&mut conn);
-        let released = conn.exec_drop("SELECT RELEASE_LOCK(?)", (&lock,));
-        result?;
-        released?;
-        Ok(())
-    }
-
-    /// The row id of `conversation` (normalised), looked up once and then remembered;
-    /// `None` while the conversation has no row.
-    fn conversation_id(
-        &self,
-        conn: &mut PooledConn,
-        conversation: ConversationId,
-    ) -> Result<Option<u64>, Error> {
-        let ids = || self.conversation_ids.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(&id) = ids().get(&conversation) {
-            return Ok(Some(id));
-        }
-        let Some((id, _)) = conversation_row(conn, conversation, false)? else { return Ok(None) };
-        self.remember_conversation_id(conversation, id);
-        Ok(Some(id))
-    }
-
-    /// Remembers that `conversation` (normalised) has row `id`.
-    fn remember_conversation_id(&self, conversation: ConversationId, id: u64) {
-        let mut ids = self.conversation_ids.lock().unwrap_or_else(|p| p.into_inner());
-        if ids.len() >= CONVERSATION_IDS {
-            ids.clear();
-        }
-        ids.insert(conversation, id);
-    }
-
-    /// The remembered row id of `conversation` (normalised), without asking the
-    /// database.
-    fn known_conversation_id(&self, conversation: ConversationId) -> Option<u64> {
-        self.conversation_ids.lock().unwrap_or_else(|p| p.into_inner()).get(&conversation).copied()
-    }
-
-    /// Stores one message in its own transaction: the path for a send that is not
-    /// batched, or that its batch could not decide. `conversation` is the message's,
-    /// normalised and checked by [`check_new_message`].
-    ///
-    /// The first message of a one-to-one pair creates the pair's row in the same
-    /// transaction (`INSERT ... ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)`, which
-    /// names the row whether this transaction created it or not): one commit, not two.
-    /// When both users race, the second insert waits for the first transaction and then
-    /// finds its row.
-    fn send_one(&self, message: &NewMessage<'_>, conversation: ConversationId) -> Result<Sent, Error> {
-        let sender = message.sender;
-        let client_msg_id = message.client_msg_id;
-        let mut conn = self.conn()?;
-        let known = self.conversation_id(&mut conn, conversation)?;
-        if known.is_none() && !matches!(conversation, ConversationId::Direct { .. }) {
-            // Every group has its row; without one, the group does not exist.
-            if let Some(original) = find_sent(&mut conn, sender, client_msg_id)? {
-                return duplicate(original, conversation);
-            }
-            check_participant(&mut conn, sender, conversation)?;
-            return Err(Error::Corrupt(format!("{conversation} has no conversation row")));
-        }
-        let sent_at_ms = now_ms();
-        let mut conn = Some(conn);
-        let outcome = self.transact_on(&mut conn, &mut |tx| {
-            // A retry is answered before any other check, so that it still gets its
-            // original answer after, say, the sender left the group.
-            if let Some(original) = find_sent(tx, sender, client_msg_id)? {
-                return duplicate(original, conversation).map(|sent| (0, sent));
-            }
-            let id = match (known, conversation) {
-                (Some(id), _) => {
-                    check_sender(tx, sender, conversation)?;
-                    id
-                }
-                (None, ConversationId::Direct { low, high }) => {
-                    let peer = if low == sender { high } else { low };
-                    require_user(tx, peer)?;
-                    create_pair(tx, low, high)?
-                }
-                (None, ConversationId::Group(_)) => {
-                    return Err(Error::Corrupt(format!("{conversation} has no conversation row")));
-                }
-            };
-            // Locks the row until commit and takes the next number. A concurrent retry
-            // of this message that commits while this one waits for the lock is caught
-            // by the unique key on (sender_id, client_msg_id) below.
-            let seq = next_seq(tx, id)?;
-            tx.exec_drop(
-                "INSERT INTO messages
-                    (conversation_id, seq, sender_id, client_msg_id, body, sent_at_ms)
-                 VALUES (?, ?, ?, ?, ?, ?)",
-                (id, seq, sender.0, client_msg_id, message.body, sent_at_ms),
-            )?;
-            raise_cursor(tx, sender, id, seq)?;
-            Ok((
-                id,
-                Sent {
-                    message: Message {
-                        conversation,
-                        seq,
-                        sender,
-                        client_msg_id: client_msg_id.to_owned(),
-                        body: message.body.to_owned(),
-                        sent_at_ms,
-                    },
-                    duplicate: false,
-                },
-            ))
-        });
-        match outcome {
-            Ok((id, sent)) => {
-                if known.is_none() && !sent.duplicate {
-                    self.remember_conversation_id(conversation, id);
-                }
-                Ok(sent)
-            }
-            // The same client message id won a race (into this or another conversation).
-            Err(e) if is_duplicate(&e) => match find_sent(&mut self.conn()?, sender, client_msg_id)? {
-                Some(original) => duplicate(original, conversation),
-                None => Err(e),
-            },
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Runs `f` in a READ COMMITTED transaction and commits, retrying the whole of it on
-    /// deadlock or lock-wait time-out.
-    fn transact<T>(&self, mut f: impl FnMut(&mut Transaction<'_>) -> Result<T, Error>) -> Result<T, Error> {
-        self.transact_on(&mut None, &mut f)
-    }
-
-    /// As [`MySql::transact`], starting on `conn` when one is given (it is used up).
-    /// Sessions start at READ COMMITTED ([`SESSION_INIT`]), so starting a transaction is
-    /// one statement.
-    fn transact_on<T>(
-        &self,
-        conn: &mut Option<PooledConn>,
-        f: &mut impl FnMut(&mut Transaction<'_>) -> Result<T, Error>,
-    ) -> Result<T, Error> {
-        let opts = TxOpts::default();
-        let mut attempt = 1;
-        loop {
-            let mut conn = match conn.take() {
-                Some(conn) => conn,
-                None => self.conn()?,
-            };
-            let outcome = conn.start_transaction(opts).map_err(Error::from).and_then(|mut tx| {
-                let value = f(&mut tx)?;
-                tx.commit()?;
-                Ok(value)
-            });
-            match outcome {
-                Err(Error::MySql(e)) if is_retryable(&e) && attempt < ATTEMPTS => {
-                    tracing::debug!(attempt, error = %e, "retrying mysql transaction");
-                    std::thread::sleep(Duration::from_millis(5 << attempt));
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
-    }
-}
-
-/// Connects without a database and creates `database` if connecting to it fails with
-/// "unknown database".
-fn create_database_if_missing(builder: OptsBuilder, database: &str) -> Result<(), Error> {
-    match mysql::Conn::new(builder.clone()) {
-        Ok(_) => return Ok(()),
-        Err(mysql::Error::MySqlError(e)) if e.code == ER_BAD_DB_ERROR => {}
-        Err(e) => return Err(e.into()),
-    }
-    let mut conn = mysql::Conn::new(builder.db_name(None::<String>)).map_err(Error::from)?;
-    // Identifiers cannot be bound; the name was checked to be [A-Za-z0-9_]+ above.
-    conn.query_drop(format!(
-        "CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-    ))?;
-    tracing::info!(database, "created mysql database");
-    Ok(())
-}
-
-fn migrate_locked(conn: &mut PooledConn) -> Result<(), Error> {
-    conn.query_drop(MYSQL_VERSION_TABLE)?;
-    let current: u32 = conn.query_first("SELECT COALESCE(MAX(version), 0) FROM schema_version")?.unwrap_or(0);
-    if current > schema::VERSION {
-        return Err(Error::SchemaTooNew { found: current, supported: schema::VERSION });
-    }
-    for migration in MYSQL.iter().filter(|m| m.version > current) {
-        for statement in migration.statements {
-            match conn.query_drop(statement) {
-                // A column added by an earlier run that was cut short.
-                Err(e) if server_code(&e) == Some(ER_DUP_FIELDNAME) => {
-                    tracing::info!(version = migration.version, error = %e, "column already added")
-                }
-                other => other?,
-            }
-        }
-        conn.exec_drop(
-            "INSERT INTO schema_version (version, description, applied_at_ms) VALUES (?, ?, ?)",
-            (migration.version, migration.description, now_ms()),
-        )?;
-        tracing::info!(version = migration.version, "mysql schema migrated");
-    }
-    Ok(())
-}
-
-/// Sorts connection failures into [`Error::Unavailable`].
-fn server_code(e: &mysql::Error) -> Option<u16> {
-    match e {
-        mysql::Error::MySqlError(e) => Some(e.code),
-        _ => None,
-    }
-}
-
-fn is_retryable(e: &mysql::Error) -> bool {
-    matches!(server_code(e), Some(ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT))
-}
-
-fn is_duplicate(e: &Error) -> bool {
-    matches!(e, Error::MySql(e) if server_code(e) == Some(ER_DUP_ENTRY))
 }
 
 /// `url` (MySQL, Redis, any `scheme://user:password@host` form) with its password
@@ -456,10 +228,7 @@ pub fn redact(url: &str) -> String {
 
 impl Store for MySql {
     fn create_user(&self, name: &str, password_hash: &str) -> Result<User, Error> {
-        limits::check_name(name)?;
-        if password_hash.is_empty() {
-            return Err(Error::InvalidArgument("password hash is empty".into()));
-        }
+        check_new_user(name, password_hash)?;
         let created_at_ms = now_ms();
         let mut conn = self.conn()?;
         let inserted = conn
@@ -471,9 +240,7 @@ impl Store for MySql {
             .map_err(Error::from);
         match inserted {
             Ok(()) => Ok(User { id: UserId(conn.last_insert_id()), name: name.to_owned(), created_at_ms }),
-            Err(e) if is_duplicate(&e) => {
-                Err(Error::AlreadyExists(format!("the name {name:?} is already taken")))
-            }
+            Err(e) if is_duplicate(&e) => Err(name_taken(name)),
             Err(e) => Err(e),
         }
     }
@@ -482,21 +249,18 @@ impl Store for MySql {
         if crate::limits::check_name(name).is_err() {
             // No such name was ever registered, and `name_key` is ASCII: MariaDB would
             // refuse to compare it with another character set.
-            return Err(Error::NotFound(format!("no user named {name:?}")));
+            return Err(no_user_named(name));
         }
         let row: Option<(u64, String, i64, String)> = self.conn()?.exec_first(
             format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE name_key = ?"),
             (name_key(name),),
         )?;
-        let (id, name_found, created_at_ms, password_hash) =
-            row.ok_or_else(|| Error::NotFound(format!("no user named {name:?}")))?;
+        let (id, name_found, created_at_ms, password_hash) = row.ok_or_else(|| no_user_named(name))?;
         Ok(Credentials { user: user_from((id, name_found, created_at_ms)), password_hash })
     }
 
     fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<(), Error> {
-        if password_hash.is_empty() {
-            return Err(Error::InvalidArgument("password hash is empty".into()));
-        }
+        check_password_hash(password_hash)?;
         self.transact(|tx| tokens::set_password_hash(tx, user, password_hash))
     }
 
@@ -522,9 +286,7 @@ impl Store for MySql {
     }
 
     fn add_friend(&self, user: UserId, friend: UserId) -> Result<User, Error> {
-        if user == friend {
-            return Err(Error::InvalidArgument("you cannot add yourself as a friend".into()));
-        }
+        check_friend(user, friend)?;
         let now = now_ms();
         let outcome = self.transact(|tx| {
             require_user(tx, user)?;
@@ -536,9 +298,7 @@ impl Store for MySql {
             Ok(other)
         });
         match outcome {
-            Err(e) if is_duplicate(&e) => {
-                Err(Error::AlreadyExists(format!("user {user} and user {friend} are already friends")))
-            }
+            Err(e) if is_duplicate(&e) => Err(already_friends(user, friend)),
             other => other,
         }
     }
@@ -551,7 +311,7 @@ impl Store for MySql {
                 (user.0, friend.0, friend.0, user.0),
             )?;
             if tx.affected_rows() == 0 {
-                return Err(Error::NotFound(format!("user {friend} is not a friend of user {user}")));
+                return Err(not_friends(user, friend));
             }
             Ok(())
         })
@@ -580,9 +340,7 @@ impl Store for MySql {
     fn join_group(&self, user: UserId, group: GroupId) -> Result<Group, Error> {
         let now = now_ms();
         match self.transact(|tx| groups::join(tx, user, group, now)) {
-            Err(e) if is_duplicate(&e) => {
-                Err(Error::AlreadyExists(format!("user {user} is already a member of group {group}")))
-            }
+            Err(e) if is_duplicate(&e) => Err(already_member(user, group)),
             other => other,
         }
     }
@@ -646,18 +404,18 @@ impl Store for MySql {
         limit: usize,
     ) -> Result<Page, Error> {
         let conversation = conversation.normalized();
-        let limit = limits::page_size(limit, limits::HISTORY_PAGE_DEFAULT, limits::HISTORY_PAGE_MAX);
+        let limit = history_limit(limit);
         let mut conn = self.conn()?;
         let hidden = check_participant(&mut conn, user, conversation)?;
         let Some((id, _)) = conversation_row(&mut conn, conversation, false)? else {
             return Ok(Page::default());
         };
-        let rows = match anchor {
-            Anchor::Latest => messages_before(&mut conn, id, conversation, u64::MAX, hidden, limit + 1)?,
-            Anchor::Before(seq) => messages_before(&mut conn, id, conversation, seq, hidden, limit + 1)?,
-            Anchor::After(seq) => messages_after(&mut conn, id, conversation, seq.max(hidden), limit + 1)?,
-        };
-        Ok(history_page(rows, limit, anchor))
+        paging::history(anchor, limit, hidden, |rows, n| match rows {
+            HistoryRows::Before { before, hidden } => {
+                messages_before(&mut conn, id, conversation, before.unwrap_or(u64::MAX), hidden, n)
+            }
+            HistoryRows::After(after) => messages_after(&mut conn, id, conversation, after, n),
+        })
     }
 
     fn ack(&self, user: UserId, conversation: ConversationId, seq: u64) -> Result<u64, Error> {

@@ -7,6 +7,8 @@
 //! cut short (MySQL commits each DDL statement by itself) completes when run again.
 //! Never edit a released migration: add a new one.
 
+use super::Error;
+
 /// One step of the schema.
 pub(crate) struct Migration {
     /// The version the schema has after this step.
@@ -19,6 +21,22 @@ pub(crate) struct Migration {
 
 /// The newest schema version this program knows.
 pub const VERSION: u32 = 3;
+
+/// The steps of `migrations` a database at version `current` still needs, in order.
+///
+/// # Errors
+///
+/// [`Error::SchemaTooNew`] when a newer program already migrated the database past
+/// [`VERSION`].
+pub(crate) fn pending(
+    migrations: &'static [Migration],
+    current: u32,
+) -> Result<impl Iterator<Item = &'static Migration>, Error> {
+    if current > VERSION {
+        return Err(Error::SchemaTooNew { found: current, supported: VERSION });
+    }
+    Ok(migrations.iter().filter(move |m| m.version > current))
+}
 
 /// Creates the version table itself, before anything else is read.
 pub(crate) const SQLITE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (

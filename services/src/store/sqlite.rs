@@ -7,6 +7,9 @@
 //! transaction, which takes the write lock up front; that makes read-then-write sequences
 //! such as sequence assignment atomic even when another process opens the same file
 //! (it then waits up to [`BUSY_TIMEOUT`] for the lock).
+//!
+//! `queries.rs`, `groups.rs` and `tokens.rs` hold the statements; the rules both SQL
+//! stores keep are in `store/rules.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -14,11 +17,15 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
+use super::paging::{self, collect_sync, history_limit, HistoryRows};
+use super::rules::{
+    already_friends, check_friend, check_new_message, check_new_user, check_password_hash, duplicate,
+    name_key, name_taken, no_conversation_row, no_user_named, not_friends, stored,
+};
 use super::schema::{self, SQLITE, SQLITE_VERSION_TABLE};
 use super::{
-    check_new_message, collect_sync, duplicate, history_page, name_key, now_ms, Anchor, ConversationState,
-    Credentials, Cursor, Error, Group, GroupSettings, Invitation, Message, NewMessage, NewToken, Page, Sent,
-    Store, User,
+    now_ms, Anchor, ConversationState, Credentials, Cursor, Error, Group, GroupSettings, Invitation,
+    NewMessage, NewToken, Page, Sent, Store, User,
 };
 use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};
@@ -107,10 +114,7 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
     tx.execute(SQLITE_VERSION_TABLE, [])?;
     let current: u32 =
         tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |row| row.get(0))?;
-    if current > schema::VERSION {
-        return Err(Error::SchemaTooNew { found: current, supported: schema::VERSION });
-    }
-    for migration in SQLITE.iter().filter(|m| m.version > current) {
+    for migration in schema::pending(SQLITE, current)? {
         for statement in migration.statements {
             tx.execute(statement, [])?;
         }
@@ -126,10 +130,7 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
 
 impl Store for Sqlite {
     fn create_user(&self, name: &str, password_hash: &str) -> Result<User, Error> {
-        limits::check_name(name)?;
-        if password_hash.is_empty() {
-            return Err(Error::InvalidArgument("password hash is empty".into()));
-        }
+        check_new_user(name, password_hash)?;
         let created_at_ms = now_ms();
         self.write(|tx| {
             let inserted = tx
@@ -144,9 +145,7 @@ impl Store for Sqlite {
                     name: name.to_owned(),
                     created_at_ms,
                 }),
-                Err(e) if is_unique_violation(&e) => {
-                    Err(Error::AlreadyExists(format!("the name {name:?} is already taken")))
-                }
+                Err(e) if is_unique_violation(&e) => Err(name_taken(name)),
                 Err(e) => Err(e.into()),
             }
         })
@@ -161,14 +160,12 @@ impl Store for Sqlite {
                 Ok(Credentials { user: user_from_row(row)?, password_hash: row.get(3)? })
             })
             .optional()?
-            .ok_or_else(|| Error::NotFound(format!("no user named {name:?}")))
+            .ok_or_else(|| no_user_named(name))
         })
     }
 
     fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<(), Error> {
-        if password_hash.is_empty() {
-            return Err(Error::InvalidArgument("password hash is empty".into()));
-        }
+        check_password_hash(password_hash)?;
         self.write(|tx| tokens::set_password_hash(tx, user, password_hash))
     }
 
@@ -194,9 +191,7 @@ impl Store for Sqlite {
     }
 
     fn add_friend(&self, user: UserId, friend: UserId) -> Result<User, Error> {
-        if user == friend {
-            return Err(Error::InvalidArgument("you cannot add yourself as a friend".into()));
-        }
+        check_friend(user, friend)?;
         let now = now_ms();
         self.write(|tx| {
             require_user(tx, user)?;
@@ -207,11 +202,7 @@ impl Store for Sqlite {
             for (a, b) in [(user, friend), (friend, user)] {
                 match insert.execute(params![a, b, now]) {
                     Ok(_) => {}
-                    Err(e) if is_unique_violation(&e) => {
-                        return Err(Error::AlreadyExists(format!(
-                            "user {user} and user {friend} are already friends"
-                        )))
-                    }
+                    Err(e) if is_unique_violation(&e) => return Err(already_friends(user, friend)),
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -228,7 +219,7 @@ impl Store for Sqlite {
                 )?
                 .execute([user, friend])?;
             if removed == 0 {
-                return Err(Error::NotFound(format!("user {friend} is not a friend of user {user}")));
+                return Err(not_friends(user, friend));
             }
             Ok(())
         })
@@ -308,7 +299,7 @@ impl Store for Sqlite {
                     conversation_row(tx, conversation)?.map(|(id, _)| id)
                 }
             }
-            .ok_or_else(|| Error::Corrupt(format!("{conversation} has no conversation row")))?;
+            .ok_or_else(|| no_conversation_row(conversation))?;
             let seq: u64 = tx
                 .prepare_cached(
                     "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = ?1
@@ -329,17 +320,7 @@ impl Store for Sqlite {
                 sent_at_ms
             ])?;
             raise_cursor(tx, sender, id, seq)?;
-            Ok(Sent {
-                message: Message {
-                    conversation,
-                    seq,
-                    sender,
-                    client_msg_id: message.client_msg_id.to_owned(),
-                    body: message.body.to_owned(),
-                    sent_at_ms,
-                },
-                duplicate: false,
-            })
+            Ok(stored(message, conversation, seq, sent_at_ms))
         })
     }
 
@@ -351,18 +332,18 @@ impl Store for Sqlite {
         limit: usize,
     ) -> Result<Page, Error> {
         let conversation = conversation.normalized();
-        let limit = limits::page_size(limit, limits::HISTORY_PAGE_DEFAULT, limits::HISTORY_PAGE_MAX);
+        let limit = history_limit(limit);
         self.read(|tx| {
             let hidden = check_participant(tx, user, conversation)?;
             let Some((id, _)) = conversation_row(tx, conversation)? else {
                 return Ok(Page::default());
             };
-            let rows = match anchor {
-                Anchor::Latest => messages_before(tx, id, conversation, None, hidden, limit + 1)?,
-                Anchor::Before(seq) => messages_before(tx, id, conversation, Some(seq), hidden, limit + 1)?,
-                Anchor::After(seq) => messages_after(tx, id, conversation, seq.max(hidden), limit + 1)?,
-            };
-            Ok(history_page(rows, limit, anchor))
+            paging::history(anchor, limit, hidden, |rows, n| match rows {
+                HistoryRows::Before { before, hidden } => {
+                    messages_before(tx, id, conversation, before, hidden, n)
+                }
+                HistoryRows::After(after) => messages_after(tx, id, conversation, after, n),
+            })
         })
     }
 

@@ -10,13 +10,14 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use mysql::prelude::Queryable;
 use rpc_core::registry::{self, Registry as _, ZooKeeper};
 use services::api::{self, chat_service_rpc, delivery_rpc, user_service_rpc};
 use services::secret::{self, ClusterSecret};
 
 use crate::chat_standalone::{connect, direct, user_at, PATIENCE};
-use crate::support::{mysql_url, redis_url, unique_name, wait_until, with_database};
+use crate::support::{
+    drop_database, mysql_url, redis_url, unique_name, wait_for_exit, wait_until, with_database, zk,
+};
 
 /// How long a process may take to stop after SIGTERM in these tests.
 const STOP_PATIENCE: Duration = Duration::from_secs(15);
@@ -24,11 +25,6 @@ const STOP_PATIENCE: Duration = Duration::from_secs(15);
 const SHORT_LEASE_SECS: u64 = 3;
 /// How often a proxy sweeps lapsed leases (`proxy::Config::sweep_every`'s default).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// Where ZooKeeper is for the test.
-fn zk() -> String {
-    std::env::var("CHATROOM_ZK").unwrap_or_else(|_| "127.0.0.1:2181".to_owned())
-}
 
 /// The processes of one test; killed, and the database dropped, when it ends.
 pub struct Cluster {
@@ -147,14 +143,7 @@ fn sigterm(child: &Child) {
 }
 
 fn exit_status(name: &str, child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + STOP_PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "{name} did not exit within {STOP_PATIENCE:?} of SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_exit(child, STOP_PATIENCE, &format!("{name}, sent SIGTERM,"))
 }
 
 impl Drop for Cluster {
@@ -163,12 +152,7 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let url = with_database(&mysql_url(), "");
-        let dropped = mysql::Conn::new(url.as_str())
-            .and_then(|mut conn| conn.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.database)));
-        if let Err(e) = dropped {
-            eprintln!("could not drop test database {}: {e}", self.database);
-        }
+        drop_database(&self.database);
     }
 }
 

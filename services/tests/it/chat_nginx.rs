@@ -15,31 +15,27 @@
 //! closes and the watchdog runs `chatroom cluster down` and drops the cluster's database.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use mysql::prelude::Queryable;
 use rpc_core::Code;
 use services::api::{self, GatewayClient};
 use services::cluster::{self, Process, State};
 use services::{presence, Presence, UserId};
 
 use crate::chat_standalone::{direct, gateway_at, group, public_group, user_at, System, PASSWORD};
-use crate::support::{mysql_url, redis_url, unique_name, wait_until, with_database};
+use crate::support::{
+    drop_database, free_port, mysql_url, redis_url, unique_name, wait_until, with_database, zk,
+};
 
 /// The scenarios log many users in from 127.0.0.1: the per-address limits are off (the
 /// throttle has tests of its own, `throttle_cluster`).
 pub const UNTHROTTLED: &[(&str, &str)] =
     &[("CHATROOM_LOGIN_ADDRESS_BURST", "0"), ("CHATROOM_REGISTER_ADDRESS_BURST", "0")];
-
-/// Where ZooKeeper is for the test.
-fn zk() -> String {
-    std::env::var("CHATROOM_ZK").unwrap_or_else(|_| "127.0.0.1:2181".to_owned())
-}
 
 /// What to start.
 #[derive(Debug, Clone, Copy)]
@@ -242,19 +238,6 @@ rm -rf "$1""#;
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start the cluster's watchdog (sh): {e}"))
-}
-
-fn drop_database(database: &str) {
-    let url = with_database(&mysql_url(), "");
-    let dropped = mysql::Conn::new(url.as_str())
-        .and_then(|mut conn| conn.query_drop(format!("DROP DATABASE IF EXISTS `{database}`")));
-    if let Err(e) = dropped {
-        eprintln!("could not drop test database {database}: {e}");
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The cluster the scenario tests share: started by the first of them, stopped by its

@@ -655,24 +655,18 @@ fn an_expired_session_token_is_refused() {
 mod mysql {
     use std::sync::Arc;
 
-    use ::mysql::prelude::Queryable;
     use services::standalone::Standalone;
     use services::store::MySql;
 
     use super::System;
-    use crate::support::{mysql_url, unique_name, unreachable, with_database};
+    use crate::support::{drop_database, mysql_url, unique_name, unreachable, with_database};
 
     /// Drops the test's database.
     struct DropDatabase(String);
 
     impl Drop for DropDatabase {
         fn drop(&mut self) {
-            let url = with_database(&mysql_url(), "");
-            let dropped = ::mysql::Conn::new(url.as_str())
-                .and_then(|mut conn| conn.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.0)));
-            if let Err(e) = dropped {
-                eprintln!("could not drop test database {}: {e}", self.0);
-            }
+            drop_database(&self.0);
         }
     }
 

@@ -8,7 +8,7 @@ use services::presence::{Error, Presence, Redis};
 use services::UserId;
 
 use crate::presence_suite::Fixture;
-use crate::support::{redis_url, unique_name, unreachable};
+use crate::support::{delete_redis_keys, redis_keys, redis_url, unique_name, unreachable};
 
 /// A table under a fresh key prefix.
 struct RedisFixture {
@@ -37,25 +37,13 @@ impl Fixture for RedisFixture {
 
 impl RedisFixture {
     fn keys(&self) -> Vec<String> {
-        let client = redis::Client::open(self.url.as_str()).unwrap();
-        let mut conn = client.get_connection().unwrap();
-        redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query(&mut conn).unwrap()
+        redis_keys(&self.url, &self.prefix).unwrap()
     }
 }
 
 impl Drop for RedisFixture {
     fn drop(&mut self) {
-        let cleaned = redis::Client::open(self.url.as_str()).and_then(|client| {
-            let mut conn = client.get_connection()?;
-            let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query(&mut conn)?;
-            if !keys.is_empty() {
-                redis::cmd("DEL").arg(&keys).query::<()>(&mut conn)?;
-            }
-            Ok(())
-        });
-        if let Err(e) = cleaned {
-            eprintln!("could not delete test keys {}*: {e}", self.prefix);
-        }
+        delete_redis_keys(&self.url, &self.prefix);
     }
 }
 

@@ -22,7 +22,7 @@ use services::UserId;
 
 use crate::chat_cluster::Cluster;
 use crate::chat_standalone::{direct, user_at, Client, PATIENCE};
-use crate::support::wait_until;
+use crate::support::{free_port, wait_for_exit, wait_until};
 
 /// The proxies' presence lease, in seconds: renewed every 20 s on their own, so leases
 /// back within [`LEASES_BACK`] show that a broken connection brought renewal forward.
@@ -43,7 +43,7 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub fn start() -> PrivateRedis {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let mut redis = PrivateRedis { child: None, port, dir: tempfile::tempdir().unwrap() };
         redis.spawn();
         redis
@@ -105,11 +105,7 @@ impl PrivateRedis {
 
     fn reap(&mut self) {
         let mut child = self.child.take().expect("the private Redis runs");
-        let deadline = Instant::now() + PATIENCE;
-        while child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "the private Redis did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_exit(&mut child, PATIENCE, "the private Redis");
     }
 }
 

@@ -5,7 +5,7 @@ use mysql::prelude::Queryable;
 use services::store::{self, MySql, Store};
 
 use crate::store_suite::Fixture;
-use crate::support::{mysql_url, unique_name, unreachable, with_database};
+use crate::support::{drop_database, mysql_url, unique_name, unreachable, with_database};
 
 /// A fresh database, dropped when the test ends (whether it passed or not).
 struct MySqlFixture {
@@ -53,11 +53,7 @@ impl Drop for MySqlFixture {
     fn drop(&mut self) {
         // Close the pool first so that no connection of ours holds the database.
         drop(self.store.take());
-        let dropped = mysql::Conn::new(with_database(&self.url, "").as_str())
-            .and_then(|mut conn| conn.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.database)));
-        if let Err(e) = dropped {
-            eprintln!("could not drop test database {}: {e}", self.database);
-        }
+        drop_database(&self.database);
     }
 }
 

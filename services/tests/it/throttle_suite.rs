@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use services::throttle::{self, Backoff, Bucket, Throttle};
 
-use crate::support::{redis_url, unique_name, unreachable, wait_until};
+use crate::support::{delete_redis_keys, redis_keys, redis_url, unique_name, unreachable, wait_until};
 
 /// Generates one `#[test]` per case, each with fresh counters from `$fixture()`.
 macro_rules! throttle_suite {
@@ -135,9 +135,8 @@ pub struct RedisFixture {
 impl RedisFixture {
     /// The test's keys with their time to live in ms.
     pub fn keys(&self) -> Vec<(String, i64)> {
-        let client = redis::Client::open(self.url.as_str()).unwrap();
-        let mut conn = client.get_connection().unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query(&mut conn).unwrap();
+        let keys = redis_keys(&self.url, &self.prefix).unwrap();
+        let mut conn = redis::Client::open(self.url.as_str()).unwrap().get_connection().unwrap();
         keys.into_iter()
             .map(|k| {
                 let ttl = redis::cmd("PTTL").arg(&k).query(&mut conn).unwrap();
@@ -155,13 +154,7 @@ impl AsRef<dyn Throttle> for RedisFixture {
 
 impl Drop for RedisFixture {
     fn drop(&mut self) {
-        let Ok(client) = redis::Client::open(self.url.as_str()) else { return };
-        let Ok(mut conn) = client.get_connection() else { return };
-        let keys: Vec<String> =
-            redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query(&mut conn).unwrap_or_default();
-        if !keys.is_empty() {
-            let _ = redis::cmd("DEL").arg(&keys).query::<()>(&mut conn);
-        }
+        delete_redis_keys(&self.url, &self.prefix);
     }
 }
 

@@ -36,7 +36,8 @@ use super::queries::{advance_seq, message_from};
 use super::MySql;
 use crate::conversation::ConversationId;
 use crate::ids::UserId;
-use crate::store::{conversation_from_columns, duplicate, now_ms, Error, Message, NewMessage, Sent};
+use crate::store::rules::{conversation_from_columns, duplicate, stored};
+use crate::store::{now_ms, Error, Message, NewMessage, Sent};
 
 /// The most rows one multi-row statement carries; batches are cut into statements of
 /// 32, 16, 8, 4, 2 and 1 rows, so each connection prepares at most six texts of each.
@@ -269,17 +270,13 @@ fn store_batch(tx: &mut Transaction<'_>, batch: &[Pending]) -> Result<Vec<Verdic
 
     for &i in &writes {
         let p = &batch[i];
-        verdicts[i] = Some(Verdict::Done(Ok(Sent {
-            message: Message {
-                conversation: p.conversation,
-                seq: seqs[i],
-                sender: p.sender,
-                client_msg_id: p.client_msg_id.clone(),
-                body: p.body.clone(),
-                sent_at_ms,
-            },
-            duplicate: false,
-        })));
+        let message = NewMessage {
+            sender: p.sender,
+            conversation: p.conversation,
+            client_msg_id: &p.client_msg_id,
+            body: &p.body,
+        };
+        verdicts[i] = Some(Verdict::Done(Ok(stored(&message, p.conversation, seqs[i], sent_at_ms))));
     }
     Ok(verdicts.into_iter().map(|v| v.unwrap_or(Verdict::Alone)).collect())
 }

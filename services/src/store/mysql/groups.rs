@@ -11,11 +11,11 @@ use super::queries::{
 };
 use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};
-use crate::limits;
-use crate::store::{
-    check_removal, member_or_hidden, not_a_member, too_many_invitations, Error, Group, GroupSettings,
-    HistoryVisibility, Invitation,
+use crate::store::rules::{
+    already_member, check_invitation, check_removal, hidden_on_join, history_to_column, invitation_expiry,
+    member_or_hidden, no_group_row, not_a_member, not_a_member_to_remove,
 };
+use crate::store::{Error, Group, GroupSettings, Invitation};
 
 pub(super) fn create(
     q: &mut impl Queryable,
@@ -25,7 +25,7 @@ pub(super) fn create(
     created_at_ms: i64,
 ) -> Result<Group, Error> {
     require_user(q, owner)?;
-    let shared = settings.history == HistoryVisibility::Shared;
+    let shared = history_to_column(settings.history);
     let id = q
         .exec_iter(
             "INSERT INTO chat_groups (name, owner_id, created_at_ms, is_public, shared_history)
@@ -53,26 +53,21 @@ pub(super) fn join(q: &mut impl Queryable, user: UserId, group: GroupId, now: i6
     let found = require_group(q, group, true)?;
     require_user(q, user)?;
     if is_member(q, user, group)? {
-        return Err(Error::AlreadyExists(format!("user {user} is already a member of group {group}")));
+        return Err(already_member(user, group));
     }
     if !found.public {
         let expires: Option<i64> = q.exec_first(
             "SELECT expires_at_ms FROM group_invitations WHERE group_id = ? AND user_id = ?",
             (group.0, user.0),
         )?;
-        if expires.is_none_or(|at| at <= now) {
-            return Err(Error::no_group(group));
-        }
+        check_invitation(group, expires, now)?;
         q.exec_drop("DELETE FROM group_invitations WHERE group_id = ? AND user_id = ?", (group.0, user.0))?;
     }
     // A message stored while this runs gets a number above `last_seq`, so the new
     // member sees it: it came after the join began.
-    let (id, last_seq) = conversation_row(q, ConversationId::Group(group), false)?
-        .ok_or_else(|| Error::Corrupt(format!("group {group} has no conversation row")))?;
-    let hidden = match found.history {
-        HistoryVisibility::Joined => last_seq,
-        HistoryVisibility::Shared => 0,
-    };
+    let (id, last_seq) =
+        conversation_row(q, ConversationId::Group(group), false)?.ok_or_else(|| no_group_row(group))?;
+    let hidden = hidden_on_join(&found, last_seq);
     q.exec_drop(
         "INSERT INTO group_members (group_id, user_id, joined_at_ms, visible_after_seq) VALUES (?, ?, ?, ?)",
         (group.0, user.0, now, hidden),
@@ -102,17 +97,15 @@ pub(super) fn invite(
     }
     require_user(q, user)?;
     if is_member(q, user, group)? {
-        return Err(Error::AlreadyExists(format!("user {user} is already a member of group {group}")));
+        return Err(already_member(user, group));
     }
     q.exec_drop("DELETE FROM group_invitations WHERE group_id = ? AND expires_at_ms <= ?", (group.0, now))?;
     let others: Option<u64> = q.exec_first(
         "SELECT COUNT(*) FROM group_invitations WHERE group_id = ? AND user_id <> ?",
         (group.0, user.0),
     )?;
-    if others.unwrap_or(0) >= limits::GROUP_INVITATIONS_MAX as u64 {
-        return Err(too_many_invitations(group));
-    }
-    let expires_at_ms = now.saturating_add(limits::INVITATION_TTL_MS);
+    let others = usize::try_from(others.unwrap_or(0)).unwrap_or(usize::MAX);
+    let expires_at_ms = invitation_expiry(group, others, now)?;
     q.exec_drop(
         "INSERT INTO group_invitations (group_id, user_id, inviter_id, expires_at_ms) VALUES (?, ?, ?, ?)
          ON DUPLICATE KEY UPDATE inviter_id = VALUES(inviter_id), expires_at_ms = VALUES(expires_at_ms)",
@@ -133,7 +126,7 @@ pub(super) fn remove_member(
     }
     check_removal(&found, owner, member)?;
     if !drop_member(q, &found, member)? {
-        return Err(Error::NotFound(format!("user {member} is not a member of group {group}")));
+        return Err(not_a_member_to_remove(member, group));
     }
     Ok(())
 }

@@ -5,10 +5,9 @@ use mysql::prelude::Queryable;
 
 use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};
-use crate::store::{
-    conversation_from_columns, member_or_hidden, not_participant, ConversationState, Error, Group,
-    HistoryVisibility, Message, StateRow, User,
-};
+use crate::store::paging::StateRow;
+use crate::store::rules::{self, conversation_from_columns, history_from_column, no_user};
+use crate::store::{ConversationState, Error, Group, Message, User};
 
 pub(super) type UserRow = (u64, String, i64);
 pub(super) type GroupRow = (u64, String, u64, i64, bool, bool);
@@ -25,8 +24,14 @@ pub(super) fn user_from((id, name, created_at_ms): UserRow) -> User {
 }
 
 pub(super) fn group_from((id, name, owner, created_at_ms, public, shared): GroupRow) -> Group {
-    let history = if shared { HistoryVisibility::Shared } else { HistoryVisibility::Joined };
-    Group { id: GroupId(id), name, owner: UserId(owner), created_at_ms, public, history }
+    Group {
+        id: GroupId(id),
+        name,
+        owner: UserId(owner),
+        created_at_ms,
+        public,
+        history: history_from_column(shared),
+    }
 }
 
 pub(super) fn message_from(
@@ -43,7 +48,7 @@ pub(super) fn find_user(q: &mut impl Queryable, id: UserId) -> Result<Option<Use
 }
 
 pub(super) fn require_user(q: &mut impl Queryable, id: UserId) -> Result<User, Error> {
-    find_user(q, id)?.ok_or_else(|| Error::NotFound(format!("user {id} does not exist")))
+    find_user(q, id)?.ok_or_else(|| no_user(id))
 }
 
 /// The group, read with `FOR UPDATE` when `lock` is set, so that membership and
@@ -69,22 +74,15 @@ pub(super) fn is_member(q: &mut impl Queryable, user: UserId, group: GroupId) ->
 }
 
 /// Fails unless `user` may read and write `conversation` (which must be normalised), and
-/// returns the highest sequence number hidden from them: in a group with
-/// [`HistoryVisibility::Joined`], the group's newest message when they last joined;
-/// otherwise 0.
+/// returns the highest sequence number hidden from them ([`rules::check_participant`]).
 pub(super) fn check_participant(
     q: &mut impl Queryable,
     user: UserId,
     conversation: ConversationId,
 ) -> Result<u64, Error> {
-    match conversation {
-        ConversationId::Direct { low, high } if low == user || high == user => Ok(0),
-        ConversationId::Direct { .. } => Err(not_participant(user, conversation)),
-        ConversationId::Group(group) => {
-            let found = require_group(q, group, false)?;
-            membership(q, user, group)?.ok_or_else(|| member_or_hidden(user, &found))
-        }
-    }
+    rules::check_participant(user, conversation, |group| {
+        Ok((require_group(q, group, false)?, membership(q, user, group)?))
+    })
 }
 
 /// Fails unless `user` may send to `conversation` (normalised). The same rule as

@@ -3,9 +3,10 @@
 
 use mysql::prelude::Queryable;
 
-use super::queries::{require_user, user_from, UserRow};
+use super::queries::{require_user, user_from};
 use crate::ids::UserId;
-use crate::store::{now_ms, password_changed, password_check, unknown_token, Error, NewToken, User};
+use crate::store::rules::{check_password_unchanged, token_user, tokens_kept};
+use crate::store::{now_ms, Error, NewToken, User};
 
 /// Replaces the user's password hash and deletes all their tokens.
 pub(super) fn set_password_hash(
@@ -25,16 +26,14 @@ pub(super) fn add(q: &mut impl Queryable, token: &NewToken) -> Result<(), Error>
     // Locked until the commit: a password change waits for this token, then deletes it.
     let current: Option<String> =
         q.exec_first("SELECT password_hash FROM users WHERE id = ? FOR UPDATE", (token.user.0,))?;
-    if current.as_deref().map(password_check) != Some(token.password_check) {
-        return Err(password_changed());
-    }
+    check_password_unchanged(current.as_deref(), token)?;
     let now = now_ms();
     q.exec_drop(
         "INSERT INTO session_tokens (token_hash, user_id, created_at_ms, expires_at_ms) VALUES (?, ?, ?, ?)",
         (&token.hash[..], token.user.0, now, token.expires_at_ms),
     )?;
     // The id of the newest token past the ones to keep; it and every older one go.
-    let offset = u64::try_from(token.keep.max(1)).unwrap_or(u64::MAX);
+    let offset = u64::try_from(tokens_kept(token)).unwrap_or(u64::MAX);
     let cutoff: Option<u64> = q.exec_first(
         "SELECT id FROM session_tokens WHERE user_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?",
         (token.user.0, offset),
@@ -53,17 +52,10 @@ pub(super) fn user(q: &mut impl Queryable, hash: &[u8; 32]) -> Result<User, Erro
          FROM session_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?",
         (&hash[..],),
     )?;
-    match found {
-        Some((id, name, created_at_ms, expires_at_ms)) if expires_at_ms > now_ms() => {
-            let row: UserRow = (id, name, created_at_ms);
-            Ok(user_from(row))
-        }
-        Some(_) => {
-            revoke(q, hash)?;
-            Err(unknown_token())
-        }
-        None => Err(unknown_token()),
-    }
+    let found = found.map(|(id, name, created_at_ms, expires_at_ms)| {
+        (user_from((id, name, created_at_ms)), expires_at_ms)
+    });
+    token_user(found, now_ms(), || revoke(q, hash))
 }
 
 /// Deletes the token; false when there was none.

@@ -9,11 +9,11 @@ use super::queries::{
 };
 use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};
-use crate::limits;
-use crate::store::{
-    check_removal, member_or_hidden, not_a_member, too_many_invitations, Error, Group, GroupSettings,
-    HistoryVisibility, Invitation, User,
+use crate::store::rules::{
+    already_member, check_invitation, check_removal, hidden_on_join, history_to_column, invitation_expiry,
+    member_or_hidden, no_group_row, not_a_member, not_a_member_to_remove,
 };
+use crate::store::{Error, Group, GroupSettings, Invitation, User};
 
 pub(super) fn create(
     tx: &Transaction<'_>,
@@ -32,7 +32,7 @@ pub(super) fn create(
         owner,
         created_at_ms,
         settings.public,
-        settings.history == HistoryVisibility::Shared
+        history_to_column(settings.history)
     ])?;
     let id = GroupId(tx.last_insert_rowid() as u64);
     tx.prepare_cached("INSERT INTO group_members (group_id, user_id, joined_at_ms) VALUES (?1, ?2, ?3)")?
@@ -52,7 +52,7 @@ pub(super) fn join(tx: &Transaction<'_>, user: UserId, group: GroupId, now: i64)
     let found = require_group(tx, group)?;
     require_user(tx, user)?;
     if is_member(tx, user, group)? {
-        return Err(Error::AlreadyExists(format!("user {user} is already a member of group {group}")));
+        return Err(already_member(user, group));
     }
     if !found.public {
         let expires: Option<i64> = tx
@@ -61,18 +61,13 @@ pub(super) fn join(tx: &Transaction<'_>, user: UserId, group: GroupId, now: i64)
             )?
             .query_row(params![group, user], |row| row.get(0))
             .optional()?;
-        if expires.is_none_or(|at| at <= now) {
-            return Err(Error::no_group(group));
-        }
+        check_invitation(group, expires, now)?;
         tx.prepare_cached("DELETE FROM group_invitations WHERE group_id = ?1 AND user_id = ?2")?
             .execute(params![group, user])?;
     }
-    let (id, last_seq) = conversation_row(tx, ConversationId::Group(group))?
-        .ok_or_else(|| Error::Corrupt(format!("group {group} has no conversation row")))?;
-    let hidden = match found.history {
-        HistoryVisibility::Joined => last_seq,
-        HistoryVisibility::Shared => 0,
-    };
+    let (id, last_seq) =
+        conversation_row(tx, ConversationId::Group(group))?.ok_or_else(|| no_group_row(group))?;
+    let hidden = hidden_on_join(&found, last_seq);
     tx.prepare_cached(
         "INSERT INTO group_members (group_id, user_id, joined_at_ms, visible_after_seq)
          VALUES (?1, ?2, ?3, ?4)",
@@ -103,17 +98,14 @@ pub(super) fn invite(
     }
     require_user(tx, user)?;
     if is_member(tx, user, group)? {
-        return Err(Error::AlreadyExists(format!("user {user} is already a member of group {group}")));
+        return Err(already_member(user, group));
     }
     tx.prepare_cached("DELETE FROM group_invitations WHERE group_id = ?1 AND expires_at_ms <= ?2")?
         .execute(params![group, now])?;
     let others: usize = tx
         .prepare_cached("SELECT COUNT(*) FROM group_invitations WHERE group_id = ?1 AND user_id <> ?2")?
         .query_row(params![group, user], |row| row.get(0))?;
-    if others >= limits::GROUP_INVITATIONS_MAX {
-        return Err(too_many_invitations(group));
-    }
-    let expires_at_ms = now.saturating_add(limits::INVITATION_TTL_MS);
+    let expires_at_ms = invitation_expiry(group, others, now)?;
     tx.prepare_cached(
         "INSERT INTO group_invitations (group_id, user_id, inviter_id, expires_at_ms)
          VALUES (?1, ?2, ?3, ?4)
@@ -136,7 +128,7 @@ pub(super) fn remove_member(
     }
     check_removal(&found, owner, member)?;
     if !drop_member(tx, &found, member)? {
-        return Err(Error::NotFound(format!("user {member} is not a member of group {group}")));
+        return Err(not_a_member_to_remove(member, group));
     }
     Ok(())
 }

@@ -7,10 +7,9 @@ use rusqlite::{params, ErrorCode, OptionalExtension, Row, ToSql, Transaction};
 
 use crate::conversation::ConversationId;
 use crate::ids::{GroupId, UserId};
-use crate::store::{
-    conversation_from_columns, member_or_hidden, not_participant, ConversationState, Error, Group,
-    HistoryVisibility, Message, StateRow, User,
-};
+use crate::store::paging::StateRow;
+use crate::store::rules::{self, conversation_from_columns, history_from_column, no_user};
+use crate::store::{ConversationState, Error, Group, Message, User};
 
 /// Ids are bound as SQLite integers, which are signed. An id above `i64::MAX` (which a
 /// client may send, but SQLite never assigns) is bound as -1, which matches no row, so a
@@ -60,7 +59,7 @@ pub(super) fn group_from_row(row: &Row<'_>) -> rusqlite::Result<Group> {
         owner: UserId(row.get(2)?),
         created_at_ms: row.get(3)?,
         public: row.get(4)?,
-        history: if row.get::<_, bool>(5)? { HistoryVisibility::Shared } else { HistoryVisibility::Joined },
+        history: history_from_column(row.get(5)?),
     })
 }
 
@@ -85,7 +84,7 @@ pub(super) fn find_user(tx: &Transaction<'_>, id: UserId) -> Result<Option<User>
 }
 
 pub(super) fn require_user(tx: &Transaction<'_>, id: UserId) -> Result<User, Error> {
-    find_user(tx, id)?.ok_or_else(|| Error::NotFound(format!("user {id} does not exist")))
+    find_user(tx, id)?.ok_or_else(|| no_user(id))
 }
 
 pub(super) fn require_group(tx: &Transaction<'_>, id: GroupId) -> Result<Group, Error> {
@@ -109,22 +108,15 @@ pub(super) fn is_member(tx: &Transaction<'_>, user: UserId, group: GroupId) -> R
 }
 
 /// Fails unless `user` may read and write `conversation` (which must be normalised), and
-/// returns the highest sequence number hidden from them: in a group with
-/// [`HistoryVisibility::Joined`], the group's newest message when they last joined;
-/// otherwise 0.
+/// returns the highest sequence number hidden from them ([`rules::check_participant`]).
 pub(super) fn check_participant(
     tx: &Transaction<'_>,
     user: UserId,
     conversation: ConversationId,
 ) -> Result<u64, Error> {
-    match conversation {
-        ConversationId::Direct { low, high } if low == user || high == user => Ok(0),
-        ConversationId::Direct { .. } => Err(not_participant(user, conversation)),
-        ConversationId::Group(group) => {
-            let found = require_group(tx, group)?;
-            membership(tx, user, group)?.ok_or_else(|| member_or_hidden(user, &found))
-        }
-    }
+    rules::check_participant(user, conversation, |group| {
+        Ok((require_group(tx, group)?, membership(tx, user, group)?))
+    })
 }
 
 /// The row id and newest sequence number of a conversation, if it has a row.

@@ -5,7 +5,8 @@ use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::queries::{require_user, user_from_row};
 use crate::ids::UserId;
-use crate::store::{now_ms, password_changed, password_check, unknown_token, Error, NewToken, User};
+use crate::store::rules::{check_password_unchanged, token_user, tokens_kept};
+use crate::store::{now_ms, Error, NewToken, User};
 
 /// Replaces the user's password hash and deletes all their tokens.
 pub(super) fn set_password_hash(
@@ -27,9 +28,7 @@ pub(super) fn add(tx: &Transaction<'_>, token: &NewToken) -> Result<(), Error> {
     let current: String = tx
         .prepare_cached("SELECT password_hash FROM users WHERE id = ?1")?
         .query_row([token.user], |row| row.get(0))?;
-    if password_check(&current) != token.password_check {
-        return Err(password_changed());
-    }
+    check_password_unchanged(Some(&current), token)?;
     let now = now_ms();
     tx.prepare_cached(
         "INSERT INTO session_tokens (token_hash, user_id, created_at_ms, expires_at_ms)
@@ -37,7 +36,7 @@ pub(super) fn add(tx: &Transaction<'_>, token: &NewToken) -> Result<(), Error> {
     )?
     .execute(params![&token.hash[..], token.user, now, token.expires_at_ms])?;
     // The id of the newest token past the ones to keep; it and every older one go.
-    let offset = i64::try_from(token.keep.max(1)).unwrap_or(i64::MAX);
+    let offset = i64::try_from(tokens_kept(token)).unwrap_or(i64::MAX);
     let cutoff: Option<i64> = tx
         .prepare_cached(
             "SELECT id FROM session_tokens WHERE user_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
@@ -58,14 +57,7 @@ pub(super) fn user(tx: &Transaction<'_>, hash: &[u8; 32]) -> Result<User, Error>
         )?
         .query_row([&hash[..]], |row| Ok((user_from_row(row)?, row.get::<_, i64>(3)?)))
         .optional()?;
-    match found {
-        Some((user, expires_at_ms)) if expires_at_ms > now_ms() => Ok(user),
-        Some(_) => {
-            revoke(tx, hash)?;
-            Err(unknown_token())
-        }
-        None => Err(unknown_token()),
-    }
+    token_user(found, now_ms(), || revoke(tx, hash))
 }
 
 /// Deletes the token; false when there was none.
