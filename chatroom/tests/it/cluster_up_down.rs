@@ -8,12 +8,12 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use chatroom::cluster::{self, State};
 use mysql::prelude::Queryable;
 use rpc_core::registry::{self, ZooKeeper};
-use services::cluster::{self, State};
 use services::secret::ClusterSecret;
 
-use crate::chat_standalone::{direct, user_at};
+use crate::chat_client::{direct, user_at};
 use crate::internal_ports::{assert_only_members_are_served, internal_ports};
 use crate::support::{mysql_url, redis_url, unique_name, wait_until, with_database};
 
