@@ -133,7 +133,7 @@ pub enum Group {
     /// Create a group (you own it): private unless `public`; members read from their
     /// join on unless `shared` (then all history).
     Create {
-        /// NAME [public] [shared].
+        /// The name, then `public` and/or `shared` if wanted.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         words: Vec<String>,
     },
