@@ -173,6 +173,25 @@ pub fn conversation_id(conversation: Option<api::Conversation>) -> Result<Conver
     }
 }
 
+/// For clients of the gateway: a conversation in its wire form.
+impl From<ConversationId> for api::Conversation {
+    fn from(id: ConversationId) -> Self {
+        conversation(id)
+    }
+}
+
+/// For clients of the gateway: the conversation a wire message or reply names.
+impl TryFrom<api::Conversation> for ConversationId {
+    type Error = Status;
+
+    /// # Errors
+    ///
+    /// InvalidArgument when it names no kind, or names user or group 0.
+    fn try_from(wire: api::Conversation) -> Result<Self, Status> {
+        conversation_id(Some(wire))
+    }
+}
+
 /// A wire message.
 pub fn message(message: store::Message) -> api::Message {
     api::Message {

@@ -11,7 +11,9 @@
 //!   [`proxies`] finds each proxy's `Delivery` by its instance id.
 //! * [`serve`] runs a service on its own listener and registers it; [`standalone`] runs
 //!   the three in one process on loopback with embedded backends. The `chatroom` binary
-//!   (`src/bin/chatroom.rs`) starts either.
+//!   (the `chatroom` crate, beside this one) starts either, and holds the tools that use
+//!   the system from outside: the command-line client, the demo and the local cluster
+//!   launcher.
 //! * [`store`] holds users, friends, groups, messages and read cursors behind the
 //!   [`Store`] trait, in SQLite ([`store::Sqlite`], standalone) or MySQL/MariaDB
 //!   ([`store::MySql`], cluster), both keeping the rules written once in
@@ -31,18 +33,14 @@
 //! Threads and sockets belong to rpc-core's servers and channels: the services' methods
 //! run on server worker threads (password hashes on the heavy lane); the proxy adds one
 //! lease-renewal thread; the MySQL store adds its group-commit threads
-//! (`mysql-commit-N`, `store/mysql/batch.rs`); the CLI client adds one thread that
-//! prints pushes. Stores and presence tables are `Send + Sync`; the MySQL and Redis
+//! (`mysql-commit-N`, `store/mysql/batch.rs`). Stores and presence tables are `Send + Sync`; the MySQL and Redis
 //! implementations keep their own connection pools.
 
 pub mod api;
 pub mod auth;
 pub mod chat_service;
-pub mod client;
-pub mod cluster;
 mod conversation;
 mod convert;
-pub mod demo;
 mod ids;
 pub mod limits;
 pub mod presence;

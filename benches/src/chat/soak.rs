@@ -405,7 +405,7 @@ pub fn cluster_targets(
     database: &str,
     redis: &str,
 ) -> anyhow::Result<Targets> {
-    let state = services::cluster::read_state(state_dir).context("cannot read the cluster's state")?;
+    let state = chatroom::cluster::read_state(state_dir).context("cannot read the cluster's state")?;
     Ok(Targets {
         processes,
         mysql_server: mysql_server.to_owned(),

@@ -136,7 +136,7 @@ impl System {
             return vec![("standalone".into(), child.id())];
         }
         let Some(dir) = self.state_dir() else { return Vec::new() };
-        match services::cluster::read_state(dir) {
+        match chatroom::cluster::read_state(dir) {
             Ok(state) => state.processes.iter().map(|p| (p.name.clone(), p.pid)).collect(),
             Err(_) => Vec::new(),
         }
@@ -159,7 +159,7 @@ impl System {
     /// When Redis fails.
     pub fn proxies_of(&self, ids: &[u64], redis_url: &str) -> anyhow::Result<Option<Vec<Option<String>>>> {
         let Some(dir) = self.state_dir() else { return Ok(None) };
-        let state = services::cluster::read_state(dir)?;
+        let state = chatroom::cluster::read_state(dir)?;
         let config = presence::redis::Config {
             url: redis_url.to_owned(),
             key_prefix: state.redis_prefix,

@@ -4,7 +4,7 @@
 use rpc_core::Code;
 use services::api;
 
-use crate::chat_standalone::{code, group, public_group, Client, System};
+use crate::chat_client::{code, group, public_group, Client, System};
 
 fn create(client: &Client, request: api::CreateGroupRequest) -> api::Group {
     client.gateway.create_group(&request).expect("creates the group").group.unwrap()

@@ -25,7 +25,7 @@ use services::proxies::Proxies;
 use services::user_service::UserService;
 use services::{auth, presence, proxy, serve, store, Presence, Served, Store, UserId};
 
-use crate::chat_standalone::{connect, direct, group, public_group, user_at, PASSWORD};
+use crate::chat_client::{connect, direct, group, public_group, user_at, PASSWORD};
 use crate::support::wait_until;
 
 /// The whole cluster, in-process. Fields drop in order: proxies first.

@@ -44,7 +44,7 @@ fn storm_run(
     let accounts = Accounts { names, password, seeded: true };
     let setup = setup(system, loops, &accounts, Workload::Direct, args.setup_window, &args.redis)?;
     let (state_dir, _) = system.cluster().context("a storm runs on the cluster it starts")?;
-    let state = services::cluster::read_state(state_dir)?;
+    let state = chatroom::cluster::read_state(state_dir)?;
     let victim = state.processes.iter().find(|p| p.role == "proxy").context("the cluster has a proxy")?;
     let victim_id = victim.instance_id.clone().context("a proxy has an instance id")?;
     let gone: Vec<bool> = setup.proxies.iter().map(|p| p.as_deref() == Some(victim_id.as_str())).collect();

@@ -2,25 +2,19 @@
 //! nginx: a client chats through nginx, `status` shows everything alive and registered,
 //! and `down` leaves no process and no listening port behind.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use mysql::prelude::Queryable;
+use chatroom::cluster::{self, State};
 use rpc_core::registry::{self, ZooKeeper};
-use services::cluster::{self, State};
 use services::secret::ClusterSecret;
 
-use crate::chat_standalone::{direct, user_at};
+use crate::chat_client::{direct, user_at};
 use crate::internal_ports::{assert_only_members_are_served, internal_ports};
-use crate::support::{mysql_url, redis_url, unique_name, wait_until, with_database};
-
-/// Where ZooKeeper is for the test.
-fn zk() -> String {
-    std::env::var("CHATROOM_ZK").unwrap_or_else(|_| "127.0.0.1:2181".to_owned())
-}
+use crate::support::{drop_database, free_port, mysql_url, redis_url, unique_name, wait_until, with_database, zk};
 
 /// Runs `chatroom cluster <args> --state-dir DIR`.
 fn chatroom(dir: &Path, args: &[&str]) -> Output {
@@ -48,17 +42,8 @@ impl Drop for Guard {
                 let _ = Command::new("kill").arg("-KILL").arg(p.pid.to_string()).status();
             }
         }
-        let url = with_database(&mysql_url(), "");
-        let dropped = mysql::Conn::new(url.as_str())
-            .and_then(|mut conn| conn.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.database)));
-        if let Err(e) = dropped {
-            eprintln!("could not drop test database {}: {e}", self.database);
-        }
+        drop_database(&self.database);
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn refuses(addr: SocketAddr) -> bool {

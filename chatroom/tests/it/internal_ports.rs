@@ -20,7 +20,7 @@ use services::secret::{self, ClusterSecret};
 use services::standalone::Standalone;
 use sha2::Sha256;
 
-use crate::chat_standalone::{config, direct, user_at};
+use crate::chat_client::{config, direct, user_at};
 
 /// How long a refused peer waits for an answer before the test fails.
 const PATIENCE: Duration = Duration::from_secs(10);

@@ -1,7 +1,7 @@
 //! `chatroom demo`: three bots hold a short scripted conversation through the gateway,
 //! printed as it happens, so a newcomer sees one-to-one chat, a group, presence, a
-//! connection resumed with its session token, and offline delivery work. It starts a standalone system in a temporary data directory, or uses a
-//! running one (`--server`).
+//! connection resumed with its session token, and offline delivery work. It starts a
+//! standalone system in a temporary data directory, or uses a running one (`--server`).
 
 use std::net::SocketAddr;
 use std::sync::mpsc;
@@ -13,12 +13,10 @@ use prost::Message as _;
 use rand::Rng as _;
 use rpc_core::client::{self, Channel};
 
-use crate::api::{self, GatewayClient};
-use crate::convert;
-use crate::ids::{GroupId, UserId};
-use crate::proxy::{PUSH_METHOD, PUSH_SERVICE};
-use crate::standalone::{self, Standalone};
-use crate::ConversationId;
+use services::api::{self, GatewayClient};
+use services::proxy::{PUSH_METHOD, PUSH_SERVICE};
+use services::standalone::{self, Standalone};
+use services::{ConversationId, GroupId, UserId};
 
 const PASSWORD: &str = "demo-password-123";
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -49,11 +47,11 @@ fn connect(addr: SocketAddr) -> anyhow::Result<(GatewayClient, mpsc::Receiver<ap
 }
 
 fn direct(a: &api::User, b: &api::User) -> api::Conversation {
-    convert::conversation(ConversationId::direct(UserId(a.id), UserId(b.id)))
+    ConversationId::direct(UserId(a.id), UserId(b.id)).into()
 }
 
 fn group(id: u64) -> api::Conversation {
-    convert::conversation(ConversationId::Group(GroupId(id)))
+    ConversationId::Group(GroupId(id)).into()
 }
 
 impl Bot {

@@ -21,8 +21,8 @@ use services::secret::ClusterSecret;
 use services::standalone::Standalone;
 use services::{auth, throttle};
 
+use crate::chat_client::PASSWORD;
 use crate::chat_nginx::{Cluster, Shape};
-use crate::chat_standalone::PASSWORD;
 use crate::support::wait_until;
 
 /// The limits both deployments run with: small, so that the test is quick.
@@ -230,7 +230,7 @@ fn the_standalone_system_throttles_logins_and_registrations() {
     let config = services::standalone::Config {
         throttle: limits(),
         hashing: auth::Config { memory_kib: 256, iterations: 1, parallelism: 1 },
-        ..crate::chat_standalone::config(dir.path())
+        ..crate::chat_client::config(dir.path())
     };
     let system = Standalone::start(config).expect("standalone starts");
     let users = system.registry();

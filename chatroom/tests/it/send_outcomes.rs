@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use rpc_core::{Code, Outcome};
 use services::api;
 
+use crate::chat_client::{direct, gateway_at, user_at, PASSWORD};
 use crate::chat_cluster::Cluster;
-use crate::chat_standalone::{direct, gateway_at, user_at, PASSWORD};
 
 /// Longer than the proxy's 10 s deadline on its calls to the chat service, so the test
 /// sees the proxy's answer rather than its own time-out.

@@ -16,8 +16,8 @@ use services::store::MySql;
 use services::user_service::UserService;
 use services::{auth, serve};
 
+use crate::chat_client::{code, connect, direct, PASSWORD};
 use crate::chat_cluster::Cluster;
-use crate::chat_standalone::{code, connect, direct, PASSWORD};
 use crate::support::{mysql_url, unreachable, with_database};
 
 /// A service that counts the calls of one method before passing each on.

@@ -2,7 +2,7 @@
 //! user services and two chat services on ZooKeeper, MariaDB and Redis, clients on the
 //! nginx port (round robin, so users land on different proxies).
 //!
-//! * `scenarios`: every `chat_standalone` scenario, on ONE cluster shared by the module's
+//! * `scenarios`: every `chat_scenarios` scenario, on ONE cluster shared by the module's
 //!   scenario tests (each scenario's user names are its own, see `System::name`), and on
 //!   the same cluster, users on different proxies (checked in the presence table)
 //!   chatting one to one and in a group.
@@ -22,12 +22,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use chatroom::cluster::{self, Process, State};
 use rpc_core::Code;
 use services::api::{self, GatewayClient};
-use services::cluster::{self, Process, State};
 use services::{presence, Presence, UserId};
 
-use crate::chat_standalone::{direct, gateway_at, group, public_group, user_at, System, PASSWORD};
+use crate::chat_client::{direct, gateway_at, group, public_group, user_at, System, PASSWORD};
 use crate::support::{
     drop_database, free_port, mysql_url, redis_url, unique_name, wait_until, with_database, zk,
 };
@@ -249,9 +249,9 @@ fn shared() -> &'static Cluster {
     shared.as_ref().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The scenarios of `chat_standalone`, each on the one cluster this module shares.
+/// The scenarios of `chat_scenarios` and `chat_groups`, each on the one cluster this module shares.
 mod scenarios {
-    use crate::chat_standalone::System;
+    use crate::chat_client::System;
 
     fn start() -> System {
         System::new(super::shared().client_addr(), Box::new(()))

@@ -300,3 +300,34 @@ fn a_client_resumes_its_session_after_the_server_is_killed_and_changes_the_passw
     let usage = events.iter().find(|e| e["command"] == "passwd").unwrap_or_else(|| panic!("{events:#?}"));
     assert_eq!(usage["code"], "Usage");
 }
+
+#[test]
+fn help_and_bad_lines_are_answered_in_clap_words_and_free_text_is_kept_as_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = standalone(dir.path());
+    let script = "help\ngroup invite x bob\nregister ann correct-horse-battery\nregister ben correct-horse-battery\n\
+                  login ann correct-horse-battery\nsend user ben -- two  spaces\ngroup create lunch  club public\n";
+    let (c, rx) = client(&addr, script);
+    let events = finish(c, rx, Vec::new());
+    assert_eq!(events[0]["event"], "help", "{events:#?}");
+    let help = events[0]["text"].as_str().unwrap();
+    assert!(help.contains("register") && help.contains("history"), "{help}");
+    assert_eq!(
+        (&events[1]["command"], &events[1]["code"]),
+        (&Value::from("group invite"), &Value::from("Usage"))
+    );
+    assert!(events[1]["message"].as_str().unwrap().contains("invalid value 'x'"), "{events:#?}");
+    let sent = events.iter().find(|e| e["event"] == "sent").unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(sent["conversation"]["direct"].as_array().map(Vec::len), Some(2));
+    let (ben, ben_rx) = client(&addr, "login ben correct-horse-battery\n");
+    let ben_events = finish(ben, ben_rx, Vec::new());
+    let message =
+        ben_events.iter().find(|e| e["event"] == "message").unwrap_or_else(|| panic!("{ben_events:#?}"));
+    assert_eq!(message["body"], "-- two  spaces");
+    let created =
+        events.iter().find(|e| e["event"] == "group_created").unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(
+        (&created["group"]["name"], &created["group"]["public"]),
+        (&Value::from("lunch  club"), &Value::from(true))
+    );
+}

@@ -14,7 +14,7 @@ use rpc_core::registry::{self, Registry as _, ZooKeeper};
 use services::api::{self, chat_service_rpc, delivery_rpc, user_service_rpc};
 use services::secret::{self, ClusterSecret};
 
-use crate::chat_standalone::{connect, direct, user_at, PATIENCE};
+use crate::chat_client::{connect, direct, user_at, PATIENCE};
 use crate::support::{
     drop_database, mysql_url, redis_url, unique_name, wait_for_exit, wait_until, with_database, zk,
 };

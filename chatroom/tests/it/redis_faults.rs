@@ -20,8 +20,8 @@ use services::api;
 use services::presence::{self, Presence};
 use services::UserId;
 
+use crate::chat_client::{direct, user_at, Client, PATIENCE};
 use crate::chat_cluster::Cluster;
-use crate::chat_standalone::{direct, user_at, Client, PATIENCE};
 use crate::support::{free_port, wait_for_exit, wait_until};
 
 /// The proxies' presence lease, in seconds: renewed every 20 s on their own, so leases
