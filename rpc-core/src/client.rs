@@ -42,11 +42,13 @@ use crate::Error;
 mod config;
 mod connection;
 mod event_loop;
+mod pending;
 mod reply;
 mod slots;
 mod transport;
 
-use connection::{lock, CallName, Conn, Pending, Waiter};
+use connection::{lock, Conn};
+use pending::{CallName, Pending, Waiter};
 use slots::Slot;
 pub use config::Config;
 pub use event_loop::set_event_loops;

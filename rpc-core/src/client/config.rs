@@ -4,8 +4,6 @@ use std::time::Duration;
 
 use super::{DisconnectHandler, PushHandler};
 use crate::frame;
-#[cfg(doc)]
-use crate::Error;
 
 /// Settings of a channel. Start from `Config::default()`.
 ///
@@ -32,8 +30,9 @@ pub struct Config {
     pub backoff_max: Duration,
     /// Longest a connection may go with the server taking none of the bytes
     /// queued for it; the connection is then closed and its calls fail with
-    /// [`Error::ConnectionLost`]. Writes never block the caller: past 64 MiB
-    /// queued for one connection they fail with [`Error::Backpressure`].
+    /// [`Error::ConnectionLost`](crate::Error::ConnectionLost). Writes never
+    /// block the caller: past 64 MiB queued for one connection they fail with
+    /// [`Error::Backpressure`](crate::Error::Backpressure).
     pub write_timeout: Duration,
     /// Receives push frames from the server.
     pub on_push: Option<PushHandler>,

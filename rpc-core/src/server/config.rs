@@ -61,7 +61,7 @@ pub struct Config {
     /// answered, replies and pushes not yet written. Past it the server reads no
     /// more of that connection's requests, runs none of its waiting calls (they
     /// wait, flow control, until its answers drain under half the budget), and
-    /// refuses pushes to it with [`Error::Backpressure`].
+    /// refuses pushes to it with [`Error::Backpressure`](crate::Error::Backpressure).
     pub connection_budget: usize,
     /// Unwritten replies and pushes past which a connection whose output has not
     /// drained at all for a second is closed, with a go-away naming the limit. A
