@@ -28,6 +28,8 @@ use crate::{Outcome, Status};
 mod conn;
 mod dispatch;
 mod limits;
+#[cfg(test)]
+mod tests;
 
 use conn::Conn;
 use dispatch::Dispatch;
