@@ -307,7 +307,7 @@ impl Stopper {
 
 #[doc(hidden)]
 pub mod tests_support {
-    //! A tiny untyped service for doc examples.
+    //! A tiny untyped service for doc examples and tests.
     use super::*;
 
     /// Answers every method with the request body.
