@@ -50,6 +50,7 @@ mod transport;
 use connection::{lock, Conn};
 use pending::{CallName, Pending, Waiter};
 use slots::Slot;
+
 pub use config::Config;
 pub use event_loop::set_event_loops;
 pub use reply::ReplyFuture;

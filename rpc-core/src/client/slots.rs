@@ -38,7 +38,6 @@ impl Channel {
         })
     }
 
-
     pub(super) fn pick(&self, deadline: Option<Instant>) -> Result<Arc<Conn>, Error> {
         let n = self.inner.slots.len();
         let i = if n == 1 { 0 } else { self.inner.next_slot.fetch_add(1, Ordering::Relaxed) % n };

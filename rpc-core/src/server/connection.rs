@@ -12,7 +12,6 @@ use super::event_loop::{Command, LoopShared};
 use crate::frame;
 use crate::{Error, Status};
 
-
 /// Identifies a connection for the life of the server; ids are never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId(pub u64);

@@ -332,7 +332,8 @@ fn connections_over_their_share_of_an_exhausted_server_budget_are_evicted() {
     // The server checks its budget once a second; reading earlier would let a greedy
     // peer drain and stay. The rest is slack for a loaded machine.
     std::thread::sleep(Duration::from_secs(4));
-    let reasons: Vec<Option<String>> = greedy.iter_mut().map(|g| goaway(&read_until_closed(g, PATIENCE))).collect();
+    let reasons: Vec<Option<String>> =
+        greedy.iter_mut().map(|g| goaway(&read_until_closed(g, PATIENCE))).collect();
     let evicted = reasons
         .iter()
         .flatten()

@@ -11,8 +11,8 @@ use rpc_core::registry::{self, Discovery, Instance, Registry};
 use rpc_core::Error;
 
 use crate::support::{
-    ids, registry, registry_with_session, relay, shared_zk, unique_root, wait_until, Cleanup, PrivateZk,
-    Raw, SESSION,
+    ids, registry, registry_with_session, relay, shared_zk, unique_root, wait_until, Cleanup, PrivateZk, Raw,
+    SESSION,
 };
 
 fn addr(port: u16) -> SocketAddr {

@@ -256,7 +256,8 @@ fn a_peer_that_stops_reading_is_evicted_with_a_go_away_once_its_timeout_passes()
     assert!(!h.conn().handle.is_open(), "handles see the eviction at once");
     // Now the client reads: every whole push it was sent, then the go-away.
     let mut reader = h.client.try_clone().unwrap();
-    let frames = std::thread::spawn(move || std::iter::from_fn(|| read_frame(&mut reader)).collect::<Vec<_>>());
+    let frames =
+        std::thread::spawn(move || std::iter::from_fn(|| read_frame(&mut reader)).collect::<Vec<_>>());
     h.turn_until("the go-away written and the connection closed", |h| !h.is_open());
     let frames = frames.join().unwrap();
     let (last, pushes) = frames.split_last().unwrap();
