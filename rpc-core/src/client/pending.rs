@@ -29,6 +29,8 @@ impl Waiter {
         *lock(&self.result) = None;
     }
 
+    // Inlined into the connection's code that completes calls, once a response.
+    #[inline]
     pub(super) fn complete(&self, result: Result<Bytes, Error>) {
         *lock(&self.result) = Some(result);
         self.ready.notify_one();
@@ -64,6 +66,7 @@ pub(crate) enum Pending {
 }
 
 impl Pending {
+    #[inline]
     pub(super) fn complete(self, result: Result<Bytes, Error>) {
         match self {
             Pending::Waiter(w) => w.complete(result),

@@ -122,6 +122,9 @@ const SPARE_QUEUES: usize = 64;
 const SPARE_CAPACITY: usize = 256;
 
 impl Queue {
+    // `#[inline]` here and on `State`'s methods that the workers call: they run
+    // once a job from `worker`, which would otherwise call them across codegen units.
+    #[inline]
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -135,6 +138,7 @@ impl State {
 
     /// Takes the next job: a notice, else the first call of the next connection in
     /// the ring, which goes to the back of the ring if it has more and may run more.
+    #[inline]
     fn take(&mut self, max_running: usize) -> Option<Job> {
         if let Some(id) = self.notices.pop_front() {
             // Calls still waiting for a closed connection would only be skipped.
@@ -169,6 +173,7 @@ impl State {
     }
 
     /// A call of connection `id` finished: it may run another.
+    #[inline]
     fn finish(&mut self, id: ConnectionId, max_running: usize) {
         let Some(lane) = self.lanes.get_mut(&id) else { return };
         lane.running -= 1;
@@ -183,6 +188,7 @@ impl State {
     }
 
     /// Forgets the idle lane of connection `id`, keeping its queue for a new lane.
+    #[inline]
     fn retire(&mut self, id: ConnectionId) {
         let Some(lane) = self.lanes.remove(&id) else { return };
         // A queue grown by a burst is not kept: its memory goes back.
@@ -192,6 +198,7 @@ impl State {
     }
 
     /// The figure published in `Queue::queued`: zero exactly when no work is ready.
+    #[inline]
     fn published(&self) -> usize {
         if self.has_work() {
             self.waiting.max(1)

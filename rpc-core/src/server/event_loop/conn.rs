@@ -73,6 +73,7 @@ impl Conn {
 
     /// Drops the first `n` bytes of `out`, which were written, keeping track
     /// of where the next frame starts.
+    #[inline]
     fn advance_out(&mut self, n: usize) {
         // Walk the length prefixes over the written bytes, then advance once.
         let (mut pos, mut head_left) = (0, self.head_left);
