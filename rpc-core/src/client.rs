@@ -35,18 +35,26 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use prost::Message;
 
 use crate::frame;
 use crate::Error;
 
+mod config;
 mod connection;
 mod event_loop;
+mod pending;
 mod reply;
+mod slots;
+mod transport;
 
-use connection::{lock, CallName, Conn, Pending, Waiter};
+use connection::{lock, Conn};
+use pending::{CallName, Pending, Waiter};
+use slots::Slot;
+
+pub use config::Config;
 pub use event_loop::set_event_loops;
 pub use reply::ReplyFuture;
+pub use transport::Transport;
 
 /// Runs when a push frame arrives: `(service, method, body)`. Called on the
 /// client's event-loop thread, which serves every connection of the process,
@@ -59,123 +67,6 @@ pub type DisconnectHandler = Arc<dyn Fn(&Error) + Send + Sync>;
 /// thread (which it must not block), or on the caller's if the call could not
 /// be sent.
 pub type Callback = Box<dyn FnOnce(Result<Bytes, Error>) + Send>;
-
-/// Settings of a channel. Start from `Config::default()`.
-///
-/// Later versions may add fields, each with a default, so build one as
-/// `Config { connections: 2, ..Config::default() }`: a struct literal naming
-/// every field stops compiling when one is added.
-#[derive(Clone)]
-pub struct Config {
-    /// Longest wait for a TCP connection to open.
-    pub connect_timeout: Duration,
-    /// Deadline for calls that do not give one; `None` waits forever.
-    pub default_timeout: Option<Duration>,
-    /// Connections to open to the server; calls are spread over them in turn.
-    pub connections: usize,
-    /// Largest frame sent or accepted, in bytes after the length prefix. A
-    /// larger request fails with `Error::FrameTooLarge` before it is sent.
-    pub max_frame_size: usize,
-    /// How often to ping the server; a connection that hears nothing for three
-    /// intervals is declared dead. `Duration::ZERO` turns pings off.
-    pub keepalive: Duration,
-    /// Wait after the first failed connect; doubles per failure up to `backoff_max`.
-    pub backoff_initial: Duration,
-    /// Longest wait between connect attempts.
-    pub backoff_max: Duration,
-    /// Longest a connection may go with the server taking none of the bytes
-    /// queued for it; the connection is then closed and its calls fail with
-    /// [`Error::ConnectionLost`]. Writes never block the caller: past 64 MiB
-    /// queued for one connection they fail with [`Error::Backpressure`].
-    pub write_timeout: Duration,
-    /// Receives push frames from the server.
-    pub on_push: Option<PushHandler>,
-    /// Told when a connection is lost.
-    pub on_disconnect: Option<DisconnectHandler>,
-    /// Proves who we are to a server that requires it ([`crate::auth`]): the
-    /// handshake runs on every connection as it opens, within
-    /// `connect_timeout`, and a connection whose handshake fails (the server
-    /// refused us, or could not prove itself) fails to connect. `None` runs no
-    /// handshake.
-    pub credential: Option<crate::auth::Credential>,
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            connect_timeout: Duration::from_secs(3),
-            default_timeout: Some(Duration::from_secs(30)),
-            connections: 1,
-            max_frame_size: frame::DEFAULT_MAX_FRAME,
-            keepalive: Duration::from_secs(15),
-            backoff_initial: Duration::from_millis(50),
-            backoff_max: Duration::from_secs(5),
-            write_timeout: Duration::from_secs(10),
-            on_push: None,
-            on_disconnect: None,
-            credential: None,
-        }
-    }
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("connect_timeout", &self.connect_timeout)
-            .field("default_timeout", &self.default_timeout)
-            .field("connections", &self.connections)
-            .field("max_frame_size", &self.max_frame_size)
-            .field("keepalive", &self.keepalive)
-            .field("credential", &self.credential)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Something generated client stubs can call through: a [`Channel`] to one
-/// server, or a load-balanced set of them ([`crate::balance::Balanced`]).
-pub trait Transport: Send + Sync {
-    /// Calls `service.method` with `request` and waits for the encoded reply.
-    ///
-    /// # Errors
-    ///
-    /// Whatever the call met: [`Error::Status`] from the server,
-    /// [`Error::Timeout`], [`Error::Connect`], [`Error::ConnectionLost`], ...
-    fn call<M: Message>(
-        &self,
-        service: &str,
-        method: &str,
-        request: &M,
-        timeout: Option<Duration>,
-    ) -> Result<Bytes, Error>;
-
-    /// Starts a call and returns at once; `callback` gets the outcome on a
-    /// client event-loop thread, or on this thread, before `call_with` returns, if the
-    /// call could not be sent (so a callback that starts the next call may
-    /// recur on one stack while sends fail: hand the next call off, or use
-    /// [`call_future`](Self::call_future)).
-    fn call_with<M: Message>(
-        &self,
-        service: &str,
-        method: &str,
-        request: &M,
-        timeout: Option<Duration>,
-        callback: Callback,
-    );
-
-    /// Starts a call and returns a future of its encoded reply, for async code;
-    /// see [`ReplyFuture`]. The call is sent at once.
-    fn call_future<M: Message>(
-        &self,
-        service: &str,
-        method: &str,
-        request: &M,
-        timeout: Option<Duration>,
-    ) -> ReplyFuture<Bytes> {
-        let (future, callback) = ReplyFuture::new(Ok);
-        self.call_with(service, method, request, timeout, callback);
-        future
-    }
-}
 
 /// A client of one server address, cheap to clone and share between threads.
 #[derive(Clone)]
@@ -208,24 +99,6 @@ impl Drop for Inner {
             }
         }
     }
-}
-
-/// One connection position: the live connection, or when to try again.
-#[derive(Default)]
-struct Slot {
-    state: Mutex<SlotState>,
-}
-
-#[derive(Default)]
-struct SlotState {
-    /// The open connection, if any.
-    conn: Option<Arc<Conn>>,
-    /// Connect failures in a row, for the backoff.
-    failures: u32,
-    /// No new attempt before this.
-    retry_at: Option<Instant>,
-    /// The last connect error, repeated to callers inside the backoff window.
-    last_error: Option<(std::io::ErrorKind, String)>,
 }
 
 thread_local! {
@@ -377,16 +250,6 @@ impl Channel {
         Ok(())
     }
 
-    /// An open connection if one can be had without waiting.
-    fn try_open_conn(&self) -> Option<Arc<Conn>> {
-        let n = self.inner.slots.len();
-        let start = self.inner.next_slot.fetch_add(1, Ordering::Relaxed);
-        (0..n).find_map(|k| {
-            let st = self.inner.slots[(start + k) % n].state.try_lock().ok()?;
-            st.conn.as_ref().filter(|c| c.is_usable()).cloned()
-        })
-    }
-
     /// The deadline of a call starting at `now`: its own, but never later than that of
     /// the call this thread is serving, if it runs a handler (the deadline travels on).
     fn deadline(&self, now: Instant, timeout: Option<Duration>) -> Option<Instant> {
@@ -396,67 +259,6 @@ impl Channel {
             (a, b) => a.or(b),
         }
     }
-
-    fn pick(&self, deadline: Option<Instant>) -> Result<Arc<Conn>, Error> {
-        let n = self.inner.slots.len();
-        let i = if n == 1 { 0 } else { self.inner.next_slot.fetch_add(1, Ordering::Relaxed) % n };
-        self.conn(i, deadline)
-    }
-
-    /// The open connection of slot `i`, connecting (with backoff) if needed.
-    fn conn(&self, i: usize, deadline: Option<Instant>) -> Result<Arc<Conn>, Error> {
-        let inner = &self.inner;
-        let slot = &inner.slots[i];
-        loop {
-            let mut st = slot.state.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(conn) = &st.conn {
-                if conn.is_usable() {
-                    return Ok(conn.clone());
-                }
-                st.conn = None;
-            }
-            let now = Instant::now();
-            if let Some(retry_at) = st.retry_at.filter(|t| *t > now) {
-                if deadline.is_some_and(|d| d < retry_at) {
-                    let (kind, msg) =
-                        st.last_error.clone().unwrap_or((std::io::ErrorKind::Other, String::new()));
-                    return Err(Error::Connect {
-                        addr: inner.addr,
-                        source: std::io::Error::new(kind, format!("{msg} (next attempt in backoff)")),
-                    });
-                }
-                drop(st);
-                std::thread::sleep(retry_at - now);
-                continue;
-            }
-            let budget = deadline.map_or(inner.config.connect_timeout, |d| {
-                d.saturating_duration_since(now).min(inner.config.connect_timeout)
-            });
-            // Connecting holds the slot's lock: the other callers of this slot
-            // would only queue up behind the same attempt.
-            match Conn::open(inner.addr, budget.max(Duration::from_millis(1)), &inner.config) {
-                Ok(conn) => {
-                    st.failures = 0;
-                    st.retry_at = None;
-                    st.last_error = None;
-                    st.conn = Some(conn.clone());
-                    return Ok(conn);
-                }
-                Err(e) => {
-                    st.failures = st.failures.saturating_add(1);
-                    let backoff = inner
-                        .config
-                        .backoff_initial
-                        .saturating_mul(1 << st.failures.min(16).saturating_sub(1))
-                        .min(inner.config.backoff_max);
-                    st.retry_at = Some(Instant::now() + backoff);
-                    st.last_error = Some((e.kind(), e.to_string()));
-                    return Err(Error::Connect { addr: inner.addr, source: e });
-                }
-            }
-        }
-    }
-
     fn call_blocking(
         &self,
         service: &str,
@@ -593,29 +395,6 @@ impl Channel {
                 callback(Err(e));
             }
         }
-    }
-}
-
-impl Transport for Channel {
-    fn call<M: Message>(
-        &self,
-        service: &str,
-        method: &str,
-        request: &M,
-        timeout: Option<Duration>,
-    ) -> Result<Bytes, Error> {
-        self.call_blocking(service, method, timeout, request.encoded_len(), |b| request.encode_raw(b))
-    }
-
-    fn call_with<M: Message>(
-        &self,
-        service: &str,
-        method: &str,
-        request: &M,
-        timeout: Option<Duration>,
-        callback: Callback,
-    ) {
-        self.call_async(service, method, timeout, request.encoded_len(), |b| request.encode_raw(b), callback)
     }
 }
 

@@ -142,6 +142,7 @@ impl Frame {
     }
 
     /// The service name's bytes, known to be UTF-8: for lookups that need no `&str`.
+    #[inline]
     pub(crate) fn service_bytes(&self) -> &[u8] {
         &self.names[..self.service_len]
     }

@@ -5,12 +5,20 @@
 //! - [`server`]: event-loop threads own the listener and every socket; a
 //!   worker pool runs handlers (a small second pool runs the heavy ones) and
 //!   wakes the loop to write replies. Everything one connection can make the
-//!   server hold or do is bounded.
+//!   server hold or do is bounded. Its files: `server/config.rs` (settings),
+//!   `server/connection.rs` (the handle other threads hold),
+//!   `server/event_loop.rs` with `event_loop/` (the loop; `conn.rs`, one
+//!   connection's state; `dispatch.rs`, each frame; `limits.rs`, the timed
+//!   limits), `server/pool.rs` with `pool/worker.rs` (the queue and the
+//!   workers), `server/proxy_header.rs`.
 //! - [`client`]: a [`client::Channel`] multiplexes calls from many threads over
 //!   its connections; a few event-loop threads shared by the whole process
 //!   (one by default) drive every connection and complete the calls, be they
 //!   blocking, with a callback or a [`client::ReplyFuture`]: no thread per
-//!   connection.
+//!   connection. Its files: `client/config.rs`, `client/slots.rs` (a channel's
+//!   connections and their backoff), `client/transport.rs`,
+//!   `client/connection.rs` with `client/pending.rs` (one connection and the
+//!   calls it waits on), `client/event_loop.rs`, `client/reply.rs`.
 //! - [`registry`]: where instances of a service announce themselves
 //!   (ZooKeeper or in-process), and [`balance`] spreads calls over them.
 //! - [`auth`]: who may call a listener, proved in the connection's handshake

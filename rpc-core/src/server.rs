@@ -25,157 +25,30 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
-use crate::frame;
 use crate::{Error, Status};
 
+mod config;
+mod connection;
 mod event_loop;
 mod pool;
 mod proxy_header;
 
 use event_loop::{Command, LoopShared};
+
+pub use config::Config;
+pub(crate) use connection::{answer_len, ConnShared};
+pub use connection::{Connection, ConnectionId};
 pub use pool::current_deadline;
 
 /// After the loops stop, how long shutdown waits for the workers to finish the jobs left
 /// (disconnect hooks; handlers that outran the grace) before leaving them to it.
 const WORKER_EXIT_WAIT: Duration = Duration::from_secs(2);
-
-/// Settings of a server. Start from `Config::default()` and change what you need.
-///
-/// Later versions may add fields, each with a default, so build one as
-/// `Config { workers: 8, ..Config::default() }`: a struct literal naming every
-/// field stops compiling when one is added.
-///
-/// The limits bound what one peer can make the server hold or do, so that no
-/// connection can hurt another (`docs/PROTOCOL.md`, "Limits and errors"):
-///
-/// | field | default |
-/// |---|---|
-/// | `workers` | one per core, at least 4 |
-/// | `max_running_per_connection` | `None`: all but a quarter of `workers` |
-/// | `heavy_workers` | one per core |
-/// | `max_heavy_queued` | 256 |
-/// | `event_loops` | 1 |
-/// | `max_frame_size` | 16 MiB |
-/// | `max_in_flight_per_connection` | 1024 |
-/// | `connection_budget` | 1 MiB |
-/// | `connection_hard_limit` | 8 MiB |
-/// | `stalled_reader_timeout` | 10 s |
-/// | `server_budget` | 512 MiB |
-/// | `frame_timeout` | 30 s |
-/// | `idle_timeout` | 90 s |
-/// | `shutdown_grace` | 10 s |
-/// | `proxy_protocol_from` | none |
-/// | `authenticator` | `None`: every peer may call |
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Threads that run handlers.
-    pub workers: usize,
-    /// Calls of one connection that may run on `workers` at once; its other
-    /// calls wait in its own queue, and the workers serve the connections with
-    /// calls waiting in turn. `None` means all but a quarter of `workers`
-    /// (rounded down), so that with four workers or more a connection with a
-    /// burst of slow calls always leaves workers for the others.
-    pub max_running_per_connection: Option<usize>,
-    /// Threads that run the methods a service declares heavy
-    /// ([`Service::is_heavy`]), such as password hashing, apart from `workers`.
-    pub heavy_workers: usize,
-    /// Heavy calls that may wait for `heavy_workers`, over all connections, and
-    /// an eighth of that (at least one) from one connection. More are refused
-    /// at once with `ResourceExhausted`, marked not run.
-    pub max_heavy_queued: usize,
-    /// Event-loop threads that own the sockets. One is plenty for most loads;
-    /// more help only with many cores.
-    pub event_loops: usize,
-    /// Largest frame accepted, in bytes after the length prefix. A larger
-    /// request is answered with `ResourceExhausted` and skipped.
-    pub max_frame_size: usize,
-    /// Calls one connection may have waiting or running at once; more are
-    /// answered with `ResourceExhausted` right away, marked not run.
-    pub max_in_flight_per_connection: usize,
-    /// Bytes the server may hold for one connection: requests read and not yet
-    /// answered, replies and pushes not yet written. Past it the server reads no
-    /// more of that connection's requests, runs none of its waiting calls (they
-    /// wait, flow control, until its answers drain under half the budget), and
-    /// refuses pushes to it with [`Error::Backpressure`].
-    pub connection_budget: usize,
-    /// Unwritten replies and pushes past which a connection whose output has not
-    /// drained at all for a second is closed, with a go-away naming the limit. A
-    /// peer that reads is never closed for it, however large its answers.
-    pub connection_hard_limit: usize,
-    /// A connection held back by its budget whose peer reads nothing for this long
-    /// is closed with a go-away. `Duration::ZERO` turns this off.
-    pub stalled_reader_timeout: Duration,
-    /// Bytes the server may hold for all connections together. Past it, a
-    /// connection holding more than its fair share (`server_budget` divided by
-    /// the connections open) reads nothing more, and one holding more than both
-    /// its share and its own budget is closed with a go-away at the next check
-    /// (once a second).
-    pub server_budget: usize,
-    /// A frame must arrive whole within this time of its first byte; a peer
-    /// that trickles it slower is closed with a go-away.
-    pub frame_timeout: Duration,
-    /// A connection that sends nothing (not even a ping) for this long is
-    /// closed. `Duration::ZERO` keeps idle connections forever.
-    pub idle_timeout: Duration,
-    /// How long a graceful shutdown waits for in-flight calls.
-    pub shutdown_grace: Duration,
-    /// Peers (load balancers such as nginx with `proxy_protocol on;`) whose connections
-    /// may start with a PROXY protocol v1 header naming the client's address, which
-    /// [`Connection::client_addr`] then returns. A connection from one of them that
-    /// starts with `P` and not a well-formed header (at most 107 bytes) is closed with
-    /// a go-away naming the fault; one that starts with a frame is its own client, and
-    /// so is every connection from other peers, whose headers are not read. Empty (the
-    /// default): no header is read from anyone. Any process that can connect from a
-    /// listed address can name any client (with a loopback address, every local
-    /// process), and addresses match exactly (`::ffff:127.0.0.1` is not `127.0.0.1`).
-    pub proxy_protocol_from: Vec<std::net::IpAddr>,
-    /// Who may call: with one, a connection's calls are answered
-    /// `Unauthenticated` (not run) until the peer has passed its handshake
-    /// ([`crate::auth`]), and a peer that has not passed within its timeout is
-    /// closed. `None` admits every peer, with no handshake.
-    pub authenticator: Option<crate::auth::Authenticator>,
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Config {
-            // At least four: handlers may block, and with fewer no worker could be
-            // kept from a connection bursting slow calls.
-            workers: cores.max(4),
-            max_running_per_connection: None,
-            heavy_workers: cores,
-            max_heavy_queued: 256,
-            event_loops: 1,
-            max_frame_size: frame::DEFAULT_MAX_FRAME,
-            max_in_flight_per_connection: 1024,
-            connection_budget: 1024 * 1024,
-            connection_hard_limit: 8 * 1024 * 1024,
-            stalled_reader_timeout: Duration::from_secs(10),
-            server_budget: 512 * 1024 * 1024,
-            frame_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(90),
-            shutdown_grace: Duration::from_secs(10),
-            proxy_protocol_from: Vec::new(),
-            authenticator: None,
-        }
-    }
-}
-
-impl Config {
-    /// `max_running_per_connection`, with `None` resolved.
-    pub fn running_per_connection(&self) -> usize {
-        let workers = self.workers.max(1);
-        self.max_running_per_connection.unwrap_or(workers - workers / 4).clamp(1, workers)
-    }
-}
 
 /// A set of methods served under one name, such as `chatroom.Gateway`.
 ///
@@ -208,17 +81,6 @@ pub trait Service: Send + Sync + 'static {
         false
     }
 }
-
-/// Identifies a connection for the life of the server; ids are never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnectionId(pub u64);
-
-impl std::fmt::Display for ConnectionId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "conn-{}", self.0)
-    }
-}
-
 /// What a handler knows about the call it is running.
 pub struct Context {
     /// The connection the request came in on.
@@ -254,149 +116,6 @@ impl Context {
     /// Time left before the deadline; `None` when the caller set none.
     pub fn remaining(&self) -> Option<Duration> {
         self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
-    }
-}
-
-/// What a connection's loop and every [`Connection`] handle share. One
-/// allocation, so handing a handle to a call costs one reference count.
-pub(crate) struct ConnShared {
-    /// Unique id of the connection.
-    pub(crate) id: ConnectionId,
-    /// The client's address.
-    pub(crate) peer: SocketAddr,
-    /// The address a trusted load balancer's PROXY header named, once read.
-    pub(crate) client: std::sync::OnceLock<SocketAddr>,
-    /// The loop that owns the socket.
-    pub(crate) owner: Arc<LoopShared>,
-    /// False once the loop has closed the socket.
-    pub(crate) open: AtomicBool,
-    /// Bytes waiting in the connection's write buffer, as of the loop's last write.
-    pub(crate) unwritten: AtomicUsize,
-    /// Bytes of answers made by workers and not yet taken by the loop: a worker
-    /// that finds them, with `unwritten`, past the hard limit runs no more calls
-    /// of the connection, which the loop is about to evict.
-    pub(crate) in_transit: AtomicUsize,
-    /// Set by a worker that held this connection's calls back (its answers wait past
-    /// the budget); the loop clears it and lets them run once they drained.
-    pub(crate) held_back: AtomicBool,
-}
-
-/// A handle to one client connection, usable from any thread.
-///
-/// The chat proxy keeps one per logged-in user and pushes messages through it.
-#[derive(Clone)]
-pub struct Connection {
-    /// Id, peer, owning loop and state.
-    inner: Arc<ConnShared>,
-}
-
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("id", &self.inner.id).field("peer", &self.inner.peer).finish()
-    }
-}
-
-impl Connection {
-    pub(crate) fn new(shared: ConnShared) -> Connection {
-        Connection { inner: Arc::new(shared) }
-    }
-
-    pub(crate) fn shared(&self) -> &ConnShared {
-        &self.inner
-    }
-
-    /// The connection's unique id.
-    pub fn id(&self) -> ConnectionId {
-        self.inner.id
-    }
-
-    /// The address the connection comes from (a load balancer's, when one is in front).
-    pub fn peer_addr(&self) -> SocketAddr {
-        self.inner.peer
-    }
-
-    /// The client's address: the one a trusted load balancer named in its PROXY header
-    /// (`Config::proxy_protocol_from`), else [`Connection::peer_addr`].
-    pub fn client_addr(&self) -> SocketAddr {
-        self.inner.client.get().copied().unwrap_or(self.inner.peer)
-    }
-
-    /// Whether the connection is still open (false once closed, or evicted for
-    /// breaking a limit).
-    pub fn is_open(&self) -> bool {
-        self.inner.open.load(Ordering::Acquire)
-    }
-
-    /// Hands a finished call, which held `cost` bytes of the connection's budget,
-    /// back to the loop.
-    pub(crate) fn reply(&self, call_id: u64, result: Result<Bytes, Status>, cost: usize) {
-        self.inner.in_transit.fetch_add(answer_len(&result), Ordering::Relaxed);
-        self.inner.owner.send(Command::Reply { id: self.inner.id, call_id, result, cost });
-    }
-
-    /// Whether the answers waiting for this connection, written or on their way to the
-    /// loop, are past its budget, so that its next call should wait. Sets the flag the
-    /// loop clears (and lets the calls run again) once they drained; checked
-    /// again after the flag is set, so that a drain in between is not missed.
-    pub(crate) fn hold_back(&self) -> bool {
-        let inner = &self.inner;
-        let over = || {
-            let waiting = inner.unwritten.load(Ordering::SeqCst) + inner.in_transit.load(Ordering::SeqCst);
-            waiting > inner.owner.connection_budget
-        };
-        if !over() {
-            return false;
-        }
-        inner.held_back.store(true, Ordering::SeqCst);
-        if over() {
-            return true;
-        }
-        // Drained meanwhile: whoever clears the flag now finds nothing to unblock.
-        inner.held_back.store(false, Ordering::SeqCst);
-        false
-    }
-
-    /// Sends a one-way frame naming `service.method` to the client.
-    ///
-    /// Returns once the frame is queued for the loop; it is written in order
-    /// with the connection's other frames.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Closed`] if the connection has closed; [`Error::Backpressure`]
-    /// if more than `connection_budget` bytes already wait for the client;
-    /// [`Error::InvalidName`] for a name over 255 bytes.
-    pub fn push(&self, service: &str, method: &str, body: &[u8]) -> Result<(), Error> {
-        frame::check_name(service)?;
-        frame::check_name(method)?;
-        let inner = &self.inner;
-        if !self.is_open() {
-            return Err(Error::Closed(format!("{} ({}) is closed", inner.id, inner.peer)));
-        }
-        let mut buf = BytesMut::new();
-        frame::put_push(&mut buf, service, method, body);
-        // Counted now, not when the loop writes it: pushes queued faster than the loop
-        // drains them are refused too. The loop stores the true figure after each write.
-        let queued = inner.unwritten.fetch_add(buf.len(), Ordering::Relaxed);
-        if queued > inner.owner.connection_budget {
-            inner.unwritten.fetch_sub(buf.len(), Ordering::Relaxed);
-            return Err(Error::Backpressure(format!("{} has {queued} bytes unread by the client", inner.id)));
-        }
-        inner.owner.send(Command::Push { id: inner.id, frame: buf.freeze() });
-        Ok(())
-    }
-
-    /// Closes the connection after what is already queued to it is written.
-    pub fn close(&self) {
-        self.inner.owner.send(Command::Close { id: self.inner.id });
-    }
-}
-
-/// The bytes an answer holds on its way to the loop.
-pub(crate) fn answer_len(result: &Result<Bytes, Status>) -> usize {
-    match result {
-        Ok(body) => body.len(),
-        Err(status) => status.message.len(),
     }
 }
 
@@ -588,7 +307,7 @@ impl Stopper {
 
 #[doc(hidden)]
 pub mod tests_support {
-    //! A tiny untyped service for doc examples.
+    //! A tiny untyped service for doc examples and tests.
     use super::*;
 
     /// Answers every method with the request body.

@@ -4,24 +4,16 @@
 //! A test binary of its own: it counts the process's threads in
 //! `/proc/self/task`, which other tests running beside it would disturb.
 
-use bytes::Bytes;
 use rpc_core::client::{Channel, Config as ClientConfig};
-use rpc_core::server::{Builder, Config, Context, Service};
-use rpc_core::Status;
+use rpc_core::server::{Builder, Config};
+
+#[allow(dead_code)]
+#[path = "it/support.rs"]
+mod support;
+
+use support::Echo;
 
 const CONNECTIONS: usize = 1_000;
-
-struct Echo;
-
-impl Service for Echo {
-    fn name(&self) -> &str {
-        "test.Echo"
-    }
-
-    fn call(&self, _ctx: &Context, _method: &str, body: Bytes) -> Result<Bytes, Status> {
-        Ok(body)
-    }
-}
 
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()

@@ -1,17 +1,19 @@
-//! One client connection: a queue callers write through, and the pending calls
-//! that the connection's event loop ([`super::event_loop`]) completes.
+//! One client connection: a queue callers write through, and the table of
+//! pending calls (`super::pending`) that the connection's event loop
+//! ([`super::event_loop`]) completes.
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::event_loop::{self, Loop};
-use super::{Callback, Config};
+use super::pending::Pending;
+use super::Config;
 use crate::fast_hash::FastMap;
 use crate::frame::{self, FrameError, Kind, DRAINED_REASON};
 use crate::Error;
@@ -58,67 +60,8 @@ pub(super) fn end_batch() -> Vec<Arc<Conn>> {
     DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default()
 }
 
-/// The service and method of a call, kept to name it in a timeout error.
-pub(crate) struct CallName {
-    pub(crate) service: Box<str>,
-    pub(crate) method: Box<str>,
-}
-
-/// A blocking caller's parking place for its result.
-#[derive(Default)]
-pub(crate) struct Waiter {
-    result: Mutex<Option<Result<Bytes, Error>>>,
-    ready: Condvar,
-}
-
-impl Waiter {
-    pub(crate) fn reset(&self) {
-        *lock(&self.result) = None;
-    }
-
-    fn complete(&self, result: Result<Bytes, Error>) {
-        *lock(&self.result) = Some(result);
-        self.ready.notify_one();
-    }
-
-    /// Waits for the result until `deadline`; `None` if it passed first.
-    pub(crate) fn wait(&self, deadline: Option<Instant>) -> Option<Result<Bytes, Error>> {
-        let mut slot = lock(&self.result);
-        loop {
-            if let Some(r) = slot.take() {
-                return Some(r);
-            }
-            match deadline {
-                None => slot = self.ready.wait(slot).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return None;
-                    }
-                    slot = self.ready.wait_timeout(slot, left).unwrap_or_else(|p| p.into_inner()).0;
-                }
-            }
-        }
-    }
-}
-
-/// A call waiting for its response.
-pub(crate) enum Pending {
-    /// A blocked thread.
-    Waiter(Arc<Waiter>),
-    /// A callback, with what the reader needs to time it out.
-    Callback { callback: Callback, deadline: Option<Instant>, started: Instant, name: Arc<CallName> },
-}
-
-impl Pending {
-    fn complete(self, result: Result<Bytes, Error>) {
-        match self {
-            Pending::Waiter(w) => w.complete(result),
-            Pending::Callback { callback, .. } => guarded("a call's callback", || callback(result)),
-        }
-    }
-}
-
+/// One connection to a server, shared by its channel's slot, the callers writing
+/// through it and the event loop reading it.
 pub(crate) struct Conn {
     /// The server.
     addr: SocketAddr,
@@ -164,7 +107,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Runs the application's code (a call's callback, the push or disconnect handler) on
 /// the event loop: a panic in it is logged, and the connection and its other calls
 /// carry on.
-fn guarded(what: &str, code: impl FnOnce()) {
+pub(super) fn guarded(what: &str, code: impl FnOnce()) {
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(code)).is_err() {
         tracing::error!("{what} panicked; the connection carries on");
     }

@@ -14,7 +14,7 @@ use rpc_core::frame::{self, Frame, Kind};
 use rpc_core::server::{Builder, Config, Handle};
 use rpc_core::{Code, Error, Outcome};
 
-use crate::support::{init_logging, wait_until, Named};
+use crate::support::{init_logging, read_frame, wait_until, Named};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -242,14 +242,6 @@ impl Raw {
     }
 
     fn read(&mut self) -> Frame {
-        loop {
-            if let Some(f) = frame::decode(&mut self.buf, frame::DEFAULT_MAX_FRAME).unwrap() {
-                return f;
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self.stream.read(&mut chunk).unwrap();
-            assert!(n > 0, "the server closed the connection");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
+        read_frame(&mut self.stream, &mut self.buf).expect("a frame before the server closed the connection")
     }
 }

@@ -2,43 +2,19 @@
 //! calls, application code misbehaving on the client's event-loop thread, and pings to
 //! a server that cannot answer them.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use rpc_core::client::{Channel, Config as ClientConfig};
-use rpc_core::frame::{self, Frame, Kind};
-use rpc_core::server::{Builder, Config, Context, Service};
-use rpc_core::{Code, Error, Status};
+use rpc_core::frame::{self, Kind};
+use rpc_core::server::{Builder, Config};
+use rpc_core::{Code, Error};
+
+use crate::support::{read_frame, Echo};
 
 const PATIENCE: Duration = Duration::from_secs(10);
-
-struct Echo;
-
-impl Service for Echo {
-    fn name(&self) -> &str {
-        "test.Echo"
-    }
-
-    fn call(&self, _ctx: &Context, _method: &str, body: Bytes) -> Result<Bytes, Status> {
-        Ok(body)
-    }
-}
-
-/// Reads from `stream` until a whole frame is in `buf`; `None` at the end of the stream.
-fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Frame> {
-    loop {
-        if let Some(f) = frame::decode(buf, frame::DEFAULT_MAX_FRAME).unwrap() {
-            return Some(f);
-        }
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
 
 /// A server that reads one request, then says `goaways` and closes the connection
 /// without answering it; returns the error the caller got.

@@ -1,10 +1,10 @@
 //! No peer can hurt another: fair workers, the heavy lane, frames a client may not
 //! send, eviction of peers that break a limit, and honest outcomes.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -13,30 +13,9 @@ use rpc_core::frame::{self, Kind};
 use rpc_core::server::{Builder, Config, Context, Handle, Service};
 use rpc_core::{Code, Error, Outcome, Status};
 
-use crate::support::wait_until;
+use crate::support::{read_until_closed, wait_until, Gate};
 
 const PATIENCE: Duration = Duration::from_secs(20);
-
-/// A gate handlers wait at until the test opens it.
-#[derive(Default)]
-struct Gate {
-    open: Mutex<bool>,
-    changed: Condvar,
-}
-
-impl Gate {
-    fn wait(&self) {
-        let mut open = self.open.lock().unwrap();
-        while !*open {
-            open = self.changed.wait(open).unwrap();
-        }
-    }
-
-    fn open(&self) {
-        *self.open.lock().unwrap() = true;
-        self.changed.notify_all();
-    }
-}
 
 /// `Echo` answers its body; `Sleep` sleeps `body[0]` ms; `Hash` (heavy) sleeps
 /// `body[0]` ms; `Big` answers `body` (a u32) bytes; `Block` waits at the gate;
@@ -50,7 +29,7 @@ struct Probe {
 
 impl Probe {
     fn new() -> Arc<Probe> {
-        Arc::new(Probe { started: AtomicUsize::new(0), gate: Gate::default(), downstream: Mutex::new(None) })
+        Arc::new(Probe { started: AtomicUsize::new(0), gate: Gate::closed(), downstream: Mutex::new(None) })
     }
 
     fn started(&self) -> usize {
@@ -105,27 +84,6 @@ fn request(id: u64, timeout_ms: u32, method: &str, body: &[u8]) -> BytesMut {
     let mut buf = BytesMut::new();
     frame::put_request(&mut buf, id, timeout_ms, "test.Probe", method, body);
     buf
-}
-
-/// Reads frames from `stream` until it closes (or `PATIENCE` runs out); returns them.
-fn read_until_closed(stream: &mut TcpStream) -> Vec<frame::Frame> {
-    stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let mut buf = BytesMut::new();
-    let mut frames = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
-            Err(_) => break,
-        }
-        while let Some(f) = frame::decode(&mut buf, usize::MAX).unwrap() {
-            frames.push(f);
-        }
-    }
-    frames
 }
 
 fn goaway(frames: &[frame::Frame]) -> Option<String> {
@@ -194,7 +152,7 @@ fn heavy_calls_wait_in_their_own_bounded_lane() {
 
     // Past the lane's bound, heavy calls are refused at once, marked not run.
     attacker.shutdown(std::net::Shutdown::Write).unwrap();
-    let frames = read_until_closed(&mut attacker);
+    let frames = read_until_closed(&mut attacker, PATIENCE);
     let answers: Vec<_> = frames.iter().filter(|f| f.kind == Kind::Response).collect();
     assert_eq!(answers.len(), 100, "every call is answered");
     let refused: Vec<_> = answers.iter().filter(|f| f.code == Code::ResourceExhausted).collect();
@@ -232,7 +190,7 @@ fn a_client_push_is_a_protocol_violation_and_never_runs() {
     let mut buf = BytesMut::new();
     frame::put_push(&mut buf, "test.Probe", "Echo", b"hi");
     client.write_all(&buf).unwrap();
-    let frames = read_until_closed(&mut client);
+    let frames = read_until_closed(&mut client, PATIENCE);
     let reason = goaway(&frames).expect("a go-away");
     assert_eq!(reason, "protocol violation: clients may not send push frames");
     assert_eq!(probe.started(), 0, "the pushed call ran");
@@ -264,7 +222,7 @@ fn a_call_dropped_from_the_queue_past_its_deadline_is_not_run() {
     std::thread::sleep(Duration::from_millis(300));
     probe.gate.open();
     client.shutdown(std::net::Shutdown::Write).unwrap();
-    let frames = read_until_closed(&mut client);
+    let frames = read_until_closed(&mut client, PATIENCE);
     let late = frames.iter().find(|f| f.kind == Kind::Response && f.call_id == 2).expect("an answer");
     assert_eq!(late.code, Code::DeadlineExceeded);
     assert_eq!(late.flags & frame::FLAG_NOT_RUN, frame::FLAG_NOT_RUN, "marked not run");
@@ -284,7 +242,7 @@ fn a_handlers_deadline_caps_the_calls_it_makes() {
     let t = Instant::now();
     client.write_all(&request(1, 300, "Down", b"")).unwrap();
     client.shutdown(std::net::Shutdown::Write).unwrap();
-    let frames = read_until_closed(&mut client);
+    let frames = read_until_closed(&mut client, PATIENCE);
     let answer = frames.iter().find(|f| f.kind == Kind::Response).expect("an answer");
     assert!(t.elapsed() < Duration::from_secs(10), "the deadline did not travel: {:?}", t.elapsed());
     assert_eq!(answer.code, Code::DeadlineExceeded);
@@ -311,7 +269,7 @@ fn a_peer_that_trickles_a_frame_is_evicted() {
             }
         })
     };
-    let frames = read_until_closed(&mut dripper);
+    let frames = read_until_closed(&mut dripper, PATIENCE);
     assert_eq!(goaway(&frames).as_deref(), Some("a frame took more than 1 s to arrive"));
     writer.join().unwrap();
     assert_eq!(&victim.call_raw("test.Probe", "Echo", b"ok", None).unwrap()[..], b"ok");
@@ -340,7 +298,7 @@ fn a_peer_over_its_budget_that_reads_nothing_is_evicted_after_the_stall_timeout(
     // Evicted at the first once-a-second check after a second without progress; the
     // rest is slack for a loaded machine, where the loop may take its answers late.
     std::thread::sleep(Duration::from_secs(5));
-    let frames = read_until_closed(&mut greedy);
+    let frames = read_until_closed(&mut greedy, PATIENCE);
     let reason = goaway(&frames).expect("a go-away");
     assert!(reason.starts_with("the peer read nothing for 1 s"), "{reason}");
     assert!(frames.iter().filter(|f| f.kind == Kind::Response).count() < 100, "nothing was dropped");
@@ -374,7 +332,8 @@ fn connections_over_their_share_of_an_exhausted_server_budget_are_evicted() {
     // The server checks its budget once a second; reading earlier would let a greedy
     // peer drain and stay. The rest is slack for a loaded machine.
     std::thread::sleep(Duration::from_secs(4));
-    let reasons: Vec<Option<String>> = greedy.iter_mut().map(|g| goaway(&read_until_closed(g))).collect();
+    let reasons: Vec<Option<String>> =
+        greedy.iter_mut().map(|g| goaway(&read_until_closed(g, PATIENCE))).collect();
     let evicted = reasons
         .iter()
         .flatten()

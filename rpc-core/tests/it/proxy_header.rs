@@ -3,7 +3,7 @@
 //! header ends the connection with a go-away naming the fault. The parser's own cases are
 //! unit tests in `server/proxy_header.rs`.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -11,6 +11,8 @@ use bytes::{Bytes, BytesMut};
 use rpc_core::frame;
 use rpc_core::server::{Builder, Config, Context, Service};
 use rpc_core::Status;
+
+use crate::support::read_frame;
 
 /// Answers every call with the client's address, as text.
 struct WhoAmI;
@@ -31,16 +33,7 @@ fn raw_call(addr: SocketAddr, preface: &[u8]) -> frame::Frame {
     let mut out = BytesMut::from(preface);
     frame::put_request(&mut out, 1, 0, "test.WhoAmI", "Me", b"");
     socket.write_all(&out).unwrap();
-    let mut input = BytesMut::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(f) = frame::decode(&mut input, 1 << 20).unwrap() {
-            return f;
-        }
-        let n = socket.read(&mut chunk).unwrap();
-        assert!(n > 0, "the server closed without answering");
-        input.extend_from_slice(&chunk[..n]);
-    }
+    read_frame(&mut socket, &mut BytesMut::new()).expect("an answer before the server closed")
 }
 
 #[test]

@@ -2,7 +2,6 @@
 //! ephemeral cleanup, watches, session expiry, restarts and a connection that
 //! freezes without closing.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +11,7 @@ use rpc_core::registry::{self, Discovery, Instance, Registry};
 use rpc_core::Error;
 
 use crate::support::{
-    ids, registry, registry_with_session, shared_zk, unique_root, wait_until, Cleanup, PrivateZk, Raw,
+    ids, registry, registry_with_session, relay, shared_zk, unique_root, wait_until, Cleanup, PrivateZk, Raw,
     SESSION,
 };
 
@@ -235,28 +234,10 @@ impl Freezer {
                 let frozen = Arc::new(AtomicBool::new(false));
                 list.lock().unwrap().push(frozen.clone());
                 let pairs = [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)];
-                for (mut from, mut to) in pairs {
+                for (from, to) in pairs {
+                    // Frozen: the bytes are held, and the sockets stay open.
                     let frozen = frozen.clone();
-                    std::thread::spawn(move || {
-                        let mut buf = [0u8; 8192];
-                        loop {
-                            let n = match from.read(&mut buf) {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => n,
-                            };
-                            // Frozen: the bytes are held, and the sockets stay open.
-                            while frozen.load(Ordering::SeqCst) {
-                                std::thread::sleep(Duration::from_millis(50));
-                            }
-                            if to.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                        while frozen.load(Ordering::SeqCst) {
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
+                    std::thread::spawn(move || relay(from, to, &frozen));
                 }
             }
         });

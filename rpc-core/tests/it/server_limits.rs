@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -12,37 +12,9 @@ use rpc_core::frame::{self, Kind};
 use rpc_core::server::{Builder, Config, Connection, Context, Service};
 use rpc_core::{Code, Error, Status};
 
-use crate::support::wait_until;
+use crate::support::{wait_until, Gate};
 
 const PATIENCE: Duration = Duration::from_secs(10);
-
-/// A gate handlers wait at until the test opens it.
-#[derive(Default)]
-struct Gate {
-    /// (open, handlers waiting)
-    state: Mutex<(bool, usize)>,
-    changed: Condvar,
-}
-
-impl Gate {
-    fn wait(&self) {
-        let mut st = self.state.lock().unwrap();
-        st.1 += 1;
-        self.changed.notify_all();
-        while !st.0 {
-            st = self.changed.wait(st).unwrap();
-        }
-    }
-
-    fn waiting(&self) -> usize {
-        self.state.lock().unwrap().1
-    }
-
-    fn open(&self) {
-        self.state.lock().unwrap().0 = true;
-        self.changed.notify_all();
-    }
-}
 
 /// `Block` waits at the gate; `Grab` hands out the caller's connection; anything else
 /// echoes, `Inline` on the event loop (and `InlinePanics` panics in `runs_inline`).
@@ -74,7 +46,7 @@ impl Service for Gated {
 }
 
 fn serve(config: Config) -> (rpc_core::server::Handle, Arc<Gate>, crossbeam_channel::Receiver<Connection>) {
-    let gate = Arc::new(Gate::default());
+    let gate = Arc::new(Gate::closed());
     let (tx, rx) = crossbeam_channel::unbounded();
     let server =
         Builder::new(config).service(Gated { gate: gate.clone(), conns: tx }).bind("127.0.0.1:0").unwrap();
@@ -91,7 +63,7 @@ fn calls_over_the_in_flight_limit_are_resource_exhausted_at_once() {
         let tx = tx.clone();
         ch.call_raw_with("test.Gated", "Block", b"b", None, Box::new(move |r| tx.send(r).unwrap()));
     }
-    wait_until(PATIENCE, "two calls running", || gate.waiting() == 2);
+    wait_until(PATIENCE, "two calls running", || gate.arrived() == 2);
     let err = ch.call_raw("test.Gated", "Echo", b"x", None).unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     gate.open();
@@ -200,7 +172,7 @@ fn a_channel_reconnects_after_the_server_comes_back() {
     let err = ch.call_raw("test.Gated", "Echo", b"2", Some(Duration::from_millis(100))).unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err}");
 
-    let gate = Arc::new(Gate::default());
+    let gate = Arc::new(Gate::closed());
     let (tx, _rx) = crossbeam_channel::unbounded();
     let _again = Builder::new(Config::default()).service(Gated { gate, conns: tx }).bind(addr).unwrap();
     // Within its deadline the call waits out the backoff and connects again.
@@ -240,7 +212,7 @@ fn a_peer_that_shuts_down_its_sending_side_still_gets_every_answer() {
     frame::put_request(&mut calls, 2, 0, "test.Gated", "Echo", b"quick");
     // The server reads the end of the stream while the first call still runs.
     let (answers, partial) = half_close_and_read(&server, &calls, || {
-        wait_until(PATIENCE, "the slow call running", || gate.waiting() == 1);
+        wait_until(PATIENCE, "the slow call running", || gate.arrived() == 1);
         gate.open();
     });
     assert_eq!(answers, [(1, Bytes::from_static(b"slow")), (2, Bytes::from_static(b"quick"))]);
@@ -293,7 +265,7 @@ fn shutdown_does_not_wait_for_a_handler_that_outlives_the_grace() {
     let ch = Channel::connect(server.local_addr(), ClientConfig::default()).unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
     ch.call_raw_with("test.Gated", "Block", b"b", None, Box::new(move |r| tx.send(r).unwrap()));
-    wait_until(PATIENCE, "the call running", || gate.waiting() == 1);
+    wait_until(PATIENCE, "the call running", || gate.arrived() == 1);
     let (done, stopped) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
         server.shutdown();

@@ -1,9 +1,10 @@
-//! Helpers shared by the integration tests: ZooKeeper (shared and private),
-//! isolated registry roots, tiny servers (one whose handler can be held at a
-//! gate), a forwarder that can be paused like a stopped process, and waiting
-//! with deadlines.
+//! Helpers shared by rpc-core's tests: ZooKeeper (shared and private), isolated
+//! registry roots, tiny servers (one whose handler can be held at a gate), a
+//! forwarder that can be paused like a stopped process, reading frames off a raw
+//! socket, and waiting with deadlines. The test binaries of their own
+//! (`client_threads.rs`, `memory.rs`) include this file too.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::Command;
@@ -12,11 +13,15 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rpc_core::balance::Balanced;
+use rpc_core::frame::{self, Frame};
 use rpc_core::registry::{self, Instance, Registration, Registry};
 use rpc_core::server::{self, Context, Service};
 use rpc_core::{Error, Status};
+
+/// Answers every method with the request body, as `test.Echo`.
+pub use rpc_core::server::tests_support::Echo;
 
 /// Session timeout used by the tests: short, so expiry tests stay fast.
 pub const SESSION: Duration = Duration::from_secs(2);
@@ -118,6 +123,42 @@ pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> 
     }
 }
 
+/// Reads from `stream` until a whole frame is in `buf`; `None` at the end of the
+/// stream or on an error (a read timeout included).
+pub fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Frame> {
+    loop {
+        if let Some(f) = frame::decode(buf, usize::MAX).unwrap() {
+            return Some(f);
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Reads frames from `stream` until it closes (or `patience` runs out); returns them.
+pub fn read_until_closed(stream: &mut TcpStream, patience: Duration) -> Vec<Frame> {
+    stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            Err(_) => break,
+        }
+        while let Some(f) = frame::decode(&mut buf, usize::MAX).unwrap() {
+            frames.push(f);
+        }
+    }
+    frames
+}
+
 /// The ids of a set of instances.
 pub fn ids(instances: &[Instance]) -> Vec<String> {
     instances.iter().map(|i| i.id.clone()).collect()
@@ -141,29 +182,48 @@ impl Service for Named {
     }
 }
 
-/// Holds calls while closed; open at first. A closed gate lets no call wait
-/// longer than 30 s, so a failed test cannot hang a server's shutdown.
+/// Holds calls while closed; open at first ([`Gate::closed`] starts closed). A
+/// closed gate lets no call wait longer than 30 s, so a failed test cannot hang a
+/// server's shutdown.
 #[derive(Default)]
 pub struct Gate {
-    /// Whether calls wait.
-    closed: Mutex<bool>,
-    /// Told when it opens.
+    /// Whether calls wait, and how many have arrived so far.
+    state: Mutex<GateState>,
+    /// Told when it opens, and when a call arrives.
     changed: Condvar,
 }
 
+#[derive(Default)]
+struct GateState {
+    closed: bool,
+    arrived: usize,
+}
+
 impl Gate {
+    pub fn closed() -> Gate {
+        Gate { state: Mutex::new(GateState { closed: true, arrived: 0 }), changed: Condvar::new() }
+    }
+
     pub fn close(&self) {
-        *self.closed.lock().unwrap() = true;
+        self.state.lock().unwrap().closed = true;
     }
 
     pub fn open(&self) {
-        *self.closed.lock().unwrap() = false;
+        self.state.lock().unwrap().closed = false;
         self.changed.notify_all();
     }
 
-    fn pass(&self) {
-        let closed = self.closed.lock().unwrap();
-        let _ = self.changed.wait_timeout_while(closed, Duration::from_secs(30), |closed| *closed).unwrap();
+    /// Calls that have reached the gate so far, passed or waiting.
+    pub fn arrived(&self) -> usize {
+        self.state.lock().unwrap().arrived
+    }
+
+    /// Returns once the gate is open (or after 30 s).
+    pub fn wait(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.arrived += 1;
+        self.changed.notify_all();
+        let _ = self.changed.wait_timeout_while(state, Duration::from_secs(30), |s| s.closed).unwrap();
     }
 }
 
@@ -185,7 +245,7 @@ impl Service for Gated {
     }
     fn call(&self, _ctx: &Context, _method: &str, _body: Bytes) -> Result<Bytes, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        self.gate.pass();
+        self.gate.wait();
         Ok(Bytes::from(self.name.clone().into_bytes()))
     }
 }
@@ -274,8 +334,8 @@ impl Drop for Pausable {
     }
 }
 
-/// Copies `from` to `to`, holding the bytes while `paused`.
-fn relay(mut from: TcpStream, mut to: TcpStream, paused: &AtomicBool) {
+/// Copies `from` to `to`, holding the bytes while `paused`; then shuts `to`.
+pub fn relay(mut from: TcpStream, mut to: TcpStream, paused: &AtomicBool) {
     let hold = || {
         while paused.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(5));
