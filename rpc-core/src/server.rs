@@ -182,7 +182,7 @@ impl Builder {
             event_loops: self.config.event_loops.max(1),
             ..self.config
         };
-        let listener = mio::net::TcpListener::bind(addr)?;
+        let listener = listen(addr, config.listen_backlog)?;
         let local_addr = listener.local_addr()?;
         let jobs = pool::queue(config.running_per_connection());
         let heavy_workers = config.heavy_workers.max(1);
@@ -213,6 +213,20 @@ impl Builder {
         tracing::info!(%local_addr, loops = config.event_loops, workers = config.workers, "rpc server listening");
         Ok(Handle { local_addr, loops: shared, loop_threads, workers, shut: false })
     }
+}
+
+/// A non-blocking listener on `addr` with room for `backlog` connections not yet
+/// accepted (mio's own `bind` allows 128).
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<mio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As mio and std do: a restarted server binds its port again at once.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    socket.set_nonblocking(true)?;
+    Ok(mio::net::TcpListener::from_std(socket.into()))
 }
 
 /// A running server. Dropping it shuts the server down gracefully.

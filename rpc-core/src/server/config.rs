@@ -20,6 +20,7 @@ use crate::frame;
 /// | `heavy_workers` | one per core |
 /// | `max_heavy_queued` | 256 |
 /// | `event_loops` | 1 |
+/// | `listen_backlog` | 4096 |
 /// | `max_frame_size` | 16 MiB |
 /// | `max_in_flight_per_connection` | 1024 |
 /// | `connection_budget` | 1 MiB |
@@ -51,6 +52,12 @@ pub struct Config {
     /// Event-loop threads that own the sockets. One is plenty for most loads;
     /// more help only with many cores.
     pub event_loops: usize,
+    /// Connections the kernel may hold for the listener before the event loop
+    /// accepts them (capped by the system's `net.core.somaxconn`). Past it the
+    /// kernel drops new connection attempts, and each waits a second or more to
+    /// send its SYN again: when thousands of clients come back at once after a
+    /// crash, a short backlog turns into seconds of waiting for all of them.
+    pub listen_backlog: u32,
     /// Largest frame accepted, in bytes after the length prefix. A larger
     /// request is answered with `ResourceExhausted` and skipped.
     pub max_frame_size: usize,
@@ -112,6 +119,7 @@ impl Default for Config {
             heavy_workers: cores,
             max_heavy_queued: 256,
             event_loops: 1,
+            listen_backlog: 4096,
             max_frame_size: frame::DEFAULT_MAX_FRAME,
             max_in_flight_per_connection: 1024,
             connection_budget: 1024 * 1024,
