@@ -4,11 +4,19 @@
 //! Register, VerifyLogin and ChangePassword compute argon2 hashes (19 MiB and tens of
 //! milliseconds each at full cost): they run on the user service's heavy lane, so that a
 //! burst of logins waits there, bounded, and never delays the cheap calls.
+//!
+//! The gateway's Register, Login and Resume open sessions (or an account): each waits on
+//! several calls to the services. On a proxy they run on a lane of their own
+//! (`proxy::serve` sizes it), so that thousands of clients coming back at once after a
+//! proxy crash queue there instead of taking every worker from the users already online.
 
 fn main() -> std::io::Result<()> {
     rpc_codegen::Builder::new()
         .heavy("chatroom.UserService/Register")
         .heavy("chatroom.UserService/VerifyLogin")
         .heavy("chatroom.UserService/ChangePassword")
+        .heavy("chatroom.Gateway/Register")
+        .heavy("chatroom.Gateway/Login")
+        .heavy("chatroom.Gateway/Resume")
         .compile(&["proto/chat.proto"], &["proto"])
 }

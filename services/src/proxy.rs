@@ -66,7 +66,9 @@ use crate::Presence;
 use self::announcements::{Announcement, Announcer, Settle};
 
 pub use self::renewal::Renewal;
-pub use self::running::{serve, Running};
+pub use self::running::{
+    gateway_config, serve, Running, GATEWAY_WORKER_FACTOR, MAX_OPENINGS_WAITING, SESSION_OPENERS,
+};
 pub use self::sessions::Sessions;
 
 /// The service name of the push frames a proxy sends its clients.

@@ -81,8 +81,42 @@ impl Running {
     }
 }
 
+/// How many times the process's workers a proxy's client listener runs. A gateway handler
+/// only waits on the service doing the work (a send waits for its commit, 20-50 ms while
+/// MariaDB is busy, and 500 sends a second then keep 15 handlers waiting), and a proxy
+/// holds thousands of clients: with as few workers as the services have, its sends queue
+/// behind each other whenever the database slows down.
+pub const GATEWAY_WORKER_FACTOR: usize = 4;
+
+/// Threads that open sessions on a proxy: the gateway's Register, Login and Resume run
+/// there (declared heavy in `build.rs`), not on the workers. Each waits on several calls
+/// to the services, so a few run at once: after a proxy crash, its thousands of clients
+/// resume on the other proxies at this pace while the users already there keep the
+/// workers.
+pub const SESSION_OPENERS: usize = 8;
+
+/// Session openings that may wait for [`SESSION_OPENERS`] on one proxy (an eighth of them
+/// from one connection): as many clients as a crashed proxy may have held, so that a
+/// reconnect storm queues rather than being refused and coming back. Past it a client is
+/// answered `ResourceExhausted`, not run. A waiting call holds only its request (a token
+/// or a name and password, under a kilobyte).
+pub const MAX_OPENINGS_WAITING: usize = 16_384;
+
+/// The client listener's settings, from the process's `base`: see
+/// [`GATEWAY_WORKER_FACTOR`], [`SESSION_OPENERS`] and [`MAX_OPENINGS_WAITING`].
+pub fn gateway_config(base: server::Config) -> server::Config {
+    server::Config {
+        workers: base.workers.saturating_mul(GATEWAY_WORKER_FACTOR),
+        heavy_workers: SESSION_OPENERS,
+        max_heavy_queued: MAX_OPENINGS_WAITING,
+        ..base
+    }
+}
+
 /// Starts a proxy: clients on `client_listen`, delivery on `delivery_listen` registered
-/// in `registry` under the proxy's instance id.
+/// in `registry` under the proxy's instance id. The client listener gets
+/// [`GATEWAY_WORKER_FACTOR`] times `server_config`'s workers and a lane for opening
+/// sessions ([`gateway_config`]).
 ///
 /// # Errors
 ///
@@ -113,7 +147,7 @@ pub fn serve(
     let gateway = Traced::new(api::GatewayServer(proxy.clone()), move |ctx| {
         sessions.sessions().user_of(ctx.connection().id()).map(|user| user.0)
     });
-    let client = Builder::new(server_config)
+    let client = Builder::new(gateway_config(server_config))
         .service(gateway)
         .on_disconnect(move |connection| hook.disconnected(connection))
         .bind(client_listen)?;

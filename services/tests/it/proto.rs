@@ -83,3 +83,23 @@ fn only_the_password_hashing_methods_are_heavy() {
     assert_eq!(heavy, ["Register", "VerifyLogin", "ChangePassword"]);
     assert!(user_service_rpc::methods::ALL.iter().all(|m| !users.runs_inline(m)));
 }
+
+#[test]
+fn the_gateways_session_openers_are_heavy_and_nothing_else_of_it() {
+    use rpc_core::server::Service;
+    use services::api::{gateway_rpc, GatewayServer};
+
+    let registry = rpc_core::registry::Memory::new();
+    let presence = std::sync::Arc::new(services::presence::Memory::new());
+    let proxy = services::proxy::Proxy::new(services::proxy::Config::default(), &registry, presence).unwrap();
+    let gateway = GatewayServer(proxy);
+    let heavy: Vec<&str> =
+        gateway_rpc::methods::ALL.iter().copied().filter(|m| gateway.is_heavy(m)).collect();
+    assert_eq!(heavy, ["Register", "Login", "Resume"]);
+    // The lane they run on is the proxy's own, sized for calls that wait on services.
+    let config =
+        services::proxy::gateway_config(rpc_core::server::Config { workers: 16, ..Default::default() });
+    assert_eq!(config.workers, 16 * services::proxy::GATEWAY_WORKER_FACTOR);
+    assert_eq!(config.heavy_workers, services::proxy::SESSION_OPENERS);
+    assert_eq!(config.max_heavy_queued, services::proxy::MAX_OPENINGS_WAITING);
+}
