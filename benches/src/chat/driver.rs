@@ -330,9 +330,24 @@ impl Loop {
     /// Connects user `i` to `addr`.
     fn connect_one(&mut self, addr: SocketAddr, i: usize) -> Result<(), String> {
         let stream = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
         stream.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let mut conn = Conn::new(mio::net::TcpStream::from_std(stream));
+        self.adopt(i, mio::net::TcpStream::from_std(stream))
+    }
+
+    /// Starts connecting user `i` to `addr` without waiting for the handshake. In a
+    /// reconnect storm a listener's backlog may overflow; a connect that waited for its
+    /// dropped SYN to be sent again (a second later) would stall every other user of this
+    /// loop meanwhile, which no real client, on a machine of its own, does to others. A
+    /// refused or failed connect shows up as the connection's first read or write error.
+    fn start_connect(&mut self, addr: SocketAddr, i: usize) -> Result<(), String> {
+        let stream = mio::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        self.adopt(i, stream)
+    }
+
+    /// Makes `stream` user `i`'s connection, polled by this loop.
+    fn adopt(&mut self, i: usize, stream: mio::net::TcpStream) -> Result<(), String> {
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut conn = Conn::new(stream);
         self.poll
             .registry()
             .register(conn.stream_mut(), Token(i), Interest::READABLE | Interest::WRITABLE)

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 /// Longest pause between two reconnect attempts of one user.
 const MAX_PAUSE: Duration = Duration::from_secs(1);
-/// Most reconnects a loop makes before it reads its sockets again: a connect blocks the
-/// loop for a moment, and thousands in a row would delay the pushes it measures.
+/// Most reconnects a loop starts before it reads its sockets again: thousands in a row
+/// would delay the pushes it measures.
 const BATCH: usize = 64;
 
 /// What a loop needs to bring its users back.

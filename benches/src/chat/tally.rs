@@ -158,7 +158,13 @@ pub struct Counters {
     pub calls_failed: u64,
     /// Presence changes pushed to users.
     pub presence: u64,
+    /// When asked for (a storm), each first sighting by push as (sent, send to push), in
+    /// microseconds: to see how latency moved over the run. At most [`TIMELINE_CAP`].
+    pub timeline: Option<Vec<(u64, u64)>>,
 }
+
+/// Most first sightings a loop keeps in [`Counters::timeline`] (16 bytes each).
+pub const TIMELINE_CAP: usize = 1 << 20;
 
 impl Default for Counters {
     fn default() -> Self {
@@ -185,6 +191,7 @@ impl Default for Counters {
             read_acks: 0,
             calls_failed: 0,
             presence: 0,
+            timeline: None,
         }
     }
 }
@@ -216,6 +223,20 @@ impl Counters {
         self.read_acks += other.read_acks;
         self.calls_failed += other.calls_failed;
         self.presence += other.presence;
+        if let Some(theirs) = &other.timeline {
+            self.timeline.get_or_insert_with(Vec::new).extend_from_slice(theirs);
+        }
+    }
+
+    /// Records a first sighting by push of a message sent at `sent`, now.
+    pub fn record_push(&mut self, sent: u64) {
+        let latency = now_micros().saturating_sub(sent).max(1);
+        self.latency.saturating_record(latency);
+        if let Some(timeline) = &mut self.timeline {
+            if timeline.len() < TIMELINE_CAP {
+                timeline.push((sent, latency));
+            }
+        }
     }
 }
 

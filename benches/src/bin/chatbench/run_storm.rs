@@ -93,6 +93,7 @@ fn storm_run(
         (start + Duration::from_secs_f64(args.kill_after)).saturating_duration_since(Instant::now()),
     );
     let killed_at = Instant::now();
+    let killed_micros = tally::now_micros();
     let killed = std::process::Command::new("kill").arg("-KILL").arg(victim.pid.to_string()).status();
     if !killed.is_ok_and(|s| s.success()) {
         bail!("kill -KILL {} failed", victim.pid);
@@ -106,6 +107,7 @@ fn storm_run(
         resumed.iter().map(|&(_, back)| back.saturating_duration_since(killed_at)).collect();
     let dup = verdict.dup + counters.dup;
     print_storm(n, victims, &back, &counters, verdict.lost, dup);
+    print_timeline(counters.timeline.as_deref().unwrap_or_default(), killed_micros);
     Ok(back.len() == victims && verdict.lost == 0 && dup == 0 && counters.acked > 0)
 }
 
@@ -133,5 +135,29 @@ fn print_storm(n: usize, victims: usize, back: &[Duration], counters: &Counters,
     errors.sort_by(|a, b| b.1.cmp(a.1));
     for (what, count) in errors.iter().take(5) {
         println!("error     {count} x {what}");
+    }
+}
+
+/// Prints the other users' send-to-push latency by the half second they sent in, counted
+/// from the kill (`killed`, in `tally::now_micros` time): where in the storm they waited.
+fn print_timeline(timeline: &[(u64, u64)], killed: u64) {
+    const STEP: i64 = 500_000;
+    let mut by_step: std::collections::BTreeMap<i64, Vec<u64>> = std::collections::BTreeMap::new();
+    for &(sent, latency) in timeline {
+        let from_kill = i64::try_from(sent).unwrap_or(i64::MAX) - i64::try_from(killed).unwrap_or(i64::MAX);
+        by_step.entry(from_kill.div_euclid(STEP)).or_default().push(latency);
+    }
+    for (step, mut latencies) in by_step {
+        latencies.sort_unstable();
+        let at =
+            |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1];
+        println!(
+            "timeline  sent at {:+5.1} s from the kill: {:4} pushed, p50 {:6.1} ms, p99 {:6.1} ms, max {:6.1} ms",
+            (step * STEP) as f64 / 1e6,
+            latencies.len(),
+            at(0.5) as f64 / 1000.0,
+            at(0.99) as f64 / 1000.0,
+            at(1.0) as f64 / 1000.0,
+        );
     }
 }

@@ -89,7 +89,7 @@ impl Loop {
             self.counters.delivered_in_window += 1;
         }
         if let Some(sent) = tally::sent_micros(&m.body) {
-            self.counters.latency.saturating_record(tally::now_micros().saturating_sub(sent).max(1));
+            self.counters.record_push(sent);
         }
     }
 

@@ -56,6 +56,7 @@ impl Loop {
             }
             Command::Resume(plan) => {
                 self.resumer = Some(Resumer::new(plan));
+                self.counters.timeline = Some(Vec::new());
                 let _ = self.replies.send(Reply::Resuming);
             }
             Command::Finish => unreachable!("handled by run"),

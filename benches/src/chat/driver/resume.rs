@@ -16,7 +16,7 @@ impl Loop {
         let Some(resumer) = &mut self.resumer else { return };
         let addr = resumer.plan.addr;
         for user in resumer.due(now) {
-            if let Err(e) = self.connect_one(addr, user) {
+            if let Err(e) = self.start_connect(addr, user) {
                 self.count_error(&format!("reconnect: {e}"));
                 if let Some(resumer) = &mut self.resumer {
                     resumer.lost(user, Instant::now());
