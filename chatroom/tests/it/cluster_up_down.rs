@@ -14,7 +14,9 @@ use services::secret::ClusterSecret;
 
 use crate::chat_client::{direct, user_at};
 use crate::internal_ports::{assert_only_members_are_served, internal_ports};
-use crate::support::{drop_database, free_port, mysql_url, redis_url, unique_name, wait_until, with_database, zk};
+use crate::support::{
+    drop_database, free_port, mysql_url, redis_url, unique_name, wait_until, with_database, zk,
+};
 
 /// Runs `chatroom cluster <args> --state-dir DIR`.
 fn chatroom(dir: &Path, args: &[&str]) -> Output {
