@@ -16,7 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use rpc_core::balance::Balanced;
 use rpc_core::frame::{self, Frame};
-use rpc_core::registry::{self, Instance, Registration, Registry};
+use rpc_core::registry::Instance;
+#[cfg(feature = "zookeeper")]
+use rpc_core::registry::{self, Registration, Registry};
 use rpc_core::server::{self, Context, Service};
 use rpc_core::{Error, Status};
 
@@ -59,6 +61,7 @@ pub fn unique_root(name: &str) -> String {
     format!("/chatroom-it/{name}-{}-{nanos}", std::process::id())
 }
 
+#[cfg(feature = "zookeeper")]
 /// Registry settings for tests: a root of their own and a short session.
 pub fn zk_config(root: &str) -> registry::Config {
     registry::Config {
@@ -68,20 +71,24 @@ pub fn zk_config(root: &str) -> registry::Config {
     }
 }
 
+#[cfg(feature = "zookeeper")]
 /// A registry client on `zk` under `root`.
 pub fn registry(zk: &str, root: &str) -> registry::ZooKeeper {
     registry_with_session(zk, root, SESSION)
 }
 
+#[cfg(feature = "zookeeper")]
 /// A registry client with its own session timeout.
 pub fn registry_with_session(zk: &str, root: &str, session: Duration) -> registry::ZooKeeper {
     let config = registry::Config { session_timeout: session, ..zk_config(root) };
     registry::ZooKeeper::connect(zk, config).expect("connect to ZooKeeper")
 }
 
+#[cfg(feature = "zookeeper")]
 /// A plain ZooKeeper client, for looking at znodes directly.
 pub struct Raw(pub zookeeper::ZooKeeper);
 
+#[cfg(feature = "zookeeper")]
 impl Raw {
     pub fn connect(zk: &str) -> Raw {
         let raw = zookeeper::ZooKeeper::connect(zk, Duration::from_secs(10), |_: zookeeper::WatchedEvent| {})
@@ -356,6 +363,7 @@ pub fn relay(mut from: TcpStream, mut to: TcpStream, paused: &AtomicBool) {
     let _ = to.shutdown(std::net::Shutdown::Both);
 }
 
+#[cfg(feature = "zookeeper")]
 /// A server on 127.0.0.1:0 and its registration: a provider, as a separate
 /// process would be, with its own ZooKeeper session.
 pub struct Provider {
@@ -369,6 +377,7 @@ pub struct Provider {
     _registry: registry::ZooKeeper,
 }
 
+#[cfg(feature = "zookeeper")]
 impl Provider {
     pub fn start(zk: &str, root: &str, service: &str, name: &str) -> Provider {
         let calls = Arc::new(AtomicUsize::new(0));
@@ -520,12 +529,14 @@ impl Drop for PrivateZk {
     }
 }
 
+#[cfg(feature = "zookeeper")]
 /// Removes a test's registry root from the shared ZooKeeper when dropped.
 pub struct Cleanup {
     pub zk: String,
     pub root: String,
 }
 
+#[cfg(feature = "zookeeper")]
 impl Drop for Cleanup {
     fn drop(&mut self) {
         Raw::connect(&self.zk).remove_tree(&self.root);
