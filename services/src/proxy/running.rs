@@ -89,11 +89,13 @@ impl Running {
 pub const GATEWAY_WORKER_FACTOR: usize = 4;
 
 /// Threads that open sessions on a proxy: the gateway's Register, Login and Resume run
-/// there (declared heavy in `build.rs`), not on the workers. Each waits on several calls
-/// to the services, so a few run at once: after a proxy crash, its thousands of clients
-/// resume on the other proxies at this pace while the users already there keep the
-/// workers.
-pub const SESSION_OPENERS: usize = 8;
+/// there (declared heavy in `build.rs`), not on the workers. After a proxy crash its
+/// thousands of clients resume on the other proxies at this pace while the users already
+/// there keep the workers. More threads would not bring them back much sooner: each
+/// opening costs MariaDB a handful of queries, and on two cores four at once already
+/// bring 5,000 users back in under 8 s; eight made everyone else's sends several times
+/// slower for no faster return (`benches/CHAT-RESULTS.md`, "Storm").
+pub const SESSION_OPENERS: usize = 4;
 
 /// Session openings that may wait for [`SESSION_OPENERS`] on one proxy (an eighth of them
 /// from one connection): as many clients as a crashed proxy may have held, so that a
