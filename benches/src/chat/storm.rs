@@ -9,6 +9,9 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+/// A user's first reconnect comes at a random moment within this many milliseconds of
+/// the loss.
+const FIRST_SPREAD_MS: u64 = 1000;
 /// Longest pause between two reconnect attempts of one user.
 const MAX_PAUSE: Duration = Duration::from_secs(1);
 /// Most reconnects a loop starts before it reads its sockets again: thousands in a row
@@ -47,14 +50,19 @@ impl Resumer {
     }
 
     /// `user`'s connection (or an attempt to bring it back) failed at `now`: schedules the
-    /// next attempt, at once the first time, then backing off. Users without a token are
+    /// next attempt, within a second the first time, then backing off. Users without a token are
     /// left alone.
     pub fn lost(&mut self, user: usize, now: Instant) {
         if self.plan.tokens.get(user).is_none_or(String::is_empty) {
             return;
         }
         self.lost_at[user].get_or_insert(now);
-        let pause = (Duration::from_millis(50) * self.attempts[user]).min(MAX_PAUSE);
+        let pause = if self.attempts[user] == 0 {
+            // As chat.proto asks of clients: a random moment within the first second.
+            Duration::from_millis(rand::Rng::gen_range(&mut rand::thread_rng(), 0..FIRST_SPREAD_MS))
+        } else {
+            (Duration::from_millis(50) * self.attempts[user]).min(MAX_PAUSE)
+        };
         self.attempts[user] += 1;
         self.due.push_back((now + pause, user));
     }
@@ -99,11 +107,12 @@ mod tests {
         let t0 = Instant::now();
         r.lost(0, t0);
         r.lost(1, t0);
-        assert_eq!(r.due(t0), [0], "only the user with a token");
-        r.lost(0, t0 + Duration::from_millis(10));
-        assert!(r.due(t0 + Duration::from_millis(20)).is_empty(), "backs off");
-        assert_eq!(r.due(t0 + Duration::from_millis(100)), [0]);
-        r.back(0, t0 + Duration::from_millis(200));
-        assert_eq!(r.back, [(t0, t0 + Duration::from_millis(200))], "timed from the first loss");
+        let first = t0 + Duration::from_millis(FIRST_SPREAD_MS);
+        assert_eq!(r.due(first), [0], "only the user with a token, within the first second");
+        r.lost(0, first);
+        assert!(r.due(first + Duration::from_millis(20)).is_empty(), "then backs off");
+        assert_eq!(r.due(first + Duration::from_millis(100)), [0]);
+        r.back(0, first + Duration::from_millis(200));
+        assert_eq!(r.back, [(t0, first + Duration::from_millis(200))], "timed from the first loss");
     }
 }

@@ -255,8 +255,10 @@ impl Client {
         }
     }
 
-    /// The connection was lost: when logged in, resume the session with its token,
-    /// backing off while the system is unavailable, for up to a minute.
+    /// The connection was lost: when logged in, resume the session with its token after a
+    /// random moment of up to a second (everyone on a crashed proxy lost theirs at once;
+    /// chat.proto asks clients to spread out), backing off while the system is
+    /// unavailable, for up to a minute.
     fn on_disconnect(&self, reason: &str) {
         let logged_in = self.state().session_token.is_some();
         self.print(&Event::Disconnected { reason: reason.to_owned() });
@@ -264,7 +266,7 @@ impl Client {
             return;
         }
         let deadline = Instant::now() + RESUME_FOR;
-        let mut pause = Duration::from_millis(100);
+        let mut pause = Duration::from_millis(rand::Rng::gen_range(&mut rand::thread_rng(), 100..1000));
         while Instant::now() < deadline {
             std::thread::sleep(pause);
             match self.resume() {
