@@ -107,7 +107,10 @@ fn storm_run(
         resumed.iter().map(|&(_, back)| back.saturating_duration_since(killed_at)).collect();
     let dup = verdict.dup + counters.dup;
     print_storm(n, victims, &back, &counters, verdict.lost, dup);
-    print_timeline(counters.timeline.as_deref().unwrap_or_default(), killed_micros);
+    let timeline = counters.timeline.as_deref().unwrap_or_default();
+    let storm_end = killed_micros + back.iter().max().map_or(0, |d| d.as_micros() as u64);
+    print_during(timeline, killed_micros, storm_end);
+    print_timeline(timeline, killed_micros);
     Ok(back.len() == victims && verdict.lost == 0 && dup == 0 && counters.acked > 0)
 }
 
@@ -160,4 +163,25 @@ fn print_timeline(timeline: &[(u64, u64)], killed: u64) {
             at(1.0) as f64 / 1000.0,
         );
     }
+}
+
+/// Prints the other users' send-to-push latency for what they sent during the storm
+/// itself: from the kill (`from`) until the last user was back (`to`), in
+/// `tally::now_micros` time.
+fn print_during(timeline: &[(u64, u64)], from: u64, to: u64) {
+    let mut latencies: Vec<u64> =
+        timeline.iter().filter(|&&(sent, _)| sent >= from && sent <= to).map(|&(_, l)| l).collect();
+    if latencies.is_empty() {
+        return;
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1];
+    println!(
+        "during    sent from the kill until the last user was back ({:.1} s): {} pushed, p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
+        (to - from) as f64 / 1e6,
+        latencies.len(),
+        at(0.5) as f64 / 1000.0,
+        at(0.99) as f64 / 1000.0,
+        at(0.999) as f64 / 1000.0,
+    );
 }
