@@ -19,6 +19,7 @@ use crate::frame;
 /// | `max_running_per_connection` | `None`: all but a quarter of `workers` |
 /// | `heavy_workers` | one per core |
 /// | `max_heavy_queued` | 256 |
+/// | `max_heavy_queued_per_connection` | `None`: an eighth of `max_heavy_queued` |
 /// | `event_loops` | 1 |
 /// | `listen_backlog` | 4096 |
 /// | `max_frame_size` | 16 MiB |
@@ -45,10 +46,16 @@ pub struct Config {
     /// Threads that run the methods a service declares heavy
     /// ([`Service::is_heavy`](super::Service::is_heavy)), such as password hashing, apart from `workers`.
     pub heavy_workers: usize,
-    /// Heavy calls that may wait for `heavy_workers`, over all connections, and
-    /// an eighth of that (at least one) from one connection. More are refused
-    /// at once with `ResourceExhausted`, marked not run.
+    /// Heavy calls that may wait for `heavy_workers`, over all connections. More
+    /// are refused at once with `ResourceExhausted`, marked not run.
     pub max_heavy_queued: usize,
+    /// Heavy calls one connection may have waiting; more are refused as above.
+    /// `None` means an eighth of `max_heavy_queued` (at least one). Where each
+    /// peer is one client that has no reason to queue more than one or two (a
+    /// login), a small number keeps a few connections from filling the lane for
+    /// everyone: filling it then takes `max_heavy_queued` divided by this many
+    /// connections.
+    pub max_heavy_queued_per_connection: Option<usize>,
     /// Event-loop threads that own the sockets. One is plenty for most loads;
     /// more help only with many cores.
     pub event_loops: usize,
@@ -118,6 +125,7 @@ impl Default for Config {
             max_running_per_connection: None,
             heavy_workers: cores,
             max_heavy_queued: 256,
+            max_heavy_queued_per_connection: None,
             event_loops: 1,
             listen_backlog: 4096,
             max_frame_size: frame::DEFAULT_MAX_FRAME,
@@ -136,6 +144,11 @@ impl Default for Config {
 }
 
 impl Config {
+    /// `max_heavy_queued_per_connection`, with `None` resolved.
+    pub fn heavy_queued_per_connection(&self) -> usize {
+        self.max_heavy_queued_per_connection.unwrap_or(self.max_heavy_queued / 8).max(1)
+    }
+
     /// `max_running_per_connection`, with `None` resolved.
     pub fn running_per_connection(&self) -> usize {
         let workers = self.workers.max(1);

@@ -40,9 +40,6 @@ const WAKER: Token = Token(1);
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(2);
 /// Bytes read from a socket per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
-/// One connection may have at most this fraction of `Config::max_heavy_queued` waiting,
-/// so that one peer cannot fill the heavy lane for everyone.
-const HEAVY_SHARE: usize = 8;
 /// How long at least an evicted peer has to read its go-away before it is dropped.
 const EVICTED_GRACE: Duration = Duration::from_secs(10);
 /// How long a connection over its hard limit may go without its output draining at all.

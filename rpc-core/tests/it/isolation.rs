@@ -164,6 +164,44 @@ fn heavy_calls_wait_in_their_own_bounded_lane() {
 }
 
 #[test]
+fn one_connection_may_have_only_its_share_of_the_heavy_lane_waiting() {
+    let config = Config {
+        workers: 2,
+        heavy_workers: 1,
+        max_heavy_queued: 10,
+        max_heavy_queued_per_connection: Some(2),
+        ..Config::default()
+    };
+    let (server, probe) = serve(config);
+    let mut greedy = TcpStream::connect(server.local_addr()).unwrap();
+    greedy.write_all(&request(1, 0, "Hash", &[200])).unwrap();
+    wait_until(PATIENCE, "the first heavy call to run", || probe.started() >= 1);
+    // Four more while the first runs: two may wait, the others are refused at once.
+    let mut more = BytesMut::new();
+    for id in 2..=5 {
+        more.extend_from_slice(&request(id, 0, "Hash", &[1]));
+    }
+    greedy.write_all(&more).unwrap();
+    // Another connection still gets in line although the lane is far from full.
+    let mut other = TcpStream::connect(server.local_addr()).unwrap();
+    other.write_all(&request(1, 0, "Hash", &[1])).unwrap();
+
+    greedy.shutdown(std::net::Shutdown::Write).unwrap();
+    let answers: Vec<_> =
+        read_until_closed(&mut greedy, PATIENCE).into_iter().filter(|f| f.kind == Kind::Response).collect();
+    assert_eq!(answers.len(), 5, "every call is answered");
+    let refused: Vec<_> = answers.iter().filter(|f| f.code == Code::ResourceExhausted).collect();
+    assert_eq!(refused.len(), 2, "past its share of 2 waiting: {answers:?}");
+    assert!(refused.iter().all(|f| f.flags & frame::FLAG_NOT_RUN != 0), "refusals say not run");
+    let why = String::from_utf8_lossy(&refused[0].body).into_owned();
+    assert!(why.contains("2 heavy calls of this connection already wait"), "{why}");
+    other.shutdown(std::net::Shutdown::Write).unwrap();
+    let theirs = read_until_closed(&mut other, PATIENCE);
+    assert!(theirs.iter().any(|f| f.kind == Kind::Response && f.code == Code::Ok), "{theirs:?}");
+    assert_eq!(probe.started(), 4, "the refused calls never started");
+}
+
+#[test]
 fn a_client_that_reads_gets_every_large_answer_however_many_are_pipelined() {
     let (server, _) = serve(Config::default());
     let channel = Channel::connect(server.local_addr(), ClientConfig::default()).unwrap();

@@ -141,7 +141,7 @@ impl Dispatch<'_> {
         let heavy = ask(service_ref, method, "is_heavy", || service_ref.is_heavy(method));
         if heavy {
             let max = self.config.max_heavy_queued;
-            let per_connection = (max / HEAVY_SHARE).max(1);
+            let per_connection = self.config.heavy_queued_per_connection();
             let mine = self.heavy.waiting_for(conn.handle.id()) + self.heavy_batch.len();
             let why = if mine >= per_connection {
                 Some(format!("{per_connection} heavy calls of this connection already wait"))
