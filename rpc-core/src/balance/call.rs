@@ -264,7 +264,14 @@ impl AsyncCall {
         timeout: Option<Duration>,
         callback: Callback,
     ) {
-        let deadline = timeout.or(shared.config.channel.default_timeout).map(|t| Instant::now() + t);
+        // As for a channel's call: never later than the handler this thread serves, if
+        // any. Taken here, on the caller's thread: retries run on a client loop, where
+        // no handler's deadline is known.
+        let own = timeout.or(shared.config.channel.default_timeout).map(|t| Instant::now() + t);
+        let deadline = match (own, crate::server::current_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         AsyncCall {
             table: shared.table(),
             shared: shared.clone(),
