@@ -63,6 +63,13 @@ impl Proxy {
         } else {
             self.inner.presence.lookup(&ids).map_err(presence_status)?
         };
+        if online.len() != ids.len() {
+            return Err(Status::internal(format!(
+                "presence answered {} of {} users looked up",
+                online.len(),
+                ids.len()
+            )));
+        }
         let mut online = online.into_iter().map(|at| at.is_some());
         let mut contact = |user| api::Contact { user: Some(user), online: online.next().unwrap_or(false) };
         let friends = friends.into_iter().map(&mut contact).collect();
@@ -120,6 +127,11 @@ impl Proxy {
                 let token = view.session_token.as_ref().map(|t| t.token.clone()).or(resumed_with);
                 if let Some(token) = token {
                     self.inner.tokens.set(connection.id(), token);
+                    // A connection that closed meanwhile had its entry removed by the
+                    // disconnect hook before this set it: nothing would remove it again.
+                    if !connection.is_open() {
+                        self.inner.tokens.remove(connection.id());
+                    }
                 }
                 sessions.announce_online(&login);
                 Ok(view)
@@ -382,7 +394,8 @@ impl<T: Send + 'static> Reply<T> {
     }
 
     /// The call's outcome, as a status for the client on failure. The call has a
-    /// deadline (the client's timeout), so its callback always comes.
+    /// deadline (the proxy's `call_timeout`, or the handler's own if sooner), so its
+    /// callback always comes.
     fn wait(self) -> Result<T, Status> {
         drop(self.sender);
         match self.receiver.recv() {

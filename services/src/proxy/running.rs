@@ -85,31 +85,41 @@ impl Running {
 /// only waits on the service doing the work (a send waits for its commit, 20-50 ms while
 /// MariaDB is busy, and 500 sends a second then keep 15 handlers waiting), and a proxy
 /// holds thousands of clients: with as few workers as the services have, its sends queue
-/// behind each other whenever the database slows down.
+/// behind each other whenever the database slows down. One client may still run no more
+/// of them at once than it could with the process's workers.
 pub const GATEWAY_WORKER_FACTOR: usize = 4;
 
 /// Threads that open sessions on a proxy: the gateway's Register, Login and Resume run
 /// there (declared heavy in `build.rs`), not on the workers. After a proxy crash its
 /// thousands of clients resume on the other proxies at this pace while the users already
-/// there keep the workers. More threads would not bring them back much sooner: each
-/// opening costs MariaDB a handful of queries, and on two cores four at once already
-/// bring 5,000 users back in under 8 s; eight made everyone else's sends several times
-/// slower for no faster return (`benches/CHAT-RESULTS.md`, "Storm").
+/// there keep the workers. More threads would not bring them back sooner: each opening
+/// costs MariaDB a handful of queries, and on two cores four at once bring 5,000 users
+/// back in about 8 s; eight doubled everyone else's median latency during the storm and
+/// brought nobody back sooner (`benches/CHAT-RESULTS.md`, "Storm").
 pub const SESSION_OPENERS: usize = 4;
 
-/// Session openings that may wait for [`SESSION_OPENERS`] on one proxy (an eighth of them
-/// from one connection): as many clients as a crashed proxy may have held, so that a
-/// reconnect storm queues rather than being refused and coming back. Past it a client is
-/// answered `ResourceExhausted`, not run. A waiting call holds only its request (a token
-/// or a name and password, under a kilobyte).
+/// Session openings that may wait for [`SESSION_OPENERS`] on one proxy: as many clients
+/// as a crashed proxy may have held, so that a reconnect storm queues rather than being
+/// refused and coming back. Past it a client is answered `ResourceExhausted`, not run. A
+/// waiting call holds its request (a token, or a name and a password; like every request
+/// it counts against its connection's memory budget) and no thread.
 pub const MAX_OPENINGS_WAITING: usize = 16_384;
 
+/// Session openings one connection may have waiting. A client opens one session at a
+/// time; with a larger share a few connections could fill [`MAX_OPENINGS_WAITING`] and
+/// lock everyone else out of logging in (17 connections did, with an eighth each).
+/// Filling it now takes 8,192 connections.
+pub const OPENINGS_WAITING_PER_CONNECTION: usize = 2;
+
 /// The client listener's settings, from the process's `base`: see
-/// [`GATEWAY_WORKER_FACTOR`], [`SESSION_OPENERS`] and [`MAX_OPENINGS_WAITING`].
+/// [`GATEWAY_WORKER_FACTOR`], [`SESSION_OPENERS`], [`MAX_OPENINGS_WAITING`] and
+/// [`OPENINGS_WAITING_PER_CONNECTION`].
 pub fn gateway_config(base: server::Config) -> server::Config {
     server::Config {
         workers: base.workers.saturating_mul(GATEWAY_WORKER_FACTOR),
+        max_running_per_connection: Some(base.running_per_connection()),
         heavy_workers: SESSION_OPENERS,
+        max_heavy_queued_per_connection: Some(OPENINGS_WAITING_PER_CONNECTION),
         max_heavy_queued: MAX_OPENINGS_WAITING,
         ..base
     }

@@ -102,4 +102,10 @@ fn the_gateways_session_openers_are_heavy_and_nothing_else_of_it() {
     assert_eq!(config.workers, 16 * services::proxy::GATEWAY_WORKER_FACTOR);
     assert_eq!(config.heavy_workers, services::proxy::SESSION_OPENERS);
     assert_eq!(config.max_heavy_queued, services::proxy::MAX_OPENINGS_WAITING);
+    assert_eq!(
+        config.max_heavy_queued_per_connection,
+        Some(services::proxy::OPENINGS_WAITING_PER_CONNECTION)
+    );
+    // One client runs no more calls at once than with the process's own workers.
+    assert_eq!(config.running_per_connection(), 12);
 }
