@@ -271,7 +271,14 @@ impl Client {
             std::thread::sleep(pause);
             match self.resume() {
                 Ok(()) => return,
-                Err(e) if matches!(e.rpc_code(), Some(Code::Unavailable | Code::DeadlineExceeded)) => {
+                // ResourceExhausted: the proxy's lane for opening sessions is full (a
+                // crashed proxy's clients all came back at once); chat.proto asks to retry.
+                Err(e)
+                    if matches!(
+                        e.rpc_code(),
+                        Some(Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted)
+                    ) =>
+                {
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
                 Err(e) => {

@@ -86,13 +86,13 @@ pub fn nginx_conf(dir: &Path, listen: SocketAddr, proxies: &[SocketAddr]) -> Str
         pid = dir.join("nginx.pid").display(),
         err = dir.join("nginx-error.log").display(),
     ));
-    // After a proxy crash its clients all connect again at once: with nginx's default
-    // backlog (511) the kernel drops most of their SYNs, each sent again only a second
-    // later.
     conf.push_str("stream {\n    upstream proxies {\n");
     for proxy in proxies {
         conf.push_str(&format!("        server {proxy};\n"));
     }
+    // The backlog: after a proxy crash its clients all connect again at once, and with
+    // nginx's default (511) the kernel drops most of their SYNs, each sent again only a
+    // second later.
     conf.push_str(&format!(
         "    }}\n    server {{\n        listen {listen} reuseport backlog=4096;\n        proxy_pass proxies;\n        proxy_protocol on;\n    }}\n}}\n"
     ));

@@ -15,9 +15,15 @@ use services::{auth, presence, session_token, store, throttle, Presence, Store};
 /// How a process serves.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Worker threads per server. Handlers mostly wait on MySQL, Redis and other services
-    /// rather than the CPU, so there are more of them than cores.
-    #[arg(long, env = "CHATROOM_WORKERS", default_value_t = services::SERVER_WORKERS)]
+    /// Worker threads per server, 1 to 1024. Handlers mostly wait on MySQL, Redis and other
+    /// services rather than the CPU, so there are more of them than cores. A proxy's client
+    /// listener runs four times as many (`services::proxy::GATEWAY_WORKER_FACTOR`).
+    #[arg(
+        long,
+        env = "CHATROOM_WORKERS",
+        default_value_t = services::SERVER_WORKERS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024)
+    )]
     pub workers: usize,
 }
 
