@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,27 +20,11 @@ use rpc_core::registry::{self, Instance, Registry, ZooKeeper};
 use rpc_core::server::{Builder, Config, Context, Handle};
 use rpc_core::Status;
 
+mod support;
+use support::{wait_until, zk};
+
 /// Longest any test waits for something that should happen soon.
 const PATIENCE: Duration = Duration::from_secs(15);
-
-/// The ZooKeeper connect string; fails the test, naming the fix, if nothing
-/// answers there.
-fn zk() -> String {
-    let zk = std::env::var("CHATROOM_ZK").unwrap_or_else(|_| "127.0.0.1:2181".to_owned());
-    let reachable = zk
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|host| host.to_socket_addrs().ok()?.next())
-        .any(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
-    assert!(
-        reachable,
-        "ZooKeeper is not reachable at {zk} (set CHATROOM_ZK to change it); \
-         start it with `bash scripts/services.sh up`"
-    );
-    zk
-}
 
 /// A registry root no other run uses.
 fn unique_root(name: &str) -> String {
@@ -57,18 +40,6 @@ fn registry(zk: &str, root: &str) -> ZooKeeper {
         operation_timeout: Duration::from_secs(10),
     };
     ZooKeeper::connect(zk, config).expect("connect to ZooKeeper")
-}
-
-/// Polls `done` until it holds or `PATIENCE` runs out; returns whether it held.
-fn wait_until(mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    done()
 }
 
 /// Echoes with its server's name in front, so the test sees who answered.
@@ -126,7 +97,7 @@ fn calls_spread_over_discovered_servers_and_follow_a_deregistration() {
 
     let consumer = registry(&zk, &root);
     let balanced = Balanced::discover(&consumer, SERVICE_NAME, balance::Config::default()).unwrap();
-    assert!(wait_until(|| balanced.in_rotation().len() == 2), "both servers discovered");
+    wait_until(PATIENCE, "both servers discovered", || balanced.in_rotation().len() == 2);
     let client = EchoClient::new(balanced.clone()).with_timeout(Duration::from_secs(5));
 
     let by_server = spread(&client, 20);
@@ -135,11 +106,9 @@ fn calls_spread_over_discovered_servers_and_follow_a_deregistration() {
 
     // Leave gracefully: deregister, let the consumer see it, then stop.
     two.registration.deregister().unwrap();
-    assert!(
-        wait_until(|| balanced.in_rotation().iter().map(|i| i.id.as_str()).eq(["one"])),
-        "the consumer drops the deregistered server: {:?}",
-        balanced.in_rotation()
-    );
+    wait_until(PATIENCE, "the consumer to drop the deregistered server", || {
+        balanced.in_rotation().iter().map(|i| i.id.as_str()).eq(["one"])
+    });
     two.server.shutdown();
 
     let by_server = spread(&client, 20);
@@ -202,13 +171,10 @@ fn echo_client_binary_finds_echo_server_binary() {
             .expect("start echo_client"),
     );
     let mut status = None;
-    assert!(
-        wait_until(|| {
-            status = client.0.try_wait().unwrap();
-            status.is_some()
-        }),
-        "echo_client finished"
-    );
+    wait_until(PATIENCE, "echo_client to finish", || {
+        status = client.0.try_wait().unwrap();
+        status.is_some()
+    });
     let mut out = String::new();
     let mut err = String::new();
     client.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -24,6 +24,9 @@ use rpc_core::client::{self, Channel};
 use rpc_core::registry::{self, Registry, ZooKeeper};
 use rustix::process::{kill_process, Pid, Signal};
 
+mod support;
+use support::{wait_until, zk};
+
 /// Longest any test waits for something that should happen soon.
 const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -35,34 +38,6 @@ const EJECTED_WITHIN: Duration = Duration::from_secs(2);
 
 /// Threads calling through the balancer.
 const CALLERS: usize = 4;
-
-/// The ZooKeeper connect string; fails the test, naming the fix, if nothing
-/// answers there.
-fn zk() -> String {
-    let zk = std::env::var("CHATROOM_ZK").unwrap_or_else(|_| "127.0.0.1:2181".to_owned());
-    let reachable = zk
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|host| host.to_socket_addrs().ok()?.next())
-        .any(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
-    assert!(
-        reachable,
-        "ZooKeeper is not reachable at {zk} (set CHATROOM_ZK to change it); \
-         start it with `bash scripts/services.sh up`"
-    );
-    zk
-}
-
-/// Polls `done` every 10 ms until it holds; panics naming `what` after `timeout`.
-fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// A child process, killed and reaped when dropped however the test ends
 /// (SIGKILL ends a stopped process too).
