@@ -250,14 +250,9 @@ impl Channel {
         Ok(())
     }
 
-    /// The deadline of a call starting at `now`: its own, but never later than that of
-    /// the call this thread is serving, if it runs a handler (the deadline travels on).
+    /// The deadline of a call starting at `now`; see [`call_deadline`].
     fn deadline(&self, now: Instant, timeout: Option<Duration>) -> Option<Instant> {
-        let own = timeout.or(self.inner.config.default_timeout).map(|t| now + t);
-        match (own, crate::server::current_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        call_deadline(now, timeout.or(self.inner.config.default_timeout))
     }
     fn call_blocking(
         &self,
@@ -440,4 +435,15 @@ fn with_encode_buf<R>(f: impl FnOnce(&mut BytesMut) -> R) -> R {
         }
         r
     })
+}
+
+/// The deadline of a call starting at `now` with `timeout`: its own, but never later
+/// than that of the call this thread is serving, if it runs a handler (the deadline
+/// travels on down a chain of services).
+pub(crate) fn call_deadline(now: Instant, timeout: Option<Duration>) -> Option<Instant> {
+    let own = timeout.map(|t| now + t);
+    match (own, crate::server::current_deadline()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }

@@ -264,14 +264,10 @@ impl AsyncCall {
         timeout: Option<Duration>,
         callback: Callback,
     ) {
-        // As for a channel's call: never later than the handler this thread serves, if
-        // any. Taken here, on the caller's thread: retries run on a client loop, where
-        // no handler's deadline is known.
-        let own = timeout.or(shared.config.channel.default_timeout).map(|t| Instant::now() + t);
-        let deadline = match (own, crate::server::current_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        // Taken here, on the caller's thread: retries run on a client loop, where no
+        // handler's deadline is known.
+        let deadline =
+            crate::client::call_deadline(Instant::now(), timeout.or(shared.config.channel.default_timeout));
         AsyncCall {
             table: shared.table(),
             shared: shared.clone(),

@@ -20,18 +20,30 @@ enum Opened {
 }
 
 impl Proxy {
+    /// Whether each of `users` is online, in order, in one presence lookup.
+    fn online<'a>(&self, users: impl Iterator<Item = &'a api::User>) -> Result<Vec<bool>, Status> {
+        let ids: Vec<UserId> = users.map(|u| UserId(u.id)).collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let online = self.inner.presence.lookup(&ids).map_err(presence_status)?;
+        if online.len() != ids.len() {
+            return Err(Status::internal(format!(
+                "presence answered {} of {} users looked up",
+                online.len(),
+                ids.len()
+            )));
+        }
+        Ok(online.into_iter().map(|at| at.is_some()).collect())
+    }
+
     /// `users` with their online state.
     fn contacts(&self, users: Vec<api::User>) -> Result<Vec<api::Contact>, Status> {
-        let ids: Vec<UserId> = users.iter().map(|u| UserId(u.id)).collect();
-        let online = if ids.is_empty() {
-            Vec::new()
-        } else {
-            self.inner.presence.lookup(&ids).map_err(presence_status)?
-        };
+        let online = self.online(users.iter())?;
         Ok(users
             .into_iter()
             .zip(online)
-            .map(|(user, at)| api::Contact { user: Some(user), online: at.is_some() })
+            .map(|(user, online)| api::Contact { user: Some(user), online })
             .collect())
     }
 
@@ -57,20 +69,7 @@ impl Proxy {
         let groups = groups.wait()?.groups;
         let conversations = conversations.wait()?.conversations;
         let everyone = friends.iter().chain(groups.iter().flat_map(|g| g.members.iter()));
-        let ids: Vec<UserId> = everyone.map(|u| UserId(u.id)).collect();
-        let online = if ids.is_empty() {
-            Vec::new()
-        } else {
-            self.inner.presence.lookup(&ids).map_err(presence_status)?
-        };
-        if online.len() != ids.len() {
-            return Err(Status::internal(format!(
-                "presence answered {} of {} users looked up",
-                online.len(),
-                ids.len()
-            )));
-        }
-        let mut online = online.into_iter().map(|at| at.is_some());
+        let mut online = self.online(everyone)?.into_iter();
         let mut contact = |user| api::Contact { user: Some(user), online: online.next().unwrap_or(false) };
         let friends = friends.into_iter().map(&mut contact).collect();
         let groups = groups

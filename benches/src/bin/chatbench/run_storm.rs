@@ -141,6 +141,15 @@ fn print_storm(n: usize, victims: usize, back: &[Duration], counters: &Counters,
     }
 }
 
+/// The send-to-push latency of `samples` (microseconds), as the whole run's is reported.
+fn latency_of(samples: impl Iterator<Item = u64>) -> Latency {
+    let mut histogram = tally::histogram();
+    for latency in samples {
+        histogram.saturating_record(latency);
+    }
+    Latency::of(&histogram)
+}
+
 /// Prints the other users' send-to-push latency by the half second they sent in, counted
 /// from the kill (`killed`, in `tally::now_micros` time): where in the storm they waited.
 fn print_timeline(timeline: &[(u64, u64)], killed: u64) {
@@ -150,17 +159,15 @@ fn print_timeline(timeline: &[(u64, u64)], killed: u64) {
         let from_kill = i64::try_from(sent).unwrap_or(i64::MAX) - i64::try_from(killed).unwrap_or(i64::MAX);
         by_step.entry(from_kill.div_euclid(STEP)).or_default().push(latency);
     }
-    for (step, mut latencies) in by_step {
-        latencies.sort_unstable();
-        let at =
-            |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1];
+    for (step, latencies) in by_step {
+        let l = latency_of(latencies.into_iter());
         println!(
             "timeline  sent at {:+5.1} s from the kill: {:4} pushed, p50 {:6.1} ms, p99 {:6.1} ms, max {:6.1} ms",
             (step * STEP) as f64 / 1e6,
-            latencies.len(),
-            at(0.5) as f64 / 1000.0,
-            at(0.99) as f64 / 1000.0,
-            at(1.0) as f64 / 1000.0,
+            l.count,
+            l.p50,
+            l.p99,
+            l.max,
         );
     }
 }
@@ -169,19 +176,17 @@ fn print_timeline(timeline: &[(u64, u64)], killed: u64) {
 /// itself: from the kill (`from`) until the last user was back (`to`), in
 /// `tally::now_micros` time.
 fn print_during(timeline: &[(u64, u64)], from: u64, to: u64) {
-    let mut latencies: Vec<u64> =
-        timeline.iter().filter(|&&(sent, _)| sent >= from && sent <= to).map(|&(_, l)| l).collect();
-    if latencies.is_empty() {
+    let during = timeline.iter().filter(|&&(sent, _)| sent >= from && sent <= to);
+    let l = latency_of(during.map(|&(_, latency)| latency));
+    if l.count == 0 {
         return;
     }
-    latencies.sort_unstable();
-    let at = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1];
     println!(
         "during    sent from the kill until the last user was back ({:.1} s): {} pushed, p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
         (to - from) as f64 / 1e6,
-        latencies.len(),
-        at(0.5) as f64 / 1000.0,
-        at(0.99) as f64 / 1000.0,
-        at(0.999) as f64 / 1000.0,
+        l.count,
+        l.p50,
+        l.p99,
+        l.p999,
     );
 }
