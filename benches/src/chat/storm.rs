@@ -9,9 +9,10 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// A user's first reconnect comes at a random moment within this many milliseconds of
-/// the loss.
-const FIRST_SPREAD_MS: u64 = 1000;
+/// A user's first reconnect comes at a random moment this many milliseconds after the
+/// loss, as chat.proto asks of clients: not before the crash's own teardown is over, and
+/// spread over a second.
+const FIRST_PAUSE_MS: std::ops::Range<u64> = 500..1500;
 /// Longest pause between two reconnect attempts of one user.
 const MAX_PAUSE: Duration = Duration::from_secs(1);
 /// Most reconnects a loop starts before it reads its sockets again: thousands in a row
@@ -50,16 +51,15 @@ impl Resumer {
     }
 
     /// `user`'s connection (or an attempt to bring it back) failed at `now`: schedules the
-    /// next attempt, within a second the first time, then backing off. Users without a token are
-    /// left alone.
+    /// next attempt, half a second to a second and a half later the first time, then
+    /// backing off. Users without a token are left alone.
     pub fn lost(&mut self, user: usize, now: Instant) {
         if self.plan.tokens.get(user).is_none_or(String::is_empty) {
             return;
         }
         self.lost_at[user].get_or_insert(now);
         let pause = if self.attempts[user] == 0 {
-            // As chat.proto asks of clients: a random moment within the first second.
-            Duration::from_millis(rand::Rng::gen_range(&mut rand::thread_rng(), 0..FIRST_SPREAD_MS))
+            Duration::from_millis(rand::Rng::gen_range(&mut rand::thread_rng(), FIRST_PAUSE_MS))
         } else {
             (Duration::from_millis(50) * self.attempts[user]).min(MAX_PAUSE)
         };
@@ -107,8 +107,9 @@ mod tests {
         let t0 = Instant::now();
         r.lost(0, t0);
         r.lost(1, t0);
-        let first = t0 + Duration::from_millis(FIRST_SPREAD_MS);
-        assert_eq!(r.due(first), [0], "only the user with a token, within the first second");
+        let first = t0 + Duration::from_millis(FIRST_PAUSE_MS.end);
+        assert!(r.due(t0 + Duration::from_millis(FIRST_PAUSE_MS.start - 1)).is_empty(), "not at once");
+        assert_eq!(r.due(first), [0], "only the user with a token, within the pause");
         r.lost(0, first);
         assert!(r.due(first + Duration::from_millis(20)).is_empty(), "then backs off");
         assert_eq!(r.due(first + Duration::from_millis(100)), [0]);

@@ -4,8 +4,8 @@
 //! stops, when [`System`] is dropped, including after an error or a panic.
 //!
 //! Also here: optional seeding of the users straight into the store before the services
-//! start (with a cheap password hash, so that 10,000 logins do not take minutes of
-//! argon2), the proxies' process ids and resident memory, CPU time per process, and the
+//! start (one password hash for all, computed once; cheap unless asked, so that 10,000
+//! logins do not take minutes of argon2), the proxies' process ids and resident memory, CPU time per process, and the
 //! proxy each user's presence lease names.
 
 use std::collections::BTreeMap;
@@ -57,6 +57,9 @@ pub struct Seed {
     pub names: Vec<String>,
     /// Their common password.
     pub password: String,
+    /// Whether their password hash has the full cost `Register` gives (each login then
+    /// costs what a real one does) rather than the cheapest.
+    pub full_cost: bool,
 }
 
 /// A running system; dropping it stops what was started.
@@ -222,7 +225,11 @@ fn cheap_hash(password: &str) -> anyhow::Result<String> {
 }
 
 fn seed_store(store: Arc<dyn services::Store>, seed: &Seed, threads: usize) -> anyhow::Result<()> {
-    let hash = cheap_hash(&seed.password)?;
+    let hash = if seed.full_cost {
+        services::auth::hash_password(&seed.password)?
+    } else {
+        cheap_hash(&seed.password)?
+    };
     let chunk = seed.names.len().div_ceil(threads.max(1)).max(1);
     std::thread::scope(|scope| {
         let workers: Vec<_> = seed

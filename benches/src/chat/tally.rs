@@ -158,6 +158,8 @@ pub struct Counters {
     pub calls_failed: u64,
     /// Presence changes pushed to users.
     pub presence: u64,
+    /// Users back with `Resume` whose login view showed nothing missed, so no `Sync`.
+    pub resumed_without_sync: u64,
     /// When asked for (a storm), each first sighting by push as (sent, send to push), in
     /// microseconds: to see how latency moved over the run. At most [`TIMELINE_CAP`].
     pub timeline: Option<Vec<(u64, u64)>>,
@@ -191,6 +193,7 @@ impl Default for Counters {
             read_acks: 0,
             calls_failed: 0,
             presence: 0,
+            resumed_without_sync: 0,
             timeline: None,
         }
     }
@@ -223,6 +226,7 @@ impl Counters {
         self.read_acks += other.read_acks;
         self.calls_failed += other.calls_failed;
         self.presence += other.presence;
+        self.resumed_without_sync += other.resumed_without_sync;
         if let Some(theirs) = &other.timeline {
             self.timeline.get_or_insert_with(Vec::new).extend_from_slice(theirs);
         }

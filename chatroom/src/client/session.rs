@@ -256,9 +256,9 @@ impl Client {
     }
 
     /// The connection was lost: when logged in, resume the session with its token after a
-    /// random moment of up to a second (everyone on a crashed proxy lost theirs at once;
-    /// chat.proto asks clients to spread out), backing off while the system is
-    /// unavailable, for up to a minute.
+    /// random moment between half a second and a second and a half (everyone on a crashed
+    /// proxy lost theirs at once; chat.proto asks clients to spread out), backing off
+    /// while the system is unavailable, for up to a minute.
     fn on_disconnect(&self, reason: &str) {
         let logged_in = self.state().session_token.is_some();
         self.print(&Event::Disconnected { reason: reason.to_owned() });
@@ -266,7 +266,7 @@ impl Client {
             return;
         }
         let deadline = Instant::now() + RESUME_FOR;
-        let mut pause = Duration::from_millis(rand::Rng::gen_range(&mut rand::thread_rng(), 100..1000));
+        let mut pause = Duration::from_millis(rand::Rng::gen_range(&mut rand::thread_rng(), 500..1500));
         while Instant::now() < deadline {
             std::thread::sleep(pause);
             match self.resume() {
@@ -326,7 +326,8 @@ impl Client {
     }
 
     /// Takes in the answer to a login or resume: who is logged in, friends, groups and
-    /// where each conversation starts; prints it, then Syncs.
+    /// where each conversation starts; prints it, then Syncs if a conversation has
+    /// messages past what the client saw.
     fn opened(&self, response: api::LoginResponse, again: bool) -> Result<(), Error> {
         let user = response.user.clone().unwrap_or_default();
         {
@@ -367,7 +368,26 @@ impl Client {
             replaced_session: response.replaced_session,
         };
         self.print(&if again { Event::ReloggedIn(session) } else { Event::LoggedIn(session) });
-        self.sync()
+        if self.missed_any(&response.conversations) {
+            self.sync()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether one of `conversations` (as a login answered them, read after the session
+    /// opened) has messages past what the client saw. Anything newer is pushed, so when
+    /// none has, a `Sync` would fetch nothing.
+    fn missed_any(&self, conversations: &[api::ConversationState]) -> bool {
+        let state = self.state();
+        conversations.iter().any(|c| {
+            let upto = c
+                .conversation
+                .and_then(|c| ConversationId::try_from(c).ok())
+                .and_then(|id| state.seen.get(&id))
+                .map_or(0, Seen::upto);
+            c.last_seq > upto
+        })
     }
 
     /// Fetches every missed message, page by page, and prints them. For a conversation

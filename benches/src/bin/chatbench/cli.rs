@@ -96,9 +96,17 @@ pub(crate) enum Sub {
 /// The storm: how many users, how much traffic, when the kill comes.
 #[derive(Debug, clap::Args)]
 pub(crate) struct StormArgs {
-    /// Simulated users (seeded with a cheap password hash), about half on each proxy.
+    /// Simulated users (seeded with a full-cost password hash, computed once for all of
+    /// them), about half on each proxy.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) users: usize,
+    /// Seed the users with the cheapest password hash instead: the initial logins take
+    /// seconds rather than minutes. The storm itself computes no hash either way.
+    #[arg(long)]
+    pub(crate) cheap_hash: bool,
+    /// The killed proxy's users do not come back: what the crash alone costs the others.
+    #[arg(long)]
+    pub(crate) no_resume: bool,
     /// Seconds of sending among the users of the surviving proxy.
     #[arg(long, default_value_t = 20.0)]
     pub(crate) duration: f64,

@@ -20,7 +20,7 @@ pub(crate) fn soak(args: &SoakArgs) -> anyhow::Result<bool> {
     let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
     let names: Vec<String> = (0..args.users).map(|i| format!("cs{run_id}u{i}")).collect();
     let password = format!("chatbench-{run_id}");
-    let seed = Seed { names: names.clone(), password: password.clone() };
+    let seed = Seed { names: names.clone(), password: password.clone(), full_cost: false };
     eprintln!("chatbench: soak: starting a cluster and seeding {} users", args.users);
     let system = System::start(&options, Some(&seed))?;
     let describe = system.describe(&options);

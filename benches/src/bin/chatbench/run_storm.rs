@@ -20,7 +20,7 @@ pub(crate) fn storm(args: &StormArgs) -> anyhow::Result<bool> {
     let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
     let names: Vec<String> = (0..args.users).map(|i| format!("cx{run_id}u{i}")).collect();
     let password = format!("chatbench-{run_id}");
-    let seed = Seed { names: names.clone(), password: password.clone() };
+    let seed = Seed { names: names.clone(), password: password.clone(), full_cost: !args.cheap_hash };
     eprintln!("chatbench: storm: starting a cluster and seeding {} users", args.users);
     let system = System::start(&options, Some(&seed))?;
     let loops_n = args.loops.max(1);
@@ -58,7 +58,9 @@ fn storm_run(
     let conversations = Conversations::new(&setup.ids, &pairs, &[]);
     for (l, handle) in loops.iter().enumerate() {
         let users = (0..n).filter(|&i| place(i, loops.len()).0 == l);
-        let tokens = users.map(|i| if gone[i] { setup.tokens[i].clone() } else { String::new() }).collect();
+        let tokens = users
+            .map(|i| if gone[i] && !args.no_resume { setup.tokens[i].clone() } else { String::new() })
+            .collect();
         handle.send(Command::Resume(ResumePlan { addr: system.addr, tokens }));
     }
     for handle in loops {
@@ -108,10 +110,15 @@ fn storm_run(
     let dup = verdict.dup + counters.dup;
     print_storm(n, victims, &back, &counters, verdict.lost, dup);
     let timeline = counters.timeline.as_deref().unwrap_or_default();
-    let storm_end = killed_micros + back.iter().max().map_or(0, |d| d.as_micros() as u64);
+    // Without resumes the storm is the kill and what follows until the sending ends.
+    let storm_end = match back.iter().max() {
+        Some(last) => killed_micros + last.as_micros() as u64,
+        None => u64::MAX,
+    };
     print_during(timeline, killed_micros, storm_end);
     print_timeline(timeline, killed_micros);
-    Ok(back.len() == victims && verdict.lost == 0 && dup == 0 && counters.acked > 0)
+    let all_back = back.len() == if args.no_resume { 0 } else { victims };
+    Ok(all_back && verdict.lost == 0 && dup == 0 && counters.acked > 0)
 }
 
 /// Prints what a storm saw: who came back when (`back`, from the kill), the other users'
@@ -123,8 +130,9 @@ fn print_storm(n: usize, victims: usize, back: &[Duration], counters: &Counters,
     let latency = Latency::of(&counters.latency);
     println!("storm     {n} users: {victims} on the killed proxy, {} on the other", n - victims);
     println!(
-        "back      {} of {victims} resumed and synced; after the kill: p50 {:.0} ms, p99 {:.0} ms, last {:.0} ms",
+        "back      {} of {victims} resumed and synced ({} saw nothing missed and needed no Sync); after the kill: p50 {:.0} ms, p99 {:.0} ms, last {:.0} ms",
         back_ms.len(),
+        counters.resumed_without_sync,
         at(0.5).unwrap_or(f64::NAN),
         at(0.99).unwrap_or(f64::NAN),
         back_ms.last().copied().unwrap_or(f64::NAN),
@@ -173,20 +181,20 @@ fn print_timeline(timeline: &[(u64, u64)], killed: u64) {
 }
 
 /// Prints the other users' send-to-push latency for what they sent during the storm
-/// itself: from the kill (`from`) until the last user was back (`to`), in
-/// `tally::now_micros` time.
+/// itself: from the kill (`from`) until the last user was back (`to`, `u64::MAX` for
+/// the end of the run), in `tally::now_micros` time.
 fn print_during(timeline: &[(u64, u64)], from: u64, to: u64) {
     let during = timeline.iter().filter(|&&(sent, _)| sent >= from && sent <= to);
     let l = latency_of(during.map(|&(_, latency)| latency));
     if l.count == 0 {
         return;
     }
+    let until = match to {
+        u64::MAX => "until the end".to_owned(),
+        to => format!("until the last user was back ({:.1} s)", (to - from) as f64 / 1e6),
+    };
     println!(
-        "during    sent from the kill until the last user was back ({:.1} s): {} pushed, p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
-        (to - from) as f64 / 1e6,
-        l.count,
-        l.p50,
-        l.p99,
-        l.p999,
+        "during    sent from the kill {until}: {} pushed, p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
+        l.count, l.p50, l.p99, l.p999,
     );
 }

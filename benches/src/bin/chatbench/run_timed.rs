@@ -35,7 +35,7 @@ pub(crate) fn run(cli: &Cli) -> anyhow::Result<Run> {
     let names: Vec<String> = (0..cli.users).map(|i| format!("cb{run_id}u{i}")).collect();
     let password = format!("chatbench-{run_id}");
     let seeded = cli.seed.unwrap_or(cli.users > 1000 && !matches!(mode, Mode::Server(_)));
-    let seed = seeded.then(|| Seed { names: names.clone(), password: password.clone() });
+    let seed = seeded.then(|| Seed { names: names.clone(), password: password.clone(), full_cost: false });
 
     eprintln!("chatbench: starting {:?}{}", mode, if seeded { ", seeding users" } else { "" });
     let system = System::start(&options, seed.as_ref())?;

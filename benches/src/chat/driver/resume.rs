@@ -29,6 +29,17 @@ impl Loop {
         }
     }
 
+    /// Whether the login view of a resumed `user` shows a conversation with messages
+    /// past what the user saw: only then is a `Sync` needed, as chat.proto says.
+    pub(super) fn missed_any(&self, user: usize, view: &api::LoginResponse) -> bool {
+        view.conversations.iter().any(|state| {
+            let seen = tally::conversation_of(state.conversation.as_ref())
+                .and_then(|c| self.seen[user].get(&c))
+                .map_or(0, |seen| seen.watermark);
+            state.last_seq > seen
+        })
+    }
+
     /// Sends a resumed user's `round`-th `Sync` from what it saw; false if it cannot.
     pub(super) fn resync(&mut self, user: usize, round: u32) -> bool {
         if self.conns[user].is_none() || round >= SYNC_ROUNDS {
