@@ -9,17 +9,32 @@ use prost_types::FileDescriptorSet;
 use crate::names::{not_unary, streaming_kind};
 
 /// Where the server runs a method's handler, declared when the code is generated
-/// ([`Builder::inline`], [`Builder::heavy`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// ([`Builder::inline`], [`Builder::lane`], [`Builder::heavy`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) enum Placement {
     /// On the server's worker threads (the default).
     #[default]
     Workers,
     /// On the event loop that read the call: cheap methods that never block.
     Inline,
-    /// On the server's small heavy lane: expensive methods such as a password hash.
-    Heavy,
+    /// In the server's lane of this name: threads and a bounded queue of its own.
+    Lane(String),
 }
+
+impl Placement {
+    /// How a message names the placement: "inline", "heavy", `in the lane "name"`.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Placement::Workers => "on the workers".to_owned(),
+            Placement::Inline => "inline".to_owned(),
+            Placement::Lane(lane) if lane == HEAVY => "heavy".to_owned(),
+            Placement::Lane(lane) => format!("in the lane \"{lane}\""),
+        }
+    }
+}
+
+/// The lane [`Builder::heavy`] declares methods in, as rpc-core's server names it.
+pub(crate) const HEAVY: &str = "heavy";
 
 /// Declared placements by `package.Service/Method`.
 pub(crate) type Placements = BTreeMap<String, Placement>;
@@ -45,10 +60,11 @@ pub struct Builder {
     prost: prost_build::Config,
     /// Whether to tell Cargo to rerun the build script when a `.proto` changes.
     emit_rerun_if_changed: bool,
-    /// Methods declared inline or heavy, checked against the files in `compile`.
+    /// Methods declared inline or in a lane, checked against the files in `compile`.
     placements: Placements,
-    /// Methods declared both inline and heavy, reported by `compile`.
-    declared_twice: Vec<String>,
+    /// What was wrong with the declarations (a method declared twice, a lane
+    /// name that is no name), reported by `compile`.
+    mistakes: Vec<String>,
 }
 
 impl Default for Builder {
@@ -66,7 +82,7 @@ impl Builder {
             prost: prost_build::Config::new(),
             emit_rerun_if_changed: true,
             placements: Placements::new(),
-            declared_twice: Vec::new(),
+            mistakes: Vec::new(),
         }
     }
 
@@ -85,18 +101,49 @@ impl Builder {
         self.declare(method.into(), Placement::Inline)
     }
 
+    /// Declares that the server runs `method` (`package.Service/Method`) in its
+    /// lane named `lane`: a few threads of their own with a bounded queue
+    /// (`rpc_core::server::Config::lane` sizes it), for calls that must not take
+    /// the workers from everything else, nor wait behind the calls of another
+    /// lane. A burst of the lane's calls waits there, refused with
+    /// `ResourceExhausted` past the lane's bounds.
+    ///
+    /// The generated trait's `lanes` lists the declared methods with their lane,
+    /// and the generated docs of each method say where it runs. Checked like
+    /// [`inline`](Self::inline); a method declared in two places fails the build,
+    /// and so does a lane name other than letters, digits, `-` and `_`.
+    pub fn lane(self, method: impl Into<String>, lane: impl Into<String>) -> Builder {
+        let lane = lane.into();
+        let method = method.into();
+        if lane.is_empty() || !lane.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            let mut builder = self;
+            builder.mistakes.push(format!(
+                "rpc-codegen: `{method}` is declared in the lane \"{lane}\"; a lane's name is letters, \
+                 digits, `-` and `_`"
+            ));
+            return builder;
+        }
+        self.declare(method, Placement::Lane(lane))
+    }
+
     /// Declares that the server runs `method` (`package.Service/Method`) on its
-    /// heavy lane: a few threads of their own with a bounded queue, for
-    /// expensive calls (a password hash) that must not take the workers from
-    /// everything else. Checked like [`inline`](Self::inline); a method declared
-    /// both ways fails the build.
+    /// heavy lane, the lane named `"heavy"` that `rpc_core::server::Config`'s
+    /// `heavy_workers` and `max_heavy_queued` size: for expensive calls (a
+    /// password hash). The same as [`lane`](Self::lane)`(method, "heavy")`.
     pub fn heavy(self, method: impl Into<String>) -> Builder {
-        self.declare(method.into(), Placement::Heavy)
+        self.lane(method, HEAVY)
     }
 
     fn declare(mut self, method: String, placement: Placement) -> Builder {
-        if self.placements.insert(method.clone(), placement).is_some_and(|old| old != placement) {
-            self.declared_twice.push(method);
+        match self.placements.get(&method) {
+            Some(old) if *old != placement => {
+                let (old, new) = (old.describe(), placement.describe());
+                self.mistakes
+                    .push(format!("rpc-codegen: `{method}` is declared both {old} and {new}; pick one"));
+            }
+            _ => {
+                self.placements.insert(method, placement);
+            }
         }
         self
     }
@@ -147,9 +194,8 @@ impl Builder {
         }
         let files = compiler.file_descriptor_set();
         check_unary(&files)?;
-        if let Some(method) = self.declared_twice.first() {
-            let message = format!("rpc-codegen: `{method}` is declared both inline and heavy; pick one");
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, message));
+        if let Some(mistake) = self.mistakes.first() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, mistake.clone()));
         }
         check_placements(&files, &self.placements)?;
 
@@ -182,7 +228,7 @@ fn check_unary(files: &FileDescriptorSet) -> io::Result<()> {
     Ok(())
 }
 
-/// Refuses a method declared inline or heavy that is no rpc of `files`, naming it
+/// Refuses a method declared inline or in a lane that is no rpc of `files`, naming it
 /// and what the service does have.
 fn check_placements(files: &FileDescriptorSet, placements: &Placements) -> io::Result<()> {
     let mut services: BTreeMap<String, Vec<&str>> = BTreeMap::new();
@@ -196,7 +242,7 @@ fn check_placements(files: &FileDescriptorSet, placements: &Placements) -> io::R
         }
     }
     for (declared, placement) in placements {
-        let how = if *placement == Placement::Inline { "inline" } else { "heavy" };
+        let how = placement.describe();
         let found = declared
             .split_once('/')
             .and_then(|(service, method)| services.get(service).map(|methods| (service, method, methods)));

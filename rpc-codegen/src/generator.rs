@@ -14,7 +14,7 @@ use crate::{client, server};
 /// Generates rpc-core code for each service prost-build hands it.
 #[derive(Default)]
 pub(crate) struct Generator {
-    /// Methods declared inline or heavy, by `package.Service/Method`.
+    /// Methods declared inline or in a lane, by `package.Service/Method`.
     placements: Placements,
     /// By package, per service: its module and the names to re-export from it.
     /// Emitted by `finalize_package`, once every message of the package is
@@ -69,6 +69,7 @@ fn service_module(s: &ServiceNames) -> TokenStream {
         }
     });
     let all = s.rpcs.iter().map(|rpc| &rpc.constant);
+    let lanes = server::lanes(s);
     let service_trait = server::service_trait(s);
     let adapter = server::adapter(s);
     let client = client::client(s);
@@ -86,6 +87,8 @@ fn service_module(s: &ServiceNames) -> TokenStream {
                 /// Every rpc name, in the order of the `.proto`.
                 pub const ALL: &[&str] = &[#(#all),*];
             }
+
+            #lanes
 
             #service_trait
 

@@ -72,7 +72,7 @@ pub use prost_build::ServiceGenerator;
 /// When two rpcs of a service would get the same Rust method name (`GetUser`
 /// and `get_user`), an rpc would take the name of a method every generated
 /// client or trait has (`New`, `WithTimeout`, `Timeout`, `Transport`,
-/// `RunsInline`, `IsHeavy`), or a service is named like an item of `rpc_core::codegen`
+/// `RunsInline`, `Lanes`), or a service is named like an item of `rpc_core::codegen`
 /// (`Service`, `Status`, `Error`, ...); the message names the culprit.
 pub fn compile_protos(protos: &[impl AsRef<Path>], includes: &[impl AsRef<Path>]) -> std::io::Result<()> {
     Builder::new().compile(protos, includes)

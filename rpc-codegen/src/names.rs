@@ -105,7 +105,7 @@ impl ServiceNames {
             .iter()
             .map(|m| {
                 let placement = placements.get(&format!("{full_name}/{}", m.proto_name));
-                RpcNames::new(m, placement.copied().unwrap_or_default())
+                RpcNames::new(m, placement.cloned().unwrap_or_default())
             })
             .collect();
         if let Err(message) = check_clashes(&full_name, &rpcs) {
@@ -161,7 +161,7 @@ fn check_unary(service: &str, methods: &[Method]) -> Result<(), String> {
 /// trait or client has, would get the same Rust name: `GetUser` and
 /// `get_user`, `Say` and `SayWith` or `SayAsync`, or an rpc named `New` or `Timeout`.
 fn check_clashes(service: &str, rpcs: &[RpcNames]) -> Result<(), String> {
-    const GENERATED: [&str; 6] = ["new", "with_timeout", "timeout", "transport", "runs_inline", "is_heavy"];
+    const GENERATED: [&str; 6] = ["new", "with_timeout", "timeout", "transport", "runs_inline", "lanes"];
     let mut taken: HashMap<String, &str> = HashMap::new();
     for rpc in rpcs {
         for name in [unraw(&rpc.method), unraw(&rpc.method_with), unraw(&rpc.method_async)] {

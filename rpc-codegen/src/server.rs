@@ -4,10 +4,10 @@
 use proc_macro2::TokenStream;
 use quote::quote;
 
-use crate::builder::Placement;
+use crate::builder::{Placement, HEAVY};
 use crate::names::{RpcNames, ServiceNames};
 
-/// `pub trait Echo`: one method per rpc, plus `runs_inline` and `is_heavy`.
+/// `pub trait Echo`: one method per rpc, plus `runs_inline` and `lanes`.
 pub(crate) fn service_trait(s: &ServiceNames) -> TokenStream {
     let ServiceNames { full_name, trait_name, server, .. } = s;
     let docs = join_docs(
@@ -17,13 +17,13 @@ pub(crate) fn service_trait(s: &ServiceNames) -> TokenStream {
             String::new(),
             " Methods run on the server's worker threads, many at once, so they may block on".to_owned(),
             " I/O, unless the code was generated with the method declared inline (run on the".to_owned(),
-            " event loop) or heavy (run on the heavy lane): each method's docs say where it runs.".to_owned(),
+            " event loop) or in a lane (run on that lane's threads): each method's docs say".to_owned(),
+            " where it runs.".to_owned(),
             " A returned [`Status`] travels to the caller as it is.".to_owned(),
         ],
     );
     let methods = s.rpcs.iter().map(trait_method);
-    let runs_inline = placed(s, quote!(runs_inline), Placement::Inline);
-    let is_heavy = placed(s, quote!(is_heavy), Placement::Heavy);
+    let runs_inline = runs_inline(s);
     quote! {
         #(#[doc = #docs])*
         pub trait #trait_name: Send + Sync + 'static {
@@ -37,32 +37,51 @@ pub(crate) fn service_trait(s: &ServiceNames) -> TokenStream {
             /// loop.
             #runs_inline
 
-            /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
-            /// password hash, so that it runs on the server's small heavy lane, where a
-            /// burst of it waits (bounded, refused past the bound) without delaying the
-            /// other methods: by default, the methods declared heavy when this code was
-            /// generated (`rpc_codegen::Builder::heavy`).
-            #is_heavy
+            /// The methods (of the [`methods`] constants) that run in a named lane of the
+            /// server, with the lane: threads and a bounded queue of its own, where a burst
+            /// of the lane's calls waits (refused past the bound) without delaying the
+            /// other methods. By default [`LANES`], the methods declared when this code
+            /// was generated (`rpc_codegen::Builder::lane`, `Builder::heavy`). The server
+            /// reads it once, when it binds.
+            fn lanes(&self) -> &[(&'static str, &'static str)] {
+                LANES
+            }
         }
     }
 }
 
-/// `fn runs_inline` or `fn is_heavy` (`name`): whether `method` is one of the rpcs
-/// declared with `placement`.
-fn placed(s: &ServiceNames, name: TokenStream, placement: Placement) -> TokenStream {
-    let constants: Vec<_> = s.rpcs.iter().filter(|r| r.placement == placement).map(|r| &r.constant).collect();
+/// `fn runs_inline`: whether `method` is one of the rpcs declared inline.
+fn runs_inline(s: &ServiceNames) -> TokenStream {
+    let constants: Vec<_> =
+        s.rpcs.iter().filter(|r| r.placement == Placement::Inline).map(|r| &r.constant).collect();
     if constants.is_empty() {
         quote! {
-            fn #name(&self, _method: &str) -> bool {
+            fn runs_inline(&self, _method: &str) -> bool {
                 false
             }
         }
     } else {
         quote! {
-            fn #name(&self, method: &str) -> bool {
+            fn runs_inline(&self, method: &str) -> bool {
                 matches!(method, #(methods::#constants)|*)
             }
         }
+    }
+}
+
+/// `pub const LANES`: each rpc declared in a lane, with the lane's name.
+pub(crate) fn lanes(s: &ServiceNames) -> TokenStream {
+    let pairs = s.rpcs.iter().filter_map(|r| match &r.placement {
+        Placement::Lane(lane) => {
+            let constant = &r.constant;
+            Some(quote! { (methods::#constant, #lane) })
+        }
+        _ => None,
+    });
+    quote! {
+        /// The rpcs declared in a named lane of the server when this code was generated,
+        /// with the lane: what the trait's `lanes` answers by default.
+        pub const LANES: &[(&str, &str)] = &[#(#pairs),*];
     }
 }
 
@@ -74,16 +93,16 @@ fn trait_method(rpc: &RpcNames) -> TokenStream {
         rpc.docs.clone()
     };
     docs.push(String::new());
-    docs.push(
-        match rpc.placement {
-            Placement::Workers => " Runs on the server's workers.",
-            Placement::Inline => {
-                " Runs on the server's event loop (declared inline): it must be cheap and never block."
-            }
-            Placement::Heavy => " Runs on the server's heavy lane (declared heavy).",
+    docs.push(match &rpc.placement {
+        Placement::Workers => " Runs on the server's workers.".to_owned(),
+        Placement::Inline => {
+            " Runs on the server's event loop (declared inline): it must be cheap and never block.".to_owned()
         }
-        .to_owned(),
-    );
+        Placement::Lane(lane) if lane == HEAVY => {
+            " Runs on the server's heavy lane (declared heavy).".to_owned()
+        }
+        Placement::Lane(lane) => format!(" Runs in the server's lane `{lane}` (declared in that lane)."),
+    });
     quote! {
         #(#[doc = #docs])*
         fn #method(&self, ctx: &Context, request: #request) -> Result<#reply, Status>;
@@ -146,8 +165,8 @@ pub(crate) fn adapter(s: &ServiceNames) -> TokenStream {
                 self.0.runs_inline(method)
             }
 
-            fn is_heavy(&self, method: &str) -> bool {
-                self.0.is_heavy(method)
+            fn lanes(&self) -> &[(&'static str, &'static str)] {
+                self.0.lanes()
             }
         }
     }

@@ -94,11 +94,10 @@ fn generated_names_match_the_proto() {
 fn declared_placements_reach_the_served_service() {
     use fixtures::store::kv_store_rpc::methods;
     use rpc_core::server::Service;
-    // The golden files were generated with KVStore/Put and KVStore/Type heavy.
+    // The golden files were generated with KVStore/Put heavy and KVStore/Type in the lane "scans".
     let served = KvStoreServer(Memory::default());
-    assert!(served.is_heavy(methods::PUT) && served.is_heavy(methods::TYPE));
-    assert!(!served.is_heavy(methods::GET) && !served.runs_inline(methods::GET));
-    assert!(!served.is_heavy("Nonexistent"));
+    assert_eq!(served.lanes(), [(methods::PUT, "heavy"), (methods::TYPE, "scans")]);
+    assert!(!served.runs_inline(methods::GET));
 }
 
 /// Answers `Counter.Self` with a fixed count.

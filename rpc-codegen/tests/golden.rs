@@ -42,7 +42,7 @@ fn generated_code_matches_the_golden_files() {
         .emit_rerun_if_changed(false)
         .inline("echo.Echo/Stats")
         .heavy("fixtures.store.KVStore/Put")
-        .heavy("fixtures.store.KVStore/Type")
+        .lane("fixtures.store.KVStore/Type", "scans")
         .compile(&protos, &[&fixtures])
         .unwrap();
     let generated = files(&out, "rs");
@@ -137,7 +137,49 @@ fn a_method_declared_inline_or_heavy_must_exist() {
     let out = compile_one_with("right.proto", ROOM, right).unwrap();
     let code = fs::read_to_string(out.join("chat.rs")).unwrap();
     assert!(code.contains("matches!(method, methods::COUNT)"), "{code}");
-    assert!(code.contains("matches!(method, methods::SEND)"), "{code}");
+    assert!(code.contains(r#"LANES: &[(&str, &str)] = &[(methods::SEND, "heavy")]"#), "{code}");
+}
+
+#[test]
+fn a_method_is_declared_in_a_lane_by_name_and_in_one_place_only() {
+    let lanes = rpc_codegen::Builder::new().lane("chat.Room/Send", "sends").heavy("chat.Room/Count");
+    let out = compile_one_with("lanes.proto", ROOM, lanes).unwrap();
+    let code = fs::read_to_string(out.join("chat.rs")).unwrap();
+    let declared = |pair: &str| code.find(pair).unwrap_or_else(|| panic!("no {pair} in {code}"));
+    assert!(code.contains("pub const LANES: &[(&str, &str)] = &["), "{code}");
+    assert!(declared(r#"(methods::SEND, "sends"),"#) < declared(r#"(methods::COUNT, "heavy"),"#), "{code}");
+    assert!(code.contains("Runs in the server's lane `sends`"), "{code}");
+
+    for (builder, both) in [
+        (
+            rpc_codegen::Builder::new().lane("chat.Room/Send", "sends").lane("chat.Room/Send", "bulk"),
+            r#"both in the lane "sends" and in the lane "bulk""#,
+        ),
+        (
+            rpc_codegen::Builder::new().heavy("chat.Room/Send").lane("chat.Room/Send", "sends"),
+            "both heavy and in",
+        ),
+        (rpc_codegen::Builder::new().lane("chat.Room/Send", "sends").inline("chat.Room/Send"), "and inline"),
+    ] {
+        let err = compile_one_with("twice.proto", ROOM, builder).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let message = err.to_string();
+        assert!(message.contains("`chat.Room/Send` is declared ") && message.contains(both), "{message}");
+    }
+    // Declaring the same thing twice is one declaration.
+    let again = rpc_codegen::Builder::new().lane("chat.Room/Send", "sends").lane("chat.Room/Send", "sends");
+    compile_one_with("again.proto", ROOM, again).unwrap();
+
+    let typo = rpc_codegen::Builder::new().lane("chat.Room/Sned", "sends");
+    let message = compile_one_with("lane_typo.proto", ROOM, typo).unwrap_err().to_string();
+    assert!(
+        message.contains(r#"`chat.Room/Sned` is declared in the lane "sends", but chat.Room"#),
+        "{message}"
+    );
+
+    let unnamed = rpc_codegen::Builder::new().lane("chat.Room/Send", "two words");
+    let message = compile_one_with("lane_name.proto", ROOM, unnamed).unwrap_err().to_string();
+    assert!(message.contains("a lane's name is letters, digits"), "{message}");
 }
 
 const STREAMING: &str = r#"

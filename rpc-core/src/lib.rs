@@ -3,9 +3,11 @@
 //! - [`frame`]: the wire format, one length-prefixed frame per message
 //!   (`docs/PROTOCOL.md` has it byte by byte).
 //! - [`server`]: event-loop threads own the listener and every socket; a
-//!   worker pool runs handlers (a small second pool runs the heavy ones) and
-//!   wakes the loop to write replies. Everything one connection can make the
-//!   server hold or do is bounded. Its files: `server/config.rs` (settings),
+//!   worker pool runs handlers (a small pool per named lane runs the methods
+//!   declared in it, such as the heavy ones) and wakes the loop to write
+//!   replies. Everything one connection can make the server hold or do is
+//!   bounded. Its files: `server/config.rs` (settings), `server/lanes.rs`
+//!   (the named lanes and each service's table of them),
 //!   `server/connection.rs` (the handle other threads hold),
 //!   `server/event_loop.rs` with `event_loop/` (the loop; `conn.rs`, one
 //!   connection's state; `dispatch.rs`, each frame; `limits.rs`, the timed

@@ -9,8 +9,9 @@
 //! [`Service::runs_inline`]); the worker sends the reply back over
 //! the loop's channel and wakes it with its `mio::Waker`, and the loop writes
 //! every reply that is ready before it polls again, so many replies share a
-//! syscall. Methods a service declares heavy ([`Service::is_heavy`]) go to a
-//! second, small pool of `Config::heavy_workers` threads instead.
+//! syscall. Methods a service declares in a named lane ([`Service::lanes`]) go
+//! to that lane's own small pool instead, sized by [`Config::lane`] (the lane
+//! named `"heavy"` by `Config::heavy_workers` and its neighbours).
 //!
 //! No connection can hurt another. The pools keep each connection's calls in a
 //! queue of its own and serve the connections in turn, with a cap on the calls
@@ -36,12 +37,13 @@ use crate::{Error, Status};
 mod config;
 mod connection;
 mod event_loop;
+mod lanes;
 mod pool;
 mod proxy_header;
 
 use event_loop::{Command, LoopShared};
 
-pub use config::Config;
+pub use config::{Config, Lane, HEAVY};
 pub(crate) use connection::{answer_len, ConnShared};
 pub use connection::{Connection, ConnectionId};
 pub use pool::current_deadline;
@@ -73,14 +75,20 @@ pub trait Service: Send + Sync + 'static {
         false
     }
 
-    /// Whether `method` is expensive (a password hash, a large scan), so that it
-    /// runs on the server's small lane of `Config::heavy_workers` instead of the
-    /// workers: a burst of heavy calls then waits there, bounded by
-    /// `Config::max_heavy_queued`, and never delays cheap calls.
-    fn is_heavy(&self, _method: &str) -> bool {
-        false
+    /// The methods that run in a named lane instead of on the workers, as
+    /// `(method, lane)` pairs: expensive ones (a password hash, in the lane
+    /// [`HEAVY`]), or ones that must not wait behind each other (session openings
+    /// apart from logins). Each lane has threads and a bounded queue of its own
+    /// ([`Config::lane`]), so a burst of one lane's calls waits there, refused with
+    /// `ResourceExhausted` past its bounds, and never delays calls outside it.
+    ///
+    /// Read once, when the server binds; methods not named run on the workers. A
+    /// method named in two lanes fails [`Builder::bind`].
+    fn lanes(&self) -> &[(&'static str, &'static str)] {
+        &[]
     }
 }
+
 /// What a handler knows about the call it is running.
 pub struct Context {
     /// The connection the request came in on.
@@ -172,7 +180,9 @@ impl Builder {
     /// # Errors
     ///
     /// [`Error::Io`] if the address cannot be resolved or bound, or a thread
-    /// or poller cannot be created.
+    /// or poller cannot be created; of kind `InvalidInput` also when
+    /// `Config::lanes` names [`HEAVY`] or a service declares a method in two lanes
+    /// ([`Service::lanes`]).
     pub fn bind(self, addr: impl ToSocketAddrs) -> Result<Handle, Error> {
         let addr = addr.to_socket_addrs()?.next().ok_or_else(|| {
             Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind"))
@@ -182,20 +192,25 @@ impl Builder {
             event_loops: self.config.event_loops.max(1),
             ..self.config
         };
+        let (services, planned) = lanes::plan(self.services, &config)?;
+        let services = Arc::new(services);
         let listener = listen(addr, config.listen_backlog)?;
         let local_addr = listener.local_addr()?;
         let jobs = pool::queue(config.running_per_connection());
-        let heavy_workers = config.heavy_workers.max(1);
-        let heavy = pool::queue(heavy_workers.div_ceil(2));
+        let (lane_jobs, mut workers) = lanes::start(&planned)?;
         let memory = Arc::new(event_loop::Memory::default());
-        let services: event_loop::Services =
-            self.services.into_iter().map(|(name, s)| (name.into_bytes().into_boxed_slice(), s)).collect();
-        let services = Arc::new(services);
 
         let mut loops = Vec::with_capacity(config.event_loops);
         for index in 0..config.event_loops {
-            let queues = (jobs.clone(), heavy.clone());
-            loops.push(event_loop::EventLoop::new(index, &config, services.clone(), queues, memory.clone())?);
+            let lanes =
+                planned.iter().zip(&lane_jobs).map(|(l, j)| lanes::Queue::new(l, j.clone())).collect();
+            loops.push(event_loop::EventLoop::new(
+                index,
+                &config,
+                services.clone(),
+                (jobs.clone(), lanes),
+                memory.clone(),
+            )?);
         }
         let shared: Vec<Arc<LoopShared>> = loops.iter().map(|l| l.shared()).collect();
         let mut loop_threads = Vec::with_capacity(loops.len());
@@ -207,9 +222,8 @@ impl Builder {
             let name = format!("rpc-loop-{}", l.index());
             loop_threads.push(std::thread::Builder::new().name(name).spawn(move || l.run())?);
         }
-        let mut workers = pool::start("rpc-worker", config.workers, &jobs, self.on_disconnect)?;
-        workers.extend(pool::start("rpc-heavy", heavy_workers, &heavy, None)?);
-        drop((jobs, heavy));
+        workers.extend(pool::start("rpc-worker", config.workers, &jobs, self.on_disconnect)?);
+        drop((jobs, lane_jobs));
         tracing::info!(%local_addr, loops = config.event_loops, workers = config.workers, "rpc server listening");
         Ok(Handle { local_addr, loops: shared, loop_threads, workers, shut: false })
     }

@@ -34,7 +34,7 @@ pub enum Code {
     PermissionDenied = 7,
     /// A limit was hit: calls in flight, bytes queued, sizes or rates. rpc-core's
     /// server sends it, marked not run, for a call refused at admission (too
-    /// many in flight, heavy lane full, frame too large).
+    /// many in flight, a lane full, frame too large).
     ResourceExhausted = 8,
     /// The system is not in a state where the call can run.
     FailedPrecondition = 9,

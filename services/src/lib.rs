@@ -31,7 +31,8 @@
 //! * [`ConversationId`], [`UserId`] and [`GroupId`] name things across all of these.
 //!
 //! Threads and sockets belong to rpc-core's servers and channels: the services' methods
-//! run on server worker threads (password hashes on the heavy lane); the proxy adds one
+//! run on server worker threads (password hashes on the user service's heavy lane, the
+//! gateway's logins and resumes on two lanes of the proxy's); the proxy adds one
 //! lease-renewal thread; the MySQL store adds its group-commit threads
 //! (`mysql-commit-N`, `store/mysql/batch.rs`). Stores and presence tables are `Send + Sync`; the MySQL and Redis
 //! implementations keep their own connection pools.

@@ -67,8 +67,8 @@ use self::announcements::{Announcement, Announcer, Settle};
 
 pub use self::renewal::Renewal;
 pub use self::running::{
-    gateway_config, serve, Running, GATEWAY_WORKER_FACTOR, MAX_OPENINGS_WAITING,
-    OPENINGS_WAITING_PER_CONNECTION, SESSION_OPENERS,
+    gateway_config, serve, Running, GATEWAY_WORKER_FACTOR, LOGINS_LANE, LOGIN_THREADS, MAX_LOGINS_WAITING,
+    MAX_RESUMES_WAITING, OPENINGS_WAITING_PER_CONNECTION, RESUMES_LANE, RESUME_THREADS,
 };
 pub use self::sessions::Sessions;
 

@@ -30,7 +30,7 @@ pub const MAX_BIG_KIB: u32 = 16 * 1024 - 1;
 /// How the server is set up, beyond `Config::default()`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
-    /// Whether the service declares `Burn` heavy (`Service::is_heavy`).
+    /// Whether the service declares `Burn` heavy (in the lane `server::HEAVY`, `Service::lanes`).
     pub burn_heavy: bool,
     /// Handler threads; `None` keeps the default.
     pub workers: Option<usize>,
@@ -103,8 +103,12 @@ impl Service for Abuse {
         }
     }
 
-    fn is_heavy(&self, method: &str) -> bool {
-        self.burn_heavy && method == BURN
+    fn lanes(&self) -> &[(&'static str, &'static str)] {
+        if self.burn_heavy {
+            &[(BURN, rpc_core::server::HEAVY)]
+        } else {
+            &[]
+        }
     }
 }
 

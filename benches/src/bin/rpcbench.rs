@@ -112,7 +112,7 @@ struct AbuseArgs {
 /// How the `bench.Abuse` server is set up.
 #[derive(Args)]
 struct ServerArgs {
-    /// The service declares Burn heavy (`Service::is_heavy`).
+    /// The service declares Burn heavy (`Service::lanes`).
     #[arg(long)]
     burn_heavy: bool,
     /// Handler threads [default: that of `server::Config::default()`].

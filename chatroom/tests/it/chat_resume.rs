@@ -46,8 +46,8 @@ impl<S: Service> Service for Counting<S> {
         self.inner.runs_inline(method)
     }
 
-    fn is_heavy(&self, method: &str) -> bool {
-        self.inner.is_heavy(method)
+    fn lanes(&self) -> &[(&'static str, &'static str)] {
+        self.inner.lanes()
     }
 }
 

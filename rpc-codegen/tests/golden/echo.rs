@@ -44,13 +44,17 @@ pub mod echo_rpc {
         /// Every rpc name, in the order of the `.proto`.
         pub const ALL: &[&str] = &[SAY, STATS];
     }
+    /// The rpcs declared in a named lane of the server when this code was generated,
+    /// with the lane: what the trait's `lanes` answers by default.
+    pub const LANES: &[(&str, &str)] = &[];
     /// Sends requests back to their callers.
     ///
     /// The server side of `echo.Echo`: implement it and serve it with [`EchoServer`].
     ///
     /// Methods run on the server's worker threads, many at once, so they may block on
     /// I/O, unless the code was generated with the method declared inline (run on the
-    /// event loop) or heavy (run on the heavy lane): each method's docs say where it runs.
+    /// event loop) or in a lane (run on that lane's threads): each method's docs say
+    /// where it runs.
     /// A returned [`Status`] travels to the caller as it is.
     pub trait Echo: Send + Sync + 'static {
         /// Returns the request's payload and text unchanged.
@@ -79,13 +83,14 @@ pub mod echo_rpc {
         fn runs_inline(&self, method: &str) -> bool {
             matches!(method, methods::STATS)
         }
-        /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
-        /// password hash, so that it runs on the server's small heavy lane, where a
-        /// burst of it waits (bounded, refused past the bound) without delaying the
-        /// other methods: by default, the methods declared heavy when this code was
-        /// generated (`rpc_codegen::Builder::heavy`).
-        fn is_heavy(&self, _method: &str) -> bool {
-            false
+        /// The methods (of the [`methods`] constants) that run in a named lane of the
+        /// server, with the lane: threads and a bounded queue of its own, where a burst
+        /// of the lane's calls waits (refused past the bound) without delaying the
+        /// other methods. By default [`LANES`], the methods declared when this code
+        /// was generated (`rpc_codegen::Builder::lane`, `Builder::heavy`). The server
+        /// reads it once, when it binds.
+        fn lanes(&self) -> &[(&'static str, &'static str)] {
+            LANES
         }
     }
     /// Serves any implementation of [`Echo`] as the `echo.Echo` service.
@@ -121,8 +126,8 @@ pub mod echo_rpc {
         fn runs_inline(&self, method: &str) -> bool {
             self.0.runs_inline(method)
         }
-        fn is_heavy(&self, method: &str) -> bool {
-            self.0.is_heavy(method)
+        fn lanes(&self) -> &[(&'static str, &'static str)] {
+            self.0.lanes()
         }
     }
     /// Calls the `echo.Echo` service through a [`Transport`].

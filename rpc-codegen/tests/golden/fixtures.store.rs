@@ -49,6 +49,12 @@ pub mod kv_store_rpc {
         /// Every rpc name, in the order of the `.proto`.
         pub const ALL: &[&str] = &[GET, PUT, DELETE, TYPE];
     }
+    /// The rpcs declared in a named lane of the server when this code was generated,
+    /// with the lane: what the trait's `lanes` answers by default.
+    pub const LANES: &[(&str, &str)] = &[
+        (methods::PUT, "heavy"),
+        (methods::TYPE, "scans"),
+    ];
     /// A key-value store.
     ///
     /// Keys are UTF-8; values are bytes. See <https://example.invalid/kv> for the
@@ -58,7 +64,8 @@ pub mod kv_store_rpc {
     ///
     /// Methods run on the server's worker threads, many at once, so they may block on
     /// I/O, unless the code was generated with the method declared inline (run on the
-    /// event loop) or heavy (run on the heavy lane): each method's docs say where it runs.
+    /// event loop) or in a lane (run on that lane's threads): each method's docs say
+    /// where it runs.
     /// A returned [`Status`] travels to the caller as it is.
     pub trait KvStore: Send + Sync + 'static {
         /// Reads one value. `values[key]` must exist.
@@ -83,7 +90,7 @@ pub mod kv_store_rpc {
         ) -> Result<(), Status>;
         /// Named after a Rust keyword on purpose.
         ///
-        /// Runs on the server's heavy lane (declared heavy).
+        /// Runs in the server's lane `scans` (declared in that lane).
         fn r#type(
             &self,
             ctx: &Context,
@@ -98,13 +105,14 @@ pub mod kv_store_rpc {
         fn runs_inline(&self, _method: &str) -> bool {
             false
         }
-        /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
-        /// password hash, so that it runs on the server's small heavy lane, where a
-        /// burst of it waits (bounded, refused past the bound) without delaying the
-        /// other methods: by default, the methods declared heavy when this code was
-        /// generated (`rpc_codegen::Builder::heavy`).
-        fn is_heavy(&self, method: &str) -> bool {
-            matches!(method, methods::PUT | methods::TYPE)
+        /// The methods (of the [`methods`] constants) that run in a named lane of the
+        /// server, with the lane: threads and a bounded queue of its own, where a burst
+        /// of the lane's calls waits (refused past the bound) without delaying the
+        /// other methods. By default [`LANES`], the methods declared when this code
+        /// was generated (`rpc_codegen::Builder::lane`, `Builder::heavy`). The server
+        /// reads it once, when it binds.
+        fn lanes(&self) -> &[(&'static str, &'static str)] {
+            LANES
         }
     }
     /// Serves any implementation of [`KvStore`] as the `fixtures.store.KVStore` service.
@@ -148,8 +156,8 @@ pub mod kv_store_rpc {
         fn runs_inline(&self, method: &str) -> bool {
             self.0.runs_inline(method)
         }
-        fn is_heavy(&self, method: &str) -> bool {
-            self.0.is_heavy(method)
+        fn lanes(&self) -> &[(&'static str, &'static str)] {
+            self.0.lanes()
         }
     }
     /// Calls the `fixtures.store.KVStore` service through a [`Transport`].
@@ -388,6 +396,9 @@ pub mod store_rpc {
         /// Every rpc name, in the order of the `.proto`.
         pub const ALL: &[&str] = &[PING];
     }
+    /// The rpcs declared in a named lane of the server when this code was generated,
+    /// with the lane: what the trait's `lanes` answers by default.
+    pub const LANES: &[(&str, &str)] = &[];
     /// A service whose client stub is named like a message: the stub is not
     /// re-exported at the package level, where the message holds the name.
     ///
@@ -395,7 +406,8 @@ pub mod store_rpc {
     ///
     /// Methods run on the server's worker threads, many at once, so they may block on
     /// I/O, unless the code was generated with the method declared inline (run on the
-    /// event loop) or heavy (run on the heavy lane): each method's docs say where it runs.
+    /// event loop) or in a lane (run on that lane's threads): each method's docs say
+    /// where it runs.
     /// A returned [`Status`] travels to the caller as it is.
     pub trait Store: Send + Sync + 'static {
         /// Answers the `Ping` rpc.
@@ -411,13 +423,14 @@ pub mod store_rpc {
         fn runs_inline(&self, _method: &str) -> bool {
             false
         }
-        /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
-        /// password hash, so that it runs on the server's small heavy lane, where a
-        /// burst of it waits (bounded, refused past the bound) without delaying the
-        /// other methods: by default, the methods declared heavy when this code was
-        /// generated (`rpc_codegen::Builder::heavy`).
-        fn is_heavy(&self, _method: &str) -> bool {
-            false
+        /// The methods (of the [`methods`] constants) that run in a named lane of the
+        /// server, with the lane: threads and a bounded queue of its own, where a burst
+        /// of the lane's calls waits (refused past the bound) without delaying the
+        /// other methods. By default [`LANES`], the methods declared when this code
+        /// was generated (`rpc_codegen::Builder::lane`, `Builder::heavy`). The server
+        /// reads it once, when it binds.
+        fn lanes(&self) -> &[(&'static str, &'static str)] {
+            LANES
         }
     }
     /// Serves any implementation of [`Store`] as the `fixtures.store.Store` service.
@@ -449,8 +462,8 @@ pub mod store_rpc {
         fn runs_inline(&self, method: &str) -> bool {
             self.0.runs_inline(method)
         }
-        fn is_heavy(&self, method: &str) -> bool {
-            self.0.is_heavy(method)
+        fn lanes(&self) -> &[(&'static str, &'static str)] {
+            self.0.lanes()
         }
     }
     /// Calls the `fixtures.store.Store` service through a [`Transport`].
@@ -538,13 +551,17 @@ pub mod empty_rpc {
         /// Every rpc name, in the order of the `.proto`.
         pub const ALL: &[&str] = &[];
     }
+    /// The rpcs declared in a named lane of the server when this code was generated,
+    /// with the lane: what the trait's `lanes` answers by default.
+    pub const LANES: &[(&str, &str)] = &[];
     /// A service with no rpcs yet.
     ///
     /// The server side of `fixtures.store.Empty`: implement it and serve it with [`EmptyServer`].
     ///
     /// Methods run on the server's worker threads, many at once, so they may block on
     /// I/O, unless the code was generated with the method declared inline (run on the
-    /// event loop) or heavy (run on the heavy lane): each method's docs say where it runs.
+    /// event loop) or in a lane (run on that lane's threads): each method's docs say
+    /// where it runs.
     /// A returned [`Status`] travels to the caller as it is.
     pub trait Empty: Send + Sync + 'static {
         /// Whether `method` (one of the [`methods`] constants) is cheap and never
@@ -556,13 +573,14 @@ pub mod empty_rpc {
         fn runs_inline(&self, _method: &str) -> bool {
             false
         }
-        /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
-        /// password hash, so that it runs on the server's small heavy lane, where a
-        /// burst of it waits (bounded, refused past the bound) without delaying the
-        /// other methods: by default, the methods declared heavy when this code was
-        /// generated (`rpc_codegen::Builder::heavy`).
-        fn is_heavy(&self, _method: &str) -> bool {
-            false
+        /// The methods (of the [`methods`] constants) that run in a named lane of the
+        /// server, with the lane: threads and a bounded queue of its own, where a burst
+        /// of the lane's calls waits (refused past the bound) without delaying the
+        /// other methods. By default [`LANES`], the methods declared when this code
+        /// was generated (`rpc_codegen::Builder::lane`, `Builder::heavy`). The server
+        /// reads it once, when it binds.
+        fn lanes(&self) -> &[(&'static str, &'static str)] {
+            LANES
         }
     }
     /// Serves any implementation of [`Empty`] as the `fixtures.store.Empty` service.
@@ -588,8 +606,8 @@ pub mod empty_rpc {
         fn runs_inline(&self, method: &str) -> bool {
             self.0.runs_inline(method)
         }
-        fn is_heavy(&self, method: &str) -> bool {
-            self.0.is_heavy(method)
+        fn lanes(&self) -> &[(&'static str, &'static str)] {
+            self.0.lanes()
         }
     }
     /// Calls the `fixtures.store.Empty` service through a [`Transport`].
@@ -637,6 +655,9 @@ pub mod counter_rpc {
         /// Every rpc name, in the order of the `.proto`.
         pub const ALL: &[&str] = &[SELF];
     }
+    /// The rpcs declared in a named lane of the server when this code was generated,
+    /// with the lane: what the trait's `lanes` answers by default.
+    pub const LANES: &[(&str, &str)] = &[];
     /// An rpc named after a keyword that cannot be a raw identifier, answering a
     /// wrapper type that prost maps to a Rust primitive.
     ///
@@ -644,7 +665,8 @@ pub mod counter_rpc {
     ///
     /// Methods run on the server's worker threads, many at once, so they may block on
     /// I/O, unless the code was generated with the method declared inline (run on the
-    /// event loop) or heavy (run on the heavy lane): each method's docs say where it runs.
+    /// event loop) or in a lane (run on that lane's threads): each method's docs say
+    /// where it runs.
     /// A returned [`Status`] travels to the caller as it is.
     pub trait Counter: Send + Sync + 'static {
         /// Answers the `Self` rpc.
@@ -660,13 +682,14 @@ pub mod counter_rpc {
         fn runs_inline(&self, _method: &str) -> bool {
             false
         }
-        /// Whether `method` (one of the [`methods`] constants) is expensive, such as a
-        /// password hash, so that it runs on the server's small heavy lane, where a
-        /// burst of it waits (bounded, refused past the bound) without delaying the
-        /// other methods: by default, the methods declared heavy when this code was
-        /// generated (`rpc_codegen::Builder::heavy`).
-        fn is_heavy(&self, _method: &str) -> bool {
-            false
+        /// The methods (of the [`methods`] constants) that run in a named lane of the
+        /// server, with the lane: threads and a bounded queue of its own, where a burst
+        /// of the lane's calls waits (refused past the bound) without delaying the
+        /// other methods. By default [`LANES`], the methods declared when this code
+        /// was generated (`rpc_codegen::Builder::lane`, `Builder::heavy`). The server
+        /// reads it once, when it binds.
+        fn lanes(&self) -> &[(&'static str, &'static str)] {
+            LANES
         }
     }
     /// Serves any implementation of [`Counter`] as the `fixtures.store.Counter` service.
@@ -698,8 +721,8 @@ pub mod counter_rpc {
         fn runs_inline(&self, method: &str) -> bool {
             self.0.runs_inline(method)
         }
-        fn is_heavy(&self, method: &str) -> bool {
-            self.0.is_heavy(method)
+        fn lanes(&self) -> &[(&'static str, &'static str)] {
+            self.0.lanes()
         }
     }
     /// Calls the `fixtures.store.Counter` service through a [`Transport`].

@@ -1,5 +1,6 @@
 //! The server's settings: [`Config`], its defaults, and what they resolve to.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::frame;
@@ -20,6 +21,7 @@ use crate::frame;
 /// | `heavy_workers` | one per core |
 /// | `max_heavy_queued` | 256 |
 /// | `max_heavy_queued_per_connection` | `None`: an eighth of `max_heavy_queued` |
+/// | `lanes` | none: every other lane gets [`Lane::default`] |
 /// | `event_loops` | 1 |
 /// | `listen_backlog` | 4096 |
 /// | `max_frame_size` | 16 MiB |
@@ -43,8 +45,9 @@ pub struct Config {
     /// (rounded down), so that with four workers or more a connection with a
     /// burst of slow calls always leaves workers for the others.
     pub max_running_per_connection: Option<usize>,
-    /// Threads that run the methods a service declares heavy
-    /// ([`Service::is_heavy`](super::Service::is_heavy)), such as password hashing, apart from `workers`.
+    /// Threads of the lane named `"heavy"` ([`Service::lanes`](super::Service::lanes),
+    /// rpc-codegen's `Builder::heavy`): methods such as password hashing, run apart
+    /// from `workers`.
     pub heavy_workers: usize,
     /// Heavy calls that may wait for `heavy_workers`, over all connections. More
     /// are refused at once with `ResourceExhausted`, marked not run.
@@ -56,6 +59,11 @@ pub struct Config {
     /// everyone: filling it then takes `max_heavy_queued` divided by this many
     /// connections.
     pub max_heavy_queued_per_connection: Option<usize>,
+    /// The size of each named lane other than `"heavy"`, by name. A lane a service
+    /// declares ([`Service::lanes`](super::Service::lanes)) that is not named here
+    /// gets [`Lane::default`], the heavy lane's defaults. `"heavy"` itself is sized
+    /// by the three fields above; naming it here fails [`bind`](super::Builder::bind).
+    pub lanes: BTreeMap<String, Lane>,
     /// Event-loop threads that own the sockets. One is plenty for most loads;
     /// more help only with many cores.
     pub event_loops: usize,
@@ -126,6 +134,7 @@ impl Default for Config {
             heavy_workers: cores,
             max_heavy_queued: 256,
             max_heavy_queued_per_connection: None,
+            lanes: BTreeMap::new(),
             event_loops: 1,
             listen_backlog: 4096,
             max_frame_size: frame::DEFAULT_MAX_FRAME,
@@ -146,12 +155,79 @@ impl Default for Config {
 impl Config {
     /// `max_heavy_queued_per_connection`, with `None` resolved.
     pub fn heavy_queued_per_connection(&self) -> usize {
-        self.max_heavy_queued_per_connection.unwrap_or(self.max_heavy_queued / 8).max(1)
+        self.lane(HEAVY).queued_per_connection()
+    }
+
+    /// The size of the lane named `name`: the `heavy_*` fields for `"heavy"`, else
+    /// its entry in `lanes`, else [`Lane::default`].
+    pub fn lane(&self, name: &str) -> Lane {
+        if name == HEAVY {
+            return Lane {
+                workers: self.heavy_workers,
+                max_queued: self.max_heavy_queued,
+                max_queued_per_connection: self.max_heavy_queued_per_connection,
+            };
+        }
+        self.lanes.get(name).cloned().unwrap_or_default()
     }
 
     /// `max_running_per_connection`, with `None` resolved.
     pub fn running_per_connection(&self) -> usize {
         let workers = self.workers.max(1);
         self.max_running_per_connection.unwrap_or(workers - workers / 4).clamp(1, workers)
+    }
+}
+
+/// The name of the lane the `heavy_*` fields of [`Config`] size, which rpc-codegen's
+/// `Builder::heavy` declares methods in.
+pub const HEAVY: &str = "heavy";
+
+/// The size of one named lane: threads of its own that run the methods declared in
+/// it ([`Service::lanes`](super::Service::lanes)), apart from the workers and the
+/// other lanes, with a bounded queue. A burst of calls to a lane waits there and
+/// delays nothing outside it; past its bounds a call is refused at once with
+/// `ResourceExhausted`, marked not run. One connection may have at most half the
+/// lane's threads (rounded up) running its calls at once.
+///
+/// | field | default |
+/// |---|---|
+/// | `workers` | one per core |
+/// | `max_queued` | 256 |
+/// | `max_queued_per_connection` | `None`: an eighth of `max_queued` |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lane {
+    /// Threads that run the lane's calls (at least one is started).
+    pub workers: usize,
+    /// Calls that may wait for the lane's threads, over all connections; more are
+    /// refused.
+    pub max_queued: usize,
+    /// Calls of one connection that may wait; more are refused. `None` means an
+    /// eighth of `max_queued` (at least one). Where each peer is one client with
+    /// no reason to queue more than one or two, a small number keeps a few
+    /// connections from filling the lane: filling it then takes `max_queued`
+    /// divided by this many connections.
+    pub max_queued_per_connection: Option<usize>,
+}
+
+impl Default for Lane {
+    fn default() -> Lane {
+        Lane {
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_queued: 256,
+            max_queued_per_connection: None,
+        }
+    }
+}
+
+impl Lane {
+    /// `max_queued_per_connection`, with `None` resolved.
+    pub fn queued_per_connection(&self) -> usize {
+        self.max_queued_per_connection.unwrap_or(self.max_queued / 8).max(1)
+    }
+
+    /// Calls of one connection that may run on the lane at once: half its threads,
+    /// rounded up.
+    pub(crate) fn running_per_connection(&self) -> usize {
+        self.workers.max(1).div_ceil(2)
     }
 }

@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::lanes::{self, Services};
 use super::pool::{self, Call, Jobs};
 use super::proxy_header;
 use super::{Config, ConnShared, Connection, ConnectionId, Context, Service};
@@ -68,9 +69,6 @@ impl Memory {
         Some(budget / self.conns.load(Ordering::Relaxed).max(1))
     }
 }
-
-/// Services by name (as bytes, so a lookup needs no UTF-8 check).
-pub(crate) type Services = FastMap<Box<[u8]>, Arc<dyn Service>>;
 
 /// Messages to a loop from other threads.
 pub(crate) enum Command {
@@ -135,12 +133,10 @@ pub(crate) struct EventLoop {
     services: Arc<Services>,
     /// The worker pool's queue.
     jobs: Jobs,
-    /// The heavy lane's queue.
-    heavy: Jobs,
+    /// Each named lane's queue, by the index in the services' lane tables.
+    lanes: Vec<lanes::Queue>,
     /// Calls decoded from the current read, queued for the pool together.
     batch: VecDeque<Call>,
-    /// The same for the heavy lane.
-    heavy_batch: VecDeque<Call>,
     /// Bytes held over the whole server.
     memory: Arc<Memory>,
     /// When the last poll returned: the time of everything done before the
@@ -161,7 +157,7 @@ impl EventLoop {
         index: usize,
         config: &Config,
         services: Arc<Services>,
-        (jobs, heavy): (Jobs, Jobs),
+        (jobs, lanes): (Jobs, Vec<lanes::Queue>),
         memory: Arc<Memory>,
     ) -> io::Result<EventLoop> {
         let poll = Poll::new()?;
@@ -184,9 +180,8 @@ impl EventLoop {
             conns: FastMap::default(),
             services,
             jobs,
-            heavy,
+            lanes,
             batch: VecDeque::new(),
-            heavy_batch: VecDeque::new(),
             memory,
             now: Instant::now(),
             config: config.clone(),
@@ -457,7 +452,9 @@ impl EventLoop {
         self.memory.conns.fetch_sub(1, Ordering::Relaxed);
         tracing::debug!(id = %conn.handle.id(), peer = %conn.handle.peer_addr(), reason, "connection closed");
         self.jobs.disconnected(conn.handle.id());
-        // No hook runs there: the notice only drops the heavy calls still waiting.
-        self.heavy.disconnected(conn.handle.id());
+        // No hook runs there: the notice only drops the lane's calls still waiting.
+        for lane in &self.lanes {
+            lane.jobs.disconnected(conn.handle.id());
+        }
     }
 }

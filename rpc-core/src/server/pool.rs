@@ -6,7 +6,7 @@
 //! often than one with a single call. A connection may also have only
 //! `max_running` calls running at once, so a burst of slow calls always leaves
 //! workers for the others. The server runs two pools on this code: the
-//! workers, and the small lane for heavy methods.
+//! workers, and one small pool per named lane (`server/lanes.rs`).
 //!
 //! The queues sit under one mutex rather than in channels so that a loop can
 //! hand over every call of one read under one lock and wake at most one
@@ -23,7 +23,7 @@
 //! load, watching workers would only take the cores from the loop thread
 //! and the clients, so there they sleep at once.
 //!
-//! This file holds the queue: the lanes, the ring and the loops' handle
+//! This file holds the queue: the connections' queues, the ring and the loops' handle
 //! ([`Jobs`]); the threads that serve it are in `worker`.
 
 use std::collections::VecDeque;
@@ -61,7 +61,7 @@ enum Job {
 
 /// One connection's calls waiting for a worker.
 #[derive(Default)]
-struct Lane {
+struct ConnQueue {
     /// Calls in arrival order.
     calls: VecDeque<Call>,
     /// Calls of this connection running on a worker now.
@@ -76,15 +76,15 @@ struct Lane {
 /// The calls waiting for a worker, and who waits for a call.
 struct State {
     /// Each connection with calls waiting or running.
-    lanes: FastMap<ConnectionId, Lane>,
+    conns: FastMap<ConnectionId, ConnQueue>,
     /// Connections with a call waiting and under their running cap, in the
     /// order the workers serve them.
     ring: VecDeque<ConnectionId>,
     /// Closed connections whose disconnect hook has yet to run; served first.
     notices: VecDeque<ConnectionId>,
-    /// Calls waiting, over every lane.
+    /// Calls waiting, over every connection.
     waiting: usize,
-    /// Empty queues of lanes that went idle, kept to serve new lanes, so that a
+    /// Empty queues of connections that went idle, kept to serve new ones, so that a
     /// connection whose calls come and go does not allocate a queue per batch.
     spare: Vec<VecDeque<Call>>,
     /// Workers blocked in `Condvar::wait`.
@@ -113,11 +113,11 @@ struct Queue {
     /// after each change so that a watching worker can look without the lock;
     /// also the count of calls waiting, for admission limits.
     queued: AtomicUsize,
-    /// Calls waiting over every lane, runnable or not, for admission limits.
+    /// Calls waiting over every connection, runnable or not, for admission limits.
     waiting: AtomicUsize,
 }
 
-/// Idle lane queues kept for reuse, and the largest capacity kept.
+/// Idle connection queues kept for reuse, and the largest capacity kept.
 const SPARE_QUEUES: usize = 64;
 const SPARE_CAPACITY: usize = 256;
 
@@ -142,29 +142,29 @@ impl State {
     fn take(&mut self, max_running: usize) -> Option<Job> {
         if let Some(id) = self.notices.pop_front() {
             // Calls still waiting for a closed connection would only be skipped.
-            if let Some(lane) = self.lanes.get_mut(&id) {
-                self.waiting -= lane.calls.len();
-                lane.calls.clear();
-                if lane.running == 0 {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                self.waiting -= conn.calls.len();
+                conn.calls.clear();
+                if conn.running == 0 {
                     self.retire(id);
                 }
             }
             return Some(Job::Disconnected(id));
         }
         while let Some(id) = self.ring.pop_front() {
-            let Some(lane) = self.lanes.get_mut(&id) else { continue };
-            lane.in_ring = false;
-            if lane.calls.front().is_some_and(|call| call.ctx.connection.hold_back()) {
+            let Some(conn) = self.conns.get_mut(&id) else { continue };
+            conn.in_ring = false;
+            if conn.calls.front().is_some_and(|call| call.ctx.connection.hold_back()) {
                 // Answers made now would only wait in memory for a peer that reads
-                // slower than we answer: the lane waits until the loop drains them.
-                lane.blocked = true;
+                // slower than we answer: its queue waits until the loop drains them.
+                conn.blocked = true;
                 continue;
             }
-            let Some(call) = lane.calls.pop_front() else { continue };
+            let Some(call) = conn.calls.pop_front() else { continue };
             self.waiting -= 1;
-            lane.running += 1;
-            if !lane.calls.is_empty() && lane.running < max_running {
-                lane.in_ring = true;
+            conn.running += 1;
+            if !conn.calls.is_empty() && conn.running < max_running {
+                conn.in_ring = true;
                 self.ring.push_back(id);
             }
             return Some(Job::Call(call));
@@ -175,25 +175,25 @@ impl State {
     /// A call of connection `id` finished: it may run another.
     #[inline]
     fn finish(&mut self, id: ConnectionId, max_running: usize) {
-        let Some(lane) = self.lanes.get_mut(&id) else { return };
-        lane.running -= 1;
-        if lane.calls.is_empty() {
-            if lane.running == 0 {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        conn.running -= 1;
+        if conn.calls.is_empty() {
+            if conn.running == 0 {
                 self.retire(id);
             }
-        } else if !lane.in_ring && !lane.blocked && lane.running < max_running {
-            lane.in_ring = true;
+        } else if !conn.in_ring && !conn.blocked && conn.running < max_running {
+            conn.in_ring = true;
             self.ring.push_back(id);
         }
     }
 
-    /// Forgets the idle lane of connection `id`, keeping its queue for a new lane.
+    /// Forgets the idle queue of connection `id`, keeping its memory for a new one.
     #[inline]
     fn retire(&mut self, id: ConnectionId) {
-        let Some(lane) = self.lanes.remove(&id) else { return };
+        let Some(conn) = self.conns.remove(&id) else { return };
         // A queue grown by a burst is not kept: its memory goes back.
-        if self.spare.len() < SPARE_QUEUES && lane.calls.capacity() <= SPARE_CAPACITY {
-            self.spare.push(lane.calls);
+        if self.spare.len() < SPARE_QUEUES && conn.calls.capacity() <= SPARE_CAPACITY {
+            self.spare.push(conn.calls);
         }
     }
 
@@ -263,22 +263,22 @@ impl Jobs {
         st.last_batch = batch.len();
         st.waiting += batch.len();
         let state = &mut *st;
-        let lane = state.lanes.entry(id).or_insert_with(|| Lane {
+        let conn = state.conns.entry(id).or_insert_with(|| ConnQueue {
             calls: state.spare.pop().unwrap_or_default(),
             running: 0,
             in_ring: false,
             blocked: false,
         });
-        if lane.calls.is_empty() {
+        if conn.calls.is_empty() {
             // The usual case when the workers keep up: trade buffers rather
             // than move every call.
-            std::mem::swap(&mut lane.calls, batch);
+            std::mem::swap(&mut conn.calls, batch);
         } else {
-            lane.calls.append(batch);
+            conn.calls.append(batch);
         }
-        let join = !lane.in_ring && !lane.blocked && lane.running < max_running;
+        let join = !conn.in_ring && !conn.blocked && conn.running < max_running;
         if join {
-            lane.in_ring = true;
+            conn.in_ring = true;
             state.ring.push_back(id);
         }
         self.queued_and_wake(st);
@@ -289,26 +289,26 @@ impl Jobs {
         let max_running = self.queue.max_running;
         let mut st = self.queue.lock();
         let state = &mut *st;
-        let Some(lane) = state.lanes.get_mut(&id) else { return };
-        if !lane.blocked {
+        let Some(conn) = state.conns.get_mut(&id) else { return };
+        if !conn.blocked {
             return;
         }
-        lane.blocked = false;
-        if !lane.calls.is_empty() && !lane.in_ring && lane.running < max_running {
-            lane.in_ring = true;
+        conn.blocked = false;
+        if !conn.calls.is_empty() && !conn.in_ring && conn.running < max_running {
+            conn.in_ring = true;
             state.ring.push_back(id);
         }
         self.queued_and_wake(st);
     }
 
-    /// Calls waiting over every connection (for the heavy lane's bound).
+    /// Calls waiting over every connection (for a named lane's bound).
     pub(crate) fn waiting(&self) -> usize {
         self.queue.waiting.load(Ordering::Relaxed)
     }
 
-    /// Calls of connection `id` waiting (for the heavy lane's bound per connection).
+    /// Calls of connection `id` waiting (for a named lane's bound per connection).
     pub(crate) fn waiting_for(&self, id: ConnectionId) -> usize {
-        self.queue.lock().lanes.get(&id).map_or(0, |lane| lane.calls.len())
+        self.queue.lock().conns.get(&id).map_or(0, |conn| conn.calls.len())
     }
 
     fn queued_and_wake(&self, mut st: MutexGuard<'_, State>) {
@@ -326,7 +326,7 @@ impl Jobs {
 /// `max_running` calls running at once (at least one).
 pub(crate) fn queue(max_running: usize) -> Jobs {
     let state = State {
-        lanes: FastMap::default(),
+        conns: FastMap::default(),
         spare: Vec::new(),
         ring: VecDeque::new(),
         notices: VecDeque::new(),

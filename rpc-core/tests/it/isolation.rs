@@ -44,8 +44,8 @@ impl Service for ProbeService {
         "test.Probe"
     }
 
-    fn is_heavy(&self, method: &str) -> bool {
-        method == "Hash"
+    fn lanes(&self) -> &[(&'static str, &'static str)] {
+        &[("Hash", rpc_core::server::HEAVY)]
     }
 
     fn call(&self, _ctx: &Context, method: &str, body: Bytes) -> Result<Bytes, Status> {
@@ -194,7 +194,7 @@ fn one_connection_may_have_only_its_share_of_the_heavy_lane_waiting() {
     assert_eq!(refused.len(), 2, "past its share of 2 waiting: {answers:?}");
     assert!(refused.iter().all(|f| f.flags & frame::FLAG_NOT_RUN != 0), "refusals say not run");
     let why = String::from_utf8_lossy(&refused[0].body).into_owned();
-    assert!(why.contains("2 heavy calls of this connection already wait"), "{why}");
+    assert!(why.contains("2 calls of this connection already wait in the heavy lane"), "{why}");
     other.shutdown(std::net::Shutdown::Write).unwrap();
     let theirs = read_until_closed(&mut other, PATIENCE);
     assert!(theirs.iter().any(|f| f.kind == Kind::Response && f.code == Code::Ok), "{theirs:?}");

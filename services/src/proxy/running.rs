@@ -89,46 +89,73 @@ impl Running {
 /// of them at once than it could with the process's workers.
 pub const GATEWAY_WORKER_FACTOR: usize = 4;
 
-/// Threads that open sessions on a proxy: the gateway's Register, Login and Resume run
-/// there (declared heavy in `build.rs`), not on the workers. After a proxy crash its
-/// thousands of clients resume on the other proxies at this pace while the users already
-/// there keep the workers. More threads would not bring them back sooner: each opening
-/// costs MariaDB a handful of queries, and on two cores four at once bring 5,000 users
-/// back in about 8 s; eight doubled everyone else's median latency during the storm and
-/// brought nobody back sooner (`benches/CHAT-RESULTS.md`, "Storm").
-pub const SESSION_OPENERS: usize = 4;
+/// The lane of the gateway's Register and Login (declared in `build.rs`): the calls that
+/// wait for a password hash. Each holds its thread while the user service hashes (tens of
+/// milliseconds, longer while the user service's own hash queue is long), so a flood of
+/// logins fills this lane and no other: Resume has a lane of its own ([`RESUMES_LANE`]),
+/// and the users of a crashed proxy come back while someone floods logins.
+pub const LOGINS_LANE: &str = "logins";
 
-/// Session openings that may wait for [`SESSION_OPENERS`] on one proxy: as many clients
-/// as a crashed proxy may have held, so that a reconnect storm queues rather than being
-/// refused and coming back. Past it a client is answered `ResourceExhausted`, not run. A
-/// waiting call holds its request (a token, or a name and a password; like every request
-/// it counts against its connection's memory budget) and no thread.
-pub const MAX_OPENINGS_WAITING: usize = 16_384;
+/// Threads of [`LOGINS_LANE`] on one proxy. The user service hashes on one thread per
+/// core (two on the machines we measure on); more logins at once from one proxy would
+/// only wait in its hash queue, where they hold a thread here and delay the other
+/// proxies' logins.
+pub const LOGIN_THREADS: usize = 2;
 
-/// Session openings one connection may have waiting. A client opens one session at a
-/// time; with a larger share a few connections could fill [`MAX_OPENINGS_WAITING`] and
-/// lock everyone else out of logging in (17 connections did, with an eighth each).
-/// Filling it now takes 8,192 connections.
+/// Registrations and logins that may wait for [`LOGIN_THREADS`] on one proxy. At the
+/// 70-100 full-cost hashes a second two cores do, 4,096 is about a minute of hashing:
+/// more would only wait past any client's deadline (a call whose deadline passes while
+/// it waits is answered DeadlineExceeded, not run, when its turn comes). Past it a client
+/// is answered `ResourceExhausted`, not run.
+pub const MAX_LOGINS_WAITING: usize = 4_096;
+
+/// The lane of the gateway's Resume (declared in `build.rs`): a token lookup, no password
+/// hash. After a proxy crash its thousands of clients resume on the other proxies here,
+/// at [`RESUME_THREADS`]' pace, while the users already there keep the workers and
+/// logins keep to [`LOGINS_LANE`].
+pub const RESUMES_LANE: &str = "resumes";
+
+/// Threads of [`RESUMES_LANE`] on one proxy. More would not bring a crashed proxy's users
+/// back sooner: each resume costs MariaDB a handful of queries, and on two cores four at
+/// once bring 5,000 users back in about 8 s; eight doubled everyone else's median latency
+/// during the storm and brought nobody back sooner (`benches/CHAT-RESULTS.md`, "Storm").
+pub const RESUME_THREADS: usize = 4;
+
+/// Resumes that may wait for [`RESUME_THREADS`] on one proxy: as many clients as a
+/// crashed proxy may have held, so that a reconnect storm queues rather than being
+/// refused and coming back. A waiting call holds its request (a token; like every
+/// request it counts against its connection's memory budget) and no thread.
+pub const MAX_RESUMES_WAITING: usize = 16_384;
+
+/// Calls one connection may have waiting in either lane. A client opens one session at
+/// a time; with a larger share a few connections could fill a lane and lock everyone
+/// else out (17 connections did, with an eighth each). Filling [`MAX_RESUMES_WAITING`]
+/// now takes 8,192 connections, and [`MAX_LOGINS_WAITING`] 2,048.
 pub const OPENINGS_WAITING_PER_CONNECTION: usize = 2;
 
 /// The client listener's settings, from the process's `base`: see
-/// [`GATEWAY_WORKER_FACTOR`], [`SESSION_OPENERS`], [`MAX_OPENINGS_WAITING`] and
-/// [`OPENINGS_WAITING_PER_CONNECTION`].
+/// [`GATEWAY_WORKER_FACTOR`], and the lanes [`LOGINS_LANE`] and [`RESUMES_LANE`].
 pub fn gateway_config(base: server::Config) -> server::Config {
+    let lane = |workers, max_queued| server::Lane {
+        workers,
+        max_queued,
+        max_queued_per_connection: Some(OPENINGS_WAITING_PER_CONNECTION),
+    };
+    let mut lanes = base.lanes.clone();
+    lanes.insert(LOGINS_LANE.to_owned(), lane(LOGIN_THREADS, MAX_LOGINS_WAITING));
+    lanes.insert(RESUMES_LANE.to_owned(), lane(RESUME_THREADS, MAX_RESUMES_WAITING));
     server::Config {
         workers: base.workers.saturating_mul(GATEWAY_WORKER_FACTOR),
         max_running_per_connection: Some(base.running_per_connection()),
-        heavy_workers: SESSION_OPENERS,
-        max_heavy_queued_per_connection: Some(OPENINGS_WAITING_PER_CONNECTION),
-        max_heavy_queued: MAX_OPENINGS_WAITING,
+        lanes,
         ..base
     }
 }
 
 /// Starts a proxy: clients on `client_listen`, delivery on `delivery_listen` registered
 /// in `registry` under the proxy's instance id. The client listener gets
-/// [`GATEWAY_WORKER_FACTOR`] times `server_config`'s workers and a lane for opening
-/// sessions ([`gateway_config`]).
+/// [`GATEWAY_WORKER_FACTOR`] times `server_config`'s workers and lanes for logins and
+/// for resumes ([`gateway_config`]).
 ///
 /// # Errors
 ///

@@ -78,34 +78,46 @@ fn only_the_password_hashing_methods_are_heavy() {
     let dir = tempfile::tempdir().unwrap();
     let store = services::store::Sqlite::open(dir.path().join("chatroom.db")).unwrap();
     let users = UserServiceServer(services::user_service::UserService::new(std::sync::Arc::new(store)));
-    let heavy: Vec<&str> =
-        user_service_rpc::methods::ALL.iter().copied().filter(|m| users.is_heavy(m)).collect();
-    assert_eq!(heavy, ["Register", "VerifyLogin", "ChangePassword"]);
+    let heavy = rpc_core::server::HEAVY;
+    assert_eq!(users.lanes(), [("Register", heavy), ("VerifyLogin", heavy), ("ChangePassword", heavy)]);
     assert!(user_service_rpc::methods::ALL.iter().all(|m| !users.runs_inline(m)));
 }
 
+/// Register and Login (a password hash each) share the proxy's logins lane, Resume (a
+/// token lookup) has a lane of its own, so a flood of logins never holds up a resume;
+/// every other Gateway method runs on the workers.
 #[test]
-fn the_gateways_session_openers_are_heavy_and_nothing_else_of_it() {
-    use rpc_core::server::Service;
-    use services::api::{gateway_rpc, GatewayServer};
+fn the_gateways_logins_and_resumes_run_in_lanes_of_their_own() {
+    use rpc_core::server::{Lane, Service};
+    use services::api::GatewayServer;
+    use services::proxy::{LOGINS_LANE, RESUMES_LANE};
 
     let registry = rpc_core::registry::Memory::new();
     let presence = std::sync::Arc::new(services::presence::Memory::new());
     let proxy = services::proxy::Proxy::new(services::proxy::Config::default(), &registry, presence).unwrap();
     let gateway = GatewayServer(proxy);
-    let heavy: Vec<&str> =
-        gateway_rpc::methods::ALL.iter().copied().filter(|m| gateway.is_heavy(m)).collect();
-    assert_eq!(heavy, ["Register", "Login", "Resume"]);
-    // The lane they run on is the proxy's own, sized for calls that wait on services.
+    assert_eq!(
+        gateway.lanes(),
+        [("Register", LOGINS_LANE), ("Login", LOGINS_LANE), ("Resume", RESUMES_LANE)]
+    );
+    assert_ne!(LOGINS_LANE, RESUMES_LANE);
+    // The lanes are the proxy's own, sized for calls that wait on services.
     let config =
         services::proxy::gateway_config(rpc_core::server::Config { workers: 16, ..Default::default() });
     assert_eq!(config.workers, 16 * services::proxy::GATEWAY_WORKER_FACTOR);
-    assert_eq!(config.heavy_workers, services::proxy::SESSION_OPENERS);
-    assert_eq!(config.max_heavy_queued, services::proxy::MAX_OPENINGS_WAITING);
-    assert_eq!(
-        config.max_heavy_queued_per_connection,
-        Some(services::proxy::OPENINGS_WAITING_PER_CONNECTION)
-    );
+    let per_connection = Some(services::proxy::OPENINGS_WAITING_PER_CONNECTION);
+    let logins = Lane {
+        workers: services::proxy::LOGIN_THREADS,
+        max_queued: services::proxy::MAX_LOGINS_WAITING,
+        max_queued_per_connection: per_connection,
+    };
+    assert_eq!(config.lane(LOGINS_LANE), logins);
+    let resumes = Lane {
+        workers: services::proxy::RESUME_THREADS,
+        max_queued: services::proxy::MAX_RESUMES_WAITING,
+        max_queued_per_connection: per_connection,
+    };
+    assert_eq!(config.lane(RESUMES_LANE), resumes);
     // One client runs no more calls at once than with the process's own workers.
     assert_eq!(config.running_per_connection(), 12);
 }

@@ -119,8 +119,7 @@ impl EventLoop {
                         draining: self.draining_until.is_some(),
                         now: self.now,
                         batch: &mut self.batch,
-                        heavy_batch: &mut self.heavy_batch,
-                        heavy: &self.heavy,
+                        lanes: &mut self.lanes,
                         decoded: false,
                     };
                     ctx.frames(conn);
@@ -129,7 +128,9 @@ impl EventLoop {
                         conn.partial_since = None;
                     }
                     self.jobs.send_all(id, &mut self.batch);
-                    self.heavy.send_all(id, &mut self.heavy_batch);
+                    for lane in &mut self.lanes {
+                        lane.jobs.send_all(id, &mut lane.batch);
+                    }
                     if conn.closing {
                         break;
                     }
@@ -286,7 +287,9 @@ impl EventLoop {
             shared.held_back.store(false, Ordering::SeqCst);
             let id = conn.handle.id();
             self.jobs.unblock(id);
-            self.heavy.unblock(id);
+            for lane in &self.lanes {
+                lane.jobs.unblock(id);
+            }
         }
         if conn.evicted.is_some() {
             if pending == 0 {

@@ -1,12 +1,11 @@
 //! Frame handling for one connection's read: each whole frame decoded and answered
 //! (ping, the authentication gate, protocol violations) or turned into a call for the
-//! event loop itself, the workers or the heavy lane, within the connection's bounds.
+//! event loop itself, the workers or a named lane, within the connection's bounds.
 
 use super::*;
 
-/// `ask(service)` (application code: `runs_inline`, `is_heavy`), with a panic in
-/// it taken as "no": the call goes to a worker, which answers a panicking handler
-/// with Internal.
+/// `ask(service)` (application code: `runs_inline`), with a panic in it taken as
+/// "no": the call goes to a worker, which answers a panicking handler with Internal.
 fn ask(service: &dyn Service, method: &str, what: &str, ask: impl FnOnce() -> bool) -> bool {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(ask)).unwrap_or_else(|_| {
         tracing::error!(service = service.name(), method, what, "panicked; the call goes to a worker");
@@ -23,10 +22,8 @@ pub(super) struct Dispatch<'a> {
     pub(super) now: Instant,
     /// Calls for the pool; the loop queues them once the read is handled.
     pub(super) batch: &'a mut VecDeque<Call>,
-    /// Calls for the heavy lane, likewise.
-    pub(super) heavy_batch: &'a mut VecDeque<Call>,
-    /// The heavy lane, for its bounds.
-    pub(super) heavy: &'a Jobs,
+    /// The named lanes, for their bounds and their calls of this read.
+    pub(super) lanes: &'a mut [lanes::Queue],
     /// Whether a whole frame was decoded.
     pub(super) decoded: bool,
 }
@@ -119,7 +116,7 @@ impl Dispatch<'_> {
         if self.draining {
             return refuse(conn, Status::unavailable("server is shutting down"));
         }
-        let Some(service) = self.services.get(f.service_bytes()) else {
+        let Some(served) = self.services.get(f.service_bytes()) else {
             let status = Status::unimplemented(format!("unknown service '{}'", f.service()));
             return refuse(conn, status);
         };
@@ -132,25 +129,15 @@ impl Dispatch<'_> {
         }
         let deadline = (f.timeout_ms > 0).then(|| self.now + Duration::from_millis(f.timeout_ms.into()));
         let ctx = Context { connection: conn.handle.clone(), call_id: f.call_id, deadline };
-        let (service_ref, method) = (service.as_ref(), f.method());
+        let (service_ref, method) = (served.service.as_ref(), f.method());
         if ask(service_ref, method, "runs_inline", || service_ref.runs_inline(method)) {
             let result = pool::run(service_ref, &ctx, &f);
             frame::put_response(&mut conn.out, f.call_id, &result);
             return;
         }
-        let heavy = ask(service_ref, method, "is_heavy", || service_ref.is_heavy(method));
-        if heavy {
-            let max = self.config.max_heavy_queued;
-            let per_connection = self.config.heavy_queued_per_connection();
-            let mine = self.heavy.waiting_for(conn.handle.id()) + self.heavy_batch.len();
-            let why = if mine >= per_connection {
-                Some(format!("{per_connection} heavy calls of this connection already wait"))
-            } else if self.heavy.waiting() + self.heavy_batch.len() >= max {
-                Some(format!("{max} heavy calls already wait"))
-            } else {
-                None
-            };
-            if let Some(why) = why {
+        let lane = served.lane_of(method);
+        if let Some(lane) = lane {
+            if let Some(why) = self.lanes[lane].refusal(conn.handle.id()) {
                 return refuse(
                     conn,
                     Status::resource_exhausted(format!("{}/{method} is busy: {why}", f.service())),
@@ -163,11 +150,10 @@ impl Dispatch<'_> {
         let f = if conn.inbuf.capacity() > KEEP_CAPACITY { f.detached() } else { f };
         conn.in_flight += 1;
         conn.requests += cost;
-        let call = Call { service: service.clone(), ctx, frame: f, cost };
-        if heavy {
-            self.heavy_batch.push_back(call);
-        } else {
-            self.batch.push_back(call);
+        let call = Call { service: served.service.clone(), ctx, frame: f, cost };
+        match lane {
+            Some(lane) => self.lanes[lane].batch.push_back(call),
+            None => self.batch.push_back(call),
         }
     }
 }

@@ -36,9 +36,8 @@ struct Harness {
 impl Harness {
     fn new(config: Config) -> Harness {
         let sink: Arc<dyn Service> = Arc::new(Sink);
-        let mut services = Services::default();
-        services.insert(b"test.Sink".to_vec().into_boxed_slice(), sink);
-        let queues = (pool::queue(4), pool::queue(1));
+        let (services, _) = lanes::plan([("test.Sink".to_owned(), sink)].into(), &config).unwrap();
+        let queues = (pool::queue(4), Vec::new());
         let mut lp =
             EventLoop::new(0, &config, Arc::new(services), queues, Arc::new(Memory::default())).unwrap();
         let listener = StdListener::bind("127.0.0.1:0").unwrap();

@@ -71,8 +71,8 @@ fn next(queue: &Queue, taken: &mut u32, finished: Option<ConnectionId>) -> Optio
             }
             return Some(job);
         }
-        // A lane at its running cap still has a worker on it, which takes the
-        // lane's next call itself when it finishes.
+        // A connection at its running cap still has a worker on it, which takes
+        // the connection's next call itself when it finishes.
         if st.senders == 0 {
             return None;
         }
