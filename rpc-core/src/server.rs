@@ -175,7 +175,7 @@ impl Builder {
         self
     }
 
-    /// Binds the listener and starts the loop and worker threads.
+    /// Binds the listener and starts the loop, worker and lane threads.
     ///
     /// # Errors
     ///

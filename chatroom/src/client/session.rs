@@ -271,8 +271,8 @@ impl Client {
             std::thread::sleep(pause);
             match self.resume() {
                 Ok(()) => return,
-                // ResourceExhausted: the proxy's lane for opening sessions is full (a
-                // crashed proxy's clients all came back at once); chat.proto asks to retry.
+                // ResourceExhausted: the proxy's lane for resumes is full (a crashed
+                // proxy's clients all came back at once); chat.proto asks to retry.
                 Err(e)
                     if matches!(
                         e.rpc_code(),

@@ -31,9 +31,6 @@ impl Served {
     /// The index of the lane `method` runs in; `None` for the workers.
     #[inline]
     pub(crate) fn lane_of(&self, method: &str) -> Option<usize> {
-        if self.lanes.is_empty() {
-            return None;
-        }
         self.lanes.iter().find(|(m, _)| &**m == method).map(|&(_, lane)| lane)
     }
 }
