@@ -313,8 +313,7 @@ impl Client {
         let Some(session_token) = self.state().session_token.clone() else {
             return Err(Error::NotLoggedIn { command: "resume" });
         };
-        let response = match self.gateway.resume(&api::ResumeRequest { session_token, ..Default::default() })
-        {
+        let response = match self.gateway.resume(&api::ResumeRequest { session_token }) {
             Ok(response) => response,
             Err(e) => {
                 if e.code() == Code::Unauthenticated {

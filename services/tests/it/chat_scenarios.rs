@@ -213,7 +213,7 @@ pub fn a_session_token_resumes_the_session_until_logout(system: &System) {
     let fourth = system.connect();
     assert_eq!(code(resume(&fourth, &token)), Code::Unauthenticated, "a logged-out token is revoked");
     for malformed in ["", "abc", &"G".repeat(64), &token.token.to_uppercase()] {
-        let request = api::ResumeRequest { session_token: malformed.into(), ..Default::default() };
+        let request = api::ResumeRequest { session_token: malformed.into() };
         assert_eq!(code(fourth.gateway.resume(&request)), Code::Unauthenticated, "{malformed:?}");
     }
     assert_eq!(code(fourth.gateway.list_friends(&api::ListFriendsRequest {})), Code::Unauthenticated);
