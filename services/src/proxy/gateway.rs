@@ -184,17 +184,18 @@ impl gateway_rpc::Gateway for Proxy {
         self.open()?;
         // The user service throttles logins per client address; it learns it here.
         request.source = ctx.client_addr().ip().to_string();
-        // A login on a connection that already has a session ends that session first.
-        self.inner.sessions.end(ctx.connection().id());
         let verified = self.inner.users.verify_login(&request).map_err(rpc_status)?;
+        // A session already on this connection ends once the new one is sure to start: a
+        // refused login leaves it as it was.
+        self.inner.sessions.end(ctx.connection().id());
         self.start_session(ctx, verified.user, Opened::Password(verified.credential))
     }
 
     fn resume(&self, ctx: &Context, request: api::ResumeRequest) -> Result<api::LoginResponse, Status> {
         self.open()?;
-        // As for a login: a session already on this connection ends first.
-        self.inner.sessions.end(ctx.connection().id());
         let user = self.inner.users.resume_session(&request).map_err(rpc_status)?.user;
+        // As for a login: a session already on this connection ends only now.
+        self.inner.sessions.end(ctx.connection().id());
         self.start_session(ctx, user, Opened::Token(request.session_token))
     }
 
@@ -351,6 +352,7 @@ impl gateway_rpc::Gateway for Proxy {
         request: api::SendMessageRequest,
     ) -> Result<api::SendMessageResponse, Status> {
         let sender_id = self.session(ctx)?.0;
+        self.may_send(sender_id)?;
         // "Not stored" only when it was not: see `send_status`.
         self.inner.chat.send(&api::SendCall { sender_id, request: Some(request) }).map_err(send_status)
     }

@@ -81,6 +81,12 @@ impl Running {
     }
 }
 
+/// The largest request a client may send a proxy (rpc-core's default is 16 MiB). The
+/// largest honest one is a `Sync` naming every conversation of its user, about 25 bytes
+/// each: this is some 40,000 conversations. A larger one is refused unread
+/// (ResourceExhausted, not run) and the connection stays usable.
+pub const GATEWAY_MAX_REQUEST: usize = 1 << 20;
+
 /// How many times the process's workers a proxy's client listener runs. A gateway handler
 /// only waits on the service doing the work (a send waits for its commit, 20-50 ms while
 /// MariaDB is busy, and 500 sends a second then keep 15 handlers waiting), and a proxy
@@ -134,7 +140,8 @@ pub const MAX_RESUMES_WAITING: usize = 16_384;
 pub const OPENINGS_WAITING_PER_CONNECTION: usize = 2;
 
 /// The client listener's settings, from the process's `base`: see
-/// [`GATEWAY_WORKER_FACTOR`], and the lanes [`LOGINS_LANE`] and [`RESUMES_LANE`].
+/// [`GATEWAY_MAX_REQUEST`], [`GATEWAY_WORKER_FACTOR`], and the lanes [`LOGINS_LANE`] and
+/// [`RESUMES_LANE`].
 pub fn gateway_config(base: server::Config) -> server::Config {
     let lane = |workers, max_queued| server::Lane {
         workers,
@@ -148,6 +155,7 @@ pub fn gateway_config(base: server::Config) -> server::Config {
         workers: base.workers.saturating_mul(GATEWAY_WORKER_FACTOR),
         max_running_per_connection: Some(base.running_per_connection()),
         lanes,
+        max_frame_size: GATEWAY_MAX_REQUEST,
         ..base
     }
 }

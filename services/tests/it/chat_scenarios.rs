@@ -209,6 +209,13 @@ pub fn a_session_token_resumes_the_session_until_logout(system: &System) {
     // Logging out revokes the token; closing a connection does not.
     let third = system.connect();
     resume(&third, &token).expect("the token still works after the second connection was replaced");
+    // A refused resume or login on a connection with a session leaves that session.
+    let unknown = api::SessionToken { token: token.token.chars().rev().collect(), ..token.clone() };
+    assert_eq!(code(resume(&third, &unknown)), Code::Unauthenticated, "an unknown token");
+    let wrong =
+        api::LoginRequest { name: bob.name.clone(), password: "not it at all".into(), ..Default::default() };
+    assert_eq!(code(third.gateway.login(&wrong)), Code::Unauthenticated, "a wrong password");
+    third.gateway.list_friends(&api::ListFriendsRequest {}).expect("the session is still open");
     third.gateway.logout(&api::LogoutRequest {}).unwrap();
     let fourth = system.connect();
     assert_eq!(code(resume(&fourth, &token)), Code::Unauthenticated, "a logged-out token is revoked");
@@ -299,6 +306,12 @@ pub fn bad_input_gets_clear_errors_and_the_proxy_keeps_serving(system: &System) 
 
     let oversized = "x".repeat(4097);
     assert_eq!(code(alice_client.send(direct(&alice, &bob), "big", &oversized)), Code::InvalidArgument);
+    // A request over the gateway's frame limit is refused unread, and the connection
+    // stays usable (the last send below goes on it).
+    let huge = "x".repeat(services::proxy::GATEWAY_MAX_REQUEST + 1);
+    let refused = alice_client.send(direct(&alice, &bob), "huge", &huge).expect_err("over the frame limit");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
+    assert!(refused.to_string().contains("maximum frame size"), "{refused}");
     assert_eq!(code(alice_client.send(direct(&alice, &alice), "me", "hi me")), Code::InvalidArgument);
     let nowhere =
         api::SendMessageRequest { conversation: None, client_msg_id: "n".into(), body: "hi".into() };
