@@ -4,7 +4,8 @@
 //! kicks the session the user had on the other. A presence change made while no chat
 //! service runs reaches the user's friends once one does, and the chat service drops an
 //! announcement the presence table contradicts. A connection reset while its login runs
-//! leaves no session and no lease behind.
+//! leaves no session and no lease behind. A resume is answered while every login thread
+//! of the proxy waits for a password check.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -321,4 +322,50 @@ fn a_connection_reset_while_its_login_runs_leaves_nobody_online() {
     wait_until(Duration::from_secs(10), "the login ended", || logins.0.lock().unwrap().2 == 1);
     assert!(proxy.sessions().is_empty(), "no session on a closed connection");
     assert_eq!(presence.lookup(&[UserId(alice.id)]).unwrap(), [None], "no lease for alice");
+}
+
+/// Register and Login wait on the proxy's logins lane, Resume on a lane of its own: with
+/// every login thread held at a password check and more logins waiting behind them, a
+/// user coming back with a session token is answered at once.
+#[test]
+fn a_resume_is_answered_while_every_login_thread_waits_for_a_password_check() {
+    let backends = Backends::new();
+    let (users, checking) = Held::new(backends.user_service(), "VerifyLogin");
+    checking.0.lock().unwrap().0 = true;
+    // Workers to spare, so that the held checks leave the user service room for the resume.
+    let many = server::Config { workers: 16, ..server::Config::default() };
+    let _users = serve(users, &backends.registry, loopback(), many).unwrap();
+    let _chat = backends.chat_service();
+    let config = proxy::Config { instance_id: "proxy-a".into(), ..proxy::Config::default() };
+    let p = proxy::Proxy::new(config, &backends.registry, backends.presence.clone()).unwrap();
+    let proxy =
+        proxy::serve(p, &backends.registry, loopback(), loopback(), server::Config::default()).unwrap();
+    let addr = proxy.client_addr();
+    let alice = connect(addr);
+    alice.register("alice");
+    let token = alice.login("alice").session_token.expect("a token");
+    let flooders: Vec<String> = (0..proxy::LOGIN_THREADS + 2).map(|i| format!("flood-{i}")).collect();
+    for name in &flooders {
+        connect(addr).register(name);
+    }
+
+    // Password checks now wait at the gate: each login holds a thread of the lane.
+    checking.0.lock().unwrap().0 = false;
+    let logins: Vec<_> =
+        flooders.into_iter().map(|name| std::thread::spawn(move || connect(addr).login(&name))).collect();
+    wait_until(Duration::from_secs(20), "every login thread to hold a password check", || {
+        checking.0.lock().unwrap().1 >= proxy::LOGIN_THREADS
+    });
+    let resumed = connect(addr).gateway.resume(&api::ResumeRequest { session_token: token.token });
+    assert_eq!(resumed.expect("resumes while the logins wait").user.unwrap().name, "alice");
+
+    // The logins waiting behind the held ones all get in once the checks go on.
+    {
+        let (state, changed) = &*checking;
+        state.lock().unwrap().0 = true;
+        changed.notify_all();
+    }
+    for login in logins {
+        assert!(login.join().unwrap().session_token.is_some());
+    }
 }
