@@ -152,20 +152,22 @@ impl TokenArgs {
     }
 }
 
-/// How fast one user may send messages (counted by the proxy holding the session).
+/// How fast one user may send messages and change friends and groups (counted by the
+/// proxy holding the user's session).
 #[derive(Debug, Args)]
-pub struct SendArgs {
-    /// Messages one user may send at once; 0 turns the limit off.
-    #[arg(long, env = "CHATROOM_SEND_BURST", default_value_t = throttle::Config::default().sends.burst)]
-    pub send_burst: u32,
-    /// Then one more message per this many ms.
-    #[arg(long, env = "CHATROOM_SEND_EVERY_MS", default_value_t = 100)]
-    pub send_every_ms: u64,
+pub struct WriteArgs {
+    /// Messages and changes one user may make at once; 0 turns the limit off.
+    #[arg(long, env = "CHATROOM_WRITE_BURST", default_value_t = throttle::Config::default().writes.burst)]
+    pub write_burst: u32,
+    /// Then one more per this many ms (1 ms to an hour).
+    #[arg(long, env = "CHATROOM_WRITE_EVERY_MS", default_value_t = 100)]
+    pub write_every_ms: u64,
 }
 
-impl SendArgs {
+impl WriteArgs {
     pub fn bucket(&self) -> throttle::Bucket {
-        throttle::Bucket { burst: self.send_burst, every: Duration::from_millis(self.send_every_ms) }
+        let every = Duration::from_millis(self.write_every_ms.clamp(1, 3_600_000));
+        throttle::Bucket { burst: self.write_burst, every }
     }
 }
 
