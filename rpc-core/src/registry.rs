@@ -50,7 +50,7 @@ mod zookeeper;
 
 pub use self::memory::Memory;
 #[cfg(feature = "zookeeper")]
-pub use self::zookeeper::{Config, ZooKeeper};
+pub use self::zookeeper::{Access, Config, Identity, ZooKeeper};
 
 /// One running server of a service, as the registry knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
