@@ -67,7 +67,7 @@ use self::announcements::{Announcement, Announcer, Settle};
 
 pub use self::renewal::Renewal;
 pub use self::running::{
-    gateway_config, serve, Running, GATEWAY_WORKER_FACTOR, MAX_OPENINGS_WAITING,
+    gateway_config, serve, Running, GATEWAY_MAX_REQUEST, GATEWAY_WORKER_FACTOR, MAX_OPENINGS_WAITING,
     OPENINGS_WAITING_PER_CONNECTION, SESSION_OPENERS,
 };
 pub use self::sessions::Sessions;

@@ -292,6 +292,39 @@ impl Limits {
         }
     }
 
+    /// Asks whether `from` may try a session token now, and counts the attempt against
+    /// the address's login limit (a token cannot be guessed, but each try costs a store
+    /// lookup); [`Limits::resume_succeeded`] gives it back.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Limits::begin_login`].
+    pub fn begin_resume(&self, from: IpAddr) -> Result<(), Refusal> {
+        if self.config.address_login.burst == 0 {
+            return Ok(());
+        }
+        let key = address_key("login", from);
+        match self.counters.take(&key, &self.config.address_login, self.config.forget_after) {
+            Ok(None) => Ok(()),
+            Ok(Some(wait)) => Err(Refusal::Wait { what: "too many logins from this address", wait }),
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    /// Records that a resume begun with [`Limits::begin_resume`] had a valid token: the
+    /// address gets its attempt back. A failure here is logged, not returned.
+    pub fn resume_succeeded(&self, from: IpAddr) {
+        if self.config.address_login.burst == 0 {
+            return;
+        }
+        let key = address_key("login", from);
+        if let Err(error) =
+            self.counters.give_back(&key, &self.config.address_login, self.config.forget_after)
+        {
+            tracing::warn!(%error, "cannot give a resume's attempt back to its address");
+        }
+    }
+
     /// Asks whether `from` may register an account now, and counts it.
     ///
     /// # Errors

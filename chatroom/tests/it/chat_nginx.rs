@@ -652,7 +652,7 @@ fn a_proxy_killed_with_sigkill_loses_nothing_and_leaves_nobody_online() {
     let (gone, returners) = victims.split_last().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     for (client, user, token) in returners {
-        let request = api::ResumeRequest { session_token: token.token.clone() };
+        let request = api::ResumeRequest { session_token: token.token.clone(), ..Default::default() };
         retry(&format!("{} resumes", user.name), deadline, || client.gateway.resume(&request));
         assert_ne!(proxy_of(user), victim_proxy, "{} is on a live proxy", user.name);
         let cursor = api::Cursor { conversation: Some(direct(&watcher_user, user)), seq: 1 };
