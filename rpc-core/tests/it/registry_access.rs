@@ -79,6 +79,11 @@ fn strangers_can_neither_change_nor_read_a_closed_registry() {
         assert!(err.to_string().contains("NoAuth"), "{err}");
     }
 
+    // Closing without an identity to prove is a mistake, said at once.
+    let unproved = registry::Config { access: Access::Creator, ..zk_config(&root) };
+    let err = registry::ZooKeeper::connect(&zk, unproved).unwrap_err();
+    assert!(err.to_string().contains("needs an identity"), "{err}");
+
     // Members read it, and the instance is as it was.
     let consumer = member(&zk, &root);
     assert_eq!(ids(&consumer.instances("svc").unwrap()), ["a"]);
@@ -120,7 +125,7 @@ fn members_prove_their_identity_again_on_a_new_connection_and_in_a_new_session()
     let _thaw = freezer.thaw_on_drop();
     let config = registry::Config {
         session_timeout: Duration::from_secs(4),
-        operation_timeout: Duration::from_secs(3),
+        operation_timeout: Duration::from_secs(5),
         ..closed(&root, MEMBER)
     };
     // One registry both provides and consumes, through the forwarder.
