@@ -90,6 +90,7 @@ impl Cluster {
             // Every user comes from 127.0.0.1; the throttle has tests of its own.
             .env("CHATROOM_LOGIN_ADDRESS_BURST", "0")
             .env("CHATROOM_REGISTER_ADDRESS_BURST", "0")
+            .env("CHATROOM_SEND_BURST", "0")
             .stdout(Stdio::piped())
             .spawn()
             .expect("the chatroom binary starts");

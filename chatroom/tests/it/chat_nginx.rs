@@ -33,9 +33,13 @@ use crate::support::{
 };
 
 /// The scenarios log many users in from 127.0.0.1: the per-address limits are off (the
-/// throttle has tests of its own, `throttle_cluster`).
-pub const UNTHROTTLED: &[(&str, &str)] =
-    &[("CHATROOM_LOGIN_ADDRESS_BURST", "0"), ("CHATROOM_REGISTER_ADDRESS_BURST", "0")];
+/// throttle has tests of its own, `throttle_e2e`), and so is the per-user send limit,
+/// for the scenarios that send in bursts.
+pub const UNTHROTTLED: &[(&str, &str)] = &[
+    ("CHATROOM_LOGIN_ADDRESS_BURST", "0"),
+    ("CHATROOM_REGISTER_ADDRESS_BURST", "0"),
+    ("CHATROOM_SEND_BURST", "0"),
+];
 
 /// What to start.
 #[derive(Debug, Clone, Copy)]

@@ -353,6 +353,7 @@ impl gateway_rpc::Gateway for Proxy {
         request: api::SendMessageRequest,
     ) -> Result<api::SendMessageResponse, Status> {
         let sender_id = self.session(ctx)?.0;
+        self.may_send(sender_id)?;
         // "Not stored" only when it was not: see `send_status`.
         self.inner.chat.send(&api::SendCall { sender_id, request: Some(request) }).map_err(send_status)
     }

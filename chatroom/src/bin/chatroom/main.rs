@@ -33,7 +33,8 @@ use services::user_service::UserService;
 use services::{proxy, serve, throttle};
 
 use args::{
-    mysql, redis, HashingArgs, MySqlArgs, RedisArgs, SecretArgs, ServeArgs, ThrottleArgs, TokenArgs, ZkArgs,
+    mysql, redis, HashingArgs, MySqlArgs, RedisArgs, SecretArgs, SendArgs, ServeArgs, ThrottleArgs,
+    TokenArgs, ZkArgs,
 };
 use stop::Stop;
 
@@ -70,6 +71,8 @@ enum Command {
         #[command(flatten)]
         throttle: ThrottleArgs,
         #[command(flatten)]
+        sends: SendArgs,
+        #[command(flatten)]
         tokens: TokenArgs,
         #[command(flatten)]
         serving: ServeArgs,
@@ -103,6 +106,8 @@ enum Command {
         redis: RedisArgs,
         #[command(flatten)]
         secret: SecretArgs,
+        #[command(flatten)]
+        sends: SendArgs,
         #[command(flatten)]
         serving: ServeArgs,
     },
@@ -187,13 +192,22 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Standalone { listen, data_dir, lease_ttl_secs, throttle, tokens, secret, serving } => {
+        Command::Standalone {
+            listen,
+            data_dir,
+            lease_ttl_secs,
+            throttle,
+            sends,
+            tokens,
+            secret,
+            serving,
+        } => {
             let stop = Stop::catch()?;
             let config = standalone::Config {
                 data_dir,
                 listen,
                 lease_ttl: Duration::from_secs(lease_ttl_secs.max(1)),
-                throttle: throttle.config(),
+                throttle: throttle::Config { sends: sends.bucket(), ..throttle.config() },
                 tokens: tokens.config(),
                 server: serving.config(),
                 cluster_secret: secret.load()?,
@@ -218,6 +232,7 @@ fn main() -> anyhow::Result<()> {
             zk,
             redis: redis_args,
             secret,
+            sends,
             serving,
         } => {
             let stop = Stop::catch()?;
@@ -226,6 +241,7 @@ fn main() -> anyhow::Result<()> {
             let mut config = proxy::Config {
                 lease_ttl: Duration::from_secs(lease_ttl_secs.max(1)),
                 cluster_secret: Some(secret),
+                sends: sends.bucket(),
                 ..proxy::Config::default()
             };
             if let Some(id) = instance_id {
