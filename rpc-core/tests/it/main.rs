@@ -8,5 +8,6 @@ mod client_faults;
 mod isolation;
 mod proxy_header;
 mod registry;
+mod registry_access;
 mod server_limits;
 mod support;

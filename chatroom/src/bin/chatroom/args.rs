@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use rpc_core::registry::{self, ZooKeeper};
+use rpc_core::registry::ZooKeeper;
 use rpc_core::server;
 use services::secret::ClusterSecret;
 use services::{auth, presence, session_token, store, throttle, Presence, Store};
@@ -88,7 +88,8 @@ pub struct ZkArgs {
     /// ZooKeeper connect string.
     #[arg(long = "zk", env = "CHATROOM_ZK", default_value = "127.0.0.1:2181")]
     pub zk_connect: String,
-    /// The znode every service registers under.
+    /// The znode every service registers under. Only processes with the cluster secret
+    /// may read or change it: a root made with one secret refuses processes with another.
     #[arg(long = "zk-root", env = "CHATROOM_ZK_ROOT", default_value = "/chatroom")]
     pub zk_root: String,
 }
@@ -233,9 +234,10 @@ pub struct RedisArgs {
 }
 
 impl ZkArgs {
-    pub fn connect(&self) -> anyhow::Result<ZooKeeper> {
-        let config = registry::Config { root: self.zk_root.clone(), ..registry::Config::default() };
-        ZooKeeper::connect(&self.zk_connect, config)
+    /// The registry under `--zk-root`, proving the cluster's ZooKeeper identity and
+    /// closing what it creates to everyone else (`ClusterSecret::registry_config`).
+    pub fn connect(&self, secret: &ClusterSecret) -> anyhow::Result<ZooKeeper> {
+        ZooKeeper::connect(&self.zk_connect, secret.registry_config(&self.zk_root))
             .with_context(|| format!("cannot reach ZooKeeper at {}", self.zk_connect))
     }
 }

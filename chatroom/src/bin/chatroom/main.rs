@@ -237,7 +237,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let stop = Stop::catch()?;
             let secret = secret.require()?;
-            let registry = zk.connect()?;
+            let registry = zk.connect(&secret)?;
             let mut config = proxy::Config {
                 lease_ttl: Duration::from_secs(lease_ttl_secs.max(1)),
                 cluster_secret: Some(secret),
@@ -274,7 +274,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let stop = Stop::catch()?;
             let secret = secret.require()?;
-            let registry = zk.connect()?;
+            let registry = zk.connect(&secret)?;
             let counters = throttle::Redis::with_config(&throttle::redis::Config {
                 url: redis_args.redis_url.clone(),
                 key_prefix: format!("{}throttle:", redis_args.redis_prefix),
@@ -297,7 +297,7 @@ fn main() -> anyhow::Result<()> {
         Command::ChatService { listen, zk, mysql: mysql_args, redis: redis_args, secret, serving } => {
             let stop = Stop::catch()?;
             let secret = secret.require()?;
-            let registry = zk.connect()?;
+            let registry = zk.connect(&secret)?;
             let proxies = Proxies::discover(&registry)?.with_credential(Some(secret.credential()));
             let service = ChatService::new(mysql(&mysql_args)?, redis(&redis_args)?, proxies);
             let served = serve(
