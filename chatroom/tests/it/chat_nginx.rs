@@ -38,7 +38,7 @@ use crate::support::{
 pub const UNTHROTTLED: &[(&str, &str)] = &[
     ("CHATROOM_LOGIN_ADDRESS_BURST", "0"),
     ("CHATROOM_REGISTER_ADDRESS_BURST", "0"),
-    ("CHATROOM_SEND_BURST", "0"),
+    ("CHATROOM_WRITE_BURST", "0"),
 ];
 
 /// What to start.

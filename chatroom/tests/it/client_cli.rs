@@ -103,7 +103,7 @@ fn standalone_at(dir: &std::path::Path, listen: &str) -> (Killed, String) {
         // Every user comes from 127.0.0.1; the throttle has tests of its own.
         .env("CHATROOM_LOGIN_ADDRESS_BURST", "0")
         .env("CHATROOM_REGISTER_ADDRESS_BURST", "0")
-        .env("CHATROOM_SEND_BURST", "0")
+        .env("CHATROOM_WRITE_BURST", "0")
         .stdout(Stdio::piped())
         .spawn()
         .expect("standalone starts");

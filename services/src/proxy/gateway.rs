@@ -245,7 +245,7 @@ impl gateway_rpc::Gateway for Proxy {
         ctx: &Context,
         request: api::AddFriendRequest,
     ) -> Result<api::AddFriendResponse, Status> {
-        let user_id = self.session(ctx)?.0;
+        let user_id = self.writer(ctx)?.0;
         let call = api::AddFriendCall { user_id, request: Some(request) };
         let friend = self.inner.users.add_friend(&call).map_err(rpc_status)?.friend;
         Ok(api::AddFriendResponse { friend: self.contact(friend)? })
@@ -256,7 +256,7 @@ impl gateway_rpc::Gateway for Proxy {
         ctx: &Context,
         request: api::RemoveFriendRequest,
     ) -> Result<api::RemoveFriendResponse, Status> {
-        let user_id = self.session(ctx)?.0;
+        let user_id = self.writer(ctx)?.0;
         self.inner
             .users
             .remove_friend(&api::RemoveFriendCall { user_id, request: Some(request) })
@@ -278,7 +278,7 @@ impl gateway_rpc::Gateway for Proxy {
         ctx: &Context,
         request: api::CreateGroupRequest,
     ) -> Result<api::CreateGroupResponse, Status> {
-        let user_id = self.session(ctx)?.0;
+        let user_id = self.writer(ctx)?.0;
         self.inner
             .users
             .create_group(&api::CreateGroupCall { user_id, request: Some(request) })
@@ -290,7 +290,7 @@ impl gateway_rpc::Gateway for Proxy {
         ctx: &Context,
         request: api::JoinGroupRequest,
     ) -> Result<api::JoinGroupResponse, Status> {
-        let user_id = self.session(ctx)?.0;
+        let user_id = self.writer(ctx)?.0;
         self.inner
             .users
             .join_group(&api::JoinGroupCall { user_id, request: Some(request) })
@@ -302,7 +302,7 @@ impl gateway_rpc::Gateway for Proxy {
         ctx: &Context,
         request: api::LeaveGroupRequest,
     ) -> Result<api::LeaveGroupResponse, Status> {
-        let user_id = self.session(ctx)?.0;
+        let user_id = self.writer(ctx)?.0;
         self.inner
             .users
             .leave_group(&api::LeaveGroupCall { user_id, request: Some(request) })
@@ -330,7 +330,7 @@ impl gateway_rpc::Gateway for Proxy {
     }
 
     fn invite(&self, ctx: &Context, request: api::InviteRequest) -> Result<api::InviteResponse, Status> {
-        let user_id = self.session(ctx)?.0;
+        let user_id = self.writer(ctx)?.0;
         self.inner.users.invite(&api::InviteCall { user_id, request: Some(request) }).map_err(rpc_status)
     }
 
@@ -339,7 +339,7 @@ impl gateway_rpc::Gateway for Proxy {
         ctx: &Context,
         request: api::RemoveMemberRequest,
     ) -> Result<api::RemoveMemberResponse, Status> {
-        let user_id = self.session(ctx)?.0;
+        let user_id = self.writer(ctx)?.0;
         self.inner
             .users
             .remove_member(&api::RemoveMemberCall { user_id, request: Some(request) })
@@ -351,8 +351,7 @@ impl gateway_rpc::Gateway for Proxy {
         ctx: &Context,
         request: api::SendMessageRequest,
     ) -> Result<api::SendMessageResponse, Status> {
-        let sender_id = self.session(ctx)?.0;
-        self.may_send(sender_id)?;
+        let sender_id = self.writer(ctx)?.0;
         // "Not stored" only when it was not: see `send_status`.
         self.inner.chat.send(&api::SendCall { sender_id, request: Some(request) }).map_err(send_status)
     }
