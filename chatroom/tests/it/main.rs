@@ -15,7 +15,8 @@
 //! SIGSTOP while messages are sent. `internal_ports` checks that the user service, the
 //! chat service and a proxy's delivery port serve only callers with the cluster secret,
 //! standalone and in a cluster; `throttle_e2e` the login and registration limits through
-//! nginx and from a standalone system.
+//! nginx and from a standalone system; `connection_limit` the limit on connections per
+//! client address, standalone and through nginx.
 //!
 //! What drives a chat system in tests (`support`, `chat_client`, `chat_scenarios`,
 //! `chat_groups`) is `services`' own test code, included here by path: one copy for both
@@ -38,6 +39,7 @@ mod chat_nginx;
 mod chat_resume;
 mod client_cli;
 mod cluster_up_down;
+mod connection_limit;
 mod internal_ports;
 mod redis_faults;
 mod send_outcomes;

@@ -116,11 +116,8 @@ fn one_address_over_its_limit_is_refused_while_others_connect_and_closing_gives_
 
 #[test]
 fn connections_closed_by_errors_and_evictions_give_their_counts_back() {
-    let config = Config {
-        max_connections_per_address: 4,
-        idle_timeout: Duration::from_secs(1),
-        ..Config::default()
-    };
+    let config =
+        Config { max_connections_per_address: 4, idle_timeout: Duration::from_secs(1), ..Config::default() };
     let server = serve(config);
     let addr = server.local_addr();
     // A protocol violation (version 9), a reset, an idle one and one that ends its

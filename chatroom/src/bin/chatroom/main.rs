@@ -33,7 +33,8 @@ use services::user_service::UserService;
 use services::{proxy, serve, throttle};
 
 use args::{
-    mysql, redis, HashingArgs, MySqlArgs, RedisArgs, SecretArgs, ServeArgs, ThrottleArgs, TokenArgs, ZkArgs,
+    mysql, redis, ClientPortArgs, HashingArgs, MySqlArgs, RedisArgs, SecretArgs, ServeArgs, ThrottleArgs,
+    TokenArgs, ZkArgs,
 };
 use stop::Stop;
 
@@ -72,6 +73,8 @@ enum Command {
         #[command(flatten)]
         tokens: TokenArgs,
         #[command(flatten)]
+        client_port: ClientPortArgs,
+        #[command(flatten)]
         serving: ServeArgs,
     },
     /// Runs a proxy: clients connect to it; it registers its delivery service in
@@ -103,6 +106,8 @@ enum Command {
         redis: RedisArgs,
         #[command(flatten)]
         secret: SecretArgs,
+        #[command(flatten)]
+        client_port: ClientPortArgs,
         #[command(flatten)]
         serving: ServeArgs,
     },
@@ -187,7 +192,16 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Standalone { listen, data_dir, lease_ttl_secs, throttle, tokens, secret, serving } => {
+        Command::Standalone {
+            listen,
+            data_dir,
+            lease_ttl_secs,
+            throttle,
+            tokens,
+            secret,
+            client_port,
+            serving,
+        } => {
             let stop = Stop::catch()?;
             let config = standalone::Config {
                 data_dir,
@@ -195,7 +209,7 @@ fn main() -> anyhow::Result<()> {
                 lease_ttl: Duration::from_secs(lease_ttl_secs.max(1)),
                 throttle: throttle.config(),
                 tokens: tokens.config(),
-                server: serving.config(),
+                server: client_port.config(serving.config()),
                 cluster_secret: secret.load()?,
                 ..standalone::Config::default()
             };
@@ -218,6 +232,7 @@ fn main() -> anyhow::Result<()> {
             zk,
             redis: redis_args,
             secret,
+            client_port,
             serving,
         } => {
             let stop = Stop::catch()?;
@@ -232,7 +247,8 @@ fn main() -> anyhow::Result<()> {
                 config.instance_id = id;
             }
             let the_proxy = proxy::Proxy::new(config, &registry, redis(&redis_args)?)?;
-            let server_config = server::Config { proxy_protocol_from, ..serving.config() };
+            let server_config =
+                server::Config { proxy_protocol_from, ..client_port.config(serving.config()) };
             let running = proxy::serve(the_proxy, &registry, listen, delivery_listen, server_config)?;
             stop.serving();
             println!(
