@@ -61,13 +61,14 @@ use crate::api::{ChatServiceClient, UserServiceClient};
 use crate::ids::UserId;
 use crate::proxies::Proxies;
 use crate::secret::ClusterSecret;
+use crate::throttle::{self, Throttle as _};
 use crate::Presence;
 
 use self::announcements::{Announcement, Announcer, Settle};
 
 pub use self::renewal::Renewal;
 pub use self::running::{
-    gateway_config, serve, Running, GATEWAY_WORKER_FACTOR, MAX_OPENINGS_WAITING,
+    gateway_config, serve, Running, GATEWAY_MAX_REQUEST, GATEWAY_WORKER_FACTOR, MAX_OPENINGS_WAITING,
     OPENINGS_WAITING_PER_CONNECTION, SESSION_OPENERS,
 };
 pub use self::sessions::Sessions;
@@ -116,6 +117,11 @@ pub struct Config {
     /// listener. `None` (the default) proves and requires nothing, for services that
     /// require nothing either.
     pub cluster_secret: Option<ClusterSecret>,
+    /// Messages one user may send: `burst` at once, then one more each `every`; past it
+    /// `SendMessage` is refused with ResourceExhausted, storing nothing. A burst of 0
+    /// turns the limit off. A user has one session, on one proxy, so the proxy counts
+    /// alone, in memory. By default `throttle::Config`'s.
+    pub sends: throttle::Bucket,
 }
 
 impl Default for Config {
@@ -127,6 +133,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             sweep_every: Duration::from_secs(1),
             cluster_secret: None,
+            sends: throttle::Config::default().sends,
         }
     }
 }
@@ -156,6 +163,8 @@ struct Inner {
     /// Set when shutdown starts: every call is refused with Unavailable from then on, so
     /// no session starts while the proxy ends them.
     closing: AtomicBool,
+    /// What each user sent lately, for `Config::sends`.
+    sends: throttle::Memory,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -201,6 +210,7 @@ impl Proxy {
             kicks,
             tokens: tokens::Tokens::default(),
             closing: AtomicBool::new(false),
+            sends: throttle::Memory::new(),
         };
         Ok(Proxy { inner: Arc::new(inner) })
     }
@@ -298,6 +308,24 @@ impl Proxy {
             .sessions
             .user_of(ctx.connection().id())
             .ok_or_else(|| Status::unauthenticated("log in first"))
+    }
+
+    /// Counts a message `user` is about to send against `Config::sends`:
+    /// ResourceExhausted, naming the wait, when the user has sent too many lately.
+    fn may_send(&self, user: u64) -> Result<(), Status> {
+        let bucket = self.inner.config.sends;
+        if bucket.burst == 0 {
+            return Ok(());
+        }
+        // Once the bucket is full again the user is as new: nothing to remember.
+        let full_after = bucket.every.saturating_mul(bucket.burst);
+        match self.inner.sends.take(&user.to_string(), &bucket, full_after) {
+            Ok(None) => Ok(()),
+            Ok(Some(wait)) => {
+                Err(throttle::Refusal::Wait { what: "too many messages from this user", wait }.into())
+            }
+            Err(error) => Err(throttle::Refusal::Unavailable(error.to_string()).into()),
+        }
     }
 
     /// Unavailable once the proxy is shutting down.

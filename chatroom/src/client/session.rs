@@ -313,7 +313,8 @@ impl Client {
         let Some(session_token) = self.state().session_token.clone() else {
             return Err(Error::NotLoggedIn { command: "resume" });
         };
-        let response = match self.gateway.resume(&api::ResumeRequest { session_token }) {
+        let response = match self.gateway.resume(&api::ResumeRequest { session_token, ..Default::default() })
+        {
             Ok(response) => response,
             Err(e) => {
                 if e.code() == Code::Unauthenticated {

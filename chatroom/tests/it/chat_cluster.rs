@@ -91,6 +91,7 @@ impl Cluster {
             .env("CHATROOM_LOGIN_ADDRESS_BURST", "0")
             .env("CHATROOM_REGISTER_ADDRESS_BURST", "0")
             .env("CHATROOM_MAX_CONNECTIONS_PER_ADDRESS", "0")
+            .env("CHATROOM_SEND_BURST", "0")
             .stdout(Stdio::piped())
             .spawn()
             .expect("the chatroom binary starts");

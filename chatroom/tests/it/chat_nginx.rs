@@ -34,11 +34,13 @@ use crate::support::{
 
 /// The scenarios connect and log many users in from 127.0.0.1: the per-address limits
 /// are off (the throttle and the connection limit have tests of their own,
-/// `throttle_e2e` and `connection_limit`).
+/// `throttle_e2e` and `connection_limit`), and so is the per-user send limit, for the
+/// scenarios that send in bursts.
 pub const UNTHROTTLED: &[(&str, &str)] = &[
     ("CHATROOM_LOGIN_ADDRESS_BURST", "0"),
     ("CHATROOM_REGISTER_ADDRESS_BURST", "0"),
     ("CHATROOM_MAX_CONNECTIONS_PER_ADDRESS", "0"),
+    ("CHATROOM_SEND_BURST", "0"),
 ];
 
 /// What to start.
@@ -661,7 +663,7 @@ fn a_proxy_killed_with_sigkill_loses_nothing_and_leaves_nobody_online() {
     let (gone, returners) = victims.split_last().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     for (client, user, token) in returners {
-        let request = api::ResumeRequest { session_token: token.token.clone() };
+        let request = api::ResumeRequest { session_token: token.token.clone(), ..Default::default() };
         retry(&format!("{} resumes", user.name), deadline, || client.gateway.resume(&request));
         assert_ne!(proxy_of(user), victim_proxy, "{} is on a live proxy", user.name);
         let cursor = api::Cursor { conversation: Some(direct(&watcher_user, user)), seq: 1 };

@@ -4,7 +4,8 @@
 //! over instances in the in-process registry, instances that stall (workers
 //! stuck, or the whole process stopped, modelled by a paused forwarder) leave
 //! rotation and come back only when they answer a ping, calls fail at once
-//! when no instance is left, and the per-instance cap.
+//! when no instance is left, the per-instance cap, and a handler's deadline
+//! kept by the balanced calls it starts, retries on a client loop included.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -378,4 +379,68 @@ fn calls_past_the_per_instance_cap_fail_at_once_unsent() {
         assert_eq!(&rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap()[..], b"a");
     }
     assert_eq!(call(&balanced, Duration::from_secs(5)).unwrap(), "a");
+}
+
+/// Starts a balanced call to `test.Named` from inside its handler, without a timeout of
+/// its own, and passes the outcome on; answers at once.
+struct Front {
+    balanced: Balanced,
+    outcomes: crossbeam_channel::Sender<Result<bytes::Bytes, Error>>,
+}
+
+impl rpc_core::server::Service for Front {
+    fn name(&self) -> &str {
+        "test.Front"
+    }
+    fn call(
+        &self,
+        _ctx: &rpc_core::server::Context,
+        _method: &str,
+        _body: bytes::Bytes,
+    ) -> Result<bytes::Bytes, rpc_core::Status> {
+        let outcomes = self.outcomes.clone();
+        self.balanced.call_with(SERVICE, "Who", &(), None, Box::new(move |r| outcomes.send(r).unwrap()));
+        Ok(bytes::Bytes::new())
+    }
+}
+
+#[test]
+fn a_balanced_call_started_by_a_handler_keeps_the_handlers_deadline_when_it_retries() {
+    crate::support::init_logging();
+    let a = Local::start("a");
+    // Serves something else: rpc-core refuses `test.Named` there, "not run", so the call
+    // is retried at a from the client event loop the refusal arrives on, where no
+    // handler's deadline is known.
+    let (elsewhere, _) = crossbeam_channel::unbounded();
+    let other = Balanced::discover(&Memory::new(), "test.Nothing", Config::default()).unwrap();
+    let refusing = rpc_core::server::Builder::new(rpc_core::server::Config::default())
+        .service(Front { balanced: other, outcomes: elsewhere })
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let registry = Memory::new();
+    // Listed first, so that the first call picks it first.
+    let _regs =
+        [register(&registry, "0-refusing", refusing.local_addr()), register(&registry, "a", a.addr())];
+    // Left to its own timeout, a call would wait at a's closed gate for a minute.
+    let channel = rpc_core::client::Config {
+        default_timeout: Some(Duration::from_secs(60)),
+        ..rpc_core::client::Config::default()
+    };
+    let balanced = Balanced::discover(&registry, SERVICE, Config { channel, ..Config::default() }).unwrap();
+    let (outcomes, answered) = crossbeam_channel::unbounded();
+    let front = rpc_core::server::Builder::new(rpc_core::server::Config::default())
+        .service(Front { balanced, outcomes })
+        .bind("127.0.0.1:0")
+        .unwrap();
+    a.gate.close();
+
+    let client =
+        rpc_core::client::Channel::connect(front.local_addr(), rpc_core::client::Config::default()).unwrap();
+    client.call_raw("test.Front", "Start", b"", Some(Duration::from_millis(500))).expect("answers at once");
+    // The retry at a ends with the 500 ms of the call that started it, long before a's
+    // gate opens (it stays closed for up to 30 s).
+    let outcome = answered.recv_timeout(Duration::from_secs(20)).expect("the balanced call ended on its own");
+    assert!(matches!(outcome, Err(Error::Timeout { .. })), "{outcome:?}");
+    assert_eq!(a.gate.arrived(), 1, "the call reached a");
+    a.gate.open();
 }

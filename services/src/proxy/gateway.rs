@@ -190,8 +190,10 @@ impl gateway_rpc::Gateway for Proxy {
         self.start_session(ctx, verified.user, Opened::Password(verified.credential))
     }
 
-    fn resume(&self, ctx: &Context, request: api::ResumeRequest) -> Result<api::LoginResponse, Status> {
+    fn resume(&self, ctx: &Context, mut request: api::ResumeRequest) -> Result<api::LoginResponse, Status> {
         self.open()?;
+        // Refused tokens count against the client address's login limit.
+        request.source = ctx.client_addr().ip().to_string();
         // As for a login: a session already on this connection ends first.
         self.inner.sessions.end(ctx.connection().id());
         let user = self.inner.users.resume_session(&request).map_err(rpc_status)?.user;
@@ -351,6 +353,7 @@ impl gateway_rpc::Gateway for Proxy {
         request: api::SendMessageRequest,
     ) -> Result<api::SendMessageResponse, Status> {
         let sender_id = self.session(ctx)?.0;
+        self.may_send(sender_id)?;
         // "Not stored" only when it was not: see `send_status`.
         self.inner.chat.send(&api::SendCall { sender_id, request: Some(request) }).map_err(send_status)
     }

@@ -81,6 +81,12 @@ impl Running {
     }
 }
 
+/// The largest request a client may send a proxy (rpc-core's default is 16 MiB). The
+/// largest honest one is a `Sync` naming every conversation of its user, about 25 bytes
+/// each: this is some 40,000 conversations. A larger one is refused unread
+/// (ResourceExhausted, not run) and the connection stays usable.
+pub const GATEWAY_MAX_REQUEST: usize = 1 << 20;
+
 /// How many times the process's workers a proxy's client listener runs. A gateway handler
 /// only waits on the service doing the work (a send waits for its commit, 20-50 ms while
 /// MariaDB is busy, and 500 sends a second then keep 15 handlers waiting), and a proxy
@@ -112,7 +118,7 @@ pub const MAX_OPENINGS_WAITING: usize = 16_384;
 pub const OPENINGS_WAITING_PER_CONNECTION: usize = 2;
 
 /// The client listener's settings, from the process's `base`: see
-/// [`GATEWAY_WORKER_FACTOR`], [`SESSION_OPENERS`], [`MAX_OPENINGS_WAITING`] and
+/// [`GATEWAY_MAX_REQUEST`], [`GATEWAY_WORKER_FACTOR`], [`SESSION_OPENERS`], [`MAX_OPENINGS_WAITING`] and
 /// [`OPENINGS_WAITING_PER_CONNECTION`].
 pub fn gateway_config(base: server::Config) -> server::Config {
     server::Config {
@@ -121,6 +127,7 @@ pub fn gateway_config(base: server::Config) -> server::Config {
         heavy_workers: SESSION_OPENERS,
         max_heavy_queued_per_connection: Some(OPENINGS_WAITING_PER_CONNECTION),
         max_heavy_queued: MAX_OPENINGS_WAITING,
+        max_frame_size: GATEWAY_MAX_REQUEST,
         ..base
     }
 }

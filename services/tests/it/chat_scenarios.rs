@@ -213,7 +213,7 @@ pub fn a_session_token_resumes_the_session_until_logout(system: &System) {
     let fourth = system.connect();
     assert_eq!(code(resume(&fourth, &token)), Code::Unauthenticated, "a logged-out token is revoked");
     for malformed in ["", "abc", &"G".repeat(64), &token.token.to_uppercase()] {
-        let request = api::ResumeRequest { session_token: malformed.into() };
+        let request = api::ResumeRequest { session_token: malformed.into(), ..Default::default() };
         assert_eq!(code(fourth.gateway.resume(&request)), Code::Unauthenticated, "{malformed:?}");
     }
     assert_eq!(code(fourth.gateway.list_friends(&api::ListFriendsRequest {})), Code::Unauthenticated);
@@ -299,6 +299,12 @@ pub fn bad_input_gets_clear_errors_and_the_proxy_keeps_serving(system: &System) 
 
     let oversized = "x".repeat(4097);
     assert_eq!(code(alice_client.send(direct(&alice, &bob), "big", &oversized)), Code::InvalidArgument);
+    // A request over the gateway's frame limit is refused unread, and the connection
+    // stays usable (the last send below goes on it).
+    let huge = "x".repeat(services::proxy::GATEWAY_MAX_REQUEST + 1);
+    let refused = alice_client.send(direct(&alice, &bob), "huge", &huge).expect_err("over the frame limit");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
+    assert!(refused.to_string().contains("maximum frame size"), "{refused}");
     assert_eq!(code(alice_client.send(direct(&alice, &alice), "me", "hi me")), Code::InvalidArgument);
     let nowhere =
         api::SendMessageRequest { conversation: None, client_msg_id: "n".into(), body: "hi".into() };

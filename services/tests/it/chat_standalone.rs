@@ -9,6 +9,7 @@ use services::api;
 use services::standalone::{self, Standalone};
 
 use crate::chat_client::{code, config, direct, login_with, resume, user_at, System, PASSWORD};
+use crate::support::wait_until;
 
 fn start() -> System {
     let dir = tempfile::tempdir().unwrap();
@@ -76,6 +77,39 @@ fn an_expired_session_token_is_refused() {
     let dave = system.register(&client, "dave");
     let token = login_with(&client, &dave.name, PASSWORD);
     assert_eq!(code(resume(&system.connect(), &token)), Code::Unauthenticated);
+}
+
+#[test]
+fn a_user_sending_past_the_limit_is_refused_and_nothing_is_stored_while_others_send_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let sends = services::throttle::Bucket { burst: 3, every: Duration::from_millis(300) };
+    let throttle = services::throttle::Config { sends, ..services::throttle::Config::unlimited() };
+    let system =
+        Standalone::start(standalone::Config { throttle, ..config(dir.path()) }).expect("standalone starts");
+    let system = System::new(system.client_addr(), Box::new((system, dir)));
+    let (alice_client, alice) = user_at(system.addr(), "alice");
+    let (bob_client, bob) = user_at(system.addr(), "bob");
+    let to_bob = direct(&alice, &bob);
+    for n in 1..=3 {
+        alice_client.send(to_bob, &format!("a-{n}"), "within the burst").expect("within the burst");
+    }
+    let refused = alice_client.send(to_bob, "a-4", "one too many").expect_err("past the burst");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
+    assert!(refused.to_string().contains("too many messages from this user; try again in 1 s"), "{refused}");
+    // Bob, whose own budget is untouched, answers meanwhile.
+    bob_client.send(to_bob, "b-1", "hi alice").expect("another user sends on");
+    let history = api::HistoryRequest { conversation: Some(to_bob), ..Default::default() };
+    let stored: Vec<String> =
+        bob_client.gateway.history(&history).unwrap().messages.into_iter().map(|m| m.client_msg_id).collect();
+    assert_eq!(stored, ["a-1", "a-2", "a-3", "b-1"], "the refused message was not stored");
+    // The same message, sent again once the budget refilled a little, is stored once.
+    wait_until(Duration::from_secs(10), "alice may send again", || {
+        match alice_client.send(to_bob, "a-4", "one too many") {
+            Ok(sent) => !sent.duplicate,
+            Err(e) if e.code() == Code::ResourceExhausted => false,
+            Err(e) => panic!("after the wait: {e}"),
+        }
+    });
 }
 
 mod mysql {

@@ -177,6 +177,23 @@ impl TokenArgs {
     }
 }
 
+/// How fast one user may send messages (counted by the proxy holding the session).
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Messages one user may send at once; 0 turns the limit off.
+    #[arg(long, env = "CHATROOM_SEND_BURST", default_value_t = throttle::Config::default().sends.burst)]
+    pub send_burst: u32,
+    /// Then one more message per this many ms.
+    #[arg(long, env = "CHATROOM_SEND_EVERY_MS", default_value_t = 100)]
+    pub send_every_ms: u64,
+}
+
+impl SendArgs {
+    pub fn bucket(&self) -> throttle::Bucket {
+        throttle::Bucket { burst: self.send_burst, every: Duration::from_millis(self.send_every_ms) }
+    }
+}
+
 /// Limits on login and registration attempts (see `services::throttle`); the defaults
 /// stop a guessing attack. A benchmark that logs thousands of users in from one address
 /// sets the per-address bursts to 0 (off).

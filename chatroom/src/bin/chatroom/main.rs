@@ -33,8 +33,8 @@ use services::user_service::UserService;
 use services::{proxy, serve, throttle};
 
 use args::{
-    mysql, redis, ClientPortArgs, HashingArgs, MySqlArgs, RedisArgs, SecretArgs, ServeArgs, ThrottleArgs,
-    TokenArgs, ZkArgs,
+    mysql, redis, ClientPortArgs, HashingArgs, MySqlArgs, RedisArgs, SecretArgs, SendArgs, ServeArgs,
+    ThrottleArgs, TokenArgs, ZkArgs,
 };
 use stop::Stop;
 
@@ -70,6 +70,8 @@ enum Command {
         secret: SecretArgs,
         #[command(flatten)]
         throttle: ThrottleArgs,
+        #[command(flatten)]
+        sends: SendArgs,
         #[command(flatten)]
         tokens: TokenArgs,
         #[command(flatten)]
@@ -108,6 +110,8 @@ enum Command {
         secret: SecretArgs,
         #[command(flatten)]
         client_port: ClientPortArgs,
+        #[command(flatten)]
+        sends: SendArgs,
         #[command(flatten)]
         serving: ServeArgs,
     },
@@ -197,6 +201,7 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             lease_ttl_secs,
             throttle,
+            sends,
             tokens,
             secret,
             client_port,
@@ -207,7 +212,7 @@ fn main() -> anyhow::Result<()> {
                 data_dir,
                 listen,
                 lease_ttl: Duration::from_secs(lease_ttl_secs.max(1)),
-                throttle: throttle.config(),
+                throttle: throttle::Config { sends: sends.bucket(), ..throttle.config() },
                 tokens: tokens.config(),
                 server: client_port.config(serving.config()),
                 cluster_secret: secret.load()?,
@@ -233,6 +238,7 @@ fn main() -> anyhow::Result<()> {
             redis: redis_args,
             secret,
             client_port,
+            sends,
             serving,
         } => {
             let stop = Stop::catch()?;
@@ -241,6 +247,7 @@ fn main() -> anyhow::Result<()> {
             let mut config = proxy::Config {
                 lease_ttl: Duration::from_secs(lease_ttl_secs.max(1)),
                 cluster_secret: Some(secret),
+                sends: sends.bucket(),
                 ..proxy::Config::default()
             };
             if let Some(id) = instance_id {
