@@ -242,3 +242,20 @@ fn start_all(args: &UpArgs, dir: &Path, logs: &Path, state: &mut State) -> anyho
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nginx_limits_connections_per_client_address_unless_told_not_to() {
+        let (dir, listen) = (Path::new("/state"), SocketAddr::from(([127, 0, 0, 1], 7979)));
+        let proxies = [SocketAddr::from(([127, 0, 0, 1], 7001))];
+        let limited = nginx_conf(dir, listen, &proxies, 256);
+        assert!(limited.contains("limit_conn_zone $binary_remote_addr zone=per_address:10m;"), "{limited}");
+        assert!(limited.contains("limit_conn per_address 256;"), "{limited}");
+        let unlimited = nginx_conf(dir, listen, &proxies, 0);
+        assert!(!unlimited.contains("limit_conn"), "{unlimited}");
+        assert!(unlimited.contains("proxy_protocol on;"), "{unlimited}");
+    }
+}
