@@ -12,7 +12,7 @@
 //! `STATE/cluster.json` (role, pid, start time, address) as soon as it starts. Every
 //! process gets the cluster secret from `STATE/cluster.secret` (made by the first `up`,
 //! mode 0600, reused by later ones; see `services::secret`), so that their internal
-//! ports serve only each other.
+//! ports serve only each other, and so that their ZooKeeper root admits only them.
 //!
 //! `down` stops exactly the recorded processes, in stages: nginx first (no new clients),
 //! then the proxies (which end their sessions and announce their users offline through
@@ -38,6 +38,7 @@ use clap::{Args, Subcommand};
 use rpc_core::registry::{self, Registry as _, ZooKeeper};
 use serde::{Deserialize, Serialize};
 use services::api::{chat_service_rpc, delivery_rpc, user_service_rpc};
+use services::secret::ClusterSecret;
 
 mod process;
 mod up;
@@ -225,18 +226,23 @@ fn down(dir: &Path) -> anyhow::Result<()> {
 fn status(dir: &Path) -> anyhow::Result<()> {
     let state = read_state(dir)?;
     println!("clients connect to {} (nginx); ZooKeeper root {}", state.client_addr, state.zk_root);
-    print_status(&state);
+    print_status(dir, &state);
     Ok(())
 }
 
-/// One line per process: role, name, pid, address, alive, ZooKeeper registration.
-fn print_status(state: &State) {
-    let config = registry::Config {
-        root: state.zk_root.clone(),
-        operation_timeout: Duration::from_secs(5),
-        ..registry::Config::default()
-    };
-    let zk = ZooKeeper::connect(&state.zk, config);
+/// One line per process: role, name, pid, address, alive, ZooKeeper registration. The
+/// registry is read with the cluster secret in `dir`: nobody else may read it.
+fn print_status(dir: &Path, state: &State) {
+    let zk = ClusterSecret::read(&secret_path(dir)).map_err(anyhow::Error::from).and_then(|secret| {
+        let config = registry::Config {
+            operation_timeout: Duration::from_secs(5),
+            ..secret.registry_config(&state.zk_root)
+        };
+        Ok(ZooKeeper::connect(&state.zk, config)?)
+    });
+    if let Err(e) = &zk {
+        println!("cannot read the registry: {e:#}");
+    }
     let instances = |service: &str| -> Option<Vec<registry::Instance>> {
         zk.as_ref().ok().and_then(|zk| zk.instances(service).ok())
     };
@@ -248,7 +254,7 @@ fn print_status(state: &State) {
         let registered = |list: &Option<Vec<registry::Instance>>,
                           found: &dyn Fn(&registry::Instance) -> bool| {
             match list {
-                None => "zookeeper unreachable".to_owned(),
+                None => "registry unreadable".to_owned(),
                 Some(list) => match list.iter().find(|i| found(i)) {
                     Some(i) => format!("registered {} at {}", i.id, i.addr),
                     None => "not registered".to_owned(),

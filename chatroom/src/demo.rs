@@ -84,7 +84,7 @@ impl Bot {
     fn reconnect(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
         let (gateway, pushes) = connect(addr)?;
         (self.gateway, self.pushes) = (gateway, pushes);
-        let request = api::ResumeRequest { session_token: self.session_token.clone(), ..Default::default() };
+        let request = api::ResumeRequest { session_token: self.session_token.clone() };
         let resumed = self.gateway.resume(&request).context("resume")?;
         let unread: u64 = resumed.conversations.iter().map(|c| c.unread).sum();
         println!("{:>10} | resumed with the session token (no password): {unread} unread", self.name);

@@ -38,6 +38,7 @@ fn registry(zk: &str, root: &str) -> ZooKeeper {
         root: root.to_owned(),
         session_timeout: Duration::from_secs(4),
         operation_timeout: Duration::from_secs(10),
+        ..registry::Config::default()
     };
     ZooKeeper::connect(zk, config).expect("connect to ZooKeeper")
 }

@@ -195,6 +195,7 @@ fn a_stopped_server_leaves_rotation_within_two_seconds_and_returns_after_sigcont
             root: root.clone(),
             session_timeout: Duration::from_secs(4),
             operation_timeout: Duration::from_secs(10),
+            ..registry::Config::default()
         },
     )
     .expect("connect to ZooKeeper");

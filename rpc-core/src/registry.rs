@@ -11,7 +11,9 @@
 //! - `ZooKeeper` (`registry/zookeeper.rs`, with the `zookeeper` feature, on
 //!   by default): one ephemeral znode per instance (layout in
 //!   `docs/PROTOCOL.md`), and a supervisor thread that re-creates the session,
-//!   the registrations and the watches when the session is lost.
+//!   the registrations and the watches when the session is lost. It can prove
+//!   identities to ZooKeeper and close its znodes to everyone else
+//!   (`Access`, `Identity`).
 //! - [`Memory`] (`registry/memory.rs`): in-process, for the standalone mode
 //!   and for tests.
 //!
@@ -50,7 +52,7 @@ mod zookeeper;
 
 pub use self::memory::Memory;
 #[cfg(feature = "zookeeper")]
-pub use self::zookeeper::{Config, ZooKeeper};
+pub use self::zookeeper::{Access, Config, Identity, ZooKeeper};
 
 /// One running server of a service, as the registry knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

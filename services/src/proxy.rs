@@ -117,11 +117,13 @@ pub struct Config {
     /// listener. `None` (the default) proves and requires nothing, for services that
     /// require nothing either.
     pub cluster_secret: Option<ClusterSecret>,
-    /// Messages one user may send: `burst` at once, then one more each `every`; past it
-    /// `SendMessage` is refused with ResourceExhausted, storing nothing. A burst of 0
-    /// turns the limit off. A user has one session, on one proxy, so the proxy counts
-    /// alone, in memory. By default `throttle::Config`'s.
-    pub sends: throttle::Bucket,
+    /// Messages and other changes one user may make (`SendMessage`, and the calls that
+    /// change friends and groups): `burst` at once, then one more each `every`; past it
+    /// the call is refused with ResourceExhausted, changing nothing. A burst of 0 turns
+    /// the limit off. A user has one session, on one proxy, so the proxy counts alone, in
+    /// memory: a user who moves to another proxy (a new session there) starts with a
+    /// full bucket there. By default `throttle::Config`'s.
+    pub writes: throttle::Bucket,
 }
 
 impl Default for Config {
@@ -133,7 +135,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             sweep_every: Duration::from_secs(1),
             cluster_secret: None,
-            sends: throttle::Config::default().sends,
+            writes: throttle::Config::default().writes,
         }
     }
 }
@@ -163,8 +165,8 @@ struct Inner {
     /// Set when shutdown starts: every call is refused with Unavailable from then on, so
     /// no session starts while the proxy ends them.
     closing: AtomicBool,
-    /// What each user sent lately, for `Config::sends`.
-    sends: throttle::Memory,
+    /// What each user changed lately, for `Config::writes`.
+    writes: throttle::Memory,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -210,7 +212,7 @@ impl Proxy {
             kicks,
             tokens: tokens::Tokens::default(),
             closing: AtomicBool::new(false),
-            sends: throttle::Memory::new(),
+            writes: throttle::Memory::new(),
         };
         Ok(Proxy { inner: Arc::new(inner) })
     }
@@ -310,19 +312,22 @@ impl Proxy {
             .ok_or_else(|| Status::unauthenticated("log in first"))
     }
 
-    /// Counts a message `user` is about to send against `Config::sends`:
-    /// ResourceExhausted, naming the wait, when the user has sent too many lately.
-    fn may_send(&self, user: u64) -> Result<(), Status> {
-        let bucket = self.inner.config.sends;
+    /// The user of the call's session, as [`Proxy::session`], for a call that changes
+    /// something: counted against `Config::writes`, and ResourceExhausted, naming the
+    /// wait, when the user has made too many changes lately.
+    fn writer(&self, ctx: &Context) -> Result<UserId, Status> {
+        let user = self.session(ctx)?;
+        let bucket = self.inner.config.writes;
         if bucket.burst == 0 {
-            return Ok(());
+            return Ok(user);
         }
         // Once the bucket is full again the user is as new: nothing to remember.
         let full_after = bucket.every.saturating_mul(bucket.burst);
-        match self.inner.sends.take(&user.to_string(), &bucket, full_after) {
-            Ok(None) => Ok(()),
+        match self.inner.writes.take(&user.0.to_string(), &bucket, full_after) {
+            Ok(None) => Ok(user),
             Ok(Some(wait)) => {
-                Err(throttle::Refusal::Wait { what: "too many messages from this user", wait }.into())
+                Err(throttle::Refusal::Wait { what: "too many messages and changes from this user", wait }
+                    .into())
             }
             Err(error) => Err(throttle::Refusal::Unavailable(error.to_string()).into()),
         }

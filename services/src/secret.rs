@@ -13,6 +13,12 @@
 //! finds there. A process takes it from a file (`--cluster-secret-file`,
 //! `CHATROOM_CLUSTER_SECRET_FILE`) or, in hex, from `--cluster-secret` or
 //! `CHATROOM_CLUSTER_SECRET`.
+//!
+//! The same secret closes the cluster's ZooKeeper root to everyone else: every
+//! process that joins the cluster proves a ZooKeeper `digest` identity derived from it
+//! ([`ClusterSecret::registry_config`]), and the registry's znodes admit only that
+//! identity, for reading as much as for changing. No second secret is handed out, and
+//! the secret itself never reaches ZooKeeper.
 
 use std::fmt;
 use std::fs;
@@ -21,10 +27,18 @@ use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hmac::{Hmac, Mac as _};
 use rpc_core::auth::{Authenticator, Credential};
+use rpc_core::registry::{self, Access, Identity};
+use sha2::Sha256;
 
 /// The file name of the secret in a cluster's state directory or a standalone data directory.
 pub const FILE: &str = "cluster.secret";
+/// The user of the cluster's ZooKeeper `digest` identity.
+pub const ZOOKEEPER_USER: &str = "chatroom";
+/// What the HMAC that makes the identity's password is taken over.
+const ZOOKEEPER_LABEL: &[u8] = b"chatroom zookeeper-digest";
+
 /// Bytes of a generated secret.
 pub const LEN: usize = 32;
 /// The fewest bytes a secret given by hand may have.
@@ -188,6 +202,30 @@ impl ClusterSecret {
     pub fn credential(&self) -> Credential {
         Credential::shared_secret(&self.bytes)
     }
+
+    /// The ZooKeeper identity of the cluster's members: the `digest` user
+    /// [`ZOOKEEPER_USER`] whose password is HMAC-SHA256(secret, "chatroom
+    /// zookeeper-digest") in hex. ZooKeeper keeps only a hash of it; a process without
+    /// the secret cannot make it.
+    pub fn zookeeper_identity(&self) -> Identity {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.bytes).expect("HMAC takes a key of any length");
+        mac.update(ZOOKEEPER_LABEL);
+        let password: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        Identity::digest(ZOOKEEPER_USER, &password)
+    }
+
+    /// Registry settings for the cluster under `root`: its processes prove
+    /// [`ClusterSecret::zookeeper_identity`], and the znodes they create admit only
+    /// that identity ([`Access::Creator`]), for reading too: instance addresses are
+    /// not secret, but nobody outside the cluster needs them.
+    pub fn registry_config(&self, root: &str) -> registry::Config {
+        registry::Config {
+            root: root.to_owned(),
+            identities: vec![self.zookeeper_identity()],
+            access: Access::Creator,
+            ..registry::Config::default()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -224,6 +262,17 @@ mod tests {
         assert!(matches!(ClusterSecret::read(&link), Err(Error::Io { .. })), "a link is not followed");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2, "only the secret and the link, no draft: {names:?}");
+    }
+
+    #[test]
+    fn the_zookeeper_identity_is_derived_from_the_secret_and_differs_per_secret() {
+        let secret = ClusterSecret::from_hex(&"ab".repeat(LEN), "a test").unwrap();
+        let again = ClusterSecret::from_hex(&"ab".repeat(LEN), "a test").unwrap();
+        assert_eq!(secret.zookeeper_identity(), again.zookeeper_identity());
+        assert_ne!(secret.zookeeper_identity(), ClusterSecret::generate().zookeeper_identity());
+        assert_eq!(secret.zookeeper_identity().scheme(), "digest");
+        let config = secret.registry_config("/chatroom");
+        assert_eq!((config.root.as_str(), config.access), ("/chatroom", Access::Creator));
     }
 
     #[test]

@@ -165,7 +165,7 @@ impl Standalone {
         let proxy_config = proxy::Config {
             lease_ttl: config.lease_ttl,
             cluster_secret: Some(secret.clone()),
-            sends: config.throttle.sends,
+            writes: config.throttle.writes,
             ..proxy::Config::default()
         };
         let the_proxy = proxy::Proxy::new(proxy_config, &registry, presence)?;

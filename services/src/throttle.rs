@@ -1,6 +1,6 @@
 //! Login and registration throttling: per account and per source address; and the
 //! bucket of messages per user that each proxy applies to its sessions
-//! ([`Config::sends`]).
+//! ([`Config::writes`]).
 //!
 //! Two kinds of counter stand behind the [`Throttle`] trait, in memory ([`Memory`],
 //! standalone and unit tests) or in Redis ([`Redis`], shared by every user service of a
@@ -82,7 +82,7 @@ pub struct Backoff {
 /// | `account` | 5 free failures, then 1 s, 2 s, 4 s, ... up to 5 min between attempts |
 /// | `address_login` | 30 attempts, then one per 10 s (successes give theirs back) |
 /// | `address_register` | 5 registrations, then one per 5 min |
-/// | `sends` | 50 messages per user, then 10 a second |
+/// | `writes` | 50 messages and changes per user, then 10 a second |
 /// | `forget_after` | 1 h |
 ///
 /// With these, one account takes at most about 24 guesses in the first hour and 12 in
@@ -95,10 +95,10 @@ pub struct Config {
     pub address_login: Bucket,
     /// Registrations per source address.
     pub address_register: Bucket,
-    /// Messages per user, counted by the proxy that holds the user's session (see
-    /// `proxy::Config::sends`): far above what a person types, far below what one
-    /// client could make the database store for everyone else.
-    pub sends: Bucket,
+    /// Messages and other changes (friends, groups) per user, counted by the proxy that
+    /// holds the user's session (see `proxy::Config::writes`): far above what a person
+    /// does, far below what one account could make the database store.
+    pub writes: Bucket,
     /// A counter left alone this long (after its last wait) is forgotten.
     pub forget_after: Duration,
 }
@@ -113,7 +113,7 @@ impl Default for Config {
             },
             address_login: Bucket { burst: 30, every: Duration::from_secs(10) },
             address_register: Bucket { burst: 5, every: Duration::from_secs(300) },
-            sends: Bucket { burst: 50, every: Duration::from_millis(100) },
+            writes: Bucket { burst: 50, every: Duration::from_millis(100) },
             forget_after: Duration::from_secs(3600),
         }
     }
@@ -127,7 +127,7 @@ impl Config {
             account: Backoff { free_failures: 0, base: Duration::ZERO, cap: Duration::ZERO },
             address_login: Bucket { burst: 0, every: Duration::ZERO },
             address_register: Bucket { burst: 0, every: Duration::ZERO },
-            sends: Bucket { burst: 0, every: Duration::ZERO },
+            writes: Bucket { burst: 0, every: Duration::ZERO },
             ..Config::default()
         }
     }
@@ -298,39 +298,6 @@ impl Limits {
         }
         if let Err(error) = outcome {
             tracing::warn!(%error, "cannot clear the login throttle after a successful login");
-        }
-    }
-
-    /// Asks whether `from` may try a session token now, and counts the attempt against
-    /// the address's login limit (a token cannot be guessed, but each try costs a store
-    /// lookup); [`Limits::resume_succeeded`] gives it back.
-    ///
-    /// # Errors
-    ///
-    /// As for [`Limits::begin_login`].
-    pub fn begin_resume(&self, from: IpAddr) -> Result<(), Refusal> {
-        if self.config.address_login.burst == 0 {
-            return Ok(());
-        }
-        let key = address_key("login", from);
-        match self.counters.take(&key, &self.config.address_login, self.config.forget_after) {
-            Ok(None) => Ok(()),
-            Ok(Some(wait)) => Err(Refusal::Wait { what: "too many logins from this address", wait }),
-            Err(error) => Err(unavailable(error)),
-        }
-    }
-
-    /// Records that a resume begun with [`Limits::begin_resume`] had a valid token: the
-    /// address gets its attempt back. A failure here is logged, not returned.
-    pub fn resume_succeeded(&self, from: IpAddr) {
-        if self.config.address_login.burst == 0 {
-            return;
-        }
-        let key = address_key("login", from);
-        if let Err(error) =
-            self.counters.give_back(&key, &self.config.address_login, self.config.forget_after)
-        {
-            tracing::warn!(%error, "cannot give a resume's attempt back to its address");
         }
     }
 

@@ -272,6 +272,7 @@ impl Loop {
                         counters: std::mem::take(&mut self.counters),
                         acks: std::mem::take(&mut self.acks),
                         seen: std::mem::take(&mut self.seen),
+                        first_reconnect: self.resumer.as_ref().and_then(|r| r.first_reconnect),
                         resumed: self.resumer.take().map(|r| r.back).unwrap_or_default(),
                     };
                     let _ = self.replies.send(Reply::Finished(Box::new(report)));

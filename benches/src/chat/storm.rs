@@ -41,13 +41,22 @@ pub struct Resumer {
     due: VecDeque<(Instant, usize)>,
     /// Users back: when lost, and when resumed and synced.
     pub back: Vec<(Instant, Instant)>,
+    /// When the first reconnect was started.
+    pub first_reconnect: Option<Instant>,
 }
 
 impl Resumer {
     /// Nobody lost yet.
     pub fn new(plan: ResumePlan) -> Resumer {
         let n = plan.tokens.len();
-        Resumer { plan, lost_at: vec![None; n], attempts: vec![0; n], due: VecDeque::new(), back: Vec::new() }
+        Resumer {
+            plan,
+            lost_at: vec![None; n],
+            attempts: vec![0; n],
+            due: VecDeque::new(),
+            back: Vec::new(),
+            first_reconnect: None,
+        }
     }
 
     /// `user`'s connection (or an attempt to bring it back) failed at `now`: schedules the
@@ -78,6 +87,9 @@ impl Resumer {
             }
             !ready
         });
+        if !out.is_empty() {
+            self.first_reconnect.get_or_insert(now);
+        }
         out
     }
 

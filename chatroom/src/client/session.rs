@@ -68,10 +68,14 @@ enum Incoming {
 
 /// Whether a failed `SendMessage` should be sent again with the same client message id:
 /// its outcome is unknown (DeadlineExceeded, or a time-out or lost connection here: it
-/// may have been stored, and only a retry tells), or the system was unavailable.
+/// may have been stored, and only a retry tells), the system was unavailable, or the user
+/// sent faster than the proxy allows.
 fn send_may_succeed_later(error: &rpc_core::Error) -> bool {
     error.outcome() == rpc_core::Outcome::Unknown
         || matches!(error.code(), Code::Unavailable | Code::DeadlineExceeded)
+        // Sending faster than the proxy allows: nothing was stored; wait and retry (an
+        // earlier attempt of this id may have stored it, which the retry finds out).
+        || (error.code() == Code::ResourceExhausted && error.to_string().contains("try again in"))
 }
 
 /// The conversation a message names, if it names one.
@@ -267,6 +271,7 @@ impl Client {
         }
         let deadline = Instant::now() + RESUME_FOR;
         let mut pause = Duration::from_millis(rand::Rng::gen_range(&mut rand::thread_rng(), 500..1500));
+        let mut last = None;
         while Instant::now() < deadline {
             std::thread::sleep(pause);
             match self.resume() {
@@ -280,12 +285,17 @@ impl Client {
                     ) =>
                 {
                     pause = (pause * 2).min(Duration::from_secs(2));
+                    last = Some(e);
                 }
                 Err(e) => {
                     self.print(&e.into());
                     return;
                 }
             }
+        }
+        // Given up: the last refusal says why; the user logs in again.
+        if let Some(e) = last {
+            self.print(&e.into());
         }
     }
 
@@ -313,8 +323,7 @@ impl Client {
         let Some(session_token) = self.state().session_token.clone() else {
             return Err(Error::NotLoggedIn { command: "resume" });
         };
-        let response = match self.gateway.resume(&api::ResumeRequest { session_token, ..Default::default() })
-        {
+        let response = match self.gateway.resume(&api::ResumeRequest { session_token }) {
             Ok(response) => response,
             Err(e) => {
                 if e.code() == Code::Unauthenticated {
@@ -453,7 +462,8 @@ impl Client {
                 Err(e) if Instant::now() < give_up && send_may_succeed_later(&e) => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_secs(2));
-                    if self.state().session_token.is_some() {
+                    // A refusal for sending too fast came on a working session.
+                    if e.code() != Code::ResourceExhausted && self.state().session_token.is_some() {
                         let _ = self.resume();
                     }
                 }

@@ -33,12 +33,11 @@ pub(super) fn interrupted() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_backends(args: &UpArgs, zk_root: &str) -> anyhow::Result<()> {
-    let config = registry::Config {
-        root: zk_root.to_owned(),
-        operation_timeout: Duration::from_secs(5),
-        ..registry::Config::default()
-    };
+/// Checks that the backends answer; ZooKeeper as a member of the cluster whose secret
+/// is `secret`, which makes its root, closed to everyone else.
+fn check_backends(args: &UpArgs, zk_root: &str, secret: &ClusterSecret) -> anyhow::Result<()> {
+    let config =
+        registry::Config { operation_timeout: Duration::from_secs(5), ..secret.registry_config(zk_root) };
     ZooKeeper::connect(&args.zk, config)
         .map_err(|e| anyhow::anyhow!("ZooKeeper at {} does not answer ({e}); {HINT}", args.zk))?;
     let server_url = without_database(&args.mysql);
@@ -133,12 +132,11 @@ pub(super) fn up(args: &UpArgs) -> anyhow::Result<()> {
     }
     let id = format!("{:08x}", rand::random::<u32>());
     let zk_root = format!("/chatroom-cluster-{id}");
-    check_backends(args, &zk_root)?;
-    interrupted()?;
-
     fs::create_dir_all(dir.join("logs")).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = fs::canonicalize(dir)?;
-    ClusterSecret::load_or_create(&secret_path(&dir))?;
+    let secret = ClusterSecret::load_or_create(&secret_path(&dir))?;
+    check_backends(args, &zk_root, &secret)?;
+    interrupted()?;
     let logs = dir.join("logs");
     let mut state = State {
         zk: args.zk.clone(),
@@ -150,7 +148,7 @@ pub(super) fn up(args: &UpArgs) -> anyhow::Result<()> {
     match start_all(args, &dir, &logs, &mut state) {
         Ok(()) => {
             println!("ChatRoom cluster is up; clients connect to {listen} (nginx)");
-            print_status(&state);
+            print_status(&dir, &state);
             println!("state: {}", state_path(&dir).display());
             Ok(())
         }

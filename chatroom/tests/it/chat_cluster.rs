@@ -10,11 +10,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use rpc_core::registry::{self, Registry as _, ZooKeeper};
+use rpc_core::registry::{Registry as _, ZooKeeper};
 use services::api::{self, chat_service_rpc, delivery_rpc, user_service_rpc};
 use services::secret::{self, ClusterSecret};
 
 use crate::chat_client::{connect, direct, user_at, PATIENCE};
+use crate::registry_access::assert_only_members_reach_the_registry;
 use crate::support::{
     drop_database, mysql_url, redis_url, unique_name, wait_for_exit, wait_until, with_database, zk,
 };
@@ -91,7 +92,7 @@ impl Cluster {
             .env("CHATROOM_LOGIN_ADDRESS_BURST", "0")
             .env("CHATROOM_REGISTER_ADDRESS_BURST", "0")
             .env("CHATROOM_MAX_CONNECTIONS_PER_ADDRESS", "0")
-            .env("CHATROOM_SEND_BURST", "0")
+            .env("CHATROOM_WRITE_BURST", "0")
             .stdout(Stdio::piped())
             .spawn()
             .expect("the chatroom binary starts");
@@ -134,8 +135,7 @@ impl Cluster {
 
     /// A registry client on the processes' ZooKeeper root.
     pub fn registry(&self) -> ZooKeeper {
-        let config = registry::Config { root: self.zk_root.clone(), ..registry::Config::default() };
-        ZooKeeper::connect(&zk(), config)
+        ZooKeeper::connect(&zk(), self.secret().registry_config(&self.zk_root))
             .expect("ZooKeeper answers (`bash scripts/services.sh up` starts it)")
     }
 }
@@ -168,6 +168,7 @@ fn processes_chat_across_proxies_and_survive_a_killed_proxy() {
     let proxy_flags = ["--listen", "127.0.0.1:0", "--lease-ttl-secs", &ttl];
     let a = cluster.spawn("proxy-a", &[&["proxy"][..], &proxy_flags].concat());
     let b = cluster.spawn("proxy-b", &[&["proxy"][..], &proxy_flags].concat());
+    assert_only_members_reach_the_registry(&zk(), &cluster.zk_root, &cluster.secret());
 
     let (alice_client, alice) = user_at(a, "alice");
     let (bob_client, bob) = user_at(b, "bob");

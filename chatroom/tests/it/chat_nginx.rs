@@ -40,7 +40,7 @@ pub const UNTHROTTLED: &[(&str, &str)] = &[
     ("CHATROOM_LOGIN_ADDRESS_BURST", "0"),
     ("CHATROOM_REGISTER_ADDRESS_BURST", "0"),
     ("CHATROOM_MAX_CONNECTIONS_PER_ADDRESS", "0"),
-    ("CHATROOM_SEND_BURST", "0"),
+    ("CHATROOM_WRITE_BURST", "0"),
 ];
 
 /// What to start.
@@ -663,7 +663,7 @@ fn a_proxy_killed_with_sigkill_loses_nothing_and_leaves_nobody_online() {
     let (gone, returners) = victims.split_last().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     for (client, user, token) in returners {
-        let request = api::ResumeRequest { session_token: token.token.clone(), ..Default::default() };
+        let request = api::ResumeRequest { session_token: token.token.clone() };
         retry(&format!("{} resumes", user.name), deadline, || client.gateway.resume(&request));
         assert_ne!(proxy_of(user), victim_proxy, "{} is on a live proxy", user.name);
         let cursor = api::Cursor { conversation: Some(direct(&watcher_user, user)), seq: 1 };

@@ -94,9 +94,7 @@ fn users_of_a_killed_proxy_resume_on_the_other_without_a_password_check() {
     // Bob and Carol come back through proxy A with their tokens alone.
     let resume = |token: &api::SessionToken| {
         let client = connect(a);
-        let resumed = client
-            .gateway
-            .resume(&api::ResumeRequest { session_token: token.token.clone(), ..Default::default() });
+        let resumed = client.gateway.resume(&api::ResumeRequest { session_token: token.token.clone() });
         (client, resumed.expect("the token resumes the session"))
     };
     let (bob_again, resumed) = resume(&bob_token);
@@ -118,7 +116,7 @@ fn users_of_a_killed_proxy_resume_on_the_other_without_a_password_check() {
 
     // Logging out revokes Bob's token: it no longer resumes, with or without proxy B.
     bob_again.gateway.logout(&api::LogoutRequest {}).unwrap();
-    let request = api::ResumeRequest { session_token: bob_token.token.clone(), ..Default::default() };
+    let request = api::ResumeRequest { session_token: bob_token.token.clone() };
     assert_eq!(code(connect(a).gateway.resume(&request)), Code::Unauthenticated);
     assert_eq!(verify_logins.load(Ordering::SeqCst), 3);
 }

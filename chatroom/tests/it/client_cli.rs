@@ -113,7 +113,7 @@ pub(crate) fn standalone_with(dir: &std::path::Path, args: &[&str]) -> (Killed, 
         .env("CHATROOM_LOGIN_ADDRESS_BURST", "0")
         .env("CHATROOM_REGISTER_ADDRESS_BURST", "0")
         .env("CHATROOM_MAX_CONNECTIONS_PER_ADDRESS", "0")
-        .env("CHATROOM_SEND_BURST", "0")
+        .env("CHATROOM_WRITE_BURST", "0")
         .stdout(Stdio::piped())
         .spawn()
         .expect("standalone starts");

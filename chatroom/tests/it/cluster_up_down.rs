@@ -9,11 +9,12 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use chatroom::cluster::{self, State};
-use rpc_core::registry::{self, ZooKeeper};
+use rpc_core::registry::ZooKeeper;
 use services::secret::ClusterSecret;
 
 use crate::chat_client::{direct, user_at};
 use crate::internal_ports::{assert_only_members_are_served, internal_ports};
+use crate::registry_access::assert_only_members_reach_the_registry;
 use crate::support::{
     drop_database, free_port, mysql_url, redis_url, unique_name, wait_until, with_database, zk,
 };
@@ -105,12 +106,13 @@ fn cluster_up_serves_through_nginx_and_down_leaves_nothing_behind() {
     let mode = std::fs::metadata(&secret_file).expect("up makes the secret").permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "only its owner may read the secret");
     let secret = ClusterSecret::read(&secret_file).unwrap();
-    let config = registry::Config { root: state.zk_root.clone(), ..registry::Config::default() };
-    let zookeeper = ZooKeeper::connect(&state.zk, config).expect("ZooKeeper answers");
+    let zookeeper =
+        ZooKeeper::connect(&state.zk, secret.registry_config(&state.zk_root)).expect("ZooKeeper answers");
     let ports = internal_ports(&zookeeper);
     assert_eq!(ports.len(), 4, "a user service, a chat service and two proxies' delivery ports");
     assert_only_members_are_served(&ports, &secret);
     drop(zookeeper);
+    assert_only_members_reach_the_registry(&state.zk, &state.zk_root, &secret);
 
     let status = chatroom(dir, &["status"]);
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));

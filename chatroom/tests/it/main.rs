@@ -14,7 +14,8 @@
 //! processes of `chat_cluster`; `send_outcomes` stops their only chat service with
 //! SIGSTOP while messages are sent. `internal_ports` checks that the user service, the
 //! chat service and a proxy's delivery port serve only callers with the cluster secret,
-//! standalone and in a cluster; `throttle_e2e` the login and registration limits through
+//! standalone and in a cluster, and `registry_access` that their ZooKeeper root admits
+//! only callers with it; `throttle_e2e` the login and registration limits through
 //! nginx and from a standalone system; `connection_limit` the limit on connections per
 //! client address, standalone and through nginx.
 //!
@@ -42,5 +43,6 @@ mod cluster_up_down;
 mod connection_limit;
 mod internal_ports;
 mod redis_faults;
+mod registry_access;
 mod send_outcomes;
 mod throttle_e2e;

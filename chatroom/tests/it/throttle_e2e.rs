@@ -122,7 +122,6 @@ fn cases(client: SocketAddr, user_service: SocketAddr, secret: &ClusterSecret) {
     registrations_are_limited_per_client_address(client);
     verify_login_on_the_user_service_port_is_throttled_too(client, user_service, secret);
     a_name_no_account_can_have_never_reaches_the_throttle(client);
-    unknown_session_tokens_spend_the_addresss_logins_and_valid_ones_do_not(client);
 }
 
 /// Names over the limit (which Register enforces) are wrong at once: were they counted,
@@ -189,41 +188,6 @@ fn logins_are_limited_per_client_address(server: SocketAddr) {
         Code::Unauthenticated,
         "other",
     );
-}
-
-fn resume_from(from: IpAddr, server: SocketAddr, token: &str) -> Result<api::LoginResponse, Status> {
-    let request = api::ResumeRequest { session_token: token.into(), ..Default::default() };
-    call_from(from, server, gateway_rpc::methods::RESUME, &request)
-        .map(|body| api::LoginResponse::decode(body).expect("a login response"))
-}
-
-/// A session token cannot be guessed, but each well-formed one costs a store lookup:
-/// tried from one address, unknown tokens spend its login attempts like wrong passwords,
-/// while a valid token gives its attempt back however often it is used.
-fn unknown_session_tokens_spend_the_addresss_logins_and_valid_ones_do_not(server: SocketAddr) {
-    let carol = name("carol");
-    register_from(fresh_address(), server, &carol).expect("registers");
-    let token = login_from(fresh_address(), server, &carol, PASSWORD)
-        .expect("logs in")
-        .session_token
-        .expect("a session token")
-        .token;
-    let owner = fresh_address();
-    for n in 0..ADDRESS_LOGINS + 3 {
-        resume_from(owner, server, &token).unwrap_or_else(|e| panic!("resume {n} with a valid token: {e:?}"));
-    }
-    // Well-formed (the valid token's shape) but unknown.
-    let unknown: String = token.chars().rev().collect();
-    let guesser = fresh_address();
-    for n in 0..ADDRESS_LOGINS {
-        assert_code(resume_from(guesser, server, &unknown), Code::Unauthenticated, &format!("guess {n}"));
-    }
-    let refused =
-        assert_code(resume_from(guesser, server, &unknown), Code::ResourceExhausted, "guessing tokens");
-    assert!(refused.message.contains("too many logins from this address; try again in "), "{refused:?}");
-    // The address is spent for passwords too, and nobody else is held up.
-    assert_code(login_from(guesser, server, &carol, PASSWORD), Code::ResourceExhausted, "password after");
-    resume_from(fresh_address(), server, &token).expect("another address resumes");
 }
 
 fn registrations_are_limited_per_client_address(server: SocketAddr) {

@@ -22,7 +22,9 @@
 //! - `zookeeper/session.rs`: its client, built when a server serves, checked
 //!   for health and rebuilt when the session is lost;
 //! - `zookeeper/nodes.rs`: its znodes, each registration's and each watched
-//!   service's children.
+//!   service's children;
+//! - `zookeeper/access.rs`: the [`Identity`]s it proves to ZooKeeper and the
+//!   [`Access`] its znodes give.
 
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,9 +35,12 @@ use zookeeper::ZkState;
 use super::{check_name, Instance, OnChange, Registration, Registry, Watch};
 use crate::Error;
 
+mod access;
 mod nodes;
 mod session;
 mod supervisor;
+
+pub use self::access::{Access, Identity};
 
 /// Settings of a [`ZooKeeper`] registry. Start from `Config::default()`.
 ///
@@ -56,6 +61,12 @@ pub struct Config {
     pub session_timeout: Duration,
     /// How long `connect` and each registry call wait for ZooKeeper.
     pub operation_timeout: Duration,
+    /// Identities proved to ZooKeeper on every connection (`addauth`); none
+    /// by default.
+    pub identities: Vec<Identity>,
+    /// Who may read and change the znodes the registry creates;
+    /// [`Access::Open`] by default. [`Access::Creator`] needs an identity.
+    pub access: Access,
 }
 
 impl Default for Config {
@@ -64,6 +75,8 @@ impl Default for Config {
             root: "/rpc-core".to_owned(),
             session_timeout: Duration::from_secs(10),
             operation_timeout: Duration::from_secs(10),
+            identities: Vec::new(),
+            access: Access::Open,
         }
     }
 }
@@ -102,8 +115,10 @@ impl ZooKeeper {
     ///
     /// # Errors
     ///
-    /// [`Error::Registry`] if the connect string or root is invalid, or no
-    /// session could be established within `config.operation_timeout`.
+    /// [`Error::Registry`] if the connect string or root is invalid,
+    /// [`Access::Creator`] comes without an identity, ZooKeeper refuses the
+    /// identities the root was made with (`NoAuth`), or no session could be
+    /// established within `config.operation_timeout`.
     pub fn connect(connect_string: &str, config: Config) -> Result<ZooKeeper, Error> {
         let root_ok = config.root.starts_with('/')
             && config.root.len() > 1
@@ -114,6 +129,12 @@ impl ZooKeeper {
                 "invalid root '{}': it must be an absolute path like /rpc-core",
                 config.root
             )));
+        }
+        if config.access == Access::Creator && config.identities.is_empty() {
+            return Err(Error::Registry(
+                "access for the registry's creator only needs an identity to prove (Config::identities)"
+                    .to_owned(),
+            ));
         }
         let operation_timeout = config.operation_timeout;
         let (tx, thread) = supervisor::start(connect_string, config)?;

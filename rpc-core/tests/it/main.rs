@@ -9,5 +9,6 @@ mod isolation;
 mod per_address;
 mod proxy_header;
 mod registry;
+mod registry_access;
 mod server_limits;
 mod support;

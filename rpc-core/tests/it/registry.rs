@@ -15,12 +15,12 @@ use crate::support::{
     SESSION,
 };
 
-fn addr(port: u16) -> SocketAddr {
+pub(crate) fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// How long a change may take to reach a watcher.
-const PROPAGATION: Duration = Duration::from_secs(5);
+pub(crate) const PROPAGATION: Duration = Duration::from_secs(5);
 
 #[test]
 fn register_list_and_deregister_with_the_documented_layout() {
@@ -143,7 +143,7 @@ fn bad_input_and_an_unreachable_zookeeper_fail_clearly() {
 }
 
 /// The instance znodes of `service` under `root`: (name, session owner).
-fn znodes(raw: &Raw, root: &str, service: &str) -> Vec<(String, i64)> {
+pub(crate) fn znodes(raw: &Raw, root: &str, service: &str) -> Vec<(String, i64)> {
     raw.children(&format!("{root}/services/{service}/instances"))
 }
 
@@ -213,26 +213,30 @@ fn after_session_expiry_registrations_and_watches_come_back() {
 }
 
 /// A TCP forwarder to ZooKeeper whose connections can be frozen: they stop moving
-/// bytes either way without closing, as behind a firewall that drops packets.
-/// Connections made after a freeze pass.
-struct Freezer {
-    addr: SocketAddr,
+/// bytes either way without closing, as behind a firewall that drops packets; or
+/// cut: closed, as when a server goes. Connections made after a freeze or a cut pass.
+pub(crate) struct Freezer {
+    pub(crate) addr: SocketAddr,
     /// One flag per connection made so far.
     flags: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    /// The client side of each connection not cut yet.
+    clients: Arc<Mutex<Vec<std::net::TcpStream>>>,
 }
 
 impl Freezer {
-    fn start(target: SocketAddr) -> Freezer {
+    pub(crate) fn start(target: SocketAddr) -> Freezer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let flags: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
-        let list = flags.clone();
+        let clients: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (list, open) = (flags.clone(), clients.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
                 let Ok(server) = std::net::TcpStream::connect(target) else { continue };
                 let frozen = Arc::new(AtomicBool::new(false));
                 list.lock().unwrap().push(frozen.clone());
+                open.lock().unwrap().push(client.try_clone().unwrap());
                 let pairs = [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)];
                 for (from, to) in pairs {
                     // Frozen: the bytes are held, and the sockets stay open.
@@ -241,11 +245,23 @@ impl Freezer {
                 }
             }
         });
-        Freezer { addr, flags }
+        Freezer { addr, flags, clients }
+    }
+
+    /// Connections made so far.
+    pub(crate) fn connections(&self) -> usize {
+        self.flags.lock().unwrap().len()
+    }
+
+    /// Closes every connection made so far; the relays then close the server sides.
+    pub(crate) fn cut(&self) {
+        for client in self.clients.lock().unwrap().drain(..) {
+            let _ = client.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     /// Freezes every connection made so far.
-    fn freeze(&self) {
+    pub(crate) fn freeze(&self) {
         for flag in self.flags.lock().unwrap().iter() {
             flag.store(true, Ordering::SeqCst);
         }
@@ -253,12 +269,12 @@ impl Freezer {
 
     /// Lets every frozen connection go on (to its close, usually) when dropped, so that
     /// no client is left waiting on one when the test ends, however it ends.
-    fn thaw_on_drop(&self) -> Thaw {
+    pub(crate) fn thaw_on_drop(&self) -> Thaw {
         Thaw(self.flags.clone())
     }
 }
 
-struct Thaw(Arc<Mutex<Vec<Arc<AtomicBool>>>>);
+pub(crate) struct Thaw(Arc<Mutex<Vec<Arc<AtomicBool>>>>);
 
 impl Drop for Thaw {
     fn drop(&mut self) {
@@ -279,6 +295,7 @@ fn a_provider_whose_connection_freezes_registers_again_in_a_new_session() {
         root: root.clone(),
         session_timeout: Duration::from_secs(4),
         operation_timeout: Duration::from_secs(2),
+        ..registry::Config::default()
     };
     let provider = registry::ZooKeeper::connect(&freezer.addr.to_string(), config).unwrap();
     let _a = provider.register("svc", &Instance::new("a", addr(7201))).unwrap();

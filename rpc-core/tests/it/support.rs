@@ -68,6 +68,7 @@ pub fn zk_config(root: &str) -> registry::Config {
         root: root.to_owned(),
         session_timeout: SESSION,
         operation_timeout: Duration::from_secs(10),
+        ..registry::Config::default()
     }
 }
 
@@ -95,6 +96,13 @@ impl Raw {
             .expect("raw ZooKeeper client");
         wait_until(Duration::from_secs(10), "a raw ZooKeeper session", || raw.exists("/", false).is_ok());
         Raw(raw)
+    }
+
+    /// A plain client that proves the `digest` identity `user:password`.
+    pub fn connect_as(zk: &str, digest: &str) -> Raw {
+        let raw = Raw::connect(zk);
+        raw.0.add_auth("digest", digest.as_bytes().to_vec()).expect("addauth digest");
+        raw
     }
 
     /// Children of `path` with their ephemeral owners, sorted by name; empty if
@@ -540,5 +548,21 @@ pub struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         Raw::connect(&self.zk).remove_tree(&self.root);
+    }
+}
+
+#[cfg(feature = "zookeeper")]
+/// Removes a test's registry root that only `digest` (`user:password`) may
+/// touch from the shared ZooKeeper when dropped.
+pub struct CleanupAs {
+    pub zk: String,
+    pub root: String,
+    pub digest: String,
+}
+
+#[cfg(feature = "zookeeper")]
+impl Drop for CleanupAs {
+    fn drop(&mut self) {
+        Raw::connect_as(&self.zk, &self.digest).remove_tree(&self.root);
     }
 }

@@ -184,19 +184,18 @@ impl gateway_rpc::Gateway for Proxy {
         self.open()?;
         // The user service throttles logins per client address; it learns it here.
         request.source = ctx.client_addr().ip().to_string();
-        // A login on a connection that already has a session ends that session first.
-        self.inner.sessions.end(ctx.connection().id());
         let verified = self.inner.users.verify_login(&request).map_err(rpc_status)?;
+        // A session already on this connection ends once the new one is sure to start: a
+        // refused login leaves it as it was.
+        self.inner.sessions.end(ctx.connection().id());
         self.start_session(ctx, verified.user, Opened::Password(verified.credential))
     }
 
-    fn resume(&self, ctx: &Context, mut request: api::ResumeRequest) -> Result<api::LoginResponse, Status> {
+    fn resume(&self, ctx: &Context, request: api::ResumeRequest) -> Result<api::LoginResponse, Status> {
         self.open()?;
-        // Refused tokens count against the client address's login limit.
-        request.source = ctx.client_addr().ip().to_string();
-        // As for a login: a session already on this connection ends first.
-        self.inner.sessions.end(ctx.connection().id());
         let user = self.inner.users.resume_session(&request).map_err(rpc_status)?.user;
+        // As for a login: a session already on this connection ends only now.
+        self.inner.sessions.end(ctx.connection().id());
         self.start_session(ctx, user, Opened::Token(request.session_token))
     }
 
@@ -246,7 +245,7 @@ impl gateway_rpc::Gateway for Proxy {
         ctx: &Context,
         request: api::AddFriendRequest,
     ) -> Result<api::AddFriendResponse, Status> {
-        let user_id = self.session(ctx)?.0;
+        let user_id = self.writer(ctx)?.0;
         let call = api::AddFriendCall { user_id, request: Some(request) };
         let friend = self.inner.users.add_friend(&call).map_err(rpc_status)?.friend;
         Ok(api::AddFriendResponse { friend: self.contact(friend)? })
@@ -257,7 +256,7 @@ impl gateway_rpc::Gateway for Proxy {
         ctx: &Context,
         request: api::RemoveFriendRequest,
     ) -> Result<api::RemoveFriendResponse, Status> {
-        let user_id = self.session(ctx)?.0;
+        let user_id = self.writer(ctx)?.0;
         self.inner
             .users
             .remove_friend(&api::RemoveFriendCall { user_id, request: Some(request) })
@@ -279,7 +278,7 @@ impl gateway_rpc::Gateway for Proxy {
         ctx: &Context,
         request: api::CreateGroupRequest,
     ) -> Result<api::CreateGroupResponse, Status> {
-        let user_id = self.session(ctx)?.0;
+        let user_id = self.writer(ctx)?.0;
         self.inner
             .users
             .create_group(&api::CreateGroupCall { user_id, request: Some(request) })
@@ -291,7 +290,7 @@ impl gateway_rpc::Gateway for Proxy {
         ctx: &Context,
         request: api::JoinGroupRequest,
     ) -> Result<api::JoinGroupResponse, Status> {
-        let user_id = self.session(ctx)?.0;
+        let user_id = self.writer(ctx)?.0;
         self.inner
             .users
             .join_group(&api::JoinGroupCall { user_id, request: Some(request) })
@@ -303,7 +302,7 @@ impl gateway_rpc::Gateway for Proxy {
         ctx: &Context,
         request: api::LeaveGroupRequest,
     ) -> Result<api::LeaveGroupResponse, Status> {
-        let user_id = self.session(ctx)?.0;
+        let user_id = self.writer(ctx)?.0;
         self.inner
             .users
             .leave_group(&api::LeaveGroupCall { user_id, request: Some(request) })
@@ -331,7 +330,7 @@ impl gateway_rpc::Gateway for Proxy {
     }
 
     fn invite(&self, ctx: &Context, request: api::InviteRequest) -> Result<api::InviteResponse, Status> {
-        let user_id = self.session(ctx)?.0;
+        let user_id = self.writer(ctx)?.0;
         self.inner.users.invite(&api::InviteCall { user_id, request: Some(request) }).map_err(rpc_status)
     }
 
@@ -340,7 +339,7 @@ impl gateway_rpc::Gateway for Proxy {
         ctx: &Context,
         request: api::RemoveMemberRequest,
     ) -> Result<api::RemoveMemberResponse, Status> {
-        let user_id = self.session(ctx)?.0;
+        let user_id = self.writer(ctx)?.0;
         self.inner
             .users
             .remove_member(&api::RemoveMemberCall { user_id, request: Some(request) })
@@ -352,8 +351,7 @@ impl gateway_rpc::Gateway for Proxy {
         ctx: &Context,
         request: api::SendMessageRequest,
     ) -> Result<api::SendMessageResponse, Status> {
-        let sender_id = self.session(ctx)?.0;
-        self.may_send(sender_id)?;
+        let sender_id = self.writer(ctx)?.0;
         // "Not stored" only when it was not: see `send_status`.
         self.inner.chat.send(&api::SendCall { sender_id, request: Some(request) }).map_err(send_status)
     }

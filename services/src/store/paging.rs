@@ -2,6 +2,8 @@
 //! history query reads and which of them make its page, and which conversations a sync
 //! reads from where. A backend supplies the rows through its own SQL.
 
+use std::collections::HashMap;
+
 use crate::conversation::ConversationId;
 use crate::limits;
 
@@ -72,13 +74,12 @@ pub(crate) fn collect_sync<K: Copy>(
 ) -> Result<Page, Error> {
     let mut remaining = limits::page_size(limit, limits::SYNC_PAGE_DEFAULT, limits::SYNC_PAGE_MAX);
     let mut page = Page::default();
+    // Looked up once per conversation: a request may name tens of thousands. The last
+    // cursor of a conversation named twice wins.
+    let cursors: HashMap<ConversationId, u64> =
+        cursors.iter().map(|c| (c.conversation.normalized(), c.seq)).collect();
     for &(key, state, hidden) in rows {
-        let after = cursors
-            .iter()
-            .rev()
-            .find(|c| c.conversation.normalized() == state.conversation)
-            .map_or(state.read_seq, |c| c.seq)
-            .max(hidden);
+        let after = cursors.get(&state.conversation).copied().unwrap_or(state.read_seq).max(hidden);
         if state.last_seq <= after {
             continue;
         }

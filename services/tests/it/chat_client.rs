@@ -196,5 +196,5 @@ pub fn login_with(client: &Client, name: &str, password: &str) -> api::SessionTo
 }
 
 pub fn resume(client: &Client, token: &api::SessionToken) -> Result<api::LoginResponse, rpc_core::Error> {
-    client.gateway.resume(&api::ResumeRequest { session_token: token.token.clone(), ..Default::default() })
+    client.gateway.resume(&api::ResumeRequest { session_token: token.token.clone() })
 }

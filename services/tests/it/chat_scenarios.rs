@@ -209,11 +209,18 @@ pub fn a_session_token_resumes_the_session_until_logout(system: &System) {
     // Logging out revokes the token; closing a connection does not.
     let third = system.connect();
     resume(&third, &token).expect("the token still works after the second connection was replaced");
+    // A refused resume or login on a connection with a session leaves that session.
+    let unknown = api::SessionToken { token: token.token.chars().rev().collect(), ..token.clone() };
+    assert_eq!(code(resume(&third, &unknown)), Code::Unauthenticated, "an unknown token");
+    let wrong =
+        api::LoginRequest { name: bob.name.clone(), password: "not it at all".into(), ..Default::default() };
+    assert_eq!(code(third.gateway.login(&wrong)), Code::Unauthenticated, "a wrong password");
+    third.gateway.list_friends(&api::ListFriendsRequest {}).expect("the session is still open");
     third.gateway.logout(&api::LogoutRequest {}).unwrap();
     let fourth = system.connect();
     assert_eq!(code(resume(&fourth, &token)), Code::Unauthenticated, "a logged-out token is revoked");
     for malformed in ["", "abc", &"G".repeat(64), &token.token.to_uppercase()] {
-        let request = api::ResumeRequest { session_token: malformed.into(), ..Default::default() };
+        let request = api::ResumeRequest { session_token: malformed.into() };
         assert_eq!(code(fourth.gateway.resume(&request)), Code::Unauthenticated, "{malformed:?}");
     }
     assert_eq!(code(fourth.gateway.list_friends(&api::ListFriendsRequest {})), Code::Unauthenticated);

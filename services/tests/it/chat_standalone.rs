@@ -80,10 +80,10 @@ fn an_expired_session_token_is_refused() {
 }
 
 #[test]
-fn a_user_sending_past_the_limit_is_refused_and_nothing_is_stored_while_others_send_on() {
+fn a_user_sending_or_changing_past_the_limit_is_refused_and_nothing_is_stored_while_others_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    let sends = services::throttle::Bucket { burst: 3, every: Duration::from_millis(300) };
-    let throttle = services::throttle::Config { sends, ..services::throttle::Config::unlimited() };
+    let writes = services::throttle::Bucket { burst: 3, every: Duration::from_millis(300) };
+    let throttle = services::throttle::Config { writes, ..services::throttle::Config::unlimited() };
     let system =
         Standalone::start(standalone::Config { throttle, ..config(dir.path()) }).expect("standalone starts");
     let system = System::new(system.client_addr(), Box::new((system, dir)));
@@ -95,7 +95,14 @@ fn a_user_sending_past_the_limit_is_refused_and_nothing_is_stored_while_others_s
     }
     let refused = alice_client.send(to_bob, "a-4", "one too many").expect_err("past the burst");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
-    assert!(refused.to_string().contains("too many messages from this user; try again in 1 s"), "{refused}");
+    assert!(
+        refused.to_string().contains("too many messages and changes from this user; try again in 1 s"),
+        "{refused}"
+    );
+    // Changes to friends and groups draw on the same budget.
+    let group = api::CreateGroupRequest { name: "spam".into(), ..Default::default() };
+    let refused = alice_client.gateway.create_group(&group).expect_err("past the burst");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
     // Bob, whose own budget is untouched, answers meanwhile.
     bob_client.send(to_bob, "b-1", "hi alice").expect("another user sends on");
     let history = api::HistoryRequest { conversation: Some(to_bob), ..Default::default() };

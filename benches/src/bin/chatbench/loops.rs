@@ -65,6 +65,8 @@ pub(crate) struct Finished {
     pub(crate) seen: HashMap<u64, HashMap<ConversationId, Seen>>,
     /// Users brought back with `Resume`: when each was lost and when it was back.
     pub(crate) resumed: Vec<(Instant, Instant)>,
+    /// When the first of them connected again.
+    pub(crate) first_reconnect: Option<Instant>,
 }
 
 /// Ends a run: waits (up to 20 s) until no push has arrived for a second, lets every
@@ -89,6 +91,7 @@ pub(crate) fn finish(loops: &[Handle], ids: &[u64]) -> anyhow::Result<Finished> 
         acks: Vec::new(),
         seen: HashMap::new(),
         resumed: Vec::new(),
+        first_reconnect: None,
     };
     for (l, handle) in loops.iter().enumerate() {
         handle.send(Command::Finish);
@@ -96,6 +99,10 @@ pub(crate) fn finish(loops: &[Handle], ids: &[u64]) -> anyhow::Result<Finished> 
         done.counters.merge(&report.counters);
         done.acks.extend(report.acks);
         done.resumed.extend(report.resumed);
+        done.first_reconnect = match (done.first_reconnect, report.first_reconnect) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let users = (0..ids.len()).filter(|&i| place(i, loops.len()).0 == l);
         for (i, user_seen) in users.zip(report.seen) {
             done.seen.insert(ids[i], user_seen);

@@ -103,7 +103,7 @@ fn storm_run(
     for handle in loops {
         handle.reply();
     }
-    let Finished { counters, acks, seen, resumed } = finish(loops, &setup.ids)?;
+    let Finished { counters, acks, seen, resumed, first_reconnect } = finish(loops, &setup.ids)?;
     let verdict = tally::verdict(acks.iter(), &conversations.members, |user, c| seen.get(&user)?.get(&c));
     let back: Vec<Duration> =
         resumed.iter().map(|&(_, back)| back.saturating_duration_since(killed_at)).collect();
@@ -115,7 +115,25 @@ fn storm_run(
         Some(last) => killed_micros + last.as_micros() as u64,
         None => u64::MAX,
     };
-    print_during(timeline, killed_micros, storm_end);
+    let until = match storm_end {
+        u64::MAX => "until the end".to_owned(),
+        end => format!("until the last user was back (+{:.1} s)", (end - killed_micros) as f64 / 1e6),
+    };
+    print_during("during", &format!("from the kill {until}"), timeline, killed_micros, storm_end);
+    if let Some(first) = first_reconnect {
+        // The crash's own teardown (the kernel, nginx and the clients closing thousands of
+        // connections) comes before anyone reconnects; the reconnect storm after it.
+        let first = killed_micros + first.saturating_duration_since(killed_at).as_micros() as u64;
+        let at = (first - killed_micros) as f64 / 1e6;
+        print_during(
+            "crash",
+            &format!("from the kill until the first reconnect (+{at:.1} s)"),
+            timeline,
+            killed_micros,
+            first,
+        );
+        print_during("reconnect", &format!("from the first reconnect {until}"), timeline, first, storm_end);
+    }
     print_timeline(timeline, killed_micros);
     let all_back = back.len() == if args.no_resume { 0 } else { victims };
     Ok(all_back && verdict.lost == 0 && dup == 0 && counters.acked > 0)
@@ -180,21 +198,16 @@ fn print_timeline(timeline: &[(u64, u64)], killed: u64) {
     }
 }
 
-/// Prints the other users' send-to-push latency for what they sent during the storm
-/// itself: from the kill (`from`) until the last user was back (`to`, `u64::MAX` for
-/// the end of the run), in `tally::now_micros` time.
-fn print_during(timeline: &[(u64, u64)], from: u64, to: u64) {
+/// Prints, as line `label`, the other users' send-to-push latency for what they sent
+/// from `from` to `to` (`tally::now_micros` time), described by `when`.
+fn print_during(label: &str, when: &str, timeline: &[(u64, u64)], from: u64, to: u64) {
     let during = timeline.iter().filter(|&&(sent, _)| sent >= from && sent <= to);
     let l = latency_of(during.map(|&(_, latency)| latency));
     if l.count == 0 {
         return;
     }
-    let until = match to {
-        u64::MAX => "until the end".to_owned(),
-        to => format!("until the last user was back ({:.1} s)", (to - from) as f64 / 1e6),
-    };
     println!(
-        "during    sent from the kill {until}: {} pushed, p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
+        "{label:<9} sent {when}: {} pushed, p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
         l.count, l.p50, l.p99, l.p999,
     );
 }

@@ -141,4 +141,6 @@ pub struct Report {
     pub seen: Vec<HashMap<ConversationId, Seen>>,
     /// Users brought back with `Resume`: when each was lost and when it was back.
     pub resumed: Vec<(Instant, Instant)>,
+    /// When the first of them connected again.
+    pub first_reconnect: Option<Instant>,
 }

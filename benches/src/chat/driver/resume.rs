@@ -24,7 +24,7 @@ impl Loop {
                 continue;
             }
             let token = self.resumer.as_ref().map(|r| r.token(user).to_owned()).unwrap_or_default();
-            let body = api::ResumeRequest { session_token: token, ..Default::default() }.encode_to_vec();
+            let body = api::ResumeRequest { session_token: token }.encode_to_vec();
             self.with_conn(user, |c, _| c.call("Resume", &body, Pending::Resume));
         }
     }

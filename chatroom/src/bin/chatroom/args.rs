@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use rpc_core::registry::{self, ZooKeeper};
+use rpc_core::registry::ZooKeeper;
 use rpc_core::server;
 use services::secret::ClusterSecret;
 use services::{auth, presence, session_token, store, throttle, Presence, Store};
@@ -113,7 +113,8 @@ pub struct ZkArgs {
     /// ZooKeeper connect string.
     #[arg(long = "zk", env = "CHATROOM_ZK", default_value = "127.0.0.1:2181")]
     pub zk_connect: String,
-    /// The znode every service registers under.
+    /// The znode every service registers under. Only processes with the cluster secret
+    /// may read or change it: a root made with one secret refuses processes with another.
     #[arg(long = "zk-root", env = "CHATROOM_ZK_ROOT", default_value = "/chatroom")]
     pub zk_root: String,
 }
@@ -177,20 +178,22 @@ impl TokenArgs {
     }
 }
 
-/// How fast one user may send messages (counted by the proxy holding the session).
+/// How fast one user may send messages and change friends and groups (counted by the
+/// proxy holding the user's session).
 #[derive(Debug, Args)]
-pub struct SendArgs {
-    /// Messages one user may send at once; 0 turns the limit off.
-    #[arg(long, env = "CHATROOM_SEND_BURST", default_value_t = throttle::Config::default().sends.burst)]
-    pub send_burst: u32,
-    /// Then one more message per this many ms.
-    #[arg(long, env = "CHATROOM_SEND_EVERY_MS", default_value_t = 100)]
-    pub send_every_ms: u64,
+pub struct WriteArgs {
+    /// Messages and changes one user may make at once; 0 turns the limit off.
+    #[arg(long, env = "CHATROOM_WRITE_BURST", default_value_t = throttle::Config::default().writes.burst)]
+    pub write_burst: u32,
+    /// Then one more per this many ms (1 ms to an hour).
+    #[arg(long, env = "CHATROOM_WRITE_EVERY_MS", default_value_t = 100)]
+    pub write_every_ms: u64,
 }
 
-impl SendArgs {
+impl WriteArgs {
     pub fn bucket(&self) -> throttle::Bucket {
-        throttle::Bucket { burst: self.send_burst, every: Duration::from_millis(self.send_every_ms) }
+        let every = Duration::from_millis(self.write_every_ms.clamp(1, 3_600_000));
+        throttle::Bucket { burst: self.write_burst, every }
     }
 }
 
@@ -256,9 +259,10 @@ pub struct RedisArgs {
 }
 
 impl ZkArgs {
-    pub fn connect(&self) -> anyhow::Result<ZooKeeper> {
-        let config = registry::Config { root: self.zk_root.clone(), ..registry::Config::default() };
-        ZooKeeper::connect(&self.zk_connect, config)
+    /// The registry under `--zk-root`, proving the cluster's ZooKeeper identity and
+    /// closing what it creates to everyone else (`ClusterSecret::registry_config`).
+    pub fn connect(&self, secret: &ClusterSecret) -> anyhow::Result<ZooKeeper> {
+        ZooKeeper::connect(&self.zk_connect, secret.registry_config(&self.zk_root))
             .with_context(|| format!("cannot reach ZooKeeper at {}", self.zk_connect))
     }
 }

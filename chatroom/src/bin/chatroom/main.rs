@@ -33,8 +33,8 @@ use services::user_service::UserService;
 use services::{proxy, serve, throttle};
 
 use args::{
-    mysql, redis, ClientPortArgs, HashingArgs, MySqlArgs, RedisArgs, SecretArgs, SendArgs, ServeArgs,
-    ThrottleArgs, TokenArgs, ZkArgs,
+    mysql, redis, ClientPortArgs, HashingArgs, MySqlArgs, RedisArgs, SecretArgs, ServeArgs, ThrottleArgs,
+    TokenArgs, WriteArgs, ZkArgs,
 };
 use stop::Stop;
 
@@ -71,7 +71,7 @@ enum Command {
         #[command(flatten)]
         throttle: ThrottleArgs,
         #[command(flatten)]
-        sends: SendArgs,
+        writes: WriteArgs,
         #[command(flatten)]
         tokens: TokenArgs,
         #[command(flatten)]
@@ -111,7 +111,7 @@ enum Command {
         #[command(flatten)]
         client_port: ClientPortArgs,
         #[command(flatten)]
-        sends: SendArgs,
+        writes: WriteArgs,
         #[command(flatten)]
         serving: ServeArgs,
     },
@@ -201,7 +201,7 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             lease_ttl_secs,
             throttle,
-            sends,
+            writes,
             tokens,
             secret,
             client_port,
@@ -212,7 +212,7 @@ fn main() -> anyhow::Result<()> {
                 data_dir,
                 listen,
                 lease_ttl: Duration::from_secs(lease_ttl_secs.max(1)),
-                throttle: throttle::Config { sends: sends.bucket(), ..throttle.config() },
+                throttle: throttle::Config { writes: writes.bucket(), ..throttle.config() },
                 tokens: tokens.config(),
                 server: client_port.config(serving.config()),
                 cluster_secret: secret.load()?,
@@ -238,16 +238,16 @@ fn main() -> anyhow::Result<()> {
             redis: redis_args,
             secret,
             client_port,
-            sends,
+            writes,
             serving,
         } => {
             let stop = Stop::catch()?;
             let secret = secret.require()?;
-            let registry = zk.connect()?;
+            let registry = zk.connect(&secret)?;
             let mut config = proxy::Config {
                 lease_ttl: Duration::from_secs(lease_ttl_secs.max(1)),
                 cluster_secret: Some(secret),
-                sends: sends.bucket(),
+                writes: writes.bucket(),
                 ..proxy::Config::default()
             };
             if let Some(id) = instance_id {
@@ -281,7 +281,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let stop = Stop::catch()?;
             let secret = secret.require()?;
-            let registry = zk.connect()?;
+            let registry = zk.connect(&secret)?;
             let counters = throttle::Redis::with_config(&throttle::redis::Config {
                 url: redis_args.redis_url.clone(),
                 key_prefix: format!("{}throttle:", redis_args.redis_prefix),
@@ -304,7 +304,7 @@ fn main() -> anyhow::Result<()> {
         Command::ChatService { listen, zk, mysql: mysql_args, redis: redis_args, secret, serving } => {
             let stop = Stop::catch()?;
             let secret = secret.require()?;
-            let registry = zk.connect()?;
+            let registry = zk.connect(&secret)?;
             let proxies = Proxies::discover(&registry)?.with_credential(Some(secret.credential()));
             let service = ChatService::new(mysql(&mysql_args)?, redis(&redis_args)?, proxies);
             let served = serve(

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use zookeeper::{Acl, CreateMode, WatchedEvent, ZkError, ZooKeeperExt};
+use zookeeper::{CreateMode, WatchedEvent, ZkError, ZooKeeper};
 
 use super::supervisor::{client, Supervisor, ZkResult, RETRY};
-use super::{Event, Instance, OnChange};
+use super::{Access, Event, Instance, OnChange};
 use crate::registry::dedup_newest;
 
 /// One registration.
@@ -108,7 +108,8 @@ impl Supervisor {
     }
 
     pub(super) fn root_ready(&self) -> ZkResult<()> {
-        client(&self.client)?.zk.ensure_path(&format!("{}/services", self.config.root))
+        let zk = &client(&self.client)?.zk;
+        ensure_path(zk, &format!("{}/services", self.config.root), &self.config.root, self.config.access)
     }
 
     pub(super) fn instances_dir(&self, service: &str) -> String {
@@ -149,11 +150,11 @@ impl Supervisor {
             None => None,
         };
         let dir = format!("{}/services/{}/instances", self.config.root, reg.service);
-        zk.ensure_path(&dir)?;
+        ensure_path(zk, &dir, &self.config.root, self.config.access)?;
         let path = zk.create(
             &format!("{dir}/{}-", reg.id),
             reg.data.clone(),
-            Acl::open_unsafe().clone(),
+            self.config.access.acl(),
             CreateMode::EphemeralSequential,
         )?;
         reg.node = Some((generation, path.clone()));
@@ -247,7 +248,7 @@ impl Supervisor {
         };
         let children = match zk.get_children_w(&dir, watcher.clone()) {
             Err(ZkError::NoNode) => {
-                zk.ensure_path(&dir)?;
+                ensure_path(zk, &dir, &self.config.root, self.config.access)?;
                 zk.get_children_w(&dir, watcher)?
             }
             other => other?,
@@ -307,6 +308,41 @@ impl Supervisor {
         }
         Ok(newest(&nodes))
     }
+}
+
+/// Creates `path` and its missing parents, as `mkdir -p` does. Nodes at or
+/// under `root` get `access`'s ACL; those above it the open one (see
+/// [`Access`]). An existing node at or under `root` whose ACL lets in more than
+/// `access` allows (made by an earlier registry that was open) is closed.
+fn ensure_path(zk: &ZooKeeper, path: &str, root: &str, access: Access) -> ZkResult<()> {
+    let ends = path.match_indices('/').skip(1).map(|(at, _)| at).chain(std::iter::once(path.len()));
+    for end in ends {
+        let node = &path[..end];
+        let ours = node.len() >= root.len();
+        let acl = if ours { access.acl() } else { Access::Open.acl() };
+        match zk.create(node, Vec::new(), acl, CreateMode::Persistent) {
+            Ok(_) => {}
+            Err(ZkError::NodeExists) if ours && access != Access::Open => close(zk, node, access)?,
+            Err(ZkError::NodeExists) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Gives the existing `node` `access`'s ACL if its own lets in more.
+fn close(zk: &ZooKeeper, node: &str, access: Access) -> ZkResult<()> {
+    let (acl, stat) = zk.get_acl(node)?;
+    if access.too_open(&acl) {
+        match zk.set_acl(node, access.acl(), Some(stat.aversion)) {
+            Ok(_) => tracing::info!(node, "closed a znode whose ACL let anyone in"),
+            // Changed since it was read (another registry closed it): the next
+            // pass looks again.
+            Err(ZkError::BadVersion) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The set from child znodes: the newest znode (highest sequence) per id.

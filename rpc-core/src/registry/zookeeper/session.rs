@@ -5,9 +5,9 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zookeeper::WatchedEvent;
+use zookeeper::{WatchedEvent, ZkError};
 
-use super::supervisor::{client, request_deadline, zk_error, Supervisor};
+use super::supervisor::{client, request_deadline, zk_error, Supervisor, ZkResult};
 use super::Event;
 use crate::Error;
 
@@ -53,6 +53,17 @@ fn probe(zk: &Arc<zookeeper::ZooKeeper>, root: &str, timeout: Duration) -> Optio
 }
 
 impl Supervisor {
+    /// Proves every identity on the client's connection, which has just been
+    /// made: ZooKeeper forgets a connection's identities when it closes, and
+    /// the crate does not prove them again when it reconnects.
+    pub(super) fn authenticate(&self) -> ZkResult<()> {
+        let Some(client) = &self.client else { return Err(ZkError::ConnectionLoss) };
+        for identity in &self.config.identities {
+            client.zk.add_auth(identity.scheme(), identity.auth().to_vec())?;
+        }
+        Ok(())
+    }
+
     pub(super) fn set_connected(&mut self, connected: bool) {
         if let Some(client) = &mut self.client {
             client.connected = connected;

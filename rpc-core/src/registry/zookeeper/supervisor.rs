@@ -114,10 +114,16 @@ impl Supervisor {
             self.new_client()?;
             // Only state events can arrive before the supervisor runs.
             let wait = deadline.min(Instant::now() + CONNECT_WAIT);
+            let mut unproved = None;
             while let Ok(event) = events.recv_deadline(wait) {
                 match event {
                     Event::State(g, ZkState::Connected) if g == self.generation => {
-                        self.set_connected(true);
+                        match self.authenticate() {
+                            Ok(()) => self.set_connected(true),
+                            Err(e) => {
+                                unproved = Some(format!("{e:?} while proving the registry's identities"))
+                            }
+                        }
                         break;
                     }
                     Event::State(g, ZkState::Closed | ZkState::AuthFailed) if g == self.generation => break,
@@ -130,7 +136,15 @@ impl Supervisor {
                     self.probed_at = Instant::now();
                     return Ok(());
                 }
-                Err(e) => last = format!("{e:?}"),
+                Err(ZkError::NoAuth) => {
+                    self.drop_client();
+                    return Err(Error::Registry(format!(
+                        "ZooKeeper at {} refused the registry under {} (NoAuth): its nodes were made \
+                         with other credentials than this registry's identities",
+                        self.connect_string, self.config.root
+                    )));
+                }
+                Err(e) => last = unproved.unwrap_or_else(|| format!("{e:?}")),
             }
             self.drop_client();
         }
@@ -187,6 +201,12 @@ impl Supervisor {
             Event::State(generation, state) if generation == self.generation => match state {
                 ZkState::Connected | ZkState::ConnectedReadOnly => {
                     tracing::debug!(generation, "zookeeper connected");
+                    if let Err(e) = self.authenticate() {
+                        // Lost again already, or refused: the crate reconnects
+                        // (and says so), or the client is rebuilt when stale.
+                        tracing::warn!(generation, error = ?e, "cannot prove the registry's identities to zookeeper");
+                        return;
+                    }
                     self.set_connected(true);
                     self.healthy_at = Instant::now();
                     // A new connection has none of the old one's watches.
@@ -238,7 +258,7 @@ impl Supervisor {
                     Err(e) => {
                         // Deletes a znode if one was made, now or once ZooKeeper is back.
                         self.deregister(key);
-                        if retryable(e) && Instant::now() < deadline {
+                        if self.retryable(e) && Instant::now() < deadline {
                             self.postpone(Event::Register { service, instance, reply, deadline });
                         } else {
                             let _ = reply.send(Err(zk_error("create the instance znode", e)));
@@ -251,7 +271,7 @@ impl Supervisor {
                 let _ = reply.send(Ok(()));
             }
             Event::List { service, reply, deadline } => match self.list(&service) {
-                Err(e) if retryable(e) && Instant::now() < deadline => {
+                Err(e) if self.retryable(e) && Instant::now() < deadline => {
                     self.postpone(Event::List { service, reply, deadline });
                 }
                 result => {
@@ -265,7 +285,7 @@ impl Supervisor {
                         self.unwatch(&service, key);
                     }
                 }
-                Err((e, on_change)) if retryable(e) && Instant::now() < deadline => {
+                Err((e, on_change)) if self.retryable(e) && Instant::now() < deadline => {
                     self.postpone(Event::Watch { service, on_change, reply, deadline });
                 }
                 Err((e, _)) => {
@@ -277,6 +297,15 @@ impl Supervisor {
         }
     }
 
+    /// Whether a request that failed with `e` may wait and be tried again: a
+    /// connection error, or `NoAuth` or `InvalidACL` when the registry has
+    /// identities (a request sent on a new connection before they were proved
+    /// again on it is refused so; one refused for good fails at its deadline).
+    fn retryable(&self, e: ZkError) -> bool {
+        let unproved = matches!(e, ZkError::NoAuth | ZkError::InvalidACL);
+        retryable(e) || (unproved && !self.config.identities.is_empty())
+    }
+
     pub(super) fn key(&mut self) -> u64 {
         self.next_key += 1;
         self.next_key
@@ -284,7 +313,11 @@ impl Supervisor {
 
     /// Notes an operation that failed; connection trouble is retried later.
     pub(super) fn failed(&mut self, what: &str, name: &str, e: ZkError) {
-        tracing::debug!(what, name, error = ?e, "zookeeper operation failed; will retry");
+        if matches!(e, ZkError::NoAuth | ZkError::InvalidACL) {
+            tracing::warn!(what, name, root = %self.config.root, "zookeeper refused the registry's identities; will retry");
+        } else {
+            tracing::debug!(what, name, error = ?e, "zookeeper operation failed; will retry");
+        }
         self.dirty = true;
         self.retry_at = Some(Instant::now() + RETRY);
     }
