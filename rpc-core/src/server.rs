@@ -36,6 +36,7 @@ use crate::{Error, Status};
 mod config;
 mod connection;
 mod event_loop;
+mod per_address;
 mod pool;
 mod proxy_header;
 
@@ -188,6 +189,7 @@ impl Builder {
         let heavy_workers = config.heavy_workers.max(1);
         let heavy = pool::queue(heavy_workers.div_ceil(2));
         let memory = Arc::new(event_loop::Memory::default());
+        let per_address = Arc::new(per_address::PerAddress::new(config.max_connections_per_address));
         let services: event_loop::Services =
             self.services.into_iter().map(|(name, s)| (name.into_bytes().into_boxed_slice(), s)).collect();
         let services = Arc::new(services);
@@ -195,7 +197,8 @@ impl Builder {
         let mut loops = Vec::with_capacity(config.event_loops);
         for index in 0..config.event_loops {
             let queues = (jobs.clone(), heavy.clone());
-            loops.push(event_loop::EventLoop::new(index, &config, services.clone(), queues, memory.clone())?);
+            let shared = (memory.clone(), per_address.clone());
+            loops.push(event_loop::EventLoop::new(index, &config, services.clone(), queues, shared)?);
         }
         let shared: Vec<Arc<LoopShared>> = loops.iter().map(|l| l.shared()).collect();
         let mut loop_threads = Vec::with_capacity(loops.len());
@@ -211,7 +214,7 @@ impl Builder {
         workers.extend(pool::start("rpc-heavy", heavy_workers, &heavy, None)?);
         drop((jobs, heavy));
         tracing::info!(%local_addr, loops = config.event_loops, workers = config.workers, "rpc server listening");
-        Ok(Handle { local_addr, loops: shared, loop_threads, workers, shut: false })
+        Ok(Handle { local_addr, loops: shared, loop_threads, workers, per_address, shut: false })
     }
 }
 
@@ -239,6 +242,8 @@ pub struct Handle {
     loop_threads: Vec<JoinHandle<()>>,
     /// The worker threads.
     workers: Vec<JoinHandle<()>>,
+    /// Connections open per client address, and the ones refused.
+    per_address: Arc<per_address::PerAddress>,
     /// Whether `shutdown` already ran.
     shut: bool,
 }
@@ -247,6 +252,18 @@ impl Handle {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Connections open from `client`'s address and counted against
+    /// `Config::max_connections_per_address` (always 0 without a limit). An IPv6
+    /// address counts with the rest of its /64.
+    pub fn connections_from(&self, client: std::net::IpAddr) -> usize {
+        self.per_address.open_from(client)
+    }
+
+    /// Connections refused so far for being over `Config::max_connections_per_address`.
+    pub fn refused_per_address(&self) -> u64 {
+        self.per_address.refused()
     }
 
     /// Stops accepting, tells clients to go away, finishes in-flight calls

@@ -6,6 +6,7 @@ mod auth;
 mod balance;
 mod client_faults;
 mod isolation;
+mod per_address;
 mod proxy_header;
 mod registry;
 mod registry_access;

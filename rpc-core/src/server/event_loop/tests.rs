@@ -39,8 +39,9 @@ impl Harness {
         let mut services = Services::default();
         services.insert(b"test.Sink".to_vec().into_boxed_slice(), sink);
         let queues = (pool::queue(4), pool::queue(1));
-        let mut lp =
-            EventLoop::new(0, &config, Arc::new(services), queues, Arc::new(Memory::default())).unwrap();
+        let shared =
+            (Arc::new(Memory::default()), Arc::new(PerAddress::new(config.max_connections_per_address)));
+        let mut lp = EventLoop::new(0, &config, Arc::new(services), queues, shared).unwrap();
         let listener = StdListener::bind("127.0.0.1:0").unwrap();
         let client = StdStream::connect(listener.local_addr().unwrap()).unwrap();
         client.set_read_timeout(Some(PATIENCE)).unwrap();
