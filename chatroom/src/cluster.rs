@@ -6,7 +6,8 @@
 //! under a ZooKeeper root and Redis prefix of their own, waits until each serves, then
 //! generates `nginx.conf` (stream module, one upstream of the running proxies; each
 //! connection to a proxy starts with a PROXY protocol header naming the client, so that
-//! limits per address see the client's address, not nginx's) and starts nginx in front
+//! limits per address see the client's address, not nginx's; nginx itself limits the
+//! connections of each client address) and starts nginx in front
 //! of them on one client port. Every process is recorded in
 //! `STATE/cluster.json` (role, pid, start time, address) as soon as it starts. Every
 //! process gets the cluster secret from `STATE/cluster.secret` (made by the first `up`,
@@ -109,6 +110,17 @@ pub struct UpArgs {
     /// How long a user stays online without their proxy renewing the lease.
     #[arg(long, env = "CHATROOM_LEASE_TTL_SECS", default_value_t = 30)]
     pub lease_ttl_secs: u64,
+    /// Connections one client address may hold open: nginx closes one more at once
+    /// (`limit_conn`), and each proxy, counting the address nginx names, would refuse it
+    /// with a go-away naming the limit. 0 turns the limit off, as a benchmark connecting
+    /// thousands of users from 127.0.0.1 does. The default is
+    /// `services::proxy::MAX_CONNECTIONS_PER_ADDRESS`, which says why.
+    #[arg(
+        long,
+        env = "CHATROOM_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = services::proxy::MAX_CONNECTIONS_PER_ADDRESS
+    )]
+    pub max_connections_per_address: usize,
 }
 
 /// One process `up` started.

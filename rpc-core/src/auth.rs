@@ -264,16 +264,8 @@ pub(crate) struct Counts {
     refused_connections: AtomicU64,
     /// Calls refused on connections that had not passed.
     refused_calls: AtomicU64,
-    /// Refusals not logged since the last line.
-    unlogged: AtomicU64,
-    /// When the last line was logged, in milliseconds since `epoch` (0: never).
-    logged_at_ms: AtomicU64,
-}
-
-/// The clock the log limiter reads, shared by every listener.
-fn epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+    /// Limits the log lines about refusals.
+    log: crate::log_limit::LogLimit,
 }
 
 impl Counts {
@@ -281,16 +273,7 @@ impl Counts {
     /// than [`LOG_INTERVAL`] ago: then it is summed into the next line.
     fn refuse(&self, peer: SocketAddr, mechanism: &str, why: &str) {
         self.refused_connections.fetch_add(1, Ordering::Relaxed);
-        let now_ms = epoch().elapsed().as_millis() as u64 + 1;
-        let last = self.logged_at_ms.load(Ordering::Relaxed);
-        let due = last == 0 || now_ms.saturating_sub(last) >= LOG_INTERVAL.as_millis() as u64;
-        if !due
-            || self.logged_at_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_err()
-        {
-            self.unlogged.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let also = self.unlogged.swap(0, Ordering::Relaxed);
+        let Some(also) = self.log.due(LOG_INTERVAL) else { return };
         tracing::warn!(
             %peer,
             mechanism,

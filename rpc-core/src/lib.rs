@@ -47,6 +47,7 @@ pub mod codegen;
 mod error;
 mod fast_hash;
 pub mod frame;
+mod log_limit;
 pub mod registry;
 pub mod server;
 mod status;

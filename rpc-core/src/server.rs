@@ -38,6 +38,7 @@ mod config;
 mod connection;
 mod event_loop;
 mod lanes;
+mod per_address;
 mod pool;
 mod proxy_header;
 
@@ -199,18 +200,15 @@ impl Builder {
         let jobs = pool::queue(config.running_per_connection());
         let (lane_jobs, mut workers) = lanes::start(&planned)?;
         let memory = Arc::new(event_loop::Memory::default());
+        let per_address = Arc::new(per_address::PerAddress::new(config.max_connections_per_address));
 
         let mut loops = Vec::with_capacity(config.event_loops);
         for index in 0..config.event_loops {
             let lanes =
                 planned.iter().zip(&lane_jobs).map(|(l, j)| lanes::Queue::new(l, j.clone())).collect();
-            loops.push(event_loop::EventLoop::new(
-                index,
-                &config,
-                services.clone(),
-                (jobs.clone(), lanes),
-                memory.clone(),
-            )?);
+            let queues = (jobs.clone(), lanes);
+            let shared = (memory.clone(), per_address.clone());
+            loops.push(event_loop::EventLoop::new(index, &config, services.clone(), queues, shared)?);
         }
         let shared: Vec<Arc<LoopShared>> = loops.iter().map(|l| l.shared()).collect();
         let mut loop_threads = Vec::with_capacity(loops.len());
@@ -225,7 +223,7 @@ impl Builder {
         workers.extend(pool::start("rpc-worker", config.workers, &jobs, self.on_disconnect)?);
         drop((jobs, lane_jobs));
         tracing::info!(%local_addr, loops = config.event_loops, workers = config.workers, "rpc server listening");
-        Ok(Handle { local_addr, loops: shared, loop_threads, workers, shut: false })
+        Ok(Handle { local_addr, loops: shared, loop_threads, workers, per_address, shut: false })
     }
 }
 
@@ -253,6 +251,8 @@ pub struct Handle {
     loop_threads: Vec<JoinHandle<()>>,
     /// The worker threads.
     workers: Vec<JoinHandle<()>>,
+    /// Connections open per client address, and the ones refused.
+    per_address: Arc<per_address::PerAddress>,
     /// Whether `shutdown` already ran.
     shut: bool,
 }
@@ -261,6 +261,18 @@ impl Handle {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Connections open from `client`'s address and counted against
+    /// `Config::max_connections_per_address` (always 0 without a limit). An IPv6
+    /// address counts with the rest of its /64.
+    pub fn connections_from(&self, client: std::net::IpAddr) -> usize {
+        self.per_address.open_from(client)
+    }
+
+    /// Connections refused so far for being over `Config::max_connections_per_address`.
+    pub fn refused_per_address(&self) -> u64 {
+        self.per_address.refused()
     }
 
     /// Stops accepting, tells clients to go away, finishes in-flight calls

@@ -85,6 +85,16 @@ const SWEEP_BATCH: usize = 500;
 /// What a call on a proxy that is shutting down is told.
 const SHUTTING_DOWN: &str = "the proxy is shutting down; connect again";
 
+/// Connections one client address may hold open on a proxy's client port (the
+/// `chatroom` binary's `--max-connections-per-address`, and nginx's in a cluster;
+/// rpc-core's `server::Config::max_connections_per_address`). A chat client holds one
+/// connection, so this leaves room for an office, a campus or a café of 256 people
+/// behind one NAT address, and still keeps one host from taking the thousands of
+/// connections (file descriptors, nginx's `worker_connections`) that everyone else
+/// needs: filling a proxy's 65,536 descriptors now takes 256 addresses. Carrier-grade
+/// NAT can put more people behind one address; an operator who serves them raises it.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+
 /// Settings of a proxy.
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -40,7 +40,8 @@ pub struct Config {
     pub throttle: throttle::Config,
     /// Lifetime and number per user of session tokens.
     pub tokens: session_token::Config,
-    /// Settings of each of the three servers.
+    /// Settings of each of the three servers. Its `max_connections_per_address`
+    /// ([`proxy::MAX_CONNECTIONS_PER_ADDRESS`] by default) limits the client port only.
     pub server: server::Config,
     /// The secret the three prove to each other. `None`: the one in the data directory's
     /// [`secret::FILE`], made there if missing (a new random one when started over
@@ -57,7 +58,11 @@ impl Default for Config {
             hashing: auth::Config::default(),
             throttle: throttle::Config::default(),
             tokens: session_token::Config::default(),
-            server: server::Config { workers: crate::SERVER_WORKERS, ..server::Config::default() },
+            server: server::Config {
+                workers: crate::SERVER_WORKERS,
+                max_connections_per_address: proxy::MAX_CONNECTIONS_PER_ADDRESS,
+                ..server::Config::default()
+            },
             cluster_secret: None,
         }
     }
@@ -143,8 +148,11 @@ impl Standalone {
         let registry = registry::Memory::new();
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let secret = config.cluster_secret.clone().unwrap_or_else(ClusterSecret::generate);
-        let internal =
-            || server::Config { authenticator: Some(secret.authenticator()), ..config.server.clone() };
+        let internal = || server::Config {
+            authenticator: Some(secret.authenticator()),
+            max_connections_per_address: 0,
+            ..config.server.clone()
+        };
 
         let user_service = UserService::new(store.clone())
             .with_hashing(config.hashing.clone())

@@ -206,11 +206,15 @@ impl Drop for System {
     }
 }
 
-/// Every simulated user logs in from 127.0.0.1: the per-address login and registration
-/// limits are turned off (the per-account back-off stays; the users know their passwords).
-/// The per-user send limit stays on, as shipped: the workloads send far below it per user.
-const UNTHROTTLED: [(&str, &str); 2] =
-    [("CHATROOM_LOGIN_ADDRESS_BURST", "0"), ("CHATROOM_REGISTER_ADDRESS_BURST", "0")];
+/// Every simulated user connects and logs in from 127.0.0.1: the per-address limits on
+/// logins, registrations and connections (nginx's and the proxies') are turned off (the
+/// per-account back-off stays; the users know their passwords). The per-user send limit
+/// stays on, as shipped: the workloads send far below it per user.
+const UNTHROTTLED: [(&str, &str); 3] = [
+    ("CHATROOM_LOGIN_ADDRESS_BURST", "0"),
+    ("CHATROOM_REGISTER_ADDRESS_BURST", "0"),
+    ("CHATROOM_MAX_CONNECTIONS_PER_ADDRESS", "0"),
+];
 
 /// A free loopback port (free a moment ago).
 fn free_port() -> anyhow::Result<u16> {

@@ -32,12 +32,14 @@ use crate::support::{
     drop_database, free_port, mysql_url, redis_url, unique_name, wait_until, with_database, zk,
 };
 
-/// The scenarios log many users in from 127.0.0.1: the per-address limits are off (the
-/// throttle has tests of its own, `throttle_e2e`), and so is the per-user send limit,
-/// for the scenarios that send in bursts.
+/// The scenarios connect and log many users in from 127.0.0.1: the per-address limits
+/// are off (the throttle and the connection limit have tests of their own,
+/// `throttle_e2e` and `connection_limit`), and so is the per-user send limit, for the
+/// scenarios that send in bursts.
 pub const UNTHROTTLED: &[(&str, &str)] = &[
     ("CHATROOM_LOGIN_ADDRESS_BURST", "0"),
     ("CHATROOM_REGISTER_ADDRESS_BURST", "0"),
+    ("CHATROOM_MAX_CONNECTIONS_PER_ADDRESS", "0"),
     ("CHATROOM_WRITE_BURST", "0"),
 ];
 
@@ -144,6 +146,11 @@ impl Cluster {
     /// What `up` recorded: every process with its address.
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// The state directory (state file, `nginx.conf`, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Where clients connect (nginx).

@@ -12,7 +12,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_chatroom");
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Kills the child process by its id when dropped.
-struct Killed(Child);
+pub(crate) struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -96,13 +96,23 @@ fn standalone(dir: &std::path::Path) -> (Killed, String) {
 
 /// `chatroom standalone` listening on `listen`, with its data in `dir`.
 fn standalone_at(dir: &std::path::Path, listen: &str) -> (Killed, String) {
+    standalone_with(dir, &["--listen", listen])
+}
+
+/// `chatroom standalone` with its data in `dir` and the flags `args`; returns it and the
+/// address clients connect to.
+pub(crate) fn standalone_with(dir: &std::path::Path, args: &[&str]) -> (Killed, String) {
     let mut server = Command::new(BIN)
-        .args(["standalone", "--listen", listen, "--data-dir"])
+        .arg("standalone")
+        .args(args)
+        .arg("--data-dir")
         .arg(dir.join("data"))
         .env("RUST_LOG", "warn")
-        // Every user comes from 127.0.0.1; the throttle has tests of its own.
+        // Every user comes from 127.0.0.1; the throttle and the connection limit have
+        // tests of their own.
         .env("CHATROOM_LOGIN_ADDRESS_BURST", "0")
         .env("CHATROOM_REGISTER_ADDRESS_BURST", "0")
+        .env("CHATROOM_MAX_CONNECTIONS_PER_ADDRESS", "0")
         .env("CHATROOM_WRITE_BURST", "0")
         .stdout(Stdio::piped())
         .spawn()

@@ -16,7 +16,8 @@
 //! chat service and a proxy's delivery port serve only callers with the cluster secret,
 //! standalone and in a cluster, and `registry_access` that their ZooKeeper root admits
 //! only callers with it; `throttle_e2e` the login and registration limits through
-//! nginx and from a standalone system.
+//! nginx and from a standalone system; `connection_limit` the limit on connections per
+//! client address, standalone and through nginx.
 //!
 //! What drives a chat system in tests (`support`, `chat_client`, `chat_scenarios`,
 //! `chat_groups`) is `services`' own test code, included here by path: one copy for both
@@ -39,6 +40,7 @@ mod chat_nginx;
 mod chat_resume;
 mod client_cli;
 mod cluster_up_down;
+mod connection_limit;
 mod internal_ports;
 mod redis_faults;
 mod registry_access;

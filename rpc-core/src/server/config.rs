@@ -34,6 +34,7 @@ use crate::frame;
 /// | `idle_timeout` | 90 s |
 /// | `shutdown_grace` | 10 s |
 /// | `proxy_protocol_from` | none |
+/// | `max_connections_per_address` | 0: no limit |
 /// | `authenticator` | `None`: every peer may call |
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -116,6 +117,18 @@ pub struct Config {
     /// listed address can name any client (with a loopback address, every local
     /// process), and addresses match exactly (`::ffff:127.0.0.1` is not `127.0.0.1`).
     pub proxy_protocol_from: Vec<std::net::IpAddr>,
+    /// Connections one client address may hold open at once; 0 (the default) sets no
+    /// limit. One more is refused: the server writes it a go-away, "too many
+    /// connections from ADDRESS (limit N)", and closes it before reading anything, so
+    /// it costs the server nothing but the accept. An IPv6 client counts by its /64
+    /// (what one subscriber is given), an IPv4-mapped IPv6 address as the IPv4 one.
+    /// A connection from a peer in `proxy_protocol_from` counts against the client
+    /// its PROXY header names, from when the header is read; until then, and when
+    /// it has no header or names no client (`UNKNOWN`), it counts against nobody, so
+    /// the balancer itself is never limited. Refusals are counted
+    /// ([`Handle::refused_per_address`](super::Handle::refused_per_address)) and
+    /// logged at most once every few seconds.
+    pub max_connections_per_address: usize,
     /// Who may call: with one, a connection's calls are answered
     /// `Unauthenticated` (not run) until the peer has passed its handshake
     /// ([`crate::auth`]), and a peer that has not passed within its timeout is
@@ -147,6 +160,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(90),
             shutdown_grace: Duration::from_secs(10),
             proxy_protocol_from: Vec::new(),
+            max_connections_per_address: 0,
             authenticator: None,
         }
     }

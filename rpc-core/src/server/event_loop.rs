@@ -18,6 +18,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::lanes::{self, Services};
+use super::per_address::PerAddress;
 use super::pool::{self, Call, Jobs};
 use super::proxy_header;
 use super::{Config, ConnShared, Connection, ConnectionId, Context, Service};
@@ -139,6 +140,8 @@ pub(crate) struct EventLoop {
     batch: VecDeque<Call>,
     /// Bytes held over the whole server.
     memory: Arc<Memory>,
+    /// Connections open per client address, over the whole server.
+    per_address: Arc<PerAddress>,
     /// When the last poll returned: the time of everything done before the
     /// next one (activity stamps, request deadlines), read once per turn.
     now: Instant,
@@ -158,7 +161,7 @@ impl EventLoop {
         config: &Config,
         services: Arc<Services>,
         (jobs, lanes): (Jobs, Vec<lanes::Queue>),
-        memory: Arc<Memory>,
+        (memory, per_address): (Arc<Memory>, Arc<PerAddress>),
     ) -> io::Result<EventLoop> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
@@ -183,6 +186,7 @@ impl EventLoop {
             lanes,
             batch: VecDeque::new(),
             memory,
+            per_address,
             now: Instant::now(),
             config: config.clone(),
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
@@ -321,6 +325,10 @@ impl EventLoop {
             return;
         }
         self.memory.conns.fetch_add(1, Ordering::Relaxed);
+        // A trusted balancer's connection counts against the client its header names,
+        // once it is read (`Dispatch::frames`); until then, against nobody.
+        let proxy_header = self.config.proxy_protocol_from.contains(&peer.ip());
+        let admitted = if proxy_header { Ok(None) } else { self.per_address.admit(peer.ip()) };
         let handle = Connection::new(ConnShared {
             id,
             peer,
@@ -353,10 +361,18 @@ impl EventLoop {
                 evicted: None,
                 want_write: false,
                 dirty: false,
-                proxy_header: self.config.proxy_protocol_from.contains(&peer.ip()),
-                gate: self.config.authenticator.as_ref().map(|a| Box::new(a.gate(peer, self.now))),
+                proxy_header,
+                counted: admitted.as_ref().ok().copied().flatten(),
+                // A refused peer gets no handshake.
+                gate: match (&admitted, &self.config.authenticator) {
+                    (Ok(_), Some(a)) => Some(Box::new(a.gate(peer, self.now))),
+                    _ => None,
+                },
             },
         );
+        if let Err(why) = admitted {
+            self.refuse(token, &why);
+        }
     }
 
     fn drain_commands(&mut self) {
@@ -450,6 +466,9 @@ impl EventLoop {
         conn.handle.shared().open.store(false, Ordering::Release);
         self.memory.held.fetch_sub(conn.accounted, Ordering::Relaxed);
         self.memory.conns.fetch_sub(1, Ordering::Relaxed);
+        if let Some(key) = conn.counted {
+            self.per_address.release(key);
+        }
         tracing::debug!(id = %conn.handle.id(), peer = %conn.handle.peer_addr(), reason, "connection closed");
         self.jobs.disconnected(conn.handle.id());
         // No hook runs there: the notice only drops the lane's calls still waiting.

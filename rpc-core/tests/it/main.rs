@@ -7,6 +7,7 @@ mod balance;
 mod client_faults;
 mod isolation;
 mod lanes;
+mod per_address;
 mod proxy_header;
 mod registry;
 mod registry_access;

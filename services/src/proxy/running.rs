@@ -181,6 +181,8 @@ pub fn serve(
     // stays open to clients.
     let delivery_config = server::Config {
         proxy_protocol_from: Vec::new(),
+        // The limit per address is for clients; the chat services are few and trusted.
+        max_connections_per_address: 0,
         authenticator: proxy.cluster_secret().map(|secret| secret.authenticator()),
         ..server_config.clone()
     };

@@ -41,8 +41,13 @@ pub fn config(dir: &std::path::Path) -> standalone::Config {
         lease_ttl: Duration::from_secs(5),
         // Full-cost argon2 is slow in debug builds and proves nothing more here.
         hashing: auth::Config { memory_kib: 256, iterations: 1, parallelism: 1 },
-        // The scenarios log many users in from 127.0.0.1; the throttle has tests of its own.
+        // The scenarios connect and log many users in from 127.0.0.1; the throttle and
+        // the connection limit have tests of their own.
         throttle: services::throttle::Config::unlimited(),
+        server: rpc_core::server::Config {
+            max_connections_per_address: 0,
+            ..standalone::Config::default().server
+        },
         ..standalone::Config::default()
     }
 }

@@ -15,7 +15,10 @@ pub(crate) struct Cli {
     /// Another mode than the timed run.
     #[command(subcommand)]
     pub(crate) mode: Option<Sub>,
-    /// A running proxy, nginx or standalone system to use.
+    /// A running proxy, nginx or standalone system to use, started with its per-address
+    /// limits off (`CHATROOM_MAX_CONNECTIONS_PER_ADDRESS=0`, and the login and
+    /// registration bursts 0), as `--cluster` and `--standalone` start theirs: every
+    /// simulated user connects from 127.0.0.1.
     #[arg(long, conflicts_with_all = ["cluster", "standalone"], required_unless_present_any = ["cluster", "standalone"])]
     pub(crate) server: Option<SocketAddr>,
     /// Start a local cluster (`chatroom cluster up`) for the run and stop it after.

@@ -1,5 +1,6 @@
 //! The flags the serving processes share: where ZooKeeper, MySQL and Redis are, the
-//! cluster secret, hashing cost, session tokens, login limits and worker threads.
+//! cluster secret, hashing cost, session tokens, login limits, worker threads and the
+//! client port's connections per address.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +31,30 @@ pub struct ServeArgs {
 impl ServeArgs {
     pub fn config(&self) -> server::Config {
         server::Config { workers: self.workers.max(1), ..server::Config::default() }
+    }
+}
+
+/// The client port's limit on connections per client address.
+#[derive(Debug, Args)]
+pub struct ClientPortArgs {
+    /// Connections one client address may hold open on the client port (an IPv6
+    /// client: its /64; behind nginx, the address its PROXY header names). One more is
+    /// told "too many connections from ADDRESS (limit N)" and closed. 0 turns the limit
+    /// off, as a benchmark connecting thousands of users from 127.0.0.1 does. The default
+    /// is `services::proxy::MAX_CONNECTIONS_PER_ADDRESS`, which says why.
+    #[arg(
+        long,
+        env = "CHATROOM_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = services::proxy::MAX_CONNECTIONS_PER_ADDRESS
+    )]
+    pub max_connections_per_address: usize,
+}
+
+impl ClientPortArgs {
+    /// `base` with this limit on the client port (`services::proxy::serve` keeps it off
+    /// the delivery port).
+    pub fn config(&self, base: server::Config) -> server::Config {
+        server::Config { max_connections_per_address: self.max_connections_per_address, ..base }
     }
 }
 

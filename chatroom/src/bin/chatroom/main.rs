@@ -33,8 +33,8 @@ use services::user_service::UserService;
 use services::{proxy, serve, throttle};
 
 use args::{
-    mysql, redis, HashingArgs, MySqlArgs, RedisArgs, SecretArgs, ServeArgs, ThrottleArgs, TokenArgs,
-    WriteArgs, ZkArgs,
+    mysql, redis, ClientPortArgs, HashingArgs, MySqlArgs, RedisArgs, SecretArgs, ServeArgs, ThrottleArgs,
+    TokenArgs, WriteArgs, ZkArgs,
 };
 use stop::Stop;
 
@@ -75,6 +75,8 @@ enum Command {
         #[command(flatten)]
         tokens: TokenArgs,
         #[command(flatten)]
+        client_port: ClientPortArgs,
+        #[command(flatten)]
         serving: ServeArgs,
     },
     /// Runs a proxy: clients connect to it; it registers its delivery service in
@@ -106,6 +108,8 @@ enum Command {
         redis: RedisArgs,
         #[command(flatten)]
         secret: SecretArgs,
+        #[command(flatten)]
+        client_port: ClientPortArgs,
         #[command(flatten)]
         writes: WriteArgs,
         #[command(flatten)]
@@ -200,6 +204,7 @@ fn main() -> anyhow::Result<()> {
             writes,
             tokens,
             secret,
+            client_port,
             serving,
         } => {
             let stop = Stop::catch()?;
@@ -209,7 +214,7 @@ fn main() -> anyhow::Result<()> {
                 lease_ttl: Duration::from_secs(lease_ttl_secs.max(1)),
                 throttle: throttle::Config { writes: writes.bucket(), ..throttle.config() },
                 tokens: tokens.config(),
-                server: serving.config(),
+                server: client_port.config(serving.config()),
                 cluster_secret: secret.load()?,
                 ..standalone::Config::default()
             };
@@ -232,6 +237,7 @@ fn main() -> anyhow::Result<()> {
             zk,
             redis: redis_args,
             secret,
+            client_port,
             writes,
             serving,
         } => {
@@ -248,7 +254,8 @@ fn main() -> anyhow::Result<()> {
                 config.instance_id = id;
             }
             let the_proxy = proxy::Proxy::new(config, &registry, redis(&redis_args)?)?;
-            let server_config = server::Config { proxy_protocol_from, ..serving.config() };
+            let server_config =
+                server::Config { proxy_protocol_from, ..client_port.config(serving.config()) };
             let running = proxy::serve(the_proxy, &registry, listen, delivery_listen, server_config)?;
             stop.serving();
             println!(

@@ -53,6 +53,10 @@ pub(super) struct Conn {
     /// The peer is a trusted load balancer, and neither a PROXY header nor a frame has
     /// been read yet.
     pub(super) proxy_header: bool,
+    /// The client address this connection counts against for
+    /// `Config::max_connections_per_address`, given back when it closes; `None`
+    /// while it counts against nobody (no limit, or a balancer's header not read yet).
+    pub(super) counted: Option<std::net::IpAddr>,
     /// Until the peer has authenticated (when the listener requires it): its handshake.
     pub(super) gate: Option<Box<auth::Gate>>,
 }
@@ -104,6 +108,8 @@ impl EventLoop {
         let id = conn.handle.id();
         // The peer shut down its sending side (it may still read), or reset the connection.
         let (mut half_closed, mut reset) = (false, false);
+        // Set when a balancer's header named a client over its limit.
+        let mut refused = None;
         loop {
             match conn.stream.read(&mut self.scratch) {
                 Ok(0) => {
@@ -120,9 +126,15 @@ impl EventLoop {
                         now: self.now,
                         batch: &mut self.batch,
                         lanes: &mut self.lanes,
+                        per_address: &self.per_address,
+                        refused: None,
                         decoded: false,
                     };
                     ctx.frames(conn);
+                    if let Some(why) = ctx.refused {
+                        refused = Some(why);
+                        break;
+                    }
                     if ctx.decoded {
                         // A frame came whole: the clock of the next one starts now.
                         conn.partial_since = None;
@@ -168,7 +180,9 @@ impl EventLoop {
         if flush {
             self.mark_dirty(token);
         }
-        if reset {
+        if let Some(why) = refused {
+            self.refuse(token, &why);
+        } else if reset {
             self.close(token, "connection reset");
         }
     }
@@ -216,11 +230,28 @@ impl EventLoop {
     /// a worker are skipped. It closes once the go-away is written, or after
     /// `Config::stalled_reader_timeout` if the peer never reads it.
     pub(super) fn evict(&mut self, token: Token, reason: &str) {
+        let Some(conn) = self.conns.get(&token) else { return };
+        if conn.evicted.is_none() {
+            tracing::warn!(id = %conn.handle.id(), peer = %conn.handle.peer_addr(), reason, "connection evicted");
+        }
+        self.end_with_goaway(token, reason);
+    }
+
+    /// Closes a connection over `Config::max_connections_per_address` as an evicted one,
+    /// with `reason` in its go-away, before anything of it is acted on. Not logged here:
+    /// `PerAddress::admit` counted it and logs a line for many.
+    pub(super) fn refuse(&mut self, token: Token, reason: &str) {
+        tracing::debug!(id = token.0, reason, "connection refused");
+        self.end_with_goaway(token, reason);
+        self.flush(token);
+    }
+
+    /// What `evict` and `refuse` do: the go-away queued and the rest dropped.
+    fn end_with_goaway(&mut self, token: Token, reason: &str) {
         let Some(conn) = self.conns.get_mut(&token) else { return };
         if conn.evicted.is_some() {
             return;
         }
-        tracing::warn!(id = %conn.handle.id(), peer = %conn.handle.peer_addr(), reason, "connection evicted");
         conn.out.truncate(conn.head_left);
         if conn.out.capacity() > KEEP_CAPACITY {
             conn.out = BytesMut::from(&conn.out[..]);

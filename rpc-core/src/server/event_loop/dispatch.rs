@@ -24,6 +24,11 @@ pub(super) struct Dispatch<'a> {
     pub(super) batch: &'a mut VecDeque<Call>,
     /// The named lanes, for their bounds and their calls of this read.
     pub(super) lanes: &'a mut [lanes::Queue],
+    /// The connections per client address, for the client a PROXY header names.
+    pub(super) per_address: &'a PerAddress,
+    /// Set when that client is over its limit: the go-away's reason. The loop then
+    /// refuses the connection; nothing after the header is acted on.
+    pub(super) refused: Option<String>,
     /// Whether a whole frame was decoded.
     pub(super) decoded: bool,
 }
@@ -42,6 +47,13 @@ impl Dispatch<'_> {
                     conn.proxy_header = false;
                     if let Some(client) = client {
                         let _ = conn.handle.shared().client.set(client);
+                        match self.per_address.admit(client.ip()) {
+                            Ok(counted) => conn.counted = counted,
+                            Err(why) => {
+                                self.refused = Some(why);
+                                return;
+                            }
+                        }
                     }
                 }
                 Err(malformed) => return violation(conn, &malformed.to_string()),

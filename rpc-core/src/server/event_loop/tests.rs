@@ -38,8 +38,9 @@ impl Harness {
         let sink: Arc<dyn Service> = Arc::new(Sink);
         let (services, _) = lanes::plan([("test.Sink".to_owned(), sink)].into(), &config).unwrap();
         let queues = (pool::queue(4), Vec::new());
-        let mut lp =
-            EventLoop::new(0, &config, Arc::new(services), queues, Arc::new(Memory::default())).unwrap();
+        let shared =
+            (Arc::new(Memory::default()), Arc::new(PerAddress::new(config.max_connections_per_address)));
+        let mut lp = EventLoop::new(0, &config, Arc::new(services), queues, shared).unwrap();
         let listener = StdListener::bind("127.0.0.1:0").unwrap();
         let client = StdStream::connect(listener.local_addr().unwrap()).unwrap();
         client.set_read_timeout(Some(PATIENCE)).unwrap();
