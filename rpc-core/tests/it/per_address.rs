@@ -9,27 +9,14 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use rpc_core::client::{Channel, Config as ClientConfig};
 use rpc_core::frame::{self, Kind};
-use rpc_core::server::{Builder, Config, Context, Handle, Service};
-use rpc_core::Status;
+use rpc_core::server::{Builder, Config, Handle};
 
-use crate::support::{read_frame, read_until_closed, wait_until};
+use crate::support::{read_frame, read_until_closed, wait_until, WhoAmI};
 
 const PATIENCE: Duration = Duration::from_secs(20);
-
-/// Answers every call with the client's address, as text.
-struct WhoAmI;
-
-impl Service for WhoAmI {
-    fn name(&self) -> &str {
-        "test.WhoAmI"
-    }
-    fn call(&self, ctx: &Context, _m: &str, _b: Bytes) -> Result<Bytes, Status> {
-        Ok(Bytes::from(ctx.client_addr().to_string()))
-    }
-}
 
 fn serve(config: Config) -> Handle {
     Builder::new(config).service(WhoAmI).bind("127.0.0.1:0").unwrap()

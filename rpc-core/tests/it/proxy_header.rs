@@ -7,24 +7,11 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use rpc_core::frame;
-use rpc_core::server::{Builder, Config, Context, Service};
-use rpc_core::Status;
+use rpc_core::server::{Builder, Config};
 
-use crate::support::read_frame;
-
-/// Answers every call with the client's address, as text.
-struct WhoAmI;
-
-impl Service for WhoAmI {
-    fn name(&self) -> &str {
-        "test.WhoAmI"
-    }
-    fn call(&self, ctx: &Context, _m: &str, _b: Bytes) -> Result<Bytes, Status> {
-        Ok(Bytes::from(ctx.client_addr().to_string()))
-    }
-}
+use crate::support::{read_frame, WhoAmI};
 
 /// Sends `preface` and one call on a raw socket, and returns the first frame back.
 fn raw_call(addr: SocketAddr, preface: &[u8]) -> frame::Frame {

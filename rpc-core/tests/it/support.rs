@@ -179,6 +179,18 @@ pub fn ids(instances: &[Instance]) -> Vec<String> {
     instances.iter().map(|i| i.id.clone()).collect()
 }
 
+/// Answers every call with the client's address, as text.
+pub struct WhoAmI;
+
+impl Service for WhoAmI {
+    fn name(&self) -> &str {
+        "test.WhoAmI"
+    }
+    fn call(&self, ctx: &Context, _m: &str, _b: Bytes) -> Result<Bytes, Status> {
+        Ok(Bytes::from(ctx.client_addr().to_string()))
+    }
+}
+
 /// Answers every call with its name and counts the calls.
 pub struct Named {
     /// What `Who` answers.
