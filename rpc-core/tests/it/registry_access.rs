@@ -10,10 +10,10 @@ use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 use rpc_core::registry::{self, Access, Discovery, Identity, Instance, Registry};
-use zookeeper::{Acl, CreateMode, ZkError};
+use zookeeper::{Acl, CreateMode, Permission, ZkError};
 
 use crate::registry::{addr, znodes, Freezer, PROPAGATION};
-use crate::support::{ids, shared_zk, unique_root, wait_until, zk_config, CleanupAs, Raw};
+use crate::support::{ids, shared_zk, unique_root, wait_until, zk_config, Cleanup, CleanupAs, Raw};
 
 /// The members' identity, as `user:password`.
 const MEMBER: &str = "member:the-right-password";
@@ -114,6 +114,36 @@ fn a_root_left_open_is_closed_when_a_closed_registry_meets_it() {
     assert_eq!(created.map(drop), Err(ZkError::NoAuth));
     let victim = format!("{dir}/{}", insider.children(&dir)[0].0);
     assert_eq!(stranger.0.delete(&victim, None), Err(ZkError::NoAuth));
+}
+
+#[test]
+fn a_root_made_open_by_address_is_closed_too_or_refused_when_it_cannot_be() {
+    let zk = shared_zk();
+    let anyone = || vec![Acl::new(Permission::ALL, "ip", "0.0.0.0/0")];
+    // Made ahead of the cluster by someone without its secret, open to every IPv4
+    // address: the first member closes it.
+    let root = unique_root("squatted");
+    let _cleanup = CleanupAs { zk: zk.clone(), root: root.clone(), digest: MEMBER.to_owned() };
+    let squatter = Raw::connect(&zk);
+    squatter.0.create(&root, vec![], anyone(), CreateMode::Persistent).unwrap();
+    let first = member(&zk, &root);
+    let _a = first.register("svc", &Instance::new("a", addr(7331))).unwrap();
+    assert_eq!(squatter.0.get_children(&root, false).map(drop), Err(ZkError::NoAuth), "closed by the member");
+    let fake = squatter.0.create(&format!("{root}/fake"), vec![], anyone(), CreateMode::Persistent);
+    assert_eq!(fake.map(drop), Err(ZkError::NoAuth));
+
+    // Open by address but without the right to change its ACL: it cannot be
+    // closed, so no member registers under it.
+    let root = unique_root("squatted-for-good");
+    let _cleanup = Cleanup { zk: zk.clone(), root: root.clone() };
+    let kept = vec![Acl::new(
+        Permission::READ | Permission::WRITE | Permission::CREATE | Permission::DELETE,
+        "ip",
+        "0.0.0.0/0",
+    )];
+    squatter.0.create(&root, vec![], kept, CreateMode::Persistent).unwrap();
+    let refused = registry::ZooKeeper::connect(&zk, closed(&root, MEMBER));
+    assert!(refused.is_err(), "a member connected under a root it cannot close");
 }
 
 #[test]

@@ -95,13 +95,17 @@ impl Access {
     }
 
     /// Whether an existing node's ACL lets in more than this access allows,
-    /// so the registry must close it.
+    /// so the registry must close it: any entry that grants something without
+    /// a credential, to anyone (`world`) or by network address (`ip`, which
+    /// `0.0.0.0/0` makes anyone). Entries of the authenticated schemes need a
+    /// credential; one naming a stranger's digest leaves the registry refused
+    /// under the node, which `connect` reports.
     pub(super) fn too_open(self, acl: &[Acl]) -> bool {
         match self {
             Access::Open => false,
-            Access::Creator => {
-                acl.iter().any(|entry| entry.scheme == "world" && entry.perms != Permission::NONE)
-            }
+            Access::Creator => acl.iter().any(|entry| {
+                matches!(entry.scheme.as_str(), "world" | "ip") && entry.perms != Permission::NONE
+            }),
         }
     }
 }
@@ -118,9 +122,11 @@ mod tests {
     }
 
     #[test]
-    fn only_a_world_entry_is_too_open_for_creator_access() {
+    fn entries_that_need_no_credential_are_too_open_for_creator_access() {
         assert!(Access::Creator.too_open(Acl::open_unsafe()));
         assert!(Access::Creator.too_open(Acl::read_unsafe()));
+        assert!(Access::Creator.too_open(&[Acl::new(Permission::ALL, "ip", "0.0.0.0/0")]));
+        assert!(Access::Creator.too_open(&[Acl::new(Permission::READ, "ip", "127.0.0.1")]));
         let digest = [Acl::new(Permission::ALL, "digest", "chatroom:abc=")];
         assert!(!Access::Creator.too_open(&digest));
         assert!(!Access::Open.too_open(Acl::open_unsafe()));
