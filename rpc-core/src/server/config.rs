@@ -63,7 +63,8 @@ pub struct Config {
     /// The size of each named lane other than `"heavy"`, by name. A lane a service
     /// declares ([`Service::lanes`](super::Service::lanes)) that is not named here
     /// gets [`Lane::default`], the heavy lane's defaults. `"heavy"` itself is sized
-    /// by the three fields above; naming it here fails [`bind`](super::Builder::bind).
+    /// by the three fields above; naming it here fails [`bind`](super::Builder::bind),
+    /// as does naming a lane no service of the server declares (a misspelt name).
     pub lanes: BTreeMap<String, Lane>,
     /// Event-loop threads that own the sockets. One is plenty for most loads;
     /// more help only with many cores.

@@ -86,6 +86,13 @@ pub(crate) fn plan(
         }
         served.insert(name.into_bytes().into_boxed_slice(), Served { service, lanes: table.into() });
     }
+    // A size for a lane nobody declares is most likely a misspelt name, whose lane
+    // would otherwise run silently with the defaults.
+    if let Some(unused) = config.lanes.keys().find(|lane| !names.contains(lane)) {
+        return Err(invalid(format!(
+            "Config::lanes sizes the lane \"{unused}\", which no service of this server declares"
+        )));
+    }
     let planned = names.into_iter().map(|name| Planned { size: config.lane(&name), name }).collect();
     Ok((served, planned))
 }

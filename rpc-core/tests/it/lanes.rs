@@ -180,7 +180,7 @@ impl Service for Declares {
 }
 
 #[test]
-fn the_server_refuses_a_method_in_two_lanes_and_a_heavy_lane_sized_twice() {
+fn the_server_refuses_a_method_in_two_lanes_a_heavy_lane_sized_twice_and_an_undeclared_lane_sized() {
     let bind = |config: Config, lanes| Builder::new(config).service(Declares(lanes)).bind("127.0.0.1:0");
     let Err(Error::Io(e)) = bind(Config::default(), &[("Put", "heavy"), ("Put", "writes")]) else {
         panic!("a method in two lanes was served");
@@ -194,6 +194,14 @@ fn the_server_refuses_a_method_in_two_lanes_and_a_heavy_lane_sized_twice() {
         panic!("Config::lanes sized the heavy lane");
     };
     assert!(e.to_string().contains("size that lane with heavy_workers"), "{e}");
+
+    // A size for a lane no service declares (a misspelt name) is refused too.
+    let mut config = Config::default();
+    config.lanes.insert("wirtes".to_owned(), Lane::default());
+    let Err(Error::Io(e)) = bind(config, &[("Put", "writes")]) else {
+        panic!("Config::lanes sized a lane nobody declares");
+    };
+    assert!(e.to_string().contains("sizes the lane \"wirtes\", which no service"), "{e}");
 
     // The same declaration twice is one declaration.
     let server = bind(Config::default(), &[("Put", "writes"), ("Put", "writes")]).unwrap();
