@@ -121,7 +121,7 @@ pub struct Config {
     /// Connections one client address may hold open at once; 0 (the default) sets no
     /// limit. One more is refused: the server writes it a go-away, "too many
     /// connections from ADDRESS (limit N)", and closes it before reading anything, so
-    /// it costs the server nothing but the accept. An IPv6 client counts by its /64
+    /// it costs the server little more than the accept and that write. An IPv6 client counts by its /64
     /// (what one subscriber is given), an IPv4-mapped IPv6 address as the IPv4 one.
     /// A connection from a peer in `proxy_protocol_from` counts against the client
     /// its PROXY header names, from when the header is read; until then, and when

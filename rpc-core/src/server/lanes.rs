@@ -78,6 +78,11 @@ pub(crate) fn plan(
                 }
                 continue;
             }
+            if service.runs_inline(method) {
+                return Err(invalid(format!(
+                    "{name}/{method} is declared both inline and in the lane \"{lane}\""
+                )));
+            }
             let index = names.iter().position(|n| n == lane).unwrap_or_else(|| {
                 names.push(lane.to_owned());
                 names.len() - 1

@@ -174,13 +174,18 @@ impl Service for Declares {
         self.0
     }
 
+    fn runs_inline(&self, method: &str) -> bool {
+        method == "Inline"
+    }
+
     fn call(&self, _ctx: &Context, _method: &str, body: Bytes) -> Result<Bytes, Status> {
         Ok(body)
     }
 }
 
 #[test]
-fn the_server_refuses_a_method_in_two_lanes_a_heavy_lane_sized_twice_and_an_undeclared_lane_sized() {
+fn the_server_refuses_a_method_in_two_lanes_or_inline_too_a_heavy_lane_sized_twice_and_an_undeclared_lane_sized(
+) {
     let bind = |config: Config, lanes| Builder::new(config).service(Declares(lanes)).bind("127.0.0.1:0");
     let Err(Error::Io(e)) = bind(Config::default(), &[("Put", "heavy"), ("Put", "writes")]) else {
         panic!("a method in two lanes was served");
@@ -202,6 +207,12 @@ fn the_server_refuses_a_method_in_two_lanes_a_heavy_lane_sized_twice_and_an_unde
         panic!("Config::lanes sized a lane nobody declares");
     };
     assert!(e.to_string().contains("sizes the lane \"wirtes\", which no service"), "{e}");
+
+    // A method the service runs inline, on the event loop, cannot be in a lane too.
+    let Err(Error::Io(e)) = bind(Config::default(), &[("Inline", "writes")]) else {
+        panic!("a method both inline and in a lane was served");
+    };
+    assert!(e.to_string().contains("test.Declares/Inline is declared both inline and in the lane"), "{e}");
 
     // The same declaration twice is one declaration.
     let server = bind(Config::default(), &[("Put", "writes"), ("Put", "writes")]).unwrap();
