@@ -27,6 +27,11 @@ pub const GROUP_INVITATIONS_MAX: usize = 100;
 /// How long an invitation into a group stays good: seven days, in milliseconds.
 pub const INVITATION_TTL_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 
+/// How long a client waits, in milliseconds, before it connects again and resumes after
+/// a lost connection: a random moment in this range (chat.proto, `Resume`). Not before
+/// the crash's own teardown is over, and spread over a second.
+pub const RECONNECT_PAUSE_MS: std::ops::Range<u64> = 500..1500;
+
 /// How many messages a history page holds when the client does not say.
 pub const HISTORY_PAGE_DEFAULT: usize = 50;
 /// The most messages one history page holds.

@@ -10,9 +10,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// A user's first reconnect comes at a random moment this many milliseconds after the
-/// loss, as chat.proto asks of clients: not before the crash's own teardown is over, and
-/// spread over a second.
-const FIRST_PAUSE_MS: std::ops::Range<u64> = 500..1500;
+/// loss, as chat.proto asks of clients.
+const FIRST_PAUSE_MS: std::ops::Range<u64> = services::limits::RECONNECT_PAUSE_MS;
 /// Longest pause between two reconnect attempts of one user.
 const MAX_PAUSE: Duration = Duration::from_secs(1);
 /// Most reconnects a loop starts before it reads its sockets again: thousands in a row

@@ -270,7 +270,10 @@ impl Client {
             return;
         }
         let deadline = Instant::now() + RESUME_FOR;
-        let mut pause = Duration::from_millis(rand::Rng::gen_range(&mut rand::thread_rng(), 500..1500));
+        let mut pause = Duration::from_millis(rand::Rng::gen_range(
+            &mut rand::thread_rng(),
+            services::limits::RECONNECT_PAUSE_MS,
+        ));
         let mut last = None;
         while Instant::now() < deadline {
             std::thread::sleep(pause);

@@ -87,12 +87,8 @@ impl Cluster {
             // Full-cost argon2 takes most of a second per hash in a debug build.
             .env("CHATROOM_HASH_MEMORY_KIB", "256")
             .env("CHATROOM_HASH_ITERATIONS", "1")
-            // Every user comes from 127.0.0.1; the throttle and the connection limit
-            // have tests of their own.
-            .env("CHATROOM_LOGIN_ADDRESS_BURST", "0")
-            .env("CHATROOM_REGISTER_ADDRESS_BURST", "0")
-            .env("CHATROOM_MAX_CONNECTIONS_PER_ADDRESS", "0")
-            .env("CHATROOM_WRITE_BURST", "0")
+            // Every user comes from 127.0.0.1.
+            .envs(crate::chat_nginx::UNTHROTTLED.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .expect("the chatroom binary starts");

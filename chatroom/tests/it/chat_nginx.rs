@@ -32,10 +32,10 @@ use crate::support::{
     drop_database, free_port, mysql_url, redis_url, unique_name, wait_until, with_database, zk,
 };
 
-/// The scenarios connect and log many users in from 127.0.0.1: the per-address limits
-/// are off (the throttle and the connection limit have tests of their own,
-/// `throttle_e2e` and `connection_limit`), and so is the per-user send limit, for the
-/// scenarios that send in bursts.
+/// The tests connect and log many users in from 127.0.0.1: the per-address limits are
+/// off (the throttle and the connection limit have tests of their own, `throttle_e2e`
+/// and `connection_limit`), and so is the per-user write limit, for the scenarios that
+/// send in bursts. Every test that starts the binary sets these.
 pub const UNTHROTTLED: &[(&str, &str)] = &[
     ("CHATROOM_LOGIN_ADDRESS_BURST", "0"),
     ("CHATROOM_REGISTER_ADDRESS_BURST", "0"),

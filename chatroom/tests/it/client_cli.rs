@@ -108,12 +108,8 @@ pub(crate) fn standalone_with(dir: &std::path::Path, args: &[&str]) -> (Killed, 
         .arg("--data-dir")
         .arg(dir.join("data"))
         .env("RUST_LOG", "warn")
-        // Every user comes from 127.0.0.1; the throttle and the connection limit have
-        // tests of their own.
-        .env("CHATROOM_LOGIN_ADDRESS_BURST", "0")
-        .env("CHATROOM_REGISTER_ADDRESS_BURST", "0")
-        .env("CHATROOM_MAX_CONNECTIONS_PER_ADDRESS", "0")
-        .env("CHATROOM_WRITE_BURST", "0")
+        // Every user comes from 127.0.0.1.
+        .envs(crate::chat_nginx::UNTHROTTLED.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .expect("standalone starts");
